@@ -1,0 +1,1 @@
+"""hyla.proxy_train."""
