@@ -1,0 +1,151 @@
+"""Hugging Face wrappers: `HylaConfig` / `HylaForCausalLM` (``model_type="hyla"``).
+
+Importing this module registers both with ``AutoConfig`` and ``AutoModelForCausalLM``, so a saved run loads with
+``AutoModelForCausalLM.from_pretrained(dir)`` (after ``import hyla.proxy_train.hf``). The config carries the whole
+`Layout` as a plain dict (``Layout.to_dict()``), so the checkpoint is self-describing.
+
+Generation: hyla's mixers keep one state per layer (KV caches for softmax heads, recurrent + conv states for linear
+mixers), not the key/value layers of transformers' ``DynamicCache``. The model therefore opts out of the default
+cache (``_supports_default_dynamic_cache() -> False``); its forward creates a `HylaCache` (the per-layer state list
+plus a token counter) on the first call with ``use_cache=True`` and returns it as ``past_key_values``. ``generate``
+hands it back on every step and, because a cache is in use, feeds only the newest token (transformers slices the
+inputs with ``next_sequence_length=1``), so decoding is truly incremental.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from hyla.proxy_train.model import HylaLM, LayerState
+from hyla.space.layout import Layout
+
+
+class HylaConfig(PretrainedConfig):
+    """Transformers config for a hyla hybrid LM.
+
+    Args:
+        layout: ``Layout.to_dict()`` (or a `Layout`); None only for transformers' internal default construction.
+        gradient_checkpointing: recompute blocks in backward during training.
+    """
+
+    model_type = "hyla"
+
+    def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool = False,
+                 **kwargs: Any) -> None:
+        if isinstance(layout, Layout):
+            layout = layout.to_dict()
+        self.layout = dict(layout) if layout is not None else None
+        self.gradient_checkpointing = gradient_checkpointing
+        if self.layout is not None:
+            # Mirror the standard names so generic transformers utilities find them.
+            kwargs.setdefault("vocab_size", self.layout["vocab_size"])
+            kwargs.setdefault("hidden_size", self.layout["d_model"])
+            kwargs.setdefault("num_hidden_layers", len(self.layout["layers"]))
+            kwargs.setdefault("num_attention_heads", self.layout["num_heads"])
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+    def to_layout(self) -> Layout:
+        """The `Layout` this config describes (validated)."""
+        if self.layout is None:
+            raise ValueError("HylaConfig has no layout")
+        return Layout.from_dict(self.layout, where="HylaConfig.layout")
+
+
+class HylaCache:
+    """Generation cache: one mixer state per layer plus the number of tokens already consumed."""
+
+    def __init__(self, states: list[LayerState] | None = None, seen_tokens: int = 0) -> None:
+        self.states = states
+        self.seen_tokens = seen_tokens
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def __len__(self) -> int:
+        return len(self.states or ())
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (beam search): every tensor in every state is indexed along dim 0."""
+        for state in self.states or ():
+            if state is None:
+                continue
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[key] = value.index_select(0, beam_idx.to(value.device))
+                elif isinstance(value, dict):  # nested states (head-wise: {"lin": {...}, "attn": {...}})
+                    for k2, v2 in value.items():
+                        if isinstance(v2, torch.Tensor):
+                            value[k2] = v2.index_select(0, beam_idx.to(v2.device))
+
+
+class HylaForCausalLM(PreTrainedModel, GenerationMixin):
+    """`HylaLM` behind the transformers causal-LM interface (loss, save/load, ``generate``)."""
+
+    config_class = HylaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HybridBlock"]
+
+    def __init__(self, config: HylaConfig) -> None:
+        super().__init__(config)
+        self.model = HylaLM(config.to_layout(), gradient_checkpointing=config.gradient_checkpointing)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # Our per-layer states are not key/value layers; we build HylaCache ourselves in forward.
+        return False
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # HylaLM initialises itself in its constructor; from_pretrained overwrites with the checkpoint.
+        pass
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
+        self.model.embeddings = value
+
+    def get_output_embeddings(self) -> torch.nn.Linear:
+        return self.model.lm_head
+
+    def set_output_embeddings(self, value: torch.nn.Linear) -> None:
+        self.model.lm_head = value
+
+    def forward(self, input_ids: torch.LongTensor, past_key_values: HylaCache | None = None,
+                use_cache: bool | None = None, labels: torch.LongTensor | None = None,
+                attention_mask: torch.Tensor | None = None, return_dict: bool | None = None,
+                **kwargs: Any) -> CausalLMOutputWithPast:
+        """Causal-LM forward.
+
+        Args:
+            input_ids: (B, T) ids (during cached generation only the new tokens).
+            past_key_values: a `HylaCache` from the previous step (or None).
+            use_cache: return an updated `HylaCache`.
+            labels: (B, T) ids; the loss is next-token cross entropy (shifted here), -100 ignored.
+            attention_mask: accepted for API compatibility; padding is not supported, so it must be all ones.
+        """
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("HylaForCausalLM does not support padded batches (attention_mask has zeros)")
+        use_cache = bool(use_cache) if use_cache is not None else False
+        states = past_key_values.states if past_key_values is not None else None
+        logits, new_states = self.model(input_ids, states=states, use_cache=use_cache)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+        cache = None
+        if use_cache:
+            seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + input_ids.shape[1]
+            cache = past_key_values if past_key_values is not None else HylaCache()
+            cache.states, cache.seen_tokens = new_states, seen
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+
+
+AutoConfig.register("hyla", HylaConfig, exist_ok=True)
+AutoModelForCausalLM.register(HylaConfig, HylaForCausalLM, exist_ok=True)

@@ -1,0 +1,184 @@
+"""The hybrid language model: one generic pre-norm block for every token mixer, stacked into `HylaLM`.
+
+Structure (must match ``hyla.space.cost.param_count`` exactly, see ``hyla/ARCHITECTURE.md``)::
+
+    tokens -> Embedding(vocab, d)
+           -> n_layers x HybridBlock:  x = x + mixer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
+           -> RMSNorm(d) -> Linear(d, vocab)  (untied head, no bias)
+
+The mixer of layer ``i`` comes from ``hyla.proxy_train.mixers.build_mixer(layout, i)``: whole softmax attention,
+a linear mixer (an fla layer subclass) or a head-wise hybrid. Each mixer carries its own inference state (a dict
+of tensors); the LM passes a list of them, one per layer, in and out of ``forward``.
+
+Initialisation follows fla/flame's models: every ``nn.Linear``/``nn.Embedding`` weight ~ N(0, 0.02), Linear biases
+zero, and the residual output projections (``o_proj``/``out_proj``/``down_proj``) scaled by 1/sqrt(2·n_layers)
+(GPT-2 style) so the residual stream does not grow with depth. Parameters that fla initialises specially inside
+its layers (``A_log``, ``dt_bias``, ``D``, conv kernels, norm weights) are left as fla made them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from hyla.proxy_train.mixers import build_mixer
+from hyla.space.layout import Layout
+
+#: A per-layer inference state: the mixer's dict of tensors (plus e.g. an int position), or None before prefill.
+LayerState = dict[str, Any] | None
+
+#: Names of the last projection of a residual branch (scaled down at init).
+_RESIDUAL_PROJ = ("o_proj", "out_proj", "down_proj")
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))``, no biases (as LLaMA / fla's GatedMLP).
+
+    Args:
+        d: model width.
+        hidden: inner width (``Layout.mlp_hidden``).
+    """
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class HybridBlock(nn.Module):
+    """One pre-norm residual block around any token mixer: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
+
+    Args:
+        layout: the model layout.
+        index: which layer of ``layout`` this block is (selects the mixer).
+    """
+
+    def __init__(self, layout: Layout, index: int) -> None:
+        super().__init__()
+        d = layout.d_model
+        self.index = index
+        self.mixer_norm = nn.RMSNorm(d, eps=layout.norm_eps)
+        self.mixer = build_mixer(layout, index)
+        self.mlp_norm = nn.RMSNorm(d, eps=layout.norm_eps)
+        self.mlp = SwiGLU(d, layout.mlp_hidden)
+
+    def forward(self, x: torch.Tensor, state: LayerState = None,
+                use_cache: bool = False) -> tuple[torch.Tensor, LayerState]:
+        """(B, T, D) -> (B, T, D) and the mixer's new state (None unless ``use_cache``)."""
+        y, new_state = self.mixer(self.mixer_norm(x), state=state, use_cache=use_cache)
+        x = x + y
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, (new_state if use_cache else None)
+
+
+class HylaLM(nn.Module):
+    """A hybrid causal LM built from a `Layout`.
+
+    Args:
+        layout: the layout (mixers per layer, widths, vocab).
+        gradient_checkpointing: recompute each block in the backward pass (saves activation memory; training
+            only, ignored when ``use_cache`` is set).
+    """
+
+    def __init__(self, layout: Layout, gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.layout = layout
+        self.gradient_checkpointing = gradient_checkpointing
+        d = layout.d_model
+        self.embeddings = nn.Embedding(layout.vocab_size, d)
+        self.blocks = nn.ModuleList(HybridBlock(layout, i) for i in range(layout.n_layers))
+        self.norm = nn.RMSNorm(d, eps=layout.norm_eps)
+        self.lm_head = nn.Linear(d, layout.vocab_size, bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Re-initialise Linear/Embedding weights (see module docstring); fla's special parameters are untouched."""
+        residual_scale = 1.0 / math.sqrt(2 * self.layout.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+                if name.rsplit(".", 1)[-1] in _RESIDUAL_PROJ:
+                    module.weight.mul_(residual_scale)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters; ``non_embedding`` leaves out the embedding and the LM head (untied)."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.embeddings.weight.numel() + self.lm_head.weight.numel()
+        return total
+
+    def forward(self, input_ids: torch.Tensor, states: list[LayerState] | None = None,
+                use_cache: bool = False) -> tuple[torch.Tensor, list[LayerState] | None]:
+        """Logits for every position.
+
+        Args:
+            input_ids: (B, T) token ids.
+            states: one state per layer from a previous call with ``use_cache=True`` (None = start fresh).
+            use_cache: return the updated per-layer states for incremental decoding.
+
+        Returns:
+            ``(logits (B, T, vocab), states)``; ``states`` is None unless ``use_cache``.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
+        if states is not None and len(states) != len(self.blocks):
+            raise ValueError(f"states has {len(states)} entries; the model has {len(self.blocks)} layers")
+        x = self.embeddings(input_ids)
+        new_states: list[LayerState] = []
+        for i, block in enumerate(self.blocks):
+            state = states[i] if states is not None else None
+            if self.gradient_checkpointing and self.training and not use_cache and torch.is_grad_enabled():
+                x, s = checkpoint(block, x, None, False, use_reentrant=False)
+            else:
+                x, s = block(x, state, use_cache)
+            new_states.append(s)
+        logits = self.lm_head(self.norm(x))
+        return logits, (new_states if use_cache else None)
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: decay matrices (and the embedding), never norms, biases, 1-D gates or fla's
+        ``_no_weight_decay`` parameters (A_log, dt_bias, D)."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            if p.dim() < 2 or getattr(p, "_no_weight_decay", False):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def greedy_decode(model: HylaLM, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation with the per-layer states as cache (prefill once, then one token per step).
+
+    Args:
+        model: the LM (put it in eval mode first).
+        prompt: (B, T) token ids.
+        max_new_tokens: how many tokens to append.
+
+    Returns:
+        (B, T + max_new_tokens) ids.
+    """
+    logits, states = model(prompt, use_cache=True)
+    out = [prompt]
+    for _ in range(max_new_tokens):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(nxt)
+        logits, states = model(nxt, states=states, use_cache=True)
+    return torch.cat(out, dim=1)
