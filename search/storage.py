@@ -1,0 +1,110 @@
+"""Opening the Optuna storage of a search, and the per-rung studies inside it.
+
+Default storage: ``JournalStorage(JournalFileBackend(run_dir/study.journal))`` - a file, safe for one driver
+and no server. Any Optuna RDB URL (``sqlite:///...``, ``postgresql://...``) also works; for RDBs a connection is
+made up front so an unreachable server is a one-line ConfigError instead of a stack trace mid-search.
+
+A study name reused with a different search space is refused (study user attr ``space_key``), as is one reused
+with different objectives: mixing would silently compare numbers that do not mean the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+
+from hyla.config import ConfigError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+
+
+def open_storage(url: str, where: str = "storage") -> BaseStorage:
+    """Open a storage from ``journal:PATH``, a ``*.journal`` path, or an Optuna RDB URL.
+
+    Raises:
+        ConfigError: the URL is malformed, its driver is missing, or the server does not answer.
+    """
+    if url.startswith("journal:") or url.endswith(".journal") or url.endswith(".log"):
+        path = Path(url.removeprefix("journal:"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot open journal file {str(path)!r}: {e.strerror or e}") from None
+    if "://" not in url:
+        raise ConfigError(f"{where}: {url!r} is neither a journal file nor an RDB URL; expected e.g. "
+                          "sqlite:///study.db, postgresql://user@host:5432/db or journal:path/study.journal")
+    kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql") or url.startswith("mysql"):
+        # Fail fast on a dead host instead of waiting for the OS TCP timeout.
+        kwargs["connect_args"] = {"connect_timeout": 5}
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        if str(db) not in ("", ":memory:") and not db.parent.exists():
+            raise ConfigError(f"{where}: sqlite directory {str(db.parent)!r} does not exist")
+    try:
+        return RDBStorage(url, engine_kwargs=kwargs)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"{where}: {url.split(':', 1)[0]} needs the Python package {e.name!r}; install it") from None
+    except Exception as e:  # sqlalchemy OperationalError, ArgumentError ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{where}: cannot use {_redact(url)}: {reason}") from None
+
+
+def _redact(url: str) -> str:
+    """Hide a password in an RDB URL before it goes into a message."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}" if ":" in cred else url
+    return url
+
+
+def study_exists(storage: BaseStorage, name: str) -> bool:
+    """True when ``storage`` holds a study called ``name``."""
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def open_study(storage: BaseStorage, name: str, directions: list[str], attrs: dict[str, Any],
+               sampler: optuna.samplers.BaseSampler | None = None, where: str = "study") -> optuna.Study:
+    """Load study ``name`` or create it with ``attrs`` as user attrs.
+
+    An existing study must have the same ``space_key`` and ``objectives`` as ``attrs``.
+
+    Raises:
+        ConfigError: the name is taken by a study of another space or other objectives.
+    """
+    if study_exists(storage, name):
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        have = study.user_attrs
+        if have.get("space_key") != attrs["space_key"]:
+            raise ConfigError(f"{where}: name: study {name!r} already exists with another search space "
+                              f"(space_key {have.get('space_key')} != {attrs['space_key']}); pick a new name or "
+                              "storage")
+        if have.get("objectives") != attrs["objectives"]:
+            got = [o["name"] for o in have.get("objectives") or []]
+            raise ConfigError(f"{where}: objectives: study {name!r} already exists with objectives {got}; "
+                              "pick a new name to change objectives")
+        if have.get("config") != attrs.get("config"):
+            study.set_user_attr("config", attrs["config"])  # n_trials etc. may change on a resume
+        return study
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    return study
+
+
+def load_rung_studies(storage: BaseStorage, name: str) -> dict[int, optuna.Study]:
+    """All existing rung studies of search ``name``, by rung number."""
+    out: dict[int, optuna.Study] = {}
+    prefix = f"{name}/rung"
+    for s in storage.get_all_studies():
+        if s.study_name.startswith(prefix) and s.study_name[len(prefix):].isdigit():
+            out[int(s.study_name[len(prefix):])] = optuna.load_study(study_name=s.study_name, storage=storage)
+    return dict(sorted(out.items()))
