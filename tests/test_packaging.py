@@ -1,0 +1,76 @@
+"""The four top-level folders install as hyla.* subpackages, for normal (wheel) and editable installs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {"hyla": "hyla", "hyla.space": "space", "hyla.proxy_train": "proxy_train",
+                "hyla.search": "search", "hyla.analysis": "analysis"}
+
+
+def _on_disk_packages() -> set[str]:
+    found = set()
+    for name, folder in PACKAGE_DIRS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    return found
+
+
+def test_pyproject_lists_every_subpackage() -> None:
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"] == PACKAGE_DIRS
+    assert set(cfg["packages"]) == _on_disk_packages()
+
+
+def _venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return env_dir, env
+
+
+def _imported_files(py: Path, cwd: Path, env: dict[str, str]) -> list[Path]:
+    code = ("import json, hyla, hyla.space, hyla.proxy_train.mixers, hyla.search, hyla.analysis as a;"
+            "print(json.dumps([m.__file__ for m in (hyla, hyla.space, hyla.proxy_train.mixers, hyla.search, a)]))")
+    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=cwd, env=env)
+    return [Path(p).resolve() for p in json.loads(out.stdout)]
+
+
+def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("hyla-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for expected in ("hyla/cli.py", "hyla/space/layout.py", "hyla/proxy_train/mixers/__init__.py",
+                     "hyla/search/__init__.py", "hyla/analysis/__init__.py"):
+        assert expected in names
+    env_dir, env = _venv(tmp_path)
+    py = env_dir / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                    "--no-index", str(wheel)], check=True, cwd=tmp_path)
+    for path in _imported_files(py, tmp_path, env):
+        assert env_dir.resolve() in path.parents, path
+    helped = subprocess.run([str(env_dir / "bin" / "hyla"), "--help"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)
+    assert helped.returncode == 0
+    for sub in ("space", "proxy", "search", "analysis", "train"):
+        assert sub in helped.stdout
+
+
+def test_editable_install_maps_folders(tmp_path: Path) -> None:
+    env_dir, env = _venv(tmp_path)
+    py = env_dir / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
+                    "--no-build-isolation", "-e", str(ROOT)], check=True, cwd=tmp_path)
+    files = _imported_files(py, tmp_path, env)
+    expected = [ROOT / "hyla", ROOT / "space", ROOT / "proxy_train" / "mixers", ROOT / "search", ROOT / "analysis"]
+    assert [f.parent for f in files] == [e.resolve() for e in expected]
