@@ -64,6 +64,20 @@ class MixerKind:
             raise ConfigError(f"{where}.options: {self.name} at d_model {d_model}: {err}")
         return opts
 
+    def fla_kwargs(self, d_model: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Constructor kwargs of ``fla.layers.<fla_class>`` (minus ``hidden_size``/``layer_idx``).
+
+        Only Mamba2 renames an option: hyla's ``conv_size`` is fla's ``conv_kernel``.
+        """
+        opts = self.resolve_options(d_model, dict(overrides or {}))
+        if self.name == "mamba2":
+            opts["conv_kernel"] = opts.pop("conv_size")
+        return opts
+
+    def formula(self, d_model: int, overrides: dict[str, Any] | None = None) -> MixerFormula:
+        """Exact parameter and state sizes of this kind's fla layer at ``d_model`` (see `MixerFormula`)."""
+        return _FORMULAS[self.name](d_model, self.resolve_options(d_model, dict(overrides or {})))
+
 
 def _divides(name: str, n: int, what: str, total: float) -> str | None:
     if n < 1:
@@ -91,12 +105,122 @@ def _check_gdn(d: int, o: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_retnet(d: int, o: dict[str, Any]) -> str | None:
+    err = _check_kv(d, o)
+    # fla's MultiScaleRetention asserts this (its fused rotary kernel): refuse it here with a readable message.
+    if err is None and d * o["expand_k"] / o["num_heads"] > 256:
+        err = f"head_k_dim = d_model*expand_k/num_heads = {d * o['expand_k'] / o['num_heads']:g} must be <= 256"
+    return err
+
+
 def _check_mamba2(d: int, o: dict[str, Any]) -> str | None:
     inner = o["expand"] * d
     if o["num_heads"] * o["head_dim"] != inner:
         return f"num_heads*head_dim = {o['num_heads'] * o['head_dim']} must equal expand*d_model = {inner}"
     return _divides("n_groups", o["n_groups"], "num_heads", o["num_heads"])
 
+
+@dataclass(frozen=True, slots=True)
+class MixerFormula:
+    """Sizes of one linear mixer layer (the fla layer built with the resolved options), from closed forms.
+
+    Attributes:
+        params: ``sum(p.numel())`` of the fla layer.
+        dense_params: weights used once per token in a multiply-accumulate (linear and short-conv weights); the
+            rest (norm weights, biases, per-head scalars) is elementwise. Drives the FLOP estimate.
+        recurrent_elems: elements of the recurrent state of one sequence.
+        recurrent_fp32: True when fla keeps the recurrent state in fp32 (all but HGRN, which uses the model dtype).
+        conv_channels: total channels of the short convolutions (0 without short conv).
+        conv_size: kernel width W; the conv cache keeps W columns per channel.
+        state_heads, head_k, head_v: the recurrence as ``state_heads`` matrices of ``head_k x head_v`` (HGRN: one
+            1x1 "head" per channel), used for the linear-mixer FLOP term.
+    """
+
+    params: int
+    dense_params: int
+    recurrent_elems: int
+    recurrent_fp32: bool
+    conv_channels: int
+    conv_size: int
+    state_heads: int
+    head_k: int
+    head_v: int
+
+    def recurrent_bytes(self, dtype_bytes: int) -> int:
+        """Recurrent state bytes of one sequence with the model dtype of ``dtype_bytes`` bytes."""
+        return self.recurrent_elems * (4 if self.recurrent_fp32 else dtype_bytes)
+
+    def conv_bytes(self, dtype_bytes: int) -> int:
+        """Short-convolution cache bytes of one sequence (model dtype, W columns per channel)."""
+        return self.conv_channels * self.conv_size * dtype_bytes
+
+
+def _conv(o: dict[str, Any], channels: int) -> tuple[int, int]:
+    """(conv channels, kernel width) when the short conv is on, else (0, width)."""
+    return (channels if o.get("use_short_conv", False) else 0), o["conv_size"]
+
+
+def _hgrn_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    D = int(d * o["expand_ratio"])
+    ch, w = _conv(o, 2 * D)  # f_conv1d and i_conv1d
+    dense = 4 * d * D + ch * w  # i, f, g projections d->D and o_proj D->d
+    return MixerFormula(dense + D, dense, D, False, ch, w, D, 1, 1)  # + g_norm weight D
+
+
+def _kv_dims(d: int, o: dict[str, Any]) -> tuple[int, int, int]:
+    return round(d * o["expand_k"]), round(d * o["expand_v"]), o["num_heads"]
+
+
+def _retnet_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    K, V, H = _kv_dims(d, o)
+    dense = d * (2 * K + 3 * V)  # q, k: d->K; v, g: d->V; o: V->d.  No short conv in fla's RetNet.
+    return MixerFormula(dense + V // H, dense, K * V // H, True, 0, 4, H, K // H, V // H)
+
+
+def _gla_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    K, V, H = _kv_dims(d, o)
+    r = o["gate_low_rank_dim"]
+    ch, w = _conv(o, 2 * K + V)
+    dense = d * (2 * K + 3 * V) + d * r + r * K + ch * w  # + low-rank gate d->r->K
+    return MixerFormula(dense + K + V // H, dense, K * V // H, True, ch, w, H, K // H, V // H)  # gate bias, norm
+
+
+def _hgrn2_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    er = o["expand_ratio"]
+    H = d // er
+    F = H * er  # forget dim (== d when er divides d)
+    ch, w = _conv(o, 2 * F + d)
+    dense = 2 * d * F + 2 * d * d + ch * w  # q, f: d->F; i: d->d; o: d->d
+    return MixerFormula(dense + d, dense, F * (d // H), True, ch, w, H, er, d // H)  # + g_norm d
+
+
+def _deltanet_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    K, V, H = _kv_dims(d, o)
+    ch, w = _conv(o, 2 * K + V)
+    dense = d * (2 * K + 2 * V) + (d * H if o["use_beta"] else 0) + ch * w
+    return MixerFormula(dense + V // H, dense, K * V // H, True, ch, w, H, K // H, V // H)  # + o_norm
+
+
+def _gdn_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    H, dk = o["num_heads"], o["head_dim"]
+    dv = int(dk * o["expand_v"])
+    K, V = H * dk, H * dv
+    ch, w = _conv(o, 2 * K + V)
+    dense = d * (2 * K + 3 * V) + 2 * d * H + ch * w  # q, k; v, g, o; a, b projections d->H
+    return MixerFormula(dense + 2 * H + dv, dense, H * dk * dv, True, ch, w, H, dk, dv)  # A_log, dt_bias, o_norm
+
+
+def _mamba2_formula(d: int, o: dict[str, Any]) -> MixerFormula:
+    I, N, G, H, w = o["expand"] * d, o["state_size"], o["n_groups"], o["num_heads"], o["conv_size"]
+    conv_dim = I + 2 * G * N
+    dense = d * (I + conv_dim + H) + conv_dim * w + I * d  # in_proj, depthwise conv1d, out_proj
+    return MixerFormula(dense + conv_dim + 3 * H + I, dense, I * N, True, conv_dim, w, H, N, o["head_dim"])
+
+
+_FORMULAS: dict[str, Callable[[int, dict[str, Any]], MixerFormula]] = {
+    "hgrn": _hgrn_formula, "retnet": _retnet_formula, "gla": _gla_formula, "hgrn2": _hgrn2_formula,
+    "deltanet": _deltanet_formula, "gdn": _gdn_formula, "mamba2": _mamba2_formula,
+}
 
 _CONV = {"use_short_conv": bool, "conv_size": int}
 
@@ -108,7 +232,7 @@ MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
     MixerKind("retnet", "T", "MultiScaleRetention",
               lambda d: {"num_heads": _heads(d, 256), "expand_k": 1.0, "expand_v": 2.0},
               {"num_heads": int, "expand_k": float, "expand_v": float},
-              _check_kv),
+              _check_retnet),
     MixerKind("gla", "G", "GatedLinearAttention",
               lambda d: {"num_heads": _heads(d, 256), "expand_k": 0.5, "expand_v": 1.0, "use_short_conv": False,
                          "conv_size": 4, "gate_low_rank_dim": 16},
