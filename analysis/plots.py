@@ -1,0 +1,184 @@
+"""Pareto-front figures with plotly (imported lazily: ``import hyla.analysis`` stays light).
+
+One figure shows 2 objectives (scatter) or 3 (3-D scatter). Each rung gets its own traces and a dropdown
+switches between rungs (rung proxies differ in budget, so their numbers are not mixed on one plot). Per rung:
+front points (solid, joined by a step line in 2-D), dominated points (dimmed), infeasible points (``x``), and
+paper-grid presets drawn as a labelled reference family (diamonds). Failed trials are not plotted but counted in
+the title. Hover shows the layer string, trial number, rung and every metric.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hyla.config import ConfigError
+from hyla.analysis.pareto import non_dominated
+from hyla.analysis.study_data import StudyData, TrialRecord
+
+#: The three standard views: recall vs memory is the headline trade-off.
+STANDARD_VIEWS: tuple[tuple[str, str], ...] = (("memory_bytes", "recall"), ("memory_bytes", "lm_loss"),
+                                               ("lm_loss", "recall"))
+_LABELS = {"lm_loss": "LM val loss", "recall": "recall (suite accuracy)", "kv_bytes": "KV cache bytes / seq",
+           "memory_bytes": "KV + state bytes / seq", "params": "parameters", "tokens_per_s": "tokens / s"}
+_BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-headless-shell", "/usr/bin/chromium-browser",
+             "/usr/bin/google-chrome")
+
+
+def _go() -> Any:
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise ConfigError("plots: plotly is not installed; pip install plotly") from None
+    return go
+
+
+def _hover(r: TrialRecord, names: Sequence[str]) -> str:
+    parts = [f"<b>{r.layout_string}</b>", f"trial {r.number} (rung {r.rung})"]
+    if r.preset:
+        parts.append(f"preset {r.preset}")
+    for n in names:
+        v = r.metric(n)
+        if v is not None:
+            parts.append(f"{n}: {v:.4g}")
+    if not r.feasible:
+        parts.append("infeasible: " + ", ".join(f"{k}={v:.3g}" for k, v in r.constraints.items() if v > 0))
+    return "<br>".join(parts)
+
+
+def _trace(go: Any, recs: list[TrialRecord], axes: Sequence[str], names: Sequence[str], **kw: Any) -> Any:
+    coords = {k: [r.metric(a) for r in recs] for k, a in zip("xyz", axes)}
+    text = [_hover(r, names) for r in recs]
+    cls = go.Scatter3d if len(axes) == 3 else go.Scatter
+    return cls(**coords, hovertext=text, hoverinfo="text", **kw)
+
+
+def rung_traces(data: StudyData, rung: int, axes: Sequence[str]) -> tuple[list[Any], int]:
+    """Traces of one rung (front, dominated, infeasible, presets) and the number of failed trials left out."""
+    go = _go()
+    names = data.metric_names()
+    recs = data.select(rung=rung)
+    failed = sum(1 for r in recs if r.state == "FAIL")
+    done = [r for r in recs if r.complete and all(r.metric(a) is not None for a in axes)]
+    feas = [r for r in done if r.feasible]
+    dirs = [data.direction(a) for a in axes]
+    front_idx = set(non_dominated([[r.metric(a) for a in axes] for r in feas], dirs))  # type: ignore[misc]
+    front = sorted((feas[i] for i in front_idx), key=lambda r: r.metric(axes[0]))  # type: ignore[arg-type,return-value]
+    dominated = [r for i, r in enumerate(feas) if i not in front_idx and not r.preset]
+    infeasible = [r for r in done if not r.feasible]
+    presets = [r for r in feas if r.preset]
+    is3d = len(axes) == 3
+    size = 4 if is3d else 9
+    traces = [
+        _trace(go, front, axes, names, name=f"Pareto front (rung {rung})", mode="markers" if is3d else "lines+markers",
+               marker=dict(size=size + 2, color="#d62728"),
+               **({} if is3d else {"line": dict(shape="hv", color="#d62728", width=1.5)})),
+        _trace(go, dominated, axes, names, name="dominated", mode="markers",
+               marker=dict(size=size, color="#1f77b4", opacity=0.35)),
+        _trace(go, infeasible, axes, names, name="infeasible (constraint)", mode="markers",
+               marker=dict(size=size, color="#7f7f7f", symbol="x", opacity=0.6)),
+        _trace(go, presets, axes, names, name="paper grid", mode="markers+text",
+               text=[r.preset for r in presets], textposition="top center", textfont=dict(size=9),
+               marker=dict(size=size + 1, color="#2ca02c", symbol="diamond", line=dict(width=1, color="black"))),
+    ]
+    return traces, failed
+
+
+def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recall"),
+                  rungs: Sequence[int] | None = None, title: str | None = None) -> Any:
+    """A Pareto-front figure over 2 or 3 metrics, one dropdown entry per rung.
+
+    Args:
+        data: the loaded study.
+        axes: metric names for x, y (and z); see ``StudyData.metric_names()``.
+        rungs: rungs to include (default all with trials); the first is shown initially.
+        title: figure title (default: study name and metrics).
+
+    Returns:
+        A ``plotly.graph_objects.Figure``.
+    """
+    go = _go()
+    if len(axes) not in (2, 3) or len(set(axes)) != len(axes):
+        raise ConfigError(f"pareto axes: {list(axes)} must be 2 or 3 distinct metrics")
+    for a in axes:
+        if a not in data.metric_names():
+            raise ConfigError(f"pareto axis: {a!r} is not a metric of study {data.name!r}; allowed: "
+                              f"{', '.join(data.metric_names())}")
+    rungs = list(rungs if rungs is not None else data.rungs)
+    for r in rungs:
+        if r not in data.rungs:
+            raise ConfigError(f"--rung: {r} is not a rung of study {data.name!r}; rungs: {data.rungs}")
+    if not rungs:
+        raise ConfigError(f"study {data.name!r}: no trials to plot")
+    fig = go.Figure()
+    per_rung: list[tuple[int, int, int]] = []  # (rung, trace count, failed)
+    for i, rung in enumerate(rungs):
+        traces, failed = rung_traces(data, rung, axes)
+        for t in traces:
+            t.visible = i == 0
+            fig.add_trace(t)
+        per_rung.append((rung, len(traces), failed))
+    base = title or f"{data.name}: " + " vs ".join(_LABELS.get(a, a) for a in reversed(axes[:2]))
+
+    def head(rung: int, failed: int) -> str:
+        return f"{base} (rung {rung}; {failed} failed trial{'s' * (failed != 1)} not shown)"
+
+    fig.update_layout(title=head(per_rung[0][0], per_rung[0][2]), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.18), margin=dict(t=70), height=560)
+    arrow = {a: (" (lower is better)" if data.direction(a) == "minimize" else " (higher is better)") for a in axes}
+    if len(axes) == 3:
+        fig.update_layout(scene=dict(xaxis_title=axes[0] + arrow[axes[0]], yaxis_title=axes[1] + arrow[axes[1]],
+                                     zaxis_title=axes[2] + arrow[axes[2]]))
+    else:
+        fig.update_xaxes(title=_LABELS.get(axes[0], axes[0]) + arrow[axes[0]])
+        fig.update_yaxes(title=_LABELS.get(axes[1], axes[1]) + arrow[axes[1]])
+        if axes[0].endswith("bytes") or axes[0] == "params":
+            fig.update_xaxes(type="log")  # memory spans orders of magnitude (KV grows with context)
+    if len(rungs) > 1:
+        total = sum(n for _, n, _ in per_rung)
+        buttons, start = [], 0
+        for rung, n, failed in per_rung:
+            vis = [start <= k < start + n for k in range(total)]
+            buttons.append(dict(label=f"rung {rung}", method="update",
+                                args=[{"visible": vis}, {"title": head(rung, failed)}]))
+            start += n
+        fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, xanchor="right", y=1.12, yanchor="top")])
+    return fig
+
+
+def write_html(fig: Any, path: str | Path) -> Path:
+    """Write a self-contained HTML file (plotly.js inlined, so it opens offline)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(p), include_plotlyjs=True, full_html=True)
+    return p
+
+
+def find_browser() -> str | None:
+    """A Chrome/Chromium binary for kaleido: $BROWSER_PATH, Debian's chromium(-headless-shell), or PATH."""
+    env = os.environ.get("BROWSER_PATH")
+    if env and Path(env).is_file():
+        return env
+    for b in _BROWSERS:
+        if Path(b).is_file():
+            return b
+    for name in ("chromium", "chromium-headless-shell", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def write_png(fig: Any, path: str | Path, width: int = 1100, height: int = 650) -> Path:
+    """Render a static PNG with kaleido (needs a Chrome/Chromium binary)."""
+    browser = find_browser()
+    if browser is None:
+        raise ConfigError("PNG export needs a Chrome/Chromium: apt-get install chromium (or chromium-headless-shell)")
+    os.environ["BROWSER_PATH"] = browser  # kaleido/choreographer look here before their own download
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_image(str(p), format="png", width=width, height=height)
+    return p

@@ -1,0 +1,253 @@
+"""Load a hyla search study into a tidy list of `TrialRecord`s.
+
+A study is found from any of: an Optuna RDB URL (``sqlite:///...``, ``postgresql://...``), a journal file
+(``study.journal``), a run directory holding ``study.journal``, or the study YAML that ran it. Rungs may be stored
+as separate studies named ``<name>/rung<r>`` or as a ``rung`` trial user attr; both are read and merged, so the
+rest of the analysis only sees ``TrialRecord.rung``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyla.config import ConfigError, load_yaml
+from hyla.space.layout import Layout
+
+#: Known metrics: objective name -> (key in the ProxyResult dict, direction). Objectives in a study override
+#: the direction; these defaults let plots/picks use metrics that were not objectives of the study.
+METRICS: dict[str, tuple[str, str]] = {
+    "lm_loss": ("lm_val_loss", "minimize"),
+    "recall": ("recall", "maximize"),
+    "kv_bytes": ("kv_bytes", "minimize"),
+    "memory_bytes": ("state_bytes", "minimize"),
+    "params": ("params", "minimize"),
+    "tokens_per_s": ("tokens_per_s", "maximize"),
+}
+_RUNG_RE = re.compile(r"^(?P<base>.+)/rung(?P<rung>\d+)$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One study objective: its name (``lm_loss``, ``recall`` ...) and ``minimize``/``maximize``."""
+
+    name: str
+    direction: str
+
+    @property
+    def sign(self) -> float:
+        """+1 when smaller is better, -1 when larger is better (multiply to get a minimisation value)."""
+        return 1.0 if self.direction == "minimize" else -1.0
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of one rung, flattened from Optuna's FrozenTrial and the hyla user attrs."""
+
+    study: str
+    number: int
+    rung: int
+    state: str  # Optuna TrialState name: COMPLETE, FAIL, RUNNING, WAITING, PRUNED
+    values: dict[str, float]
+    layout: Layout | None
+    layout_string: str
+    layout_key: str
+    preset: str | None
+    parent: int | None
+    feasible: bool
+    constraints: dict[str, float]
+    result: dict[str, Any]
+    fail_reason: str | None
+    user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE"
+
+    def metric(self, name: str) -> float | None:
+        """An objective value by name; falls back to the recorded ProxyResult for non-objective metrics."""
+        if name in self.values:
+            return self.values[name]
+        key = METRICS.get(name, (name, ""))[0]
+        value = self.result.get(key, self.result.get(name))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        return None
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """A whole study (all rungs): its config, objectives and trials."""
+
+    name: str
+    source: str
+    config: dict[str, Any]
+    objectives: tuple[Objective, ...]
+    trials: tuple[TrialRecord, ...]
+
+    @property
+    def rungs(self) -> list[int]:
+        return sorted({t.rung for t in self.trials})
+
+    def direction(self, metric: str) -> str:
+        """Direction of a metric: the study's objective direction, else hyla's default for that metric."""
+        for o in self.objectives:
+            if o.name == metric:
+                return o.direction
+        if metric in METRICS:
+            return METRICS[metric][1]
+        raise ConfigError(f"objective {metric!r}: unknown; allowed: {', '.join(self.metric_names())}")
+
+    def metric_names(self) -> list[str]:
+        names = [o.name for o in self.objectives]
+        return names + [m for m in METRICS if m not in names]
+
+    def select(self, rung: int | None = None, complete: bool | None = None) -> list[TrialRecord]:
+        """Trials of one rung (None = all) and optionally only complete (True) or only not complete (False)."""
+        out = [t for t in self.trials if rung is None or t.rung == rung]
+        if complete is not None:
+            out = [t for t in out if t.complete == complete]
+        return out
+
+    def top_rung(self) -> int:
+        """The highest rung with complete trials (its proxies are the longest, so its numbers are preferred)."""
+        done = [t.rung for t in self.trials if t.complete]
+        if not done:
+            raise ConfigError(f"study {self.name!r}: no complete trials to analyse ({len(self.trials)} trials in all)")
+        return max(done)
+
+
+def _journal_storage(path: Path) -> Any:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _resolve_source(source: str | Path) -> tuple[Any, str | None]:
+    """(optuna storage or URL, study name if the source names one)."""
+    text = str(source)
+    if text.startswith("journal:"):  # the search package's spelling of a journal storage
+        text = text.removeprefix("journal:")
+        if not Path(text).is_file():
+            raise ConfigError(f"study {source}: journal file not found")
+        return _journal_storage(Path(text)), None
+    if "://" in text:
+        return text, None
+    p = Path(text)
+    if p.is_dir():
+        journal = p / "study.journal"
+        if not journal.is_file():
+            raise ConfigError(f"{p}: run directory has no study.journal; pass the storage URL or the study YAML")
+        return _journal_storage(journal), None
+    if not p.is_file():
+        raise ConfigError(f"study {text!r}: not a storage URL, a journal file, a run directory or a study YAML")
+    if p.suffix in (".yaml", ".yml"):
+        return _from_study_yaml(p)
+    return _journal_storage(p), None
+
+
+def _from_study_yaml(path: Path) -> tuple[Any, str | None]:
+    """Read name/storage/run_dir from a study YAML (the search package's defaults: hyla_runs/<name>)."""
+    data = load_yaml(path)
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(f"{path}: expected a study config mapping with a 'name' field")
+    name = str(data["name"])
+    if data.get("storage"):
+        return _resolve_source(str(data["storage"]))[0], name
+    run_dir = Path(data.get("run_dir") or Path("hyla_runs") / name)
+    journal = run_dir / "study.journal"
+    if not journal.is_file():
+        raise ConfigError(f"{path}: study {name!r} has no journal at {journal} (has the search run?)")
+    return _journal_storage(journal), name
+
+
+def _pick_name(names: list[str], wanted: str | None, source: str) -> str:
+    bases = sorted({(_RUNG_RE.match(n)["base"] if _RUNG_RE.match(n) else n) for n in names})
+    if wanted is not None:
+        if wanted not in bases:
+            raise ConfigError(f"study {wanted!r}: not in {source}; studies there: {', '.join(bases) or 'none'}")
+        return wanted
+    if len(bases) != 1:
+        raise ConfigError(f"{source}: holds {len(bases)} studies ({', '.join(bases) or 'none'}); pass --study NAME")
+    return bases[0]
+
+
+def load_study(source: str | Path, study_name: str | None = None) -> StudyData:
+    """Load every rung of a study.
+
+    Args:
+        source: storage URL, journal file, run directory or study YAML.
+        study_name: which study, when the storage holds several (rung studies ``<name>/rung<r>`` belong to
+            ``<name>``).
+
+    Returns:
+        The study with one `TrialRecord` per trial of every rung.
+    """
+    import optuna
+
+    storage, named = _resolve_source(source)
+    try:
+        names = optuna.get_all_study_names(storage=storage)
+    except Exception as e:  # unreachable database, malformed journal ...
+        raise ConfigError(f"study {source}: cannot open storage: {str(e).splitlines()[0]}") from None
+    name = _pick_name(names, study_name or named, str(source))
+    members: list[tuple[str, int | None]] = []
+    for n in names:
+        m = _RUNG_RE.match(n)
+        if n == name:
+            members.append((n, None))
+        elif m and m["base"] == name:
+            members.append((n, int(m["rung"])))
+    config: dict[str, Any] = {}
+    objectives: tuple[Objective, ...] = ()
+    trials: list[TrialRecord] = []
+    for study_name_r, rung in sorted(members, key=lambda x: -1 if x[1] is None else x[1]):
+        study = optuna.load_study(study_name=study_name_r, storage=storage)
+        attrs = study.user_attrs
+        if not objectives:
+            objectives = _objectives(attrs, study, study_name_r)
+            config = dict(attrs.get("config") or {})
+        trials.extend(_record(study_name_r, t, rung, objectives) for t in study.get_trials(deepcopy=False))
+    trials.sort(key=lambda t: (t.rung, t.number))
+    return StudyData(name=name, source=str(source), config=config, objectives=objectives, trials=tuple(trials))
+
+
+def _objectives(attrs: dict[str, Any], study: Any, where: str) -> tuple[Objective, ...]:
+    raw = attrs.get("objectives")
+    if raw:
+        objs = tuple(Objective(str(o["name"]), str(o["direction"]).lower()) for o in raw)
+    else:  # a study not written by hyla: name values by position
+        objs = tuple(Objective(f"value{i}", d.name.lower()) for i, d in enumerate(study.directions))
+    if len(objs) != len(study.directions):
+        raise ConfigError(f"study {where}: user attr objectives lists {len(objs)} objectives but the study has "
+                          f"{len(study.directions)} directions")
+    return objs
+
+
+def _record(study: str, t: Any, rung: int | None, objectives: tuple[Objective, ...]) -> TrialRecord:
+    ua = dict(t.user_attrs)
+    layout = None
+    if isinstance(ua.get("layout"), dict):
+        try:
+            layout = Layout.from_dict(ua["layout"], where=f"{study} trial {t.number} layout")
+        except ConfigError:
+            layout = None  # a layout from an older space definition: keep the trial, without a diagram
+    values = {}
+    if t.values is not None:
+        values = {o.name: float(v) for o, v in zip(objectives, t.values)}
+    constraints = dict(t.constraints)
+    result = ua.get("result") if isinstance(ua.get("result"), dict) else {}
+    parent = ua.get("parent")
+    return TrialRecord(
+        study=study, number=t.number, rung=int(ua.get("rung", rung if rung is not None else 0)),
+        state=t.state.name, values=values, layout=layout,
+        layout_string=layout.layer_string() if layout else "?",
+        layout_key=str(ua.get("layout_key") or (layout.key() if layout else "")),
+        preset=ua.get("preset") or None, parent=int(parent) if parent is not None else None,
+        feasible=all(v <= 0.0 for v in constraints.values()), constraints=constraints, result=result,
+        fail_reason=ua.get("fail_reason") or (result.get("fail_reason") if t.state.name == "FAIL" else None),
+        user_attrs=ua)
