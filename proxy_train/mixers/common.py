@@ -1,0 +1,280 @@
+"""Shared pieces of the linear mixers: CPU short convolution, the fla Cache bridge, the forward dispatch.
+
+Contract of every linear mixer module (GLA, RetNet, HGRN, HGRN-2 here; DeltaNet, GDN, Mamba2 in sibling files):
+
+- The class subclasses the fla layer (``class GLAMixer(FlaMixer, fla.layers.GatedLinearAttention)``), so its
+  ``state_dict`` is fla's own and loads 1:1 into the plain fla class. ``from_layout(layout, index)`` builds it from
+  ``layout.mixer_options(index)`` with ``hidden_size=layout.d_model`` and ``layer_idx=index``.
+- ``forward(x, state=None, use_cache=False) -> (y, new_state)`` with ``x``/``y`` of shape ``(B, T, D)``.
+  ``x.is_cuda`` runs fla's own forward (Triton kernels) through :func:`to_fla_cache`/:func:`from_fla_cache`;
+  otherwise the subclass's ``_cpu_forward(x, state, use_cache)`` runs: pure PyTorch, same parameters, same math.
+  ``_cpu_forward`` is device-agnostic, so benchmarks may call it on CUDA tensors to compare against fla.
+- ``new_state`` is None unless ``use_cache``; ``state`` continues a sequence (prefill then step-by-step decode
+  equals one full forward).
+- State = ``dict[str, Tensor | int]`` for one layer:
+  ``"recurrent"``: the recurrent state exactly as fla's layer keeps it (fp32; GLA/HGRN-2 use fla's
+  ``state_v_first`` layout ``[B, H, V, K]``, RetNet ``[B, H, K, V]``, HGRN ``[B, D]`` in the model dtype);
+  ``"conv_<name>"``: one short-convolution cache ``[B, C, W]`` per convolved projection, in the model dtype,
+  keeping W columns like fla (the last W pre-activation inputs; only W-1 are read, fla stores W);
+  ``"pos"`` (RetNet only): tokens seen, a python int for the rotary offset; not memory.
+  The sum of tensor ``nbytes`` (:func:`state_nbytes`) for one sequence equals ``hyla.space.cost``'s
+  recurrent + conv bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from hyla.config import ConfigError
+from hyla.space.layout import Layout
+
+State = dict[str, Any]
+
+#: Chunk length of the CPU chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small.
+CPU_CHUNK = 16
+
+
+def state_nbytes(state: State | None) -> int:
+    """Bytes of the tensors in a layer state (non-tensor entries such as ``"pos"`` are not memory)."""
+    if not state:
+        return 0
+    return sum(v.nbytes for v in state.values() if isinstance(v, torch.Tensor))
+
+
+# -- short convolution ---------------------------------------------------------------------------------------------
+def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               cache: torch.Tensor | None = None, activation: str | None = None,
+               output_final_state: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Depthwise causal convolution, the math of fla's ``ShortConvolution`` (``causal_conv1d``).
+
+    Args:
+        x: input ``(B, T, C)``.
+        weight: ``(C, 1, W)`` (the ``nn.Conv1d`` weight) or ``(C, W)``.
+        bias: ``(C,)`` or None.
+        cache: the previous ``W`` pre-activation inputs ``(B, C, W)`` (column ``W-1`` is the most recent), or None
+            for a fresh sequence (zeros).
+        activation: None or ``"silu"``/``"swish"``.
+        output_final_state: also return the new cache: the last ``W`` inputs of ``cat(cache, x)``.
+
+    Returns:
+        ``(y, new_cache)``; ``y`` has the shape and dtype of ``x``; ``new_cache`` is None unless requested.
+    """
+    B, T, C = x.shape
+    w = weight.reshape(C, -1)
+    W = w.shape[-1]
+    xt = x.transpose(1, 2)  # (B, C, T)
+    prev = cache.to(x.dtype) if cache is not None else x.new_zeros(B, C, W)
+    full = torch.cat([prev, xt], dim=-1)  # (B, C, W + T); output t reads inputs t-W+1 .. t
+    y = F.conv1d(full[..., 1:], w.unsqueeze(1).to(x.dtype),
+                 bias.to(x.dtype) if bias is not None else None, groups=C)  # (B, C, T)
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"short_conv activation: {activation!r}; expected None, 'silu' or 'swish'")
+    new_cache = full[..., -W:].contiguous() if output_final_state else None
+    return y.transpose(1, 2), new_cache
+
+
+def conv_module(conv: torch.nn.Module, x: torch.Tensor, cache: torch.Tensor | None,
+                output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run an fla ``ShortConvolution`` module's parameters through :func:`short_conv` (CPU path)."""
+    return short_conv(x, conv.weight, conv.bias, cache, conv.activation, output_final_state)
+
+
+# -- numerics shared by the CPU paths ------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, computed in fp32 like fla's kernels, returned in ``x``'s dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
+
+
+def rms_norm_gated(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                   activation: str = "swish") -> torch.Tensor:
+    """fla's ``FusedRMSNormGated``: ``rmsnorm(x) * weight * act(g)`` (act swish/silu or sigmoid), fp32 inside."""
+    y = rms_norm(x, weight, eps).float()
+    gf = g.float()
+    y = y * (gf * torch.sigmoid(gf) if activation in ("swish", "silu") else torch.sigmoid(gf))
+    return y.to(x.dtype)
+
+
+def chunk_gated_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor,
+                            scale: float, initial_state: torch.Tensor | None = None,
+                            chunk: int = CPU_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gated linear attention with a per-key-channel decay, chunked (fla ``naive_recurrent_gla`` math).
+
+    Recurrence: ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, ``o_t = (scale q_t)^T S_t``. Within a chunk the
+    pairwise decays ``exp(G_t - G_s)`` (``G`` = cumulative log gate, ``s <= t``) are formed explicitly, so every
+    exponent is <= 0 and nothing overflows however strong the gates; chunks are chained through ``S``.
+
+    Args:
+        q, k: ``(B, T, H, K)``; v: ``(B, T, H, V)``.
+        log_g: log forget gates, broadcastable to ``(B, T, H, K)`` (RetNet passes a constant per head).
+        scale: query scale.
+        initial_state: ``(B, H, K, V)`` or None.
+
+    Returns:
+        ``(o, S)``: ``o`` ``(B, T, H, V)`` in fp32, final state ``(B, H, K, V)`` fp32.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    C = max(1, min(chunk, T))
+    n = -(-T // C)
+    pad = n * C - T
+    q, k, v = (t.float() for t in (q, k, v))
+    g = log_g.float().expand(B, T, H, K)
+    if pad:  # padded steps have k = v = 0 and g = 0 (no decay): they leave the state untouched
+        q, k, v, g = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v, g))
+    # (B, H, n, C, *)
+    q, k, v, g = (t.reshape(B, n, C, H, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v, g))
+    q = q * scale
+    gc = g.cumsum(dim=3)  # G_t within each chunk
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    diff = gc.unsqueeze(4) - gc.unsqueeze(3)  # (B, H, n, C_t, C_s, K): G_t - G_s
+    decay = torch.exp(diff.masked_fill(~causal[:, :, None], float("-inf")))
+    attn = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
+    o_intra = attn @ v  # (B, H, n, C, V)
+    q_decay = q * gc.exp()  # reads the state left by the previous chunk
+    g_last = gc[:, :, :, -1:]  # (B, H, n, 1, K)
+    k_decay = k * torch.exp(g_last - gc)  # each key decayed to the chunk end
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
+    outs = []
+    for i in range(n):
+        outs.append(o_intra[:, :, i] + q_decay[:, :, i] @ S)
+        S = g_last[:, :, i, 0].exp().unsqueeze(-1) * S + k_decay[:, :, i].transpose(-1, -2) @ v[:, :, i]
+    o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T]
+    return o.transpose(1, 2), S
+
+
+def chunk_diag_scan(x: torch.Tensor, log_g: torch.Tensor, initial_state: torch.Tensor | None = None,
+                    chunk: int = CPU_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise gated scan ``h_t = exp(g_t) * h_{t-1} + x_t`` (HGRN), chunked like the function above.
+
+    Args:
+        x, log_g: ``(B, T, D)``.
+        initial_state: ``(B, D)`` or None.
+
+    Returns:
+        ``(h, h_T)`` in fp32: all states ``(B, T, D)`` and the last ``(B, D)``.
+    """
+    B, T, D = x.shape
+    C = max(1, min(chunk, T))
+    n = -(-T // C)
+    pad = n * C - T
+    x, g = x.float(), log_g.float()
+    if pad:
+        x, g = (F.pad(t, (0, 0, 0, pad)) for t in (x, g))
+    x, g = x.reshape(B, n, C, D), g.reshape(B, n, C, D)
+    gc = g.cumsum(dim=2)
+    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp((gc.unsqueeze(3) - gc.unsqueeze(2)).masked_fill(~causal[:, :, None], float("-inf")))
+    h_intra = torch.einsum("bntsd,bnsd->bntd", decay, x)
+    h = x.new_zeros(B, D) if initial_state is None else initial_state.float()
+    outs = []
+    for i in range(n):
+        hi = h_intra[:, i] + gc[:, i].exp() * h.unsqueeze(1)
+        outs.append(hi)
+        h = hi[:, -1]
+    out = torch.stack(outs, dim=1).reshape(B, n * C, D)[:, :T]
+    return out, out[:, -1] if T else h
+
+
+# -- the fla Cache bridge (CUDA path) ------------------------------------------------------------------------------
+def to_fla_cache(layer_idx: int, state: State | None, conv_names: tuple[str, ...]) -> Any:
+    """Wrap our layer state in an ``fla.models.utils.Cache`` holding it at ``layer_idx`` (None = empty cache).
+
+    Conv caches are cloned: fla's single-token decode updates its conv cache in place, and our states are values.
+    """
+    from fla.models.utils import Cache
+
+    cache = Cache()
+    if state:
+        conv = tuple(state[f"conv_{n}"].clone() for n in conv_names) if conv_names else None
+        # offset = tokens seen: RetNet reads it back as the rotary offset via get_seq_length(layer_idx)
+        cache.update(recurrent_state=state["recurrent"], conv_state=conv, layer_idx=layer_idx,
+                     offset=int(state.get("pos", 0)))
+    return cache
+
+
+def from_fla_cache(cache: Any, layer_idx: int, conv_names: tuple[str, ...], with_pos: bool = False) -> State:
+    """Our layer state from the fla Cache a layer forward filled in."""
+    entry = cache[layer_idx]
+    state: State = {"recurrent": entry["recurrent_state"]}
+    if conv_names:
+        state.update({f"conv_{n}": c for n, c in zip(conv_names, entry["conv_state"], strict=True)})
+    if with_pos:
+        state["pos"] = int(cache.get_seq_length(layer_idx))
+    return state
+
+
+class FlaMixer:
+    """Mixin placed before the fla layer class: ``from_layout`` and the CUDA/CPU forward dispatch.
+
+    Subclasses set ``KIND`` (the ``hyla.space.mixers`` name), ``CONV_ORDER`` (suffixes of the conv caches in the
+    order of fla's ``conv_state`` tuple; empty when short conv is off) and implement ``_cpu_forward``.
+    """
+
+    KIND: ClassVar[str] = ""
+    CONV_ORDER: ClassVar[tuple[str, ...]] = ()
+    TRACK_POS: ClassVar[bool] = False  # keep "pos" in the state (RetNet's rotary offset)
+
+    @classmethod
+    def from_layout(cls, layout: Layout, index: int) -> FlaMixer:
+        """Build layer ``index`` of ``layout``; constructor refusals become a one-line ConfigError."""
+        spec = layout.layers[index]
+        if spec.mixer != cls.KIND:
+            raise ConfigError(f"layers[{index}].mixer: {spec.mixer!r} cannot build a {cls.__name__}; "
+                              f"expected {cls.KIND!r}")
+        opts = layout.mixer_options(index)
+        try:
+            return cls(hidden_size=layout.d_model, layer_idx=index, **opts)
+        except (AssertionError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"layers[{index}].options: {cls.KIND} with {opts} at d_model {layout.d_model} "
+                              f"is refused by fla: {e}") from None
+
+    @property
+    def conv_names(self) -> tuple[str, ...]:
+        """Conv cache suffixes in use (none when short conv is off)."""
+        return self.CONV_ORDER if getattr(self, "use_short_conv", False) else ()
+
+    def forward(self, x: torch.Tensor, state: State | None = None,
+                use_cache: bool = False) -> tuple[torch.Tensor, State | None]:
+        """Mix tokens ``x`` (B, T, D) -> (B, T, D), continuing ``state``; see the module docstring."""
+        if x.dim() != 3:
+            raise ValueError(f"{type(self).__name__}: expected x of shape (B, T, D), got {tuple(x.shape)}")
+        if x.is_cuda:
+            return self._fla_forward(x, state, use_cache)
+        return self._cpu_forward(x, state, use_cache)
+
+    def _fla_forward(self, x: torch.Tensor, state: State | None,
+                     use_cache: bool) -> tuple[torch.Tensor, State | None]:
+        """fla's own forward (the next class in the MRO) with our state passed through an fla Cache."""
+        cache = to_fla_cache(self.layer_idx, state, self.conv_names) if (state or use_cache) else None
+        y, _, cache = super().forward(hidden_states=x, past_key_values=cache, use_cache=use_cache)  # type: ignore[misc]
+        if not use_cache:
+            return y, None
+        return y, from_fla_cache(cache, self.layer_idx, self.conv_names, with_pos=self.TRACK_POS)
+
+    def _cpu_forward(self, x: torch.Tensor, state: State | None,
+                     use_cache: bool) -> tuple[torch.Tensor, State | None]:
+        raise NotImplementedError
+
+    def _convs(self, pairs: list[tuple[str, torch.nn.Module, torch.Tensor]], state: State | None,
+               use_cache: bool) -> tuple[list[torch.Tensor], State]:
+        """CPU: run projections through their short convs (when on), collecting the new conv caches."""
+        outs: list[torch.Tensor] = []
+        new: State = {}
+        for name, conv, proj in pairs:
+            if not self.conv_names:
+                outs.append(proj)
+                continue
+            y, c = conv_module(conv, proj, state[f"conv_{name}"] if state else None, use_cache)
+            outs.append(y)
+            if use_cache:
+                new[f"conv_{name}"] = c
+        return outs, new
