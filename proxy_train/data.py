@@ -1,0 +1,378 @@
+"""LM text for proxy trainings: document sources, a train/val split by document, tokenizers and packing.
+
+Sources (``TextConfig.source``):
+
+- ``"stdlib"``: the Python standard library's own ``.py`` files (``sysconfig.get_paths()["stdlib"]``, sorted by
+  relative path, ``site-packages``/``dist-packages`` excluded). A real code corpus present on every machine, so a
+  proxy run never needs the network.
+- a local path: a file or a directory (searched recursively, files sorted) of ``.txt``/``.jsonl``/``.json``/
+  ``.parquet`` files, loaded through ``datasets.load_dataset("text"|"json"|"parquet", data_files=...)``.
+  In a directory every ``.txt`` file is one document. A single ``.txt`` file is split: WikiText-style files
+  (lines like `` = Title = ``) into articles at each top-level title, any other file into blank-line paragraphs.
+  JSON/parquet rows are documents, their text in ``text_field``.
+- anything else is a hub dataset name: ``datasets.load_dataset(name, config, split=split, streaming=True)``,
+  the first ``max_docs`` documents cached as jsonl under ``cache_dir`` so later runs are offline.
+
+``max_docs`` keeps the first documents (in the order above) before the split. The validation set is a seeded
+random ``val_fraction`` of the documents (at least one), so no document is in both sets.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import re
+import socket
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+
+from hyla.config import ConfigError, from_mapping
+
+_LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+# A WikiText article title: " = Title = " (sub-sections use " = = Title = = " and must not split).
+_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    """Where LM text comes from and how it is split (see the module docstring for the sources)."""
+
+    source: str = "stdlib"  # "stdlib" | local file/dir | hub dataset name
+    config: str | None = None  # hub dataset config (e.g. "wikitext-2-raw-v1")
+    split: str = "train"  # hub split to stream
+    text_field: str = "text"  # column holding the text (json/parquet/hub)
+    max_docs: int | None = None  # keep the first N documents (hub: the N streamed and cached)
+    val_fraction: float = 0.05  # share of documents held out for validation
+    seed: int = 0  # fixes the train/val split
+    cache_dir: str | None = None  # hub cache (default ~/.cache/hyla/text)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("text.source: '' is empty; expected 'stdlib', a local path or a hub dataset name")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"text.val_fraction: {self.val_fraction!r} must be in [0, 1)")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ConfigError(f"text.max_docs: {self.max_docs!r} must be >= 1 or null")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "text") -> TextConfig:
+        """Parse a mapping strictly (unknown keys refused)."""
+        return from_mapping(cls, data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------------------------- documents
+
+
+def load_documents(cfg: TextConfig) -> tuple[list[str], list[str]]:
+    """Load the documents of ``cfg`` and split them by document into (train, val), fixed by ``cfg.seed``.
+
+    Raises:
+        ConfigError: missing path, unreachable hub, a missing text field, or too few documents to split.
+    """
+    docs = _read_source(cfg)
+    docs = [d for d in docs if d.strip()]
+    if cfg.max_docs is not None:
+        docs = docs[: cfg.max_docs]
+    if not docs:
+        raise ConfigError(f"text.source: {cfg.source!r} has no non-empty documents")
+    if cfg.val_fraction == 0.0:
+        return docs, []
+    if len(docs) < 2:
+        raise ConfigError(f"text.source: {cfg.source!r} has {len(docs)} document; a train/val split needs >= 2 "
+                          "(set val_fraction: 0 or add documents)")
+    n_val = min(len(docs) - 1, max(1, round(cfg.val_fraction * len(docs))))
+    val_idx = set(random.Random(cfg.seed).sample(range(len(docs)), n_val))
+    # Both sets keep corpus order: the split is random, the reading order stays reproducible.
+    train = [d for i, d in enumerate(docs) if i not in val_idx]
+    val = [d for i, d in enumerate(docs) if i in val_idx]
+    return train, val
+
+
+def _read_source(cfg: TextConfig) -> list[str]:
+    if cfg.source == "stdlib":
+        return stdlib_documents(cfg.max_docs)
+    path = Path(cfg.source).expanduser()
+    if path.exists():
+        return local_documents(path, cfg.text_field)
+    looks_local = cfg.source.startswith(("/", ".", "~")) or cfg.source.endswith(_LOCAL_SUFFIXES)
+    if looks_local:
+        raise ConfigError(f"text.source: path {cfg.source!r} does not exist")
+    return hub_documents(cfg)
+
+
+def stdlib_documents(max_docs: int | None = None) -> list[str]:
+    """The standard library's ``.py`` files (sorted by relative path), read as UTF-8 with replacement."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py")
+                   if not {"site-packages", "dist-packages", "__pycache__"} & set(p.relative_to(root).parts))
+    docs: list[str] = []
+    for f in files:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        if text.strip():
+            docs.append(text)
+            if max_docs is not None and len(docs) >= max_docs:
+                break
+    return docs
+
+
+def local_documents(path: Path, text_field: str = "text") -> list[str]:
+    """Documents of a local file or directory (rules in the module docstring)."""
+    if path.is_file():
+        if path.suffix not in _LOCAL_SUFFIXES:
+            raise ConfigError(f"text.source: {str(path)!r} has suffix {path.suffix!r}; "
+                              f"expected one of {', '.join(_LOCAL_SUFFIXES)}")
+        if path.suffix == ".txt":
+            return split_text_file(_load_txt([path])[0])
+        return _load_table([path], text_field)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _LOCAL_SUFFIXES)
+    if not files:
+        raise ConfigError(f"text.source: directory {str(path)!r} has no {'/'.join(_LOCAL_SUFFIXES)} files")
+    txt = [f for f in files if f.suffix == ".txt"]
+    tables = [f for f in files if f.suffix != ".txt"]
+    return (_load_txt(txt) if txt else []) + (_load_table(tables, text_field) if tables else [])
+
+
+def split_text_file(text: str) -> list[str]:
+    """Split one big text into documents: WikiText articles if it has `` = Title = `` lines, else paragraphs."""
+    lines = text.splitlines()
+    if any(_WIKI_TITLE.match(line) for line in lines):
+        articles: list[list[str]] = []
+        for line in lines:
+            if _WIKI_TITLE.match(line) or not articles:
+                articles.append([])
+            articles[-1].append(line)
+        return ["\n".join(a).strip() + "\n" for a in articles if "\n".join(a).strip()]
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def _load_txt(files: Sequence[Path]) -> list[str]:
+    import datasets
+
+    # sample_by="document": one row per file, in data_files order.
+    ds = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+    return list(ds["text"])
+
+
+def _load_table(files: Sequence[Path], text_field: str) -> list[str]:
+    import datasets
+
+    builder = "parquet" if all(f.suffix == ".parquet" for f in files) else "json"
+    if builder == "json" and any(f.suffix == ".parquet" for f in files):
+        return _load_table([f for f in files if f.suffix != ".parquet"], text_field) + _load_table(
+            [f for f in files if f.suffix == ".parquet"], text_field)
+    ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    if text_field not in ds.column_names:
+        raise ConfigError(f"text.text_field: {text_field!r} is not a column of {files[0]}; "
+                          f"columns: {', '.join(ds.column_names)}")
+    return [str(t) for t in ds[text_field] if t is not None]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick offline check so a missing network fails in seconds instead of hanging in retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = re.sub(r"^https?://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
+    name, _, port = host.partition(":")
+    try:
+        socket.create_connection((name, int(port or 443)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_cache_path(cfg: TextConfig) -> Path:
+    """The jsonl file caching the streamed hub documents of ``cfg``."""
+    root = Path(cfg.cache_dir or Path.home() / ".cache" / "hyla" / "text").expanduser()
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.source}--{cfg.config or 'default'}--{cfg.split}")
+    return root / f"{safe}--{cfg.max_docs or 'all'}.jsonl"
+
+
+def hub_documents(cfg: TextConfig) -> list[str]:
+    """Stream the first ``max_docs`` documents of a hub dataset, cached as jsonl (offline afterwards)."""
+    cache = hub_cache_path(cfg)
+    if cache.is_file():
+        with cache.open(encoding="utf-8") as fh:
+            return [json.loads(line)["text"] for line in fh if line.strip()]
+    if not _hub_reachable():
+        raise ConfigError(f"text.source: hub dataset {cfg.source!r} could not be reached (offline, no cache at "
+                          f"{cache}); use a local path (file or directory of .txt/.jsonl/.parquet) or 'stdlib'")
+    if cfg.max_docs is None:
+        raise ConfigError(f"text.max_docs: null with hub dataset {cfg.source!r}; set a number of documents to stream")
+    import datasets
+
+    try:
+        stream = datasets.load_dataset(cfg.source, cfg.config, split=cfg.split, streaming=True)
+        docs: list[str] = []
+        for row in stream:
+            if cfg.text_field not in row:
+                raise ConfigError(f"text.text_field: {cfg.text_field!r} is not a field of {cfg.source!r}; "
+                                  f"fields: {', '.join(row)}")
+            docs.append(str(row[cfg.text_field]))
+            if len(docs) >= cfg.max_docs:
+                break
+    except ConfigError:
+        raise
+    except Exception as e:  # network errors, unknown dataset/config/split: all one line for the user
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"text.source: hub dataset {cfg.source!r} could not be loaded ({first}); "
+                          "use a local path or 'stdlib'") from None
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for d in docs:
+            fh.write(json.dumps({"text": d}) + "\n")
+    tmp.replace(cache)  # atomic: a crash never leaves a half cache that later runs would trust
+    return docs
+
+
+# --------------------------------------------------------------------------------------------- tokenizers
+
+
+class Tokenizer(Protocol):
+    """What hyla needs from a tokenizer."""
+
+    name: str
+    vocab_size: int
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes 0-255 plus specials eos=256, bos=257, pad=258, sep=259 (vocab_size 260)."""
+
+    name = "byte"
+    vocab_size = 260
+    eos_id, bos_id, pad_id, sep_id = 256, 257, 258, 259
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Fast path for packing large corpora."""
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind the ``Tokenizer`` protocol (no special tokens added on encode)."""
+
+    def __init__(self, name: str, tok: Any) -> None:
+        self.name = name
+        self.tok = tok
+        self.vocab_size = len(tok)
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if eos is None:
+            raise ConfigError(f"tokenizer {name!r}: has neither an eos nor a sep token; pick another tokenizer")
+        self.eos_id = int(eos)
+        self.pad_id = int(tok.pad_token_id) if tok.pad_token_id is not None else self.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+
+@functools.lru_cache(maxsize=8)
+def get_tokenizer(name: str = "byte") -> Tokenizer:
+    """``"byte"`` or a transformers tokenizer name/path (local files first, then the hub if reachable)."""
+    if name == "byte":
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return HFTokenizer(name, AutoTokenizer.from_pretrained(name, local_files_only=True))
+    except (OSError, ValueError):
+        pass
+    if Path(name).expanduser().exists():
+        raise ConfigError(f"tokenizer {name!r}: the directory has no loadable tokenizer files")
+    if not _hub_reachable():
+        raise ConfigError(f"tokenizer {name!r}: not found locally and the hub is unreachable")
+    try:
+        return HFTokenizer(name, AutoTokenizer.from_pretrained(name))
+    except (OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"tokenizer {name!r}: not found locally or on the hub ({first})") from None
+
+
+# --------------------------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """Counts of one packing: documents and tokens encoded, windows made, tokens left over at the end."""
+
+    docs: int
+    tokens: int
+    windows: int
+    dropped_tokens: int
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    if isinstance(tokenizer, ByteTokenizer):
+        return tokenizer.encode_array(text)
+    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+
+
+def pack_documents(docs: Sequence[str], tokenizer: Tokenizer, seq_len: int,
+                   max_tokens: int | None = None) -> tuple[torch.Tensor, TokenStats]:
+    """Encode ``docs`` (each followed by eos), join and cut into non-overlapping windows of ``seq_len + 1``.
+
+    Args:
+        docs: documents in reading order.
+        tokenizer: any ``Tokenizer``.
+        seq_len: model context; each row holds inputs ``[:, :-1]`` and targets ``[:, 1:]``.
+        max_tokens: stop encoding once this many tokens are gathered (the rest of the corpus is not encoded).
+
+    Returns:
+        ``(windows, stats)``: LongTensor ``(N, seq_len + 1)`` and the counts.
+
+    Raises:
+        ConfigError: bad ``seq_len``/``max_tokens`` or fewer tokens than one window.
+    """
+    if seq_len < 1:
+        raise ConfigError(f"seq_len: {seq_len!r} must be >= 1")
+    if max_tokens is not None and max_tokens < seq_len + 1:
+        raise ConfigError(f"max_tokens: {max_tokens!r} must be >= seq_len + 1 = {seq_len + 1}")
+    eos = np.asarray([tokenizer.eos_id], dtype=np.int64)
+    parts: list[np.ndarray] = []
+    total, used = 0, 0
+    for doc in docs:
+        ids = _encode(tokenizer, doc)
+        parts += [ids, eos]
+        total += len(ids) + 1
+        used += 1
+        if max_tokens is not None and total >= max_tokens:
+            break
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if max_tokens is not None:
+        stream = stream[:max_tokens]
+    n = len(stream) // (seq_len + 1)
+    if n == 0:
+        raise ConfigError(f"text: {len(stream)} tokens from {used} documents are fewer than one window of "
+                          f"seq_len + 1 = {seq_len + 1}; add documents or lower seq_len")
+    windows = torch.from_numpy(stream[: n * (seq_len + 1)].reshape(n, seq_len + 1).copy())
+    return windows, TokenStats(docs=used, tokens=len(stream), windows=n, dropped_tokens=len(stream) - n * (seq_len + 1))
+
+
+def pack_tokens(docs: Sequence[str], tokenizer: Tokenizer, seq_len: int,
+                max_tokens: int | None = None) -> torch.Tensor:
+    """``pack_documents`` without the counts: LongTensor ``(N, seq_len + 1)``."""
+    return pack_documents(docs, tokenizer, seq_len, max_tokens)[0]

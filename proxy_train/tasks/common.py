@@ -1,0 +1,78 @@
+"""Shared pieces of the recall generators: the ignore label, vocab ranges, seeding and scoring.
+
+Every generator is a frozen dataclass with ``generate(n, seed) -> (inputs, targets)``: LongTensors ``(n, T)``,
+``targets[t]`` the token expected after ``inputs[t]`` (next-token convention) and ``IGNORE`` (-100) where nothing
+is scored. Synthetic symbols come from the top of the model vocab, ``[vocab_size - task_vocab, vocab_size)``, so
+they never collide with byte text (ids < 260) when the model vocab is 512.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from hyla.config import ConfigError
+
+IGNORE = -100
+
+
+def symbol_base(vocab_size: int, task_vocab: int, need: int, where: str) -> int:
+    """First id of the task's symbol range; validates that ``need`` symbols fit into ``task_vocab``."""
+    if vocab_size < 2:
+        raise ConfigError(f"{where}.vocab_size: {vocab_size!r} must be >= 2")
+    if not 1 <= task_vocab <= vocab_size:
+        raise ConfigError(f"{where}.task_vocab: {task_vocab!r} must be in [1, vocab_size={vocab_size}]")
+    if task_vocab < need:
+        raise ConfigError(f"{where}.task_vocab: {task_vocab!r} is too small; these parameters need >= {need} symbols")
+    return vocab_size - task_vocab
+
+
+def make_rng(seed: int, salt: str) -> np.random.Generator:
+    """A numpy generator fixed by ``seed`` and the task's name, so two tasks with one seed still differ."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(salt.encode())])
+
+
+def check_positive(where: str, **values: int | float) -> None:
+    """Refuse non-positive integer parameters with a one-line message."""
+    for name, value in values.items():
+        if value < 1:
+            raise ConfigError(f"{where}.{name}: {value!r} must be >= 1")
+
+
+def to_tensors(inputs: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)), \
+        torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64))
+
+
+def position_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per example: the share of scored positions predicted exactly (NaN for an example with none scored)."""
+    mask = targets != IGNORE
+    hits = ((preds == targets) & mask).sum(-1).float()
+    n = mask.sum(-1).float()
+    return torch.where(n > 0, hits / n.clamp(min=1), torch.full_like(n, float("nan")))
+
+
+def span_exact_match(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per example: the share of answers (maximal runs of scored positions) whose every token is right.
+
+    RULER-style tasks score answers, not tokens: a 7-digit number with one wrong digit is a miss.
+    """
+    out = torch.full((targets.shape[0],), float("nan"))
+    for i in range(targets.shape[0]):
+        mask = (targets[i] != IGNORE).tolist()
+        good = (preds[i] == targets[i]).tolist()
+        spans, ok, in_span = 0, 0, False
+        for m, g in zip(mask, good):
+            if m and not in_span:
+                spans, in_span, span_ok = spans + 1, True, True
+            if m:
+                span_ok = span_ok and g
+            if in_span and not m:
+                ok, in_span = ok + int(span_ok), False
+        if in_span:
+            ok += int(span_ok)
+        if spans:
+            out[i] = ok / spans
+    return out

@@ -1,0 +1,76 @@
+"""Multi-query associative recall (MQAR), as in Zoology (Arora et al. 2023, ``zoology/data/multiquery_ar.py``).
+
+Parameters:
+    vocab_size: model vocabulary; symbols come from its top ``task_vocab`` ids.
+    seq_len: T, the input length (even, >= 4 * num_kv_pairs).
+    num_kv_pairs: key-value pairs shown, each queried once.
+    task_vocab: symbols used (default 128): keys from the lower half, values from the upper half, both drawn
+        without replacement per example, so a key never repeats within its context.
+    alpha: power-law exponent of the query gaps, p(gap = i) ∝ alpha * i^(alpha - 1), i = 1..(T - 2P)/2;
+        Zoology's 0.01 favours queries soon after the context.
+
+Layout of one example (P pairs, context 2P): ``k1 v1 k2 v2 ... kP vP`` then, in the remaining ``T - 2P``
+positions, each key again at an even offset ``2 * gap`` (gaps distinct, in random order); every other position is
+random filler from the task symbols (Zoology draws filler from the whole vocab; here the task range, so filler
+never looks like text). The target after a queried key is its value; every other target is -100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hyla.config import ConfigError
+from hyla.proxy_train.tasks.common import IGNORE, check_positive, make_rng, symbol_base, to_tensors
+
+
+@dataclass(frozen=True, kw_only=True)
+class MQAR:
+    """Zoology's MQAR generator (module docstring)."""
+
+    vocab_size: int
+    seq_len: int = 128
+    num_kv_pairs: int = 8
+    task_vocab: int = 128
+    alpha: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_positive("mqar", seq_len=self.seq_len, num_kv_pairs=self.num_kv_pairs)
+        if self.seq_len % 2 or self.seq_len < 4 * self.num_kv_pairs:
+            raise ConfigError(f"mqar.seq_len: {self.seq_len!r} must be even and >= 4 * num_kv_pairs = "
+                              f"{4 * self.num_kv_pairs}")
+        if not self.alpha > 0:
+            raise ConfigError(f"mqar.alpha: {self.alpha!r} must be > 0")
+        symbol_base(self.vocab_size, self.task_vocab, 2 * self.num_kv_pairs, "mqar")
+
+    @property
+    def level(self) -> str:
+        """Suite key of this difficulty level, e.g. ``mqar@128x8``."""
+        return f"mqar@{self.seq_len}x{self.num_kv_pairs}"
+
+    def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` examples fixed by ``seed``: inputs and targets, LongTensors ``(n, seq_len)``."""
+        check_positive("mqar", n=n)
+        rng = make_rng(seed, "mqar")
+        base = symbol_base(self.vocab_size, self.task_vocab, 2 * self.num_kv_pairs, "mqar")
+        half = self.task_vocab // 2
+        key_ids = np.arange(base, base + half)
+        value_ids = np.arange(base + half, self.vocab_size)
+        pairs, ctx = self.num_kv_pairs, 2 * self.num_kv_pairs
+        space = (self.seq_len - ctx) // 2
+        p = self.alpha * np.arange(1, space + 1, dtype=np.float64) ** (self.alpha - 1)
+        p /= p.sum()
+        inputs = rng.integers(base, self.vocab_size, size=(n, self.seq_len))  # filler everywhere first
+        targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)
+        for i in range(n):
+            keys = rng.choice(key_ids, size=pairs, replace=False)
+            values = rng.choice(value_ids, size=pairs, replace=False)
+            inputs[i, 0:ctx:2] = keys
+            inputs[i, 1:ctx:2] = values
+            gaps = rng.choice(space, size=pairs, replace=False, p=p)
+            query_pos = ctx + 2 * gaps
+            inputs[i, query_pos] = keys
+            targets[i, query_pos] = values
+        return to_tensors(inputs, targets)
