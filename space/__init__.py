@@ -1,7 +1,10 @@
 """hyla.space: the Layout, presets of the paper's grid, the search space and exact cost accounting."""
 
+from hyla.space.cost import (LayerMemory, MemoryReport, ParamCount, flops_per_token, inference_memory, layer_memory,
+                             mixer_params, param_count)
 from hyla.space.layout import ALL_MIXERS, ATTN, LayerSpec, Layout
-from hyla.space.mixers import LINEAR_MIXERS, MIXER_KINDS, PAPER_MIXERS, get_mixer_kind
+from hyla.space.mixers import LINEAR_MIXERS, MIXER_KINDS, PAPER_MIXERS, MixerFormula, get_mixer_kind
 
-__all__ = ["ALL_MIXERS", "ATTN", "LINEAR_MIXERS", "MIXER_KINDS", "PAPER_MIXERS", "LayerSpec", "Layout",
-           "get_mixer_kind"]
+__all__ = ["ALL_MIXERS", "ATTN", "LINEAR_MIXERS", "MIXER_KINDS", "PAPER_MIXERS", "LayerMemory", "LayerSpec", "Layout",
+           "MemoryReport", "MixerFormula", "ParamCount", "flops_per_token", "get_mixer_kind", "inference_memory",
+           "layer_memory", "mixer_params", "param_count"]
