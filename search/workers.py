@@ -64,21 +64,24 @@ class _ProxyWorkerImpl:
         self._configs: dict[str, Any] = {}
         self.trials_run = 0
 
-    def run(self, layout: dict[str, Any], proxy_path: str, out_dir: str | None) -> dict[str, Any]:
-        """Train one proxy; always returns a result dict (status ok|diverged|oom|failed)."""
+    def run(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> dict[str, Any]:
+        """Train one proxy (``proxy`` = resolved ProxyConfig dict); always returns a result dict."""
+        import json
+
         from hyla.space.layout import Layout
 
         _fault_hook()
         self.trials_run += 1
+        key = json.dumps(proxy, sort_keys=True, default=str)
         try:
-            if proxy_path not in self._configs:
-                self._configs[proxy_path] = self._config_cls.load(proxy_path)
+            if key not in self._configs:
+                self._configs[key] = self._config_cls.from_dict(proxy, where="proxy config")
             device = None
             import torch
 
             if not torch.cuda.is_available():
                 device = "cpu"
-            result = self._run_proxy(Layout.from_dict(layout), self._configs[proxy_path], out_dir=out_dir,
+            result = self._run_proxy(Layout.from_dict(layout), self._configs[key], out_dir=out_dir,
                                      progress=False, device=device)
             return result.to_dict()
         except Exception as e:  # run_proxy already maps divergence/OOM; this is a bug or a bad input
@@ -119,8 +122,8 @@ class WorkerPool:
             pass
         self.actors[slot] = self._new()
 
-    def submit(self, slot: int, layout: dict[str, Any], proxy_path: str, out_dir: str | None) -> ray.ObjectRef:
-        return self.actors[slot].run.remote(layout, proxy_path, out_dir)
+    def submit(self, slot: int, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> ray.ObjectRef:
+        return self.actors[slot].run.remote(layout, proxy, out_dir)
 
     def shutdown(self) -> None:
         for a in self.actors:

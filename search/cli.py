@@ -1,0 +1,174 @@
+"""`hyla search run|status|promote`: thin wrappers over `hyla.search.study`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hyla.config import ConfigError
+
+_EPILOG = ("Studies live in an Optuna storage (default: a journal file in the run directory). Browse them live with "
+           "optuna-dashboard, e.g. `optuna-dashboard hyla_runs/NAME/study.journal` or "
+           "`optuna-dashboard postgresql://...`; rung r of study NAME is the Optuna study NAME/rung<r>.")
+
+
+def add_parser(subparsers: Any, name: str, help_text: str) -> None:
+    """Register `hyla search` and its subcommands."""
+    p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=_EPILOG)
+    sub = p.add_subparsers(dest="search_command", metavar="SUBCOMMAND")
+
+    run = sub.add_parser("run", help="run or resume a search (all rungs)", epilog=_EPILOG)
+    run.add_argument("study", help="study YAML (see examples/quickstart.yaml)")
+    run.add_argument("--seed-grid", choices=["paper"], default=None,
+                     help="enqueue the paper's 31 layouts (at the space's scale) at rung 0")
+    run.add_argument("--n-trials", type=int, default=None, help="rung-0 trials to finish (completed + failed)")
+    run.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001, host:6379, auto)")
+    run.add_argument("--no-plot", action="store_true", help="do not write the Pareto HTML")
+    run.set_defaults(func=_run)
+
+    st = sub.add_parser("status", help="trials per rung and state, Pareto set, running/failed trials", epilog=_EPILOG)
+    st.add_argument("study", help="study YAML, or a study name with --storage")
+    st.add_argument("--storage", default=None, help="storage URL or journal file (when STUDY is a name)")
+    st.set_defaults(func=_status)
+
+    pr = sub.add_parser("promote", help="run the next rung only (promote from the last finished rung)",
+                        epilog=_EPILOG)
+    pr.add_argument("study", help="study YAML")
+    pr.add_argument("--address", default=None, help="Ray cluster address")
+    pr.set_defaults(func=_promote)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _load(args: argparse.Namespace, **overrides: Any) -> Any:
+    from hyla.search.config import load_study_config
+
+    return load_study_config(args.study, address=getattr(args, "address", None), **overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hyla.search.study import run_search
+
+    if args.n_trials is not None and args.n_trials < 0:
+        raise ConfigError(f"--n-trials: {args.n_trials} must be >= 0")
+    cfg = _load(args, n_trials=args.n_trials, seed_grid=args.seed_grid)
+    console = _console()
+    summary = run_search(cfg, console=console)
+    _report(cfg, summary, console, plot=not args.no_plot)
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from hyla.search.storage import load_rung_studies
+    from hyla.search.setup import prepare
+    from hyla.search.study import counted, run_search
+
+    cfg = _load(args)
+    prep = prepare(cfg)
+    studies = load_rung_studies(prep.storage, cfg.name)
+    finished = [r for r, s in studies.items() if counted(s.get_trials(deepcopy=False)) > 0]
+    if not finished:
+        raise ConfigError(f"{cfg.where}: rung 0 of study {cfg.name!r} has no finished trials; run "
+                          f"`hyla search run {args.study}` first")
+    nxt = max(finished) + 1
+    console = _console()
+    if nxt >= len(cfg.rungs):
+        console.print(f"all {len(cfg.rungs)} rung(s) have run; re-checking full-run specs of the last rung")
+        nxt = len(cfg.rungs) - 1
+    summary = run_search(cfg, rungs=[nxt], console=console)
+    _report(cfg, summary, console, plot=False)
+    return 0
+
+
+def _report(cfg: Any, summary: Any, console: Any, plot: bool) -> None:
+    from rich.table import Table
+
+    from hyla.search.study import objective_table_rows
+
+    for r in summary.rungs:
+        console.print(f"rung {r.rung}: {r.completed} completed ({r.reused} reused), {r.failed} failed, "
+                      f"{r.retried} worker retries")
+    table = Table(title=f"Pareto set of {cfg.study_name(summary.pareto_rung)} ({len(summary.pareto)} trials)")
+    for col in ("trial", "layout", "preset", *cfg.objectives):
+        table.add_column(col)
+    for row in objective_table_rows(summary.pareto, cfg.objectives):
+        table.add_row(*row)
+    console.print(table)
+    for p in summary.full_run_specs:
+        console.print(f"full-run spec: {p}")
+    if plot:
+        _plot(cfg, console)
+
+
+def _plot(cfg: Any, console: Any) -> None:
+    """Pareto HTML via hyla.analysis (optional: skipped with a note when absent or when it fails)."""
+    try:
+        from hyla.analysis.plots import pareto_figure, write_html
+        from hyla.analysis.study_data import load_study
+    except ImportError as e:
+        console.print(f"(Pareto HTML skipped: hyla.analysis.plots not available: {e})")
+        return
+    axes = [o for o in ("memory_bytes", "kv_bytes", "params") if o in cfg.objectives][:1]
+    axes += [o for o in ("recall", "lm_loss", "tokens_per_s") if o in cfg.objectives][:1]
+    if len(axes) < 2:
+        axes = list(cfg.objectives[:2])
+    if len(axes) < 2:
+        console.print("(Pareto HTML skipped: it needs two objectives)")
+        return
+    try:
+        data = load_study(cfg.storage_url(), cfg.name)
+        path = write_html(pareto_figure(data, axes=tuple(axes)), cfg.run_path / "pareto.html")
+        console.print(f"Pareto plot: {path}")
+    except Exception as e:  # a plotting problem must not fail a finished search
+        console.print(f"(Pareto HTML skipped: {type(e).__name__}: {e})")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from hyla.search.config import load_study_config
+    from hyla.search.rungs import pareto_front
+    from hyla.search.storage import load_rung_studies, open_storage
+    from hyla.search.study import objective_table_rows
+
+    if Path(args.study).suffix in (".yaml", ".yml") or Path(args.study).is_file():
+        cfg = load_study_config(args.study)
+        name, url = cfg.name, args.storage or cfg.storage_url()
+    else:
+        if not args.storage:
+            raise ConfigError(f"study {args.study!r}: not a YAML file; pass --storage URL to look it up by name")
+        name, url = args.study, args.storage
+    storage = open_storage(url, where="--storage")
+    studies = load_rung_studies(storage, name)
+    if not studies:
+        raise ConfigError(f"study {name!r}: not found in {url}")
+    console = _console()
+    objectives = [o["name"] for o in studies[0].user_attrs.get("objectives", [])] if 0 in studies else []
+    for rung, study in studies.items():
+        objectives = [o["name"] for o in study.user_attrs.get("objectives", [])] or objectives
+        trials = study.get_trials(deepcopy=False)
+        states: dict[str, int] = {}
+        for t in trials:
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        console.print(f"[bold]{study.study_name}[/]: {len(trials)} trials: "
+                      + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
+        for t in trials:
+            if t.state.name == "RUNNING":
+                console.print(f"  running: trial {t.number} {t.user_attrs.get('layout_key', '')}")
+            elif t.state.name == "FAIL":
+                console.print(f"  failed: trial {t.number}: {t.user_attrs.get('fail_reason', 'unknown')}")
+        front = pareto_front(trials, [o["direction"] for o in study.user_attrs.get("objectives", [])])
+        if front:
+            table = Table(title=f"Pareto set of {study.study_name}")
+            for col in ("trial", "layout", "preset", *objectives):
+                table.add_column(col)
+            for row in objective_table_rows(front, objectives):
+                table.add_row(*row)
+            console.print(table)
+    return 0

@@ -1,0 +1,194 @@
+"""Everything resolved before a search starts work, and the full-run stage after the last rung.
+
+`prepare` turns a `StudyConfig` into a `Prepared`: the SearchSpace, each rung's ProxyConfig (parsed by the proxy
+trainer itself, so a bad proxy field fails here and not in a worker), seed layouts, the opened storage (an RDB
+is connected to) and a checked Ray address. Only then does `run_search` start Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hyla.config import ConfigError, dump_yaml
+from hyla.search.config import OBJECTIVES, StudyConfig, check_ray_address
+from hyla.search.storage import open_storage
+
+
+@dataclass
+class Prepared:
+    """A validated study: config plus the objects built from it."""
+
+    cfg: StudyConfig
+    space: Any
+    storage: Any
+    proxies: list[dict[str, Any]]
+    proxy_paths: list[Path]
+    seed_layouts: list[tuple[str, Any]] = field(default_factory=list)
+
+    @property
+    def run_path(self) -> Path:
+        return self.cfg.run_path
+
+    def study_attrs(self, rung: int) -> dict[str, Any]:
+        """Study user attrs per the storage contract (config, objectives, space_key) plus the rung."""
+        return {"config": self.cfg.to_dict(), "space_key": self.space.key(), "rung": rung,
+                "objectives": [{"name": o, "direction": OBJECTIVES[o]} for o in self.cfg.objectives],
+                "proxy": self.proxies[rung]}
+
+    def sampler(self, rung: int) -> optuna.samplers.BaseSampler:
+        """Rung 0 uses the configured sampler; later rungs only replay enqueued trials (any sampler would do)."""
+        seed = self.cfg.seed + rung
+        name = self.cfg.sampler if rung == 0 else "random"
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _load_space(cfg: StudyConfig) -> Any:
+    from hyla.space.search_space import SearchSpace, load_space
+
+    if cfg.space is None:
+        raise ConfigError(f"{cfg.where}: space: missing; expected an inline search-space mapping or a YAML path")
+    if isinstance(cfg.space, str):
+        path = cfg.resolve_path(cfg.space)
+        if path is None:
+            raise ConfigError(f"{cfg.where}: space: file {cfg.space!r} not found")
+        return load_space(path)
+    if isinstance(cfg.space, dict):
+        return SearchSpace.from_dict(cfg.space, where=f"{cfg.where}: space")
+    raise ConfigError(f"{cfg.where}: space: expected a mapping or a path, got {type(cfg.space).__name__}")
+
+
+def _load_proxy(cfg: StudyConfig, rung: int) -> dict[str, Any]:
+    from hyla.proxy_train.train import PRESETS, ProxyConfig
+
+    proxy = cfg.rungs[rung].proxy
+    where = f"{cfg.where}: rungs[{rung}].proxy"
+    if isinstance(proxy, dict):
+        pc = ProxyConfig.from_dict(proxy, where=where)
+    elif isinstance(proxy, str) and proxy in PRESETS:
+        pc = ProxyConfig.load(proxy)
+    elif isinstance(proxy, str):
+        path = cfg.resolve_path(proxy)
+        if path is None:
+            raise ConfigError(f"{where}: {proxy!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
+        pc = ProxyConfig.load(path)
+    else:
+        raise ConfigError(f"{where}: expected a preset name, a path or a mapping, got {type(proxy).__name__}")
+    return pc.to_dict()
+
+
+def _seed_layouts(cfg: StudyConfig, space: Any) -> list[tuple[str, Any]]:
+    from hyla.space.presets import paper_grid, resolve_preset
+    from hyla.space.layout import Layout
+
+    scale = getattr(space, "scale", None)
+    scale = getattr(scale, "name", scale)
+    out: list[tuple[str, Any]] = []
+    for i, s in enumerate(cfg.seeds):
+        path = cfg.resolve_path(s) if s.endswith((".yaml", ".yml")) else None
+        if path is not None:
+            lay = Layout.load(path)
+            out.append((lay.name or path.stem, lay))
+        else:
+            try:
+                lay = resolve_preset(s, default_scale=scale or "340m")
+            except ConfigError as e:
+                raise ConfigError(f"{cfg.where}: seeds[{i}]: {e}") from None
+            out.append((lay.name or s, lay))
+    if cfg.seed_grid == "paper":
+        out.extend((lay.name, lay) for lay in paper_grid(scale or "340m"))
+    return out
+
+
+def layout_params(prep: Prepared, layout: Any, preset: str) -> dict[str, Any] | None:
+    """The param dict that makes suggest_layout reproduce ``layout``; None (with a note) if outside the space."""
+    from hyla.space.search_space import layout_to_params
+
+    try:
+        return layout_to_params(layout, prep.space)
+    except ConfigError as e:
+        print(f"hyla search: seed {preset} skipped, not in the search space: {e}")
+        return None
+
+
+def prepare(cfg: StudyConfig) -> Prepared:
+    """Validate and resolve everything a search needs; nothing is trained and Ray is not started.
+
+    Raises:
+        ConfigError: any bad field, missing file, unreachable storage or Ray address (one line, file and field).
+    """
+    space = _load_space(cfg)
+    proxies = [_load_proxy(cfg, r) for r in range(len(cfg.rungs))]
+    seeds = _seed_layouts(cfg, space)
+    for preset, lay in seeds:
+        from hyla.space.search_space import layout_to_params
+
+        try:
+            layout_to_params(lay, space)
+        except ConfigError as e:
+            if cfg.seeds and preset in cfg.seeds:
+                raise ConfigError(f"{cfg.where}: seeds: {preset!r} is not in the search space: {e}") from None
+    check_ray_address(cfg)
+    storage = open_storage(cfg.storage_url(), where=f"{cfg.where}: storage")
+    run = cfg.run_path
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{cfg.where}: run_dir: cannot create {str(run)!r}: {e.strerror or e}") from None
+    paths = []
+    for r, proxy in enumerate(proxies):
+        paths.append(run / f"proxy_rung{r}.yaml")
+        dump_yaml(proxy, paths[-1])
+    dump_yaml(cfg.to_dict(), run / "study.yaml")
+    return Prepared(cfg=cfg, space=space, storage=storage, proxies=proxies, proxy_paths=paths, seed_layouts=seeds)
+
+
+def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[str]:
+    """Write a full-run spec per (promoted trial of the last rung, scale); train them only when enabled.
+
+    Returns:
+        Paths of the written specs.
+    """
+    from hyla.search.rungs import select_promoted
+    from hyla.space.layout import Layout
+
+    cfg = prep.cfg
+    fr = cfg.full_runs
+    if not fr.enabled and not fr.scales:
+        return []
+    promote = cfg.rungs[-1].promote
+    picked = select_promoted(last.get_trials(deepcopy=False), cfg.directions, cfg.objectives, promote.rule,
+                             promote.k, promote.objective)
+    if not picked:
+        return []
+    try:
+        from hyla.proxy_train.fullscale import run_spec_for, train_full
+    except ImportError as e:
+        if console is not None:
+            console.print(f"[yellow]full-run specs skipped: hyla.proxy_train.fullscale unavailable ({e})[/]")
+        if fr.enabled:
+            raise ConfigError(f"{cfg.where}: full_runs.enabled: the full-scale trainer cannot be imported: {e}") from None
+        return []
+    out: list[str] = []
+    for t in picked:
+        layout = Layout.from_dict(t.user_attrs["layout"])
+        for scale in fr.scales:
+            path = prep.run_path / "full_runs" / f"rung{len(cfg.rungs) - 1}-trial{t.number:05d}-{scale}.yaml"
+            spec = run_spec_for(layout, scale, tokens=int(fr.tokens) if fr.tokens else None)
+            if not path.exists():  # never overwrite a spec a finished/running job may point at
+                spec.dump(path)
+            out.append(str(path))
+            if fr.enabled:
+                if console is not None:
+                    console.print(f"full run: trial {t.number} at {scale} ({path})")
+                train_full(spec, address=cfg.ray.address)
+    return out

@@ -1,0 +1,352 @@
+"""The ask/tell driver: rung by rung, ask Optuna for layouts, train proxies on Ray workers, tell the results.
+
+Rungs are separate Optuna studies named ``"<name>/rung<r>"`` (every trial also carries a ``rung`` user attr).
+Why one study per rung: a sampler must only see values of one fidelity - mixing a 10x longer proxy's losses into
+rung 0's history would mislead TPE. Rung 0 samples; rung r+1 only replays rung r's promotion set (enqueued with
+the same params, user attr ``parent`` = trial number in rung r), so rung r+1 reproduces exactly those layouts.
+
+Resume is the normal path: running the same config again reloads every rung study. Trials left RUNNING by a dead
+driver are failed with ``fail_reason="driver stopped"`` and enqueued again once; such trials never count toward
+``n_trials`` (which counts completed + failed), so nothing is counted twice and no completed trial is redone.
+A layout already completed in a rung is not retrained: its stored result is told again (user attr ``reused_from``).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import FrozenTrial, TrialState
+
+from hyla.config import dump_yaml
+from hyla.search.config import StudyConfig
+from hyla.search.rungs import select_promoted
+from hyla.search.setup import Prepared, prepare
+from hyla.search.storage import open_study
+from hyla.search.workers import WorkerPool, ensure_ray
+
+DRIVER_STOPPED = "driver stopped"
+
+
+@dataclass
+class _Job:
+    trial: optuna.Trial
+    layout: Any
+    key: str
+    attempts: int = 0
+    slot: int = -1
+
+
+@dataclass
+class RungSummary:
+    """Counts of one rung after a driver pass."""
+
+    rung: int
+    completed: int = 0
+    failed: int = 0
+    reused: int = 0
+    retried: int = 0
+
+
+@dataclass
+class SearchSummary:
+    """What `run_search` did; ``pareto`` holds the final rung's non-dominated trials."""
+
+    rungs: list[RungSummary] = field(default_factory=list)
+    pareto: list[FrozenTrial] = field(default_factory=list)
+    pareto_rung: int = 0
+    full_run_specs: list[str] = field(default_factory=list)
+
+
+def counted(trials: list[FrozenTrial]) -> int:
+    """Trials that count toward n_trials: completed + failed, except failures caused by a stopped driver."""
+    return sum(1 for t in trials if t.state == TrialState.COMPLETE
+               or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") != DRIVER_STOPPED))
+
+
+def objective_values(prep: Prepared, layout: Any, result: dict[str, Any]) -> list[float]:
+    """Trial values in objective order; memory/params from the exact cost formulas at the study's context."""
+    from hyla.space.cost import inference_memory, param_count
+
+    out: list[float] = []
+    mem = None
+    for name in prep.cfg.objectives:
+        if name in ("kv_bytes", "memory_bytes"):
+            mem = mem or inference_memory(layout, prep.cfg.context)
+            v = mem.kv_bytes if name == "kv_bytes" else mem.total_bytes
+        elif name == "params":
+            v = param_count(layout).total
+        else:
+            v = result.get({"lm_loss": "lm_val_loss"}.get(name, name))
+        if v is None or not math.isfinite(float(v)):
+            raise ValueError(f"objective {name} is {v!r} in the proxy result")
+        out.append(float(v))
+    return out
+
+
+def _recover_stale(study: optuna.Study) -> int:
+    """Fail trials left RUNNING by a dead driver and enqueue each once more with its params and links."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", DRIVER_STOPPED)
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+        attrs = {k: t.user_attrs[k] for k in ("parent", "preset") if k in t.user_attrs}
+        study.enqueue_trial(dict(t.params), user_attrs={**attrs, "requeued_from": t.number})
+    return len(stale)
+
+
+def _enqueue_seeds(prep: Prepared, study: optuna.Study) -> None:
+    from hyla.search.setup import layout_params
+
+    for preset, layout in prep.seed_layouts:
+        params = layout_params(prep, layout, preset)
+        if params is not None:
+            study.enqueue_trial(params, user_attrs={"preset": preset, "parent": None}, skip_if_exists=True)
+
+
+def _enqueue_promoted(prep: Prepared, rung: int, prev: optuna.Study, study: optuna.Study) -> int:
+    """Enqueue rung-(rung-1) promotion set into ``study`` (each parent once, across resumes)."""
+    promote = prep.cfg.rungs[rung - 1].promote
+    picked = select_promoted(prev.get_trials(deepcopy=False), prep.cfg.directions, prep.cfg.objectives,
+                             promote.rule, promote.k, promote.objective)
+    have = {t.user_attrs.get("parent") for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("fail_reason") != DRIVER_STOPPED}
+    new = 0
+    for p in picked:
+        if p.number in have:
+            continue
+        study.enqueue_trial(dict(p.params), user_attrs={"parent": p.number, "preset": p.user_attrs.get("preset")})
+        new += 1
+    return new
+
+
+class _RungDriver:
+    """Drives one rung study to completion with a bounded number of trials in flight."""
+
+    def __init__(self, prep: Prepared, rung: int, study: optuna.Study, pool: WorkerPool, progress: Any) -> None:
+        self.prep, self.rung, self.study, self.pool, self.progress = prep, rung, study, pool, progress
+        self.summary = RungSummary(rung)
+        trials = study.get_trials(deepcopy=False)
+        self.done_by_key: dict[str, FrozenTrial] = {t.user_attrs["layout_key"]: t for t in trials
+                                                    if t.state == TrialState.COMPLETE and "layout_key" in t.user_attrs}
+        self.counted = counted(trials)
+        self.in_flight: dict[ray.ObjectRef, _Job] = {}
+        self.dups: dict[str, list[_Job]] = collections.defaultdict(list)
+        self.queue: collections.deque[_Job] = collections.deque()
+        self.free = list(range(len(pool.actors)))
+        self.proxy = prep.proxies[rung]
+        self.task = progress.add_task(f"rung {rung}", total=self._target(), completed=self.counted) if progress else None
+
+    def _waiting(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _target(self) -> int:
+        if self.rung == 0:
+            return max(self.prep.cfg.n_trials, self.counted)
+        return self.counted + self._waiting()
+
+    def _pending(self) -> int:
+        return len(self.in_flight) + len(self.queue) + sum(map(len, self.dups.values()))
+
+    def _more_to_ask(self) -> bool:
+        if self.rung == 0:
+            return self.counted + self._pending() < self.prep.cfg.n_trials
+        return self._waiting() > 0  # later rungs only replay enqueued (promoted) trials
+
+    def _ask(self) -> None:
+        from hyla.space.search_space import constraint_values, suggest_layout
+
+        trial = self.study.ask()
+        layout = suggest_layout(trial, self.prep.space)
+        key = layout.key()
+        for k, v in (("layout", layout.to_dict()), ("layout_key", key), ("rung", self.rung)):
+            trial.set_user_attr(k, v)
+        for k in ("parent", "preset"):
+            if k not in trial.user_attrs:
+                trial.set_user_attr(k, None)
+        for name, value in constraint_values(layout, self.prep.space).items():
+            trial.set_constraint(name, float(value))
+        job = _Job(trial, layout, key)
+        if key in self.done_by_key:
+            self._tell_reused(job, self.done_by_key[key])
+        elif any(j.key == key for j in [*self.in_flight.values(), *self.queue]):
+            self.dups[key].append(job)  # wait for the identical layout already running
+        else:
+            self.queue.append(job)
+
+    def _tell_reused(self, job: _Job, src: FrozenTrial) -> None:
+        job.trial.set_user_attr("result", src.user_attrs.get("result"))
+        job.trial.set_user_attr("reused_from", src.number)
+        self.study.tell(job.trial, list(src.values))
+        self.summary.reused += 1
+        self._count(ok=True)
+
+    def _count(self, ok: bool) -> None:
+        self.counted += 1
+        if ok:
+            self.summary.completed += 1
+        else:
+            self.summary.failed += 1
+        if self.progress is not None:
+            s = self.summary
+            self.progress.update(self.task, total=max(self._target(), self.counted), completed=self.counted,
+                                 description=f"rung {self.rung}: {s.completed} ok, {s.failed} failed")
+
+    def _fail(self, job: _Job, reason: str, status: str = "failed", result: dict | None = None) -> None:
+        job.trial.set_user_attr("fail_reason", reason)
+        job.trial.set_user_attr("status", status)
+        if result is not None:
+            job.trial.set_user_attr("result", result)
+        self.study.tell(job.trial, state=TrialState.FAIL)
+        self._count(ok=False)
+        self.queue.extend(self.dups.pop(job.key, []))  # duplicates now train on their own
+
+    def _submit(self, job: _Job, slot: int) -> None:
+        job.slot = slot
+        out = self.prep.run_path / "trials" / f"rung{self.rung}" / f"trial{job.trial.number:05d}"
+        ref = self.pool.submit(slot, job.layout.to_dict(), self.proxy, str(out))
+        self.in_flight[ref] = job
+
+    def _finish(self, ref: ray.ObjectRef) -> None:
+        job = self.in_flight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            self.pool.replace(job.slot)
+            job.attempts += 1
+            if job.attempts <= self.prep.cfg.retries:
+                self.summary.retried += 1
+                self._submit(job, job.slot)  # same slot, fresh actor
+                return
+            self.free.append(job.slot)
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            self._fail(job, f"worker died {job.attempts} time(s): {msg}", status="worker_died")
+            return
+        except ray.exceptions.RayError as e:
+            self.free.append(job.slot)
+            self._fail(job, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+            return
+        self.free.append(job.slot)
+        status = result.get("status")
+        if status != "ok":
+            self._fail(job, result.get("fail_reason") or f"proxy status {status}", status=str(status), result=result)
+            return
+        try:
+            values = objective_values(self.prep, job.layout, result)
+        except ValueError as e:
+            self._fail(job, str(e), result=result)
+            return
+        job.trial.set_user_attr("result", result)
+        job.trial.set_user_attr("status", "ok")
+        frozen = self.study.tell(job.trial, values)
+        self.done_by_key[job.key] = frozen
+        self._count(ok=True)
+        for dup in self.dups.pop(job.key, []):
+            self._tell_reused(dup, frozen)
+
+    def run(self) -> RungSummary:
+        while True:
+            while self.free and (self.queue or self._more_to_ask()):
+                if not self.queue:
+                    self._ask()
+                    continue
+                self._submit(self.queue.popleft(), self.free.pop())
+            if not self.in_flight:
+                if self.queue or self._more_to_ask():
+                    continue
+                return self.summary
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+            self._finish(ready[0])
+
+
+def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any = None,
+               worker_env: dict[str, str] | None = None, show_progress: bool = True) -> SearchSummary:
+    """Run (or resume) a search; validates everything before any worker starts.
+
+    Args:
+        cfg: the study config.
+        rungs: only these rung indices (default: all, in order); `hyla search promote` passes one.
+        console: a rich Console for progress and the final table (None = no output).
+        worker_env: extra environment variables for the worker processes (e.g. fault injection in tests).
+        show_progress: draw a progress bar on ``console``.
+
+    Returns:
+        Per-rung counts, the Pareto set of the highest rung reached, full-run spec paths.
+    """
+    prep = prepare(cfg)
+    summary = SearchSummary()
+    todo = list(range(len(cfg.rungs))) if rungs is None else rungs
+    r = cfg.ray
+    ensure_ray(r.address, num_cpus=r.num_workers * r.cpus_per_worker)
+    pool = WorkerPool(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, env=worker_env)
+    progress = None
+    if console is not None and show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=False)
+        progress.start()
+    try:
+        prev: optuna.Study | None = None
+        for rung in range(max(todo) + 1):
+            study = open_study(prep.storage, cfg.study_name(rung), cfg.directions, prep.study_attrs(rung),
+                               sampler=prep.sampler(rung), where=cfg.where)
+            if rung in todo:
+                stale = _recover_stale(study)
+                if stale and console is not None:
+                    console.print(f"rung {rung}: {stale} trial(s) left running by a stopped driver re-enqueued")
+                if rung == 0:
+                    _enqueue_seeds(prep, study)
+                else:
+                    _enqueue_promoted(prep, rung, prev, study)
+                summary.rungs.append(_RungDriver(prep, rung, study, pool, progress).run())
+            prev = study
+        summary.pareto_rung = max(todo)
+        from hyla.search.rungs import pareto_front
+
+        summary.pareto = pareto_front(prev.get_trials(deepcopy=False), cfg.directions)
+        if rungs is None or max(todo) == len(cfg.rungs) - 1:
+            from hyla.search.setup import full_runs
+
+            summary.full_run_specs = full_runs(prep, prev, console)
+    finally:
+        if progress is not None:
+            progress.stop()
+        pool.shutdown()
+    return summary
+
+
+def write_resolved(cfg: StudyConfig) -> Path:
+    """Write the resolved study config as run_dir/study.yaml (what was actually run)."""
+    path = cfg.run_path / "study.yaml"
+    dump_yaml(cfg.to_dict(), path)
+    return path
+
+
+def objective_table_rows(trials: list[FrozenTrial], objectives: list[str]) -> list[list[str]]:
+    """Rows (trial, layout string, preset, objective values) for console tables."""
+    from hyla.space.layout import Layout
+
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        lay = Layout.from_dict(t.user_attrs["layout"]).layer_string() if "layout" in t.user_attrs else "?"
+        vals = [_fmt(n, v) for n, v in zip(objectives, t.values or [])]
+        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), *vals])
+    return rows
+
+
+def _fmt(name: str, v: float) -> str:
+    if name in ("kv_bytes", "memory_bytes"):
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if abs(v) < 1024 or unit == "GiB":
+                return f"{v:.1f} {unit}" if unit != "B" else f"{int(v)} B"
+            v /= 1024
+    if name == "params":
+        return f"{v / 1e6:.3f}M"
+    return f"{v:.4g}"
+
