@@ -1,0 +1,195 @@
+"""Model scales and the paper's grid of uniform hybrids (arXiv 2507.06457), with named presets.
+
+Preset names (``resolve_preset``)::
+
+    <mixer>-<r>:1[:<convention>][@<scale>]    e.g. gdn-6:1@340m, gla-3:1@tiny, gla-6:1, gla-6:1:literal@small
+    <mixer>-pure[@<scale>]                    all layers linear, e.g. gla-pure@tiny
+    <mixer>-at<i>,<j>,...[@<scale>]           attention exactly at 0-based layers i, j, ... e.g. gla-at3,11@tiny
+    transformer[@<scale>]                     all layers softmax attention
+
+``<mixer>`` is a linear kind (``hyla.space.mixers.LINEAR_MIXERS``), ``<scale>`` one of ``SCALES`` (default 340m).
+
+Placement conventions for a ratio ``r:1`` over ``n`` layers (0-based indices):
+
+- ``last`` (default; the released checkpoints): one attention layer per group of ``r``, last in the group:
+  ``{i : (i + 1) % r == 0}``. Over 24 layers: 24:1 -> {23}; 12:1 -> {11, 23}; 6:1 -> {5, 11, 17, 23};
+  3:1 -> {2, 5, 8, 11, 14, 17, 20, 23}. Layers after the last full group (when r does not divide n) stay linear.
+- ``literal`` (the paper's prose, "r linear layers then 1 attention"): groups of ``r + 1``, attention last:
+  ``{i : (i + 1) % (r + 1) == 0}`` = r, 2r+1, 3r+2, ... Over 24 layers: 24:1 -> none (does not fit, an error);
+  12:1 -> {12}; 6:1 -> {6, 13, 20}; 3:1 -> {3, 7, 11, 15, 19, 23}. Note the attention share differs from ``last``.
+
+A ratio that yields no attention layer at the given depth is refused (use ``<mixer>-pure`` for none).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyla.config import ConfigError
+from hyla.space.layout import ATTN, LayerSpec, Layout
+from hyla.space.mixers import LINEAR_MIXERS, PAPER_MIXERS
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    """The shape shared by every layout of one model size.
+
+    Attributes:
+        name: preset key (``tiny``, ``small``, ``340m``, ``1.3b``).
+        n_layers: depth.
+        d_model: residual width.
+        num_heads: softmax-attention heads (head dim = d_model / num_heads).
+        mlp_hidden: SwiGLU inner width.
+        vocab_size: tokenizer vocabulary (untied embedding and head).
+    """
+
+    name: str
+    n_layers: int
+    d_model: int
+    num_heads: int
+    mlp_hidden: int
+    vocab_size: int
+
+    def layout(self, layers: Iterable[LayerSpec | str], name: str = "") -> Layout:
+        """A Layout of this shape with the given per-layer specs (depth may differ from ``n_layers``)."""
+        return Layout(layers=tuple(layers), d_model=self.d_model, vocab_size=self.vocab_size,
+                      mlp_hidden=self.mlp_hidden, num_heads=self.num_heads, name=name)
+
+
+SCALES: dict[str, Scale] = {s.name: s for s in [
+    Scale("tiny", 24, 32, 2, 64, 512),  # CPU tests and smoke runs
+    Scale("small", 24, 256, 4, 704, 512),  # GPU proxies
+    Scale("340m", 24, 1024, 16, 2816, 32000),  # the paper's 340M
+    Scale("1.3b", 24, 2048, 32, 5632, 32000),  # the paper's 1.3B
+]}
+#: r of the paper's r:1 ratios
+PAPER_RATIOS: tuple[int, ...] = (24, 12, 6, 3)
+CONVENTIONS: tuple[str, ...] = ("last", "literal")
+DEFAULT_SCALE = "340m"
+
+_NAME_RE = re.compile(r"^(?P<body>[^@]+?)(@(?P<scale>[^@]+))?$")
+_RATIO_RE = re.compile(r"^(?P<mixer>[a-z0-9_]+)-(?P<r>\d+):1(:(?P<conv>[a-z]+))?$")
+_PURE_RE = re.compile(r"^(?P<mixer>[a-z0-9_]+)-pure$")
+_AT_RE = re.compile(r"^(?P<mixer>[a-z0-9_]+)-at(?P<idx>\d+(,\d+)*)$")
+
+
+def get_scale(name: str | Scale) -> Scale:
+    """Look up a scale by name; an unknown name raises a ConfigError listing the known ones."""
+    if isinstance(name, Scale):
+        return name
+    try:
+        return SCALES[str(name).lower()]
+    except KeyError:
+        raise ConfigError(f"scale: unknown scale {name!r}; expected one of {', '.join(SCALES)}") from None
+
+
+def _check_mixer(mixer: str) -> str:
+    if mixer not in LINEAR_MIXERS:
+        raise ConfigError(f"preset mixer: unknown mixer {mixer!r}; expected one of {', '.join(LINEAR_MIXERS)} "
+                          "(or 'transformer')")
+    return mixer
+
+
+def attention_indices(n_layers: int, ratio: int, convention: str = "last") -> tuple[int, ...]:
+    """0-based attention layers of an ``r:1`` hybrid over ``n_layers`` layers (see the module docstring)."""
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"placement convention: unknown {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1:
+        raise ConfigError(f"ratio: {ratio!r} must be a positive integer r of r:1 (use 'pure' for no attention)")
+    group = ratio if convention == "last" else ratio + 1
+    idx = tuple(i for i in range(n_layers) if (i + 1) % group == 0)
+    if not idx:
+        raise ConfigError(f"ratio: {ratio}:1 ({convention}) does not fit depth {n_layers}: no attention layer; "
+                          f"expected r <= {n_layers if convention == 'last' else n_layers - 1}")
+    return idx
+
+
+def attention_at(layout_or_base: Layout | Scale | str, indices: Iterable[int], name: str = "") -> Layout:
+    """Make the layers at ``indices`` whole softmax-attention layers, keeping the others.
+
+    Args:
+        layout_or_base: a Layout, or a preset name (``gla-pure@tiny``) to start from.
+        indices: 0-based layer indices; each must lie in ``[0, n_layers)``.
+        name: the new layout's name.
+    """
+    base = resolve_preset(layout_or_base) if isinstance(layout_or_base, str) else layout_or_base
+    if isinstance(base, Scale):
+        raise ConfigError("attention_at: expected a Layout or preset name to take the other layers from, got a "
+                          f"Scale ({base.name}); use e.g. '<mixer>-pure@{base.name}'")
+    idx = sorted(set(indices))
+    for i in idx:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < base.n_layers:
+            raise ConfigError(f"attention index {i} out of range; expected [0, {base.n_layers})")
+    layers = [LayerSpec(mixer=ATTN) if i in idx else spec for i, spec in enumerate(base.layers)]
+    return base.with_layers(layers, name=name)
+
+
+def hybrid(mixer: str, ratio: int | None, scale: str | Scale = DEFAULT_SCALE, convention: str = "last") -> Layout:
+    """A uniform ``ratio:1`` hybrid of ``mixer`` and softmax attention; ``ratio`` None or 0 = pure linear."""
+    s = get_scale(scale)
+    _check_mixer(mixer)
+    if not ratio:
+        return s.layout([mixer] * s.n_layers, name=f"{mixer}-pure@{s.name}")
+    idx = set(attention_indices(s.n_layers, ratio, convention))
+    suffix = "" if convention == "last" else f":{convention}"
+    return s.layout([ATTN if i in idx else mixer for i in range(s.n_layers)],
+                    name=f"{mixer}-{ratio}:1{suffix}@{s.name}")
+
+
+def transformer(scale: str | Scale = DEFAULT_SCALE) -> Layout:
+    """All layers softmax attention."""
+    s = get_scale(scale)
+    return s.layout([ATTN] * s.n_layers, name=f"transformer@{s.name}")
+
+
+def paper_grid(scale: str | Scale = DEFAULT_SCALE, convention: str = "last") -> list[Layout]:
+    """The paper's 31 layouts: 6 mixers x {24:1, 12:1, 6:1, 3:1, pure} + the Transformer."""
+    out = [hybrid(m, r, scale, convention) for m in PAPER_MIXERS for r in (*PAPER_RATIOS, None)]
+    return out + [transformer(scale)]
+
+
+def resolve_preset(name: str, default_scale: str = DEFAULT_SCALE) -> Layout:
+    """Parse a preset name (syntax in the module docstring) into its Layout."""
+    text = str(name).strip().lower()
+    m = _NAME_RE.match(text)
+    if not m or not text:
+        raise ConfigError(f"preset: cannot parse {name!r}; expected e.g. 'gdn-6:1@340m', 'gla-pure@tiny', "
+                          "'gla-6:1:literal@small', 'gla-at3,11@tiny', 'transformer@1.3b'")
+    body, scale = m["body"], get_scale(m["scale"] or default_scale)
+    if body == "transformer":
+        return transformer(scale)
+    if r := _RATIO_RE.match(body):
+        conv = r["conv"] or "last"
+        if conv not in CONVENTIONS:
+            raise ConfigError(f"preset {name!r}: unknown placement convention {conv!r}; "
+                              f"expected one of {', '.join(CONVENTIONS)}")
+        ratio = int(r["r"])
+        if ratio < 1:
+            raise ConfigError(f"preset {name!r}: ratio {ratio}:1 must have r >= 1 (use '<mixer>-pure')")
+        return hybrid(_check_mixer(r["mixer"]), ratio, scale, conv)
+    if p := _PURE_RE.match(body):
+        return hybrid(_check_mixer(p["mixer"]), None, scale)
+    if a := _AT_RE.match(body):
+        base = hybrid(_check_mixer(a["mixer"]), None, scale)
+        return attention_at(base, [int(i) for i in a["idx"].split(",")], name=f"{body}@{scale.name}")
+    head = body.split("-", 1)[0]
+    if head not in LINEAR_MIXERS:
+        _check_mixer(head)  # names the unknown mixer
+    raise ConfigError(f"preset {name!r}: cannot parse {body!r}; expected '<mixer>-<r>:1[:last|:literal]', "
+                      "'<mixer>-pure', '<mixer>-at<i>,<j>' or 'transformer' (ratios in the paper: "
+                      f"{', '.join(f'{r}:1' for r in PAPER_RATIOS)})")
+
+
+def load_layout(arg: str | Path | Layout, default_scale: str = DEFAULT_SCALE) -> Layout:
+    """A Layout from a preset name or a layout YAML file (``*.yaml``/``*.yml`` or any existing file)."""
+    if isinstance(arg, Layout):
+        return arg
+    text = str(arg)
+    p = Path(text)
+    if p.suffix.lower() in (".yaml", ".yml") or p.is_file():
+        layout = Layout.load(p)
+        return layout if layout.name else layout.with_layers(layout.layers, name=p.stem)
+    return resolve_preset(text, default_scale)
