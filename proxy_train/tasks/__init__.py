@@ -1,0 +1,15 @@
+"""Seeded synthetic recall tasks (MQAR, MAD, RULER-style) and the suite that mixes and scores them."""
+
+from __future__ import annotations
+
+from hyla.proxy_train.tasks.common import IGNORE, position_accuracy, span_exact_match
+from hyla.proxy_train.tasks.mad import FuzzyRecall, InContextRecall, Memorization, NoisyRecall, SelectiveCopying
+from hyla.proxy_train.tasks.mqar import MQAR
+from hyla.proxy_train.tasks.ruler import NeedleTask, VariableTracking
+from hyla.proxy_train.tasks.suite import PRESETS, TASKS, RecallSuite, RecallTaskSpec
+
+__all__ = [
+    "IGNORE", "MQAR", "PRESETS", "TASKS", "FuzzyRecall", "InContextRecall", "Memorization", "NeedleTask",
+    "NoisyRecall", "RecallSuite", "RecallTaskSpec", "SelectiveCopying", "VariableTracking", "position_accuracy",
+    "span_exact_match",
+]
