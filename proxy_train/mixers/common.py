@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
+from hyla.space.mixers import get_mixer_kind
 
 State = dict[str, Any]
 
@@ -230,7 +231,8 @@ class FlaMixer:
         if spec.mixer != cls.KIND:
             raise ConfigError(f"layers[{index}].mixer: {spec.mixer!r} cannot build a {cls.__name__}; "
                               f"expected {cls.KIND!r}")
-        opts = layout.mixer_options(index)
+        # fla_kwargs = resolved options under fla's constructor names (Mamba2 renames conv_size)
+        opts = get_mixer_kind(cls.KIND).fla_kwargs(layout.d_model, spec.option_dict())
         try:
             return cls(hidden_size=layout.d_model, layer_idx=index, **opts)
         except (AssertionError, ValueError, RuntimeError) as e:
