@@ -146,9 +146,15 @@ def transformer(scale: str | Scale = DEFAULT_SCALE) -> Layout:
 
 
 def paper_grid(scale: str | Scale = DEFAULT_SCALE, convention: str = "last") -> list[Layout]:
-    """The paper's 31 layouts: 6 mixers x {24:1, 12:1, 6:1, 3:1, pure} + the Transformer."""
-    out = [hybrid(m, r, scale, convention) for m in PAPER_MIXERS for r in (*PAPER_RATIOS, None)]
-    return out + [transformer(scale)]
+    """The paper's 31 layouts: 6 mixers x {24:1, 12:1, 6:1, 3:1, pure} + the Transformer.
+
+    With ``convention="literal"`` a ratio that leaves no attention layer at the scale's depth (24:1 over 24
+    layers: 24 linear layers then the attention layer would be layer 25) is skipped: 25 layouts at depth 24.
+    """
+    s = get_scale(scale)
+    ratios = [r for r in PAPER_RATIOS if convention != "literal" or r < s.n_layers]  # literal groups are r + 1
+    out = [hybrid(m, r, s, convention) for m in PAPER_MIXERS for r in (*ratios, None)]
+    return out + [transformer(s)]
 
 
 def resolve_preset(name: str, default_scale: str = DEFAULT_SCALE) -> Layout:

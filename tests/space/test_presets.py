@@ -41,6 +41,14 @@ def test_paper_grid(scale: str) -> None:
         assert resolve_preset(layout.name).key() == layout.key()
 
 
+def test_literal_grid_skips_ratios_that_do_not_fit() -> None:
+    grid = paper_grid("tiny", "literal")
+    assert len(grid) == 25 and not any(l.name.startswith("gla-24:1") for l in grid)
+    assert resolve_preset("gdn-6:1:literal@tiny").key() in {l.key() for l in grid}
+    with pytest.raises(ConfigError, match="convention"):
+        paper_grid("tiny", "first")
+
+
 def test_names() -> None:
     l = resolve_preset("gdn-6:1@340m")
     assert l.attention_layers == (5, 11, 17, 23) and l.linear_mixers == ("gdn",) and l.d_model == 1024
