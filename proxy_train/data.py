@@ -19,6 +19,7 @@ random ``val_fraction`` of the documents (at least one), so no document is in bo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -26,7 +27,7 @@ import random
 import re
 import socket
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -114,8 +115,12 @@ def _read_source(cfg: TextConfig) -> list[str]:
 def stdlib_documents(max_docs: int | None = None) -> list[str]:
     """The standard library's ``.py`` files (sorted by relative path), read as UTF-8 with replacement."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py")
-                   if not {"site-packages", "dist-packages", "__pycache__"} & set(p.relative_to(root).parts))
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # prune installed packages while walking: site-packages may hold gigabytes (torch) and differs per machine
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")]
+        files += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
+    files.sort(key=lambda p: p.relative_to(root).parts)
     docs: list[str] = []
     for f in files:
         text = f.read_text(encoding="utf-8", errors="replace")
@@ -156,22 +161,34 @@ def split_text_file(text: str) -> list[str]:
     return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
-def _load_txt(files: Sequence[Path]) -> list[str]:
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[Any]:
+    """``datasets`` without its progress bars (hyla has its own), restored afterwards."""
     import datasets
 
-    # sample_by="document": one row per file, in data_files order.
-    ds = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
+def _load_txt(files: Sequence[Path]) -> list[str]:
+    with _quiet_datasets() as datasets:
+        # sample_by="document": one row per file, in data_files order.
+        ds = datasets.load_dataset("text", data_files=[str(f) for f in files], sample_by="document", split="train")
     return list(ds["text"])
 
 
 def _load_table(files: Sequence[Path], text_field: str) -> list[str]:
-    import datasets
-
     builder = "parquet" if all(f.suffix == ".parquet" for f in files) else "json"
     if builder == "json" and any(f.suffix == ".parquet" for f in files):
         return _load_table([f for f in files if f.suffix != ".parquet"], text_field) + _load_table(
             [f for f in files if f.suffix == ".parquet"], text_field)
-    ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    with _quiet_datasets() as datasets:
+        ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
     if text_field not in ds.column_names:
         raise ConfigError(f"text.text_field: {text_field!r} is not a column of {files[0]}; "
                           f"columns: {', '.join(ds.column_names)}")

@@ -45,7 +45,7 @@ KINDS = ("single", "multikey", "multivalue", "multiquery")
 #: Wordings: RULER's own, and a short one that leaves room for a haystack at T = 128-256 with byte tokens.
 TEMPLATES = {
     "ruler": {
-        "needle": " One of the special magic numbers for {key} is: {value}. ",
+        "needle": "One of the special magic numbers for {key} is: {value}. ",
         "one": "\nWhat is the special magic number for {key} mentioned in the provided text? "
                "The special magic number for {key} mentioned in the provided text is: ",
         "many": "\nWhat are all the special magic numbers for {key} mentioned in the provided text? "
@@ -55,7 +55,7 @@ TEMPLATES = {
               "{value}, they are: ",
     },
     "short": {
-        "needle": " The magic number for {key} is {value}. ",
+        "needle": "The magic number for {key} is {value}. ",
         "one": "\nThe magic number for {key} is ",
         "many": "\nThe magic numbers for {key} are ",
         "vt": "\nVariables equal to {value}: ",
@@ -125,7 +125,9 @@ class _HaystackTask:
             stream = np.tile(hay, reps) if reps > 1 else hay
             start = int(rng.integers(0, len(stream) - budget + 1))
             chunk = stream[start:start + budget].tolist()
-            depths = np.sort(rng.integers(0, budget + 1, size=len(needles)))
+            # Needles go between words where the tokenizer has whitespace tokens (bytes), anywhere otherwise.
+            cuts = [0] + [k + 1 for k, t in enumerate(chunk) if t in self._space_ids]
+            depths = np.sort(rng.choice(np.asarray(cuts), size=len(needles)))
             seq: list[int] = []
             prev = 0
             for d, needle in zip(depths.tolist(), needles):
@@ -138,6 +140,10 @@ class _HaystackTask:
             for s in scored:  # next-token convention: the answer token at offset+s is the target of the one before
                 targets[i, offset + s - 1] = seq[offset + s]
         return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    @functools.cached_property
+    def _space_ids(self) -> frozenset[int]:
+        return frozenset(ids[0] for ids in (self._enc(" "), self._enc("\n")) if len(ids) == 1)
 
     def _number(self, rng: np.random.Generator, digits: int) -> str:
         return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
@@ -230,7 +236,7 @@ class VariableTracking(_HaystackTask):
             vars_ = pool[c * (self.num_hops + 1):(c + 1) * (self.num_hops + 1)]
             value = self._number(rng, self.value_digits)
             chains.append((vars_, value))
-            steps = [f" VAR {vars_[0]} = {value}. "] + [f" VAR {b} = VAR {a}. " for a, b in zip(vars_, vars_[1:])]
+            steps = [f"VAR {vars_[0]} = {value}. "] + [f"VAR {b} = VAR {a}. " for a, b in zip(vars_, vars_[1:])]
             statements.append(steps)
         # Interleave chains but keep each chain's order: depths are sorted, so the sequence of needles is the order.
         order = rng.permutation(sum(([c] * len(s) for c, s in enumerate(statements)), [])).tolist()
