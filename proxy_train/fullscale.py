@@ -1,0 +1,310 @@
+"""Full-scale training of one layout (the paper's 340M / 1.3B runs) on Ray Train.
+
+A `RunSpec` (YAML, strict) says what to train; `train_full(spec)` runs it through Ray Train's ``TorchTrainer``
+(DDP or FSDP, one worker per GPU) and writes into ``spec.out_dir``::
+
+    spec.yaml          the resolved spec (layout inline, tokens filled in)
+    train_log.jsonl    one line per log step: step, loss, lr, tokens/s, MFU (rank 0)
+    ray/attempt_N/     Ray Train checkpoints of attempt N (model, optimizer, scheduler, step, data cursor, RNG)
+    model/             the final HF checkpoint (``AutoModelForCausalLM.from_pretrained`` after
+                       ``import hyla.proxy_train.hf``) plus the tokenizer when it is a transformers one
+    result.json        status, steps, throughput, MFU and the final evaluation
+
+Resuming: every call scans ``out_dir`` for the checkpoint with the highest step and continues from it, so a run
+killed at any point (SIGKILL, node loss) is restarted by running the same command again. SIGTERM (preemption)
+is turned into a graceful stop: the driver drops a ``STOP`` file that the workers see within one step; they
+write a checkpoint and exit, and the next call resumes. The worker loop lives in `hyla.proxy_train.fullscale_loop`.
+
+Data: each worker loads the documents of ``spec.text`` and keeps every ``world_size``-th one (sharded by rank),
+packs only as many tokens as it will consume, and walks them in a seeded per-epoch permutation. The position in
+that stream is one integer (micro-batches consumed), saved in each checkpoint. The packed tokens live in memory,
+so a 20B-token run needs a text source of a size that fits (the stream repeats in new permutations once used up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
+from hyla.proxy_train.data import TextConfig
+from hyla.space.layout import Layout
+
+#: default token budgets per scale (the paper: 20B tokens at 340M, 100B at 1.3B)
+SCALE_TOKENS: dict[str, int] = {"340m": 20_000_000_000, "1.3b": 100_000_000_000}
+#: dense bf16 peak FLOP/s per GPU, matched as a substring of ``torch.cuda.get_device_name()``
+PEAK_FLOPS: dict[str, float] = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+#: the paper's tokenizer family (Mistral/Llama, vocab 32000); ungated, but needs the hub or a local copy
+DEFAULT_TOKENIZER = "mistralai/Mistral-7B-v0.1"
+CKPT_META = "hyla_ckpt.json"
+CKPT_STATE = "state.pt"
+STOP_FILE = "STOP"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    """Final evaluation after training (rank 0)."""
+
+    val_tokens: int = 2_000_000  # held-out LM tokens scored for the validation loss
+    batch_size: int = 8  # sequences per eval forward
+    recall_multiples: tuple[int, ...] = (1, 2, 4)  # recall suite at these multiples of seq_len (at most 4)
+    recall_tasks: tuple[str, ...] = ("ruler_single", "mqar")  # recall task kinds run at every context
+    recall_examples: int = 64  # examples per task and context
+    lm_eval_tasks: tuple[str, ...] = ()  # lm-evaluation-harness tasks (run only if lm_eval is importable)
+    lm_eval_limit: int | None = None  # examples per lm-eval task (None = all)
+
+    def __post_init__(self) -> None:
+        for m in self.recall_multiples:
+            if not 1 <= m <= 4:
+                raise ConfigError(f"eval.recall_multiples: {m!r} is not allowed; expected integers in [1, 4]")
+        if self.val_tokens < 1 or self.batch_size < 1 or self.recall_examples < 0:
+            raise ConfigError(f"eval: val_tokens ({self.val_tokens}), batch_size ({self.batch_size}) must be >= 1 "
+                              f"and recall_examples ({self.recall_examples}) >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """One full-scale training run. Parse with `RunSpec.load` / `RunSpec.from_dict` (unknown keys refused)."""
+
+    layout: str | dict[str, Any]  # preset name (``gla-6:1@340m``), layout YAML path, or an inline layout dict
+    scale: str = field(default="340m", metadata={"choices": ("340m", "1.3b", "custom")})  # preset scale; tokens
+    tokens: int | None = None  # training tokens; None = the scale's default (20B at 340m, 100B at 1.3b)
+    seq_len: int = 2048  # 2048 (paper v1) or 4096 (v2); other lengths only with scale "custom"
+    global_batch_tokens: int = 524_288  # tokens per optimizer step over all workers (0.5M as in flame)
+    micro_batch: int = 8  # sequences per worker per forward; gradient accumulation fills the global batch
+    lr: float = 3e-4  # peak learning rate (fla/flame default)
+    warmup_steps: int = 1024  # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    weight_decay: float = 0.1  # AdamW decay on matrices and embeddings only
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    text: TextConfig = field(default_factory=lambda: TextConfig(
+        source="HuggingFaceFW/fineweb-edu", config="sample-10BT", max_docs=1_000_000))
+    tokenizer: str = DEFAULT_TOKENIZER  # "byte" or a transformers tokenizer name/path
+    checkpoint_every: int = 1000  # optimizer steps between checkpoints
+    keep_checkpoints: int = 2  # newest checkpoints kept by Ray per attempt
+    log_every: int = 10  # optimizer steps between log lines / Ray reports
+    out_dir: str = ""  # run directory ("" = runs/full/<layout key>); must be shared storage on a cluster
+    num_workers: int = 1  # Ray Train workers (one per GPU)
+    use_gpu: bool = True
+    strategy: str = field(default="ddp", metadata={"choices": ("ddp", "fsdp")})
+    bf16: bool = True  # bf16 autocast on CUDA (CPU runs in fp32)
+    compile: bool = False  # torch.compile the non-fla parts (SwiGLU MLPs, norms) in place
+    gradient_checkpointing: bool = False  # recompute blocks in backward (less activation memory)
+    seed: int = 0
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        if self.seq_len not in (2048, 4096) and self.scale != "custom":
+            raise ConfigError(f"seq_len: {self.seq_len} is not allowed at scale {self.scale!r}; expected 2048 or "
+                              "4096 (use scale: custom for other lengths)")
+        positive = ("seq_len", "global_batch_tokens", "micro_batch", "checkpoint_every", "keep_checkpoints",
+                    "log_every", "num_workers")
+        for name in positive:
+            v = getattr(self, name)
+            if v < 1:
+                raise ConfigError(f"{name}: {v!r} must be >= 1")
+        if self.tokens is not None and self.tokens < self.global_batch_tokens:
+            raise ConfigError(f"tokens: {self.tokens} is less than one global batch ({self.global_batch_tokens})")
+        if self.tokens is None and self.scale == "custom":
+            raise ConfigError("tokens: null is not allowed with scale 'custom'; give a token budget")
+        per_step = self.seq_len * self.micro_batch * self.num_workers
+        if self.global_batch_tokens % per_step:
+            raise ConfigError(f"global_batch_tokens: {self.global_batch_tokens} is not a multiple of seq_len x "
+                              f"micro_batch x num_workers = {per_step}")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"lr/warmup_steps/min_lr_ratio: {self.lr}, {self.warmup_steps}, {self.min_lr_ratio}; "
+                              "expected lr > 0, warmup >= 0, min_lr_ratio in [0, 1]")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas: {list(self.betas)} must be two numbers in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"weight_decay/grad_clip: {self.weight_decay}, {self.grad_clip} must be >= 0")
+
+    # -- derived ------------------------------------------------------------------------------------------------
+    @property
+    def total_tokens(self) -> int:
+        return int(self.tokens if self.tokens is not None else SCALE_TOKENS[self.scale])
+
+    @property
+    def accum_steps(self) -> int:
+        """Micro-batches per worker per optimizer step."""
+        return self.global_batch_tokens // (self.seq_len * self.micro_batch * self.num_workers)
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.total_tokens / self.global_batch_tokens)
+
+    def resolve_layout(self) -> Layout:
+        """The `Layout` to train: inline dict, YAML path, or preset (at ``scale`` unless the name has ``@``)."""
+        if isinstance(self.layout, dict):
+            return Layout.from_dict(self.layout, where="layout")
+        from hyla.space.presets import load_layout, resolve_preset
+
+        if Path(self.layout).suffix in (".yaml", ".yml") or Path(self.layout).is_file():
+            return load_layout(self.layout)
+        return resolve_preset(self.layout, default_scale="340m" if self.scale == "custom" else self.scale)
+
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/full/{self.resolve_layout().key()}").resolve()
+
+    # -- (de)serialisation ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "spec") -> RunSpec:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        if "layout" not in data:
+            raise ConfigError(f"{where}: missing field 'layout' (a preset name, a layout YAML path or a mapping)")
+        return from_mapping(cls, data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f: to_mapping(getattr(self, f)) for f in self.__dataclass_fields__}
+        out["text"] = self.text.to_dict()
+        return out
+
+    def dump(self, path: str | Path) -> None:
+        """Write the spec as YAML."""
+        dump_yaml(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunSpec:
+        """Read a spec YAML (errors name the file and the field)."""
+        return cls.from_dict(load_yaml(path), where=str(path))
+
+    def resolved(self) -> RunSpec:
+        """The same run with the layout inline and the token budget explicit (what ``spec.yaml`` records)."""
+        # Local paths made absolute: Ray workers need not share the driver's working directory.
+        text = self.text
+        if Path(text.source).exists():
+            text = replace(text, source=str(Path(text.source).resolve()))
+        tokenizer = str(Path(self.tokenizer).resolve()) if Path(self.tokenizer).exists() else self.tokenizer
+        return replace(self, layout=self.resolve_layout().to_dict(), tokens=self.total_tokens, text=text,
+                       tokenizer=tokenizer, out_dir=str(self.run_dir()))
+
+
+def run_spec_for(layout: Layout | str, scale: str = "340m", tokens: int | None = None, **overrides: Any) -> RunSpec:
+    """A spec with the paper's settings for ``layout`` at ``scale`` (tokens default: 20B at 340m, 100B at 1.3b)."""
+    lay = layout.to_dict() if isinstance(layout, Layout) else layout
+    return RunSpec(layout=lay, scale=scale, tokens=tokens, **overrides)
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak FLOP/s of one GPU from `PEAK_FLOPS`, or None when the device is not in the table."""
+    for key, value in PEAK_FLOPS.items():
+        if device_name and key in device_name:
+            return value
+    return None
+
+
+def find_latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The complete checkpoint with the highest step under ``run_dir`` (any attempt), with its metadata.
+
+    A checkpoint counts only when both its metadata and its state file exist (a copy cut by a kill is skipped).
+    """
+    best: tuple[Path, dict[str, Any]] | None = None
+    for meta_path in Path(run_dir).glob(f"ray/*/checkpoint_*/{CKPT_META}"):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        state = meta_path.parent / CKPT_STATE
+        if not state.is_file() or state.stat().st_size != meta.get("state_bytes"):
+            continue
+        if best is None or meta["step"] > best[1]["step"]:
+            best = (meta_path.parent, meta)
+    return best
+
+
+def _init_ray(address: str | None, num_workers: int) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+    else:  # a small local instance: logical CPUs for the workers plus the Train controller
+        ray.init(num_cpus=num_workers + 1, include_dashboard=False, object_store_memory=256 * 2**20)
+
+
+def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -> dict[str, Any]:
+    """Train ``spec`` on Ray Train, evaluate, and write the run directory (see the module docstring).
+
+    Args:
+        spec: the run.
+        address: a Ray cluster address (``ray://host:10001`` or ``auto``); None starts a small local instance.
+        resume: continue from the newest checkpoint in the run directory; False refuses a directory that has one.
+
+    Returns:
+        The ``result.json`` content. ``status`` is ``finished`` or ``stopped`` (SIGTERM: resume later).
+
+    Raises:
+        ConfigError: bad spec, a tokenizer larger than the layout's vocabulary, or a run directory that holds
+            a finished result (never overwritten) or checkpoints while ``resume`` is False.
+    """
+    from hyla.proxy_train.data import get_tokenizer
+
+    layout = spec.resolve_layout()
+    tok = get_tokenizer(spec.tokenizer)
+    if tok.vocab_size > layout.vocab_size:
+        raise ConfigError(f"tokenizer: {spec.tokenizer!r} has {tok.vocab_size} ids but layout vocab_size is "
+                          f"{layout.vocab_size}; use a layout with vocab_size >= {tok.vocab_size}")
+    from hyla.proxy_train.fullscale_loop import recall_tasks
+
+    recall_tasks(spec, layout.vocab_size, tok, [])  # bad recall tasks/lengths fail here, before any training
+    run_dir = spec.run_dir()
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        if resume:
+            return json.loads(result_path.read_text())
+        raise ConfigError(f"out_dir: {run_dir} already holds a finished result.json; choose another out_dir")
+    latest = find_latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise ConfigError(f"out_dir: {run_dir} has checkpoints (step {latest[1]['step']}) and resume is off; "
+                          "resume or choose another out_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = spec.resolved()
+    resolved.dump(run_dir / "spec.yaml")
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
+
+    import ray.train
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hyla.proxy_train.fullscale_loop import train_loop_per_worker
+
+    _init_ray(address, spec.num_workers)
+    attempt = 1 + len(list((run_dir / "ray").glob("attempt_*")))
+    resume_ckpt = ray.train.Checkpoint.from_directory(str(latest[0])) if latest else None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": resolved.to_dict(), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
+                                     resources_per_worker={"GPU": 1} if spec.use_gpu else {"CPU": 1}),
+        run_config=RunConfig(storage_path=str(run_dir / "ray"), name=f"attempt_{attempt}",
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints)),
+        resume_from_checkpoint=resume_ckpt,
+    )
+    # Preemption: SIGTERM asks the workers (through the STOP file) to checkpoint and leave.
+    previous = signal.signal(signal.SIGTERM, lambda *_: (run_dir / STOP_FILE).touch())
+    (run_dir / "final.json").unlink(missing_ok=True)
+    t0 = time.time()
+    try:
+        trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    final = json.loads((run_dir / "final.json").read_text())
+    final["wall_s_this_attempt"] = round(time.time() - t0, 2)
+    final["attempt"] = attempt
+    final["resumed_from_step"] = latest[1]["step"] if latest else None
+    if final["status"] == "finished":
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(final, indent=2))
+        tmp.replace(result_path)
+    return final

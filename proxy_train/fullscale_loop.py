@@ -1,0 +1,375 @@
+"""The Ray Train worker loop of `hyla.proxy_train.fullscale`: model, optimizer, sharded data, checkpoints, logging.
+
+Runs once per worker (``TorchTrainer`` sets up the process group). Every worker holds the same model (DDP) or a
+shard of it (FSDP); checkpoints hold the *full* state dict (``torch.distributed.checkpoint.state_dict`` with
+``full_state_dict=True``), so a run can resume on a different number of workers or strategy. Rank 0 writes the
+checkpoint, the log lines and, at the end, the evaluation and the HF model (`finish`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from hyla.config import ConfigError
+from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops
+
+
+class ShardStream:
+    """This worker's packed windows, walked in a seeded permutation per epoch.
+
+    The position is ``cursor`` (micro-batches consumed): sample ``i = cursor * micro_batch + j`` is row
+    ``perm(epoch)[i % n]`` with ``epoch = i // n``, so restoring ``cursor`` restores the exact stream.
+    """
+
+    def __init__(self, windows: torch.Tensor, micro_batch: int, seed: int, rank: int) -> None:
+        self.windows, self.micro_batch, self.seed, self.rank = windows, micro_batch, seed, rank
+        self.cursor = 0
+        self._perm_epoch, self._perm = -1, None
+
+    def _perm_for(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.windows), generator=g), epoch
+        return self._perm
+
+    def next_batch(self) -> torch.Tensor:
+        n = len(self.windows)
+        start = self.cursor * self.micro_batch
+        rows = [int(self._perm_for((start + j) // n)[(start + j) % n]) for j in range(self.micro_batch)]
+        self.cursor += 1
+        return self.windows[rows].long()
+
+
+def lr_lambda(spec: RunSpec):
+    """Linear warm-up to 1, then cosine down to ``min_lr_ratio`` at the last step."""
+    def f(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        span = max(1, spec.total_steps - spec.warmup_steps)
+        progress = min(1.0, (step - spec.warmup_steps) / span)
+        return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def build_model(spec: RunSpec) -> torch.nn.Module:
+    """``HylaForCausalLM`` for the spec's layout; ``compile`` compiles SwiGLUs and norms in place (fla kernels are
+    Triton already and do not trace well, so they stay eager; in-place ``Module.compile`` keeps state-dict keys)."""
+    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model import SwiGLU
+
+    layout = spec.resolve_layout()
+    model = HylaForCausalLM(HylaConfig(layout=layout.to_dict(), gradient_checkpointing=spec.gradient_checkpointing))
+    if spec.compile:
+        for module in model.modules():
+            if isinstance(module, (SwiGLU, torch.nn.RMSNorm)):
+                module.compile()
+    return model
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def save_checkpoint(model, optimizer, scheduler, step: int, cursor: int, rank: int, extra: dict[str, Any]) -> None:
+    """Collective: every rank calls it; rank 0 writes the full state and reports it to Ray Train."""
+    import ray.train
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=opts)
+    rngs = _gather(_rng_state())
+    metrics = {"step": step, **extra}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = Path(tmp) / CKPT_STATE
+        torch.save({"model": model_sd, "optimizer": optim_sd, "scheduler": scheduler.state_dict(), "step": step,
+                    "cursor": cursor, "rng": rngs}, state_path)
+        # Written last with the state's size: a checkpoint copy cut short by a kill is recognised and skipped.
+        meta = {"step": step, "cursor": cursor, "state_bytes": state_path.stat().st_size, "time": time.time()}
+        (Path(tmp) / CKPT_META).write_text(json.dumps(meta))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def load_checkpoint(model, optimizer, scheduler, rank: int) -> tuple[int, int]:
+    """Restore from Ray's resume checkpoint if there is one; returns ``(step, cursor)`` (0, 0 when fresh)."""
+    import ray.train
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, 0
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / CKPT_STATE, map_location="cpu", weights_only=False)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    rngs = state["rng"]
+    if rank < len(rngs):  # same world size: each rank gets its own stream back
+        _set_rng_state(rngs[rank])
+    return int(state["step"]), int(state["cursor"])
+
+
+def _prepare(model: torch.nn.Module, spec: RunSpec) -> torch.nn.Module:
+    import ray.train.torch
+
+    if spec.strategy == "fsdp":
+        return ray.train.torch.prepare_model(model, parallel_strategy="fsdp",
+                                             parallel_strategy_kwargs={"use_orig_params": True})
+    return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+
+
+def _stop_requested(run_dir: Path, device: torch.device) -> bool:
+    """True on every rank when any rank sees the STOP file (kept in lockstep so all ranks checkpoint together)."""
+    flag = torch.tensor([1.0 if (run_dir / STOP_FILE).exists() else 0.0], device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (``config = {"spec": RunSpec dict, "run_dir": str}``)."""
+    import ray.train
+    import ray.train.torch
+
+    from hyla.proxy_train.data import get_tokenizer, load_documents, pack_tokens
+    spec = RunSpec.from_dict(config["spec"], where="spec")
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(spec.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
+
+    started = time.time()
+    model = build_model(spec)
+    inner = model.model
+    n_params = inner.num_params()
+    model = _prepare(model, spec)
+    # Groups from the wrapped model's own parameters (FSDP with use_orig_params keeps them, as views).
+    inner = getattr(model, "module", model).model
+    optimizer = torch.optim.AdamW(inner.param_groups(spec.weight_decay), lr=spec.lr, betas=tuple(spec.betas),
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+    step, cursor = load_checkpoint(model, optimizer, scheduler, rank)
+    random.seed(spec.seed + rank)
+
+    # Data: this rank's share of the documents, only as many tokens as it will consume.
+    tok = get_tokenizer(spec.tokenizer)
+    train_docs, _ = load_documents(spec.text)
+    per_rank_tokens = spec.total_tokens // world + spec.seq_len + 1
+    windows = pack_tokens(train_docs[rank::world], tok, spec.seq_len, max_tokens=per_rank_tokens)
+    stream = ShardStream(windows.to(torch.int32), spec.micro_batch, spec.seed, rank)
+    stream.cursor = cursor
+
+    from hyla.space.cost import flops_per_token
+
+    fpt = flops_per_token(spec.resolve_layout(), spec.seq_len)
+    peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    use_bf16 = spec.bf16 and device.type == "cuda"
+    log_path = run_dir / "train_log.jsonl"
+    model.train()
+    t_last, steps_since, loss_sum = time.time(), 0, torch.zeros((), device=device)
+    status = "finished"
+    last_saved = step
+    while step < spec.total_steps:
+        if _stop_requested(run_dir, device):
+            status = "stopped"
+            break
+        for micro in range(spec.accum_steps):
+            batch = stream.next_batch().to(device, non_blocking=True)
+            sync = micro == spec.accum_steps - 1 or not hasattr(model, "no_sync")
+            ctx_mgr = torch.enable_grad() if sync else model.no_sync()
+            with ctx_mgr, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(input_ids=batch[:, :-1]).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            (loss / spec.accum_steps).backward()
+            loss_sum += loss.detach() / spec.accum_steps
+        if spec.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_since += 1
+        if step % spec.log_every == 0 or step == spec.total_steps:
+            if dist.is_initialized() and world > 1:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+                loss_sum /= world
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.time() - t_last
+            tps = steps_since * spec.global_batch_tokens / max(elapsed, 1e-9)
+            row = {"step": step, "loss": round(float(loss_sum) / steps_since, 5),
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tps, 1),
+                   "mfu": round(tps * fpt / (peak * world), 5) if peak else None, "time": time.time()}
+            if rank == 0:
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if step % spec.checkpoint_every == 0:
+                save_checkpoint(model, optimizer, scheduler, step, stream.cursor, rank, row)
+                last_saved = step
+            else:
+                ray.train.report(row)
+            t_last, steps_since, loss_sum = time.time(), 0, torch.zeros((), device=device)
+        elif step % spec.checkpoint_every == 0:
+            save_checkpoint(model, optimizer, scheduler, step, stream.cursor, rank, {})
+            last_saved = step
+    if step != last_saved:  # the final (or preempted) state is always checkpointed
+        save_checkpoint(model, optimizer, scheduler, step, stream.cursor, rank, {"final": True})
+    finish(model, spec, run_dir, status=status, step=step, n_params=n_params, rank=rank, device=device,
+           started=started)
+
+
+# --------------------------------------------------------------------------------------------- final evaluation
+
+
+def recall_tasks(spec: RunSpec, vocab_size: int, tok: Any, haystack: list[str]) -> list[Any]:
+    from hyla.proxy_train.tasks.mqar import MQAR
+    from hyla.proxy_train.tasks.ruler import NeedleTask
+
+    """The eval recall tasks at every context; raises ConfigError for unknown tasks or contexts they do not fit."""
+    tasks = []
+    for mult in spec.eval.recall_multiples:
+        length = spec.seq_len * mult
+        for name in spec.eval.recall_tasks:
+            if name == "mqar":  # Zoology's density: one pair per 16 tokens, at most the 64 keys of task_vocab 128
+                tasks.append(MQAR(vocab_size=vocab_size, seq_len=length, num_kv_pairs=max(1, min(64, length // 16))))
+            elif name.startswith("ruler_"):
+                try:
+                    tasks.append(NeedleTask(tokenizer=tok, haystack_docs=tuple(haystack[:64]), seq_len=length,
+                                            kind=name.removeprefix("ruler_")))
+                except ConfigError as e:
+                    raise ConfigError(f"eval.recall_tasks: {name} at context {length} (seq_len x {mult}): {e}") \
+                        from None
+            else:
+                raise ConfigError(f"eval.recall_tasks: unknown task {name!r}; expected mqar or ruler_<kind> "
+                                  "(single, multikey, multivalue, multiquery)")
+    return tasks
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, spec: RunSpec, device: torch.device) -> dict[str, Any]:
+    """Held-out LM loss, recall at every ``eval.recall_multiples`` context, and lm-eval when installed."""
+    from hyla.proxy_train.data import HFTokenizer, get_tokenizer, load_documents, pack_tokens
+    from hyla.proxy_train.tasks.common import position_accuracy
+
+    tok = get_tokenizer(spec.tokenizer)
+    _, val_docs = load_documents(spec.text)
+    ev = spec.eval
+    use_bf16 = spec.bf16 and device.type == "cuda"
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return model(input_ids=x.to(device)).logits.float()
+
+    windows = pack_tokens(val_docs, tok, spec.seq_len, max_tokens=max(ev.val_tokens, spec.seq_len + 1))
+    total, count = 0.0, 0
+    for i in range(0, len(windows), ev.batch_size):
+        w = windows[i:i + ev.batch_size]
+        logits = logits_of(w[:, :-1])
+        total += float(F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten().to(device), reduction="sum"))
+        count += w[:, 1:].numel()
+    out: dict[str, Any] = {"val_loss": total / count, "val_tokens": count}
+
+    recall: dict[str, float] = {}
+    if ev.recall_examples:
+        for task in recall_tasks(spec, model.config.vocab_size, tok, val_docs):
+            x, y = task.generate(ev.recall_examples, seed=10_000 + spec.seed)  # eval seeds, not training ones
+            score = getattr(task, "score", position_accuracy)
+            per_example = torch.cat([score(logits_of(x[i:i + ev.batch_size]).argmax(-1).cpu(), y[i:i + ev.batch_size])
+                                     for i in range(0, len(x), ev.batch_size)])
+            recall[task.level] = float(torch.nanmean(per_example))
+        out["recall_tasks"] = recall
+        out["recall"] = sum(recall.values()) / len(recall) if recall else None
+
+    if not ev.lm_eval_tasks:
+        out["lm_eval"] = "skipped: no lm_eval_tasks"
+    else:
+        try:
+            import lm_eval
+            from lm_eval.models.huggingface import HFLM
+        except ImportError:
+            out["lm_eval"] = "skipped: lm_eval not installed"
+        else:
+            if not isinstance(tok, HFTokenizer):
+                out["lm_eval"] = "skipped: lm_eval needs a transformers tokenizer"
+            else:
+                lm = HFLM(pretrained=model, tokenizer=tok.tok, batch_size=ev.batch_size, max_length=spec.seq_len)
+                res = lm_eval.simple_evaluate(model=lm, tasks=list(ev.lm_eval_tasks), limit=ev.lm_eval_limit)
+                out["lm_eval"] = json.loads(json.dumps(res["results"], default=str))
+    return out
+
+
+def _throughput(log_path: Path, since: float) -> dict[str, Any]:
+    """Mean tokens/s and MFU over this attempt's log rows, the first one (compilation, warm-up) left out."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    rows = [r for r in rows if r["time"] >= since][1:]
+    if not rows:
+        return {"tokens_per_s": None, "mfu": None}
+    tps = sum(r["tokens_per_s"] for r in rows) / len(rows)
+    mfus = [r["mfu"] for r in rows if r["mfu"] is not None]
+    return {"tokens_per_s": round(tps, 1), "mfu": round(sum(mfus) / len(mfus), 5) if mfus else None}
+
+
+def finish(model: torch.nn.Module, spec: RunSpec, run_dir: Path, *, status: str, step: int, n_params: int,
+           rank: int, device: torch.device, started: float) -> None:
+    """Collective: gather the full weights; rank 0 evaluates, saves the HF model and writes ``final.json``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return
+    layout = spec.resolve_layout()
+    final: dict[str, Any] = {"status": status, "steps": step, "total_steps": spec.total_steps,
+                             "tokens_seen": step * spec.global_batch_tokens, "params": n_params,
+                             "layout_key": layout.key(), "layout_name": layout.name, "device": str(device),
+                             "num_workers": spec.num_workers, "strategy": spec.strategy,
+                             **_throughput(run_dir / "train_log.jsonl", started)}
+    if status == "finished":
+        from hyla.proxy_train.data import HFTokenizer, get_tokenizer
+
+        eval_model = build_model(replace(spec, compile=False, gradient_checkpointing=False))
+        eval_model.load_state_dict(full)
+        eval_model.to(device).eval()
+        final["eval"] = evaluate(eval_model, spec, device)
+        eval_model.save_pretrained(run_dir / "model")
+        tok = get_tokenizer(spec.tokenizer)
+        if isinstance(tok, HFTokenizer):
+            tok.tok.save_pretrained(run_dir / "model")
+        final["model_dir"] = str(run_dir / "model")
+    tmp = run_dir / "final.json.tmp"
+    tmp.write_text(json.dumps(final, indent=2))
+    tmp.replace(run_dir / "final.json")
