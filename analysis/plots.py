@@ -94,7 +94,8 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
     Args:
         data: the loaded study.
         axes: metric names for x, y (and z); see ``StudyData.metric_names()``.
-        rungs: rungs to include (default all with trials); the first is shown initially.
+        rungs: rungs to include (default all, highest first: its proxies are the longest); the first is shown
+            initially.
         title: figure title (default: study name and metrics).
 
     Returns:
@@ -107,7 +108,7 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
         if a not in data.metric_names():
             raise ConfigError(f"pareto axis: {a!r} is not a metric of study {data.name!r}; allowed: "
                               f"{', '.join(data.metric_names())}")
-    rungs = list(rungs if rungs is not None else data.rungs)
+    rungs = list(rungs if rungs is not None else reversed(data.rungs))
     for r in rungs:
         if r not in data.rungs:
             raise ConfigError(f"--rung: {r} is not a rung of study {data.name!r}; rungs: {data.rungs}")

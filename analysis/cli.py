@@ -1,0 +1,120 @@
+"""`hyla analysis pareto|report|export|calibrate`: thin wrappers over the analysis library.
+
+STUDY everywhere is a storage URL (sqlite:///..., postgresql://...), a journal file, a run directory holding
+``study.journal``, or the study YAML that ran the search. ``--study NAME`` picks one study when a storage holds
+several.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from hyla.config import ConfigError
+
+_STUDY_HELP = "storage URL, journal file, run directory or study YAML"
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help=_STUDY_HELP)
+    p.add_argument("--study", dest="study_name", default=None, help="study name when the storage holds several")
+
+
+def add_parser(subparsers: Any, name: str, help_text: str) -> None:
+    """Register `hyla analysis` and its subcommands."""
+    p = subparsers.add_parser(name, help=help_text, description=help_text)
+    sub = p.add_subparsers(dest="analysis_command", metavar="SUBCOMMAND")
+
+    pa = sub.add_parser("pareto", help="Pareto-front plot of 2 or 3 metrics (HTML or PNG)")
+    _study_args(pa)
+    pa.add_argument("--x", default="memory_bytes", help="x metric (default memory_bytes)")
+    pa.add_argument("--y", default="recall", help="y metric (default recall)")
+    pa.add_argument("--z", default=None, help="optional third metric: 3-D plot")
+    pa.add_argument("--rung", type=int, default=None, help="only this rung (default: all, dropdown)")
+    pa.add_argument("--out", default="pareto.html", help="output file: .html (self-contained) or .png")
+    pa.set_defaults(func=_pareto)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of a study")
+    _study_args(rp)
+    rp.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
+    rp.set_defaults(func=_report)
+
+    ex = sub.add_parser("export", help="write layout.yaml, hf_config/, fla config and full-run spec of one trial")
+    _study_args(ex)
+    which = ex.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, default=None, help="trial number")
+    which.add_argument("--pick", default=None, help="knee | best-recall | min-kv | best-loss")
+    ex.add_argument("--rung", type=int, default=None, help="rung (default: the highest one with the trial/complete)")
+    ex.add_argument("--scale", default="340m", help="full-run scale for full_run.yaml (340m or 1.3b)")
+    ex.add_argument("--out", required=True, help="output directory")
+    ex.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    ex.set_defaults(func=_export)
+
+    ca = sub.add_parser("calibrate", help="rank agreement (Spearman, Kendall + bootstrap CIs) with a reference CSV")
+    _study_args(ca)
+    ca.add_argument("--reference", required=True, help="CSV: column 'layout' (preset or YAML) + metric columns")
+    ca.add_argument("--rung", type=int, default=None, help="rung to compare (default: the one with most matches)")
+    ca.add_argument("--out", default="calibration", help="output directory (calibration.json, calibration.html)")
+    ca.set_defaults(func=_calibrate)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from hyla.analysis.study_data import load_study
+
+    return load_study(args.study, args.study_name)
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from hyla.analysis.plots import pareto_figure, write_html, write_png
+
+    out = Path(args.out)
+    if out.suffix not in (".html", ".png"):
+        raise ConfigError(f"--out: {args.out!r} must end in .html or .png")
+    data = _load(args)
+    axes = (args.x, args.y) + ((args.z,) if args.z else ())
+    fig = pareto_figure(data, axes=axes, rungs=None if args.rung is None else [args.rung])
+    path = write_png(fig, out) if out.suffix == ".png" else write_html(fig, out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hyla.analysis.report import write_report
+
+    print(f"wrote {write_report(_load(args), args.out)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hyla.analysis.export import export_trial, find_trial
+    from hyla.analysis.pareto import PICKS, pick
+
+    if args.pick is not None and args.pick not in PICKS:
+        raise ConfigError(f"--pick: {args.pick!r} is not allowed; expected one of {', '.join(PICKS)}")
+    if args.scale not in ("340m", "1.3b"):
+        raise ConfigError(f"--scale: {args.scale!r} is not allowed; expected one of 340m, 1.3b")
+    data = _load(args)
+    trial = find_trial(data, args.trial, args.rung) if args.trial is not None else pick(data, args.pick, args.rung)
+    res = export_trial(data, trial, args.out, scale=args.scale, overwrite=args.overwrite)
+    print(f"trial {trial.number} (rung {trial.rung}) {trial.layout_string} -> {res.out_dir}")
+    for f in res.files:
+        print(f"  {f.name}")
+    for n in res.notes:
+        print(f"  note: {n}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from hyla.analysis.calibrate import calibrate, write_calibration
+
+    data = _load(args)
+    rung, results = calibrate(data, args.reference, rung=args.rung)
+    for r in results:
+        print(f"{r.metric} (rung {rung}, n={r.n}): Spearman {r.spearman:.3f} "
+              f"[{r.spearman_ci[0]:.3f}, {r.spearman_ci[1]:.3f}], Kendall {r.kendall:.3f} "
+              f"[{r.kendall_ci[0]:.3f}, {r.kendall_ci[1]:.3f}]")
+    for f in write_calibration(data, rung, results, args.out):
+        print(f"wrote {f}")
+    return 0

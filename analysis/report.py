@@ -1,0 +1,188 @@
+"""`hyla analysis report`: one self-contained HTML page per study.
+
+Sections: study config, per-rung counts, Pareto plots (the standard views that the study's metrics allow), layer
+diagrams of the best layout per trade-off (`hyla.analysis.pareto.PICKS`), a sortable trial table (a few lines of
+inline JS, no external assets) and a failure summary. plotly.js is inlined once, so the page opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+import yaml
+
+from hyla.config import ConfigError
+from hyla.analysis.pareto import PICKS, pick
+from hyla.analysis.study_data import StudyData
+from hyla.space.layout import Layout
+
+#: Diagram colours: softmax attention stands out (red); linear kinds get calm distinct colours.
+COLORS: dict[str, str] = {"attn": "#d62728", "gla": "#1f77b4", "hgrn": "#9467bd", "hgrn2": "#8c564b",
+                          "retnet": "#7f7f7f", "deltanet": "#2ca02c", "gdn": "#17becf", "mamba2": "#bcbd22"}
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const asc = th.dataset.dir !== 'asc';
+  th.closest('tr').querySelectorAll('th').forEach(h => delete h.dataset.dir);
+  th.dataset.dir = asc ? 'asc' : 'desc';
+  const key = td => { const v = td.dataset.v ?? td.textContent; const n = parseFloat(v);
+                      return isNaN(n) ? v : n; };
+  Array.from(body.rows).sort((a, b) => {
+    const x = key(a.cells[col]), y = key(b.cells[col]);
+    const c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === 'number' ? -1 : 1);
+    return asc ? c : -c;
+  }).forEach(r => body.appendChild(r));
+}));
+"""
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;max-width:1300px;color:#222}
+h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f4f4f4;cursor:pointer;position:sticky;top:0} td.l,th.l{text-align:left;font-family:monospace}
+tr.fail td{color:#a00} tr.infeasible td{color:#888} pre{background:#f8f8f8;padding:10px;overflow:auto}
+.diagram{margin:10px 0 18px} .legend span{display:inline-block;margin-right:12px;font-size:13px}
+.legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
+"""
+
+
+def layer_diagram(layout: Layout, cell: int = 18, height: int = 48) -> str:
+    """Inline SVG: one column per layer; a head-wise layer is split into its heads (softmax heads red)."""
+    parts = []
+    for i, spec in enumerate(layout.layers):
+        x = i * (cell + 2)
+        tip = f"layer {i}: {spec.to_obj() if isinstance(spec.to_obj(), str) else json.dumps(spec.to_obj())}"
+        if spec.attn_heads:
+            h = height / layout.num_heads
+            for k in range(layout.num_heads):
+                kind = "attn" if k < spec.attn_heads else spec.mixer
+                parts.append(f'<rect x="{x}" y="{k * h:.2f}" width="{cell}" height="{h - 1:.2f}" '
+                             f'fill="{COLORS.get(kind, "#999")}"><title>{html.escape(tip)}</title></rect>')
+        else:
+            parts.append(f'<rect x="{x}" y="0" width="{cell}" height="{height}" '
+                         f'fill="{COLORS.get(spec.mixer, "#999")}"><title>{html.escape(tip)}</title></rect>')
+        if spec.window is not None:  # a sliding window: mark the softmax part with a hatch line
+            parts.append(f'<line x1="{x}" y1="{height + 3}" x2="{x + cell}" y2="{height + 3}" stroke="#000" '
+                         'stroke-dasharray="2,2"/>')
+        parts.append(f'<text x="{x + cell / 2}" y="{height + 14}" font-size="9" text-anchor="middle">{i}</text>')
+    width = layout.n_layers * (cell + 2)
+    return (f'<svg class="layers" width="{width}" height="{height + 18}" '
+            f'xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def _legend(kinds: set[str]) -> str:
+    items = "".join(f'<span><i style="background:{COLORS.get(k, "#999")}"></i>{html.escape(k)}</span>'
+                    for k in sorted(kinds))
+    return f'<div class="legend">{items}<span>(split columns: head-wise layers; dashed: sliding window)</span></div>'
+
+
+def _fmt(name: str, v: float | None) -> str:
+    if v is None:
+        return ""
+    if name.endswith("bytes"):
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if abs(v) < 1024 or unit == "TiB":
+                return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+            v /= 1024
+    if name == "params":
+        return f"{v / 1e6:.3f}M"
+    return f"{v:.4g}"
+
+
+def _trial_table(data: StudyData) -> str:
+    metrics = data.metric_names()
+    head = ["rung", "trial", "state", "layout", "preset", "feasible", *metrics, "parent", "fail reason"]
+    rows = []
+    for t in data.trials:
+        cls = "fail" if t.state == "FAIL" else ("infeasible" if not t.feasible else "")
+        cells = [f"<td>{t.rung}</td>", f"<td>{t.number}</td>", f'<td class="l">{t.state}</td>',
+                 f'<td class="l">{html.escape(t.layout_string)}</td>',
+                 f'<td class="l">{html.escape(t.preset or "")}</td>', f"<td>{'yes' if t.feasible else 'no'}</td>"]
+        for m in metrics:
+            v = t.metric(m)
+            cells.append(f'<td data-v="{"" if v is None else v}">{_fmt(m, v)}</td>')
+        cells.append(f"<td>{'' if t.parent is None else t.parent}</td>")
+        cells.append(f'<td class="l">{html.escape((t.fail_reason or "")[:120])}</td>')
+        rows.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
+    ths = "".join(f'<th class="{"l" if h in ("state", "layout", "preset", "fail reason") else ""}">'
+                  f"{html.escape(h)}</th>" for h in head)
+    return (f'<table class="sortable" id="trials"><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _failures(data: StudyData) -> str:
+    failed = [t for t in data.trials if t.state == "FAIL"]
+    if not failed:
+        return "<p>No failed trials.</p>"
+    reasons = Counter((t.fail_reason or "no reason recorded").split(":")[0].strip() for t in failed)
+    items = "".join(f"<li><b>{n}</b> × {html.escape(r)}</li>" for r, n in reasons.most_common())
+    detail = "".join(f"<li>rung {t.rung} trial {t.number} <code>{html.escape(t.layout_string)}</code>: "
+                     f"{html.escape(t.fail_reason or 'no reason recorded')}</li>" for t in failed[:50])
+    return f"<p>{len(failed)} failed trial(s) by cause:</p><ul>{items}</ul><details><summary>all</summary>" \
+           f"<ul>{detail}</ul></details>"
+
+
+def _best_layouts(data: StudyData) -> str:
+    out, kinds = [], set()
+    for how in PICKS:
+        try:
+            t = pick(data, how)
+        except ConfigError as e:
+            out.append(f"<p><b>{how}</b>: not available ({html.escape(str(e))})</p>")
+            continue
+        assert t.layout is not None
+        kinds |= {s.mixer for s in t.layout.layers} | ({"attn"} if any(s.attn_heads for s in t.layout.layers)
+                                                       else set())
+        vals = ", ".join(f"{m} {_fmt(m, t.metric(m))}" for m in data.metric_names() if t.metric(m) is not None)
+        out.append(f'<div class="diagram"><b>{how}</b>: trial {t.number} (rung {t.rung}) '
+                   f"<code>{html.escape(t.layout_string)}</code>{' — ' + html.escape(t.preset) if t.preset else ''}"
+                   f"<br><small>{html.escape(vals)}</small><br>{layer_diagram(t.layout)}</div>")
+    return _legend(kinds) + "".join(out)
+
+
+def _plots(data: StudyData) -> str:
+    from hyla.analysis.plots import STANDARD_VIEWS, pareto_figure
+
+    names = set(data.metric_names())
+    done = [t for t in data.trials if t.complete]
+    views = [v for v in STANDARD_VIEWS if set(v) <= names and all(t.metric(m) is not None for t in done for m in v)]
+    if not views and len(data.objectives) >= 2:
+        views = [(data.objectives[0].name, data.objectives[1].name)]
+    chunks = []
+    for i, axes in enumerate(views):
+        fig = pareto_figure(data, axes=axes)
+        chunks.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_width="100%"))
+    return "".join(chunks) or "<p>No two metrics to plot.</p>"
+
+
+def render_report(data: StudyData) -> str:
+    """The whole report page as one HTML string."""
+    counts = []
+    for r in data.rungs:
+        c = Counter(t.state for t in data.select(rung=r))
+        counts.append(f"<li>rung {r}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items())) + "</li>")
+    objs = ", ".join(f"{o.name} ({o.direction})" for o in data.objectives)
+    config = yaml.safe_dump(data.config, sort_keys=False) if data.config else "(no config recorded)"
+    title = html.escape(f"hyla study {data.name}")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head><body>
+<h1>{title}</h1><p>source: <code>{html.escape(data.source)}</code> — objectives: {html.escape(objs)}</p>
+<ul>{''.join(counts)}</ul>
+<h2>Pareto fronts</h2>{_plots(data)}
+<h2>Best layouts per trade-off</h2><p>Picked among complete, feasible trials of the highest rung.</p>
+{_best_layouts(data)}
+<h2>Trials</h2><p>Click a column header to sort.</p>{_trial_table(data)}
+<h2>Failures</h2>{_failures(data)}
+<h2>Study config</h2><pre>{html.escape(config)}</pre>
+<script>{_SORT_JS}</script></body></html>
+"""
+
+
+def write_report(data: StudyData, path: str | Path) -> Path:
+    """Write the report page to ``path`` (parent directories created)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(render_report(data), encoding="utf-8")
+    return p
+
