@@ -40,6 +40,8 @@ _ADJ = ("adjoining amused ancient brave bright calm clever curly damp eager earl
 _NOUN = ("anchor badger basket beacon cactus candle castle comet falcon fiddle garden glacier harbor helmet island "
          "jackal kettle ladder lantern meadow mirror nectar otter parrot pebble pillow quartz rabbit saddle shovel "
          "spider teapot thistle tulip umbrella violin walrus whale willow zebra").split()
+_KEYS = [f"{a}-{n}" for a in _ADJ for n in _NOUN]
+_KEYS_LONGEST_FIRST = sorted(_KEYS, key=len, reverse=True)
 _NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 KINDS = ("single", "multikey", "multivalue", "multiquery")
 #: Wordings: RULER's own, and a short one that leaves room for a haystack at T = 128-256 with byte tokens.
@@ -98,9 +100,22 @@ class _HaystackTask:
     def _enc(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
 
-    def _example(self, rng: np.random.Generator) -> tuple[list[list[int]], list[int], list[list[int]], str]:
-        """(needle token lists in order, question tokens, answer token lists, answer separator)."""
+    def _example(self, rng: np.random.Generator,
+                 longest: bool = False) -> tuple[list[list[int]], list[int], list[list[int]], str]:
+        """(needle token lists in order, question tokens, answer token lists, answer separator).
+
+        ``longest`` picks the longest keys, for the worst-case length check at construction.
+        """
         raise NotImplementedError
+
+    def _check_fits(self) -> None:
+        """Refuse a ``seq_len`` that cannot hold the longest needles, question and answer."""
+        needles, question, answers, sep = self._example(make_rng(0, self.name), longest=True)
+        need = sum(map(len, needles)) + len(question) + sum(map(len, answers)) + \
+            len(self._enc(sep)) * (len(answers) - 1)
+        if need > self.seq_len + 1:
+            raise ConfigError(f"{self.name}.seq_len: {self.seq_len} is too short for the needles, question and "
+                              f"answer (up to {need - 1} tokens)")
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples fixed by ``seed``: LongTensors ``(n, seq_len)``; only answer tokens are scored."""
@@ -110,15 +125,18 @@ class _HaystackTask:
         inputs = np.empty((n, self.seq_len), dtype=np.int64)
         targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)
         for i in range(n):
-            needles, question, answers, sep = self._example(rng)
-            tail, scored = list(question), []
-            for j, ans in enumerate(answers):
-                if j:
-                    tail += self._enc(sep)
-                scored += range(len(tail), len(tail) + len(ans))
-                tail += ans
-            budget = self.seq_len + 1 - len(tail) - sum(map(len, needles))
-            if budget < 0:
+            for _ in range(100):  # with subword tokenizers the longest keys need not be the longest in tokens
+                needles, question, answers, sep = self._example(rng)
+                tail, scored = list(question), []
+                for j, ans in enumerate(answers):
+                    if j:
+                        tail += self._enc(sep)
+                    scored += range(len(tail), len(tail) + len(ans))
+                    tail += ans
+                budget = self.seq_len + 1 - len(tail) - sum(map(len, needles))
+                if budget >= 0:
+                    break
+            else:
                 raise ConfigError(f"{self.name}.seq_len: {self.seq_len} is too short for the needles, question "
                                   f"and answer ({self.seq_len - budget} tokens)")
             reps = -(-(budget + 1) // len(hay))  # a short haystack is repeated
@@ -165,7 +183,7 @@ class NeedleTask(_HaystackTask):
         _check_template(self.template)
         check_positive(self.name, seq_len=self.seq_len, num_needles=self.num_needles, num_values=self.num_values,
                        num_queries=self.num_queries, value_digits=self.value_digits)
-        self.generate(1, 0)  # fails now (ConfigError) if seq_len cannot hold needles, question and answer
+        self._check_fits()
 
     @property
     def name(self) -> str:
@@ -175,10 +193,14 @@ class NeedleTask(_HaystackTask):
     def level(self) -> str:
         return f"{self.name}@{self.seq_len}"
 
-    def _example(self, rng: np.random.Generator) -> tuple[list[list[int]], list[int], list[list[int]], str]:
+    def _example(self, rng: np.random.Generator,
+                 longest: bool = False) -> tuple[list[list[int]], list[int], list[list[int]], str]:
         n_keys = {"single": 1, "multikey": self.num_needles, "multivalue": 1, "multiquery": self.num_queries}
-        picks = rng.choice(len(_ADJ) * len(_NOUN), size=n_keys[self.kind], replace=False)
-        keys = [f"{_ADJ[p // len(_NOUN)]}-{_NOUN[p % len(_NOUN)]}" for p in picks.tolist()]
+        if longest:
+            keys = list(_KEYS_LONGEST_FIRST[:n_keys[self.kind]])
+        else:
+            picks = rng.choice(len(_KEYS), size=n_keys[self.kind], replace=False)
+            keys = [_KEYS[p] for p in picks.tolist()]
         if self.kind == "multivalue":
             pairs = [(keys[0], self._number(rng, self.value_digits)) for _ in range(self.num_values)]
         else:
@@ -218,13 +240,14 @@ class VariableTracking(_HaystackTask):
         _check_template(self.template)
         check_positive(self.name, seq_len=self.seq_len, num_chains=self.num_chains, num_hops=self.num_hops,
                        value_digits=self.value_digits)
-        self.generate(1, 0)
+        self._check_fits()
 
     @property
     def level(self) -> str:
         return f"{self.name}@{self.seq_len}"
 
-    def _example(self, rng: np.random.Generator) -> tuple[list[list[int]], list[int], list[list[int]], str]:
+    def _example(self, rng: np.random.Generator,
+                 longest: bool = False) -> tuple[list[list[int]], list[int], list[list[int]], str]:
         letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
         names: set[str] = set()
         while len(names) < self.num_chains * (self.num_hops + 1):
