@@ -101,3 +101,14 @@ def test_human_bytes() -> None:
     assert human_bytes(96 * 1024) == "96.0 KiB"
     assert human_bytes(512) == "512 B"
     assert human_bytes(3 * 2**20) == "3.0 MiB"
+
+
+def test_space_imports_no_heavy_packages() -> None:
+    """Cost accounting and the search space are imported by every worker and the CLI: keep them light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hyla.space, hyla.space.cli, hyla.space.search_space; "
+            "print(sorted(m for m in ('torch', 'optuna', 'rich', 'fla', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
