@@ -69,9 +69,9 @@ def test_registry_class_and_shape(case):
 
 def test_causal(case):
     _, m = case
-    x = torch.randn(2, 48, D)
+    x = torch.randn(2, 40, D)
     y, _ = m(x)
-    for t in (0, 17, 47):
+    for t in (0, 17):
         x2 = x.clone()
         x2[:, t] += torch.randn(2, D)
         y2, _ = m(x2)
@@ -79,7 +79,7 @@ def test_causal(case):
         assert (y2[:, t] - y[:, t]).abs().max() > 1e-4  # the token itself does matter
 
 
-@pytest.mark.parametrize("splits", [(20, 1, 1, 1, 1, 40), (1, 16, 17, 30), (64,)])
+@pytest.mark.parametrize("splits", [(17, 1, 1, 14), (1, 16, 20)])
 def test_cached_decode_equals_full(case, splits):
     _, m = case
     x = torch.randn(2, sum(splits), D)
