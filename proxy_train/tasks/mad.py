@@ -68,19 +68,18 @@ class InContextRecall:
         inputs = np.empty((n, self.seq_len), dtype=np.int64)
         targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)
         for i in range(n):
-            kv = dict(zip(keys.tolist(), rng.choice(values, size=half).tolist()))
-            seq_keys = rng.choice(keys, size=pairs)
-            is_noise = rng.random(pairs) < self.frac_noise
-            seen: set[int] = set()
-            for j in range(pairs):
-                if is_noise[j]:
-                    inputs[i, 2 * j:2 * j + 2] = rng.choice(noise, size=2)
-                    continue
-                k = int(seq_keys[j])
-                inputs[i, 2 * j], inputs[i, 2 * j + 1] = k, kv[k]
-                if k in seen:  # only a key seen before has a recallable value
-                    targets[i, 2 * j] = kv[k]
-                seen.add(k)
+            table = rng.choice(values, size=half)  # this example's value of key j
+            kidx = rng.integers(0, half, size=pairs)
+            is_noise = rng.random(pairs) < self.frac_noise if self.frac_noise > 0 else np.zeros(pairs, bool)
+            row = np.stack([keys[kidx], table[kidx]], axis=1)  # (pairs, 2)
+            if is_noise.any():
+                row[is_noise] = rng.choice(noise, size=(int(is_noise.sum()), 2))
+            # only a key seen before (in a non-noise pair) has a recallable value
+            real = np.flatnonzero(~is_noise)
+            repeat = np.ones(len(real), dtype=bool)
+            repeat[np.unique(kidx[real], return_index=True)[1]] = False
+            inputs[i] = row.reshape(-1)
+            targets[i, 2 * real[repeat]] = row[real[repeat], 1]
         return to_tensors(inputs, targets)
 
 

@@ -145,6 +145,8 @@ class _HaystackTask:
             chunk = stream[start:start + budget].tolist()
             # Needles go between words where the tokenizer has whitespace tokens (bytes), anywhere otherwise.
             cuts = [0] + [k + 1 for k, t in enumerate(chunk) if t in self._space_ids]
+            if len(cuts) < 4 * len(needles):  # subword text has few lone whitespace tokens: any position then
+                cuts = list(range(budget + 1))
             depths = np.sort(rng.choice(np.asarray(cuts), size=len(needles)))
             seq: list[int] = []
             prev = 0

@@ -9,6 +9,11 @@ Accuracy of a level: per example the share of scored targets predicted by the ar
 tasks: the share of answers whose every token is right), then the mean over examples.
 
 Training and evaluation never share a generator seed: training seeds are even, evaluation seeds odd.
+
+Symbols of the synthetic tasks sit at the top of the model vocab. When a tokenizer is given and the room above
+its ids (``vocab_size - tokenizer.vocab_size``) is smaller than a task's default ``task_vocab`` but at least 16,
+the task uses exactly that room; with no room (e.g. a 32k tokenizer and a 32k model vocab) the symbols are the
+tokenizer's last ids, which text rarely uses. RULER levels are text and use the tokenizer's own ids.
 """
 
 from __future__ import annotations
