@@ -22,17 +22,32 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-headless-shell")
 
 
-def dump_dom(html: Path, budget_ms: int = 5000, timeout_s: float = 90.0) -> str:
+def dump_dom(html: Path, budget_ms: int = 5000, timeout_s: float = 120.0) -> str:
     """The serialised DOM of ``html`` after ``budget_ms`` of virtual time (scripts, plotly drawing)."""
+    return dump_doms([html], budget_ms, timeout_s)[0]
+
+
+def dump_doms(pages: list[Path], budget_ms: int = 5000, timeout_s: float = 120.0) -> list[str]:
+    """`dump_dom` for several pages, rendered by concurrent Chromium processes (each with its own profile)."""
     exe = chromium()
     if exe is None:
         raise FileNotFoundError("no chromium binary: apt-get install chromium")
-    with tempfile.TemporaryDirectory(prefix="hyla-chromium-") as profile:
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--dump-dom",
-               f"--virtual-time-budget={budget_ms}", Path(html).resolve().as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0 or not proc.stdout:
-        raise RuntimeError(f"chromium failed (rc {proc.returncode}): {proc.stderr[-2000:]}")
-    return proc.stdout
+    with tempfile.TemporaryDirectory(prefix="hyla-chromium-") as tmp:
+        procs = []
+        for i, page in enumerate(pages):
+            cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--disable-dev-shm-usage", f"--user-data-dir={tmp}/profile{i}", "--dump-dom",
+                   f"--virtual-time-budget={budget_ms}", Path(page).resolve().as_uri()]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outs = []
+        for proc in procs:
+            try:
+                out, err = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            if proc.returncode != 0 or not out:
+                raise RuntimeError(f"chromium failed (rc {proc.returncode}): {err[-2000:]}")
+            outs.append(out)
+    return outs

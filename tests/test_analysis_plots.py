@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import chromium, dump_dom
+from browser import chromium, dump_doms
 from hyla.analysis.plots import pareto_figure, write_html, write_png
 from hyla.analysis.report import layer_diagram, render_report, write_report
 from hyla.analysis.study_data import load_study
@@ -82,14 +82,13 @@ def test_report_contents(study) -> None:
 def test_html_renders_in_chromium(study, tmp_path: Path) -> None:
     fig = pareto_figure(study)
     path = write_html(fig, tmp_path / "front.html")
-    dom = dump_dom(path)
+    report = write_report(study, tmp_path / "report.html")
+    dom, report_dom = dump_doms([path, report])
     assert 'class="main-svg"' in dom
     # plotly drew one marker per point of the visible rung (hidden rungs draw nothing)
     assert dom.count('class="point"') == sum(len(t.x) for t in fig.data if t.visible) > 0
-    report = write_report(study, tmp_path / "report.html")
-    dom = dump_dom(report)
-    assert dom.count('class="main-svg"') >= 3 and 'class="point"' in dom
-    assert "<svg class=\"layers\"" in dom
+    assert report_dom.count('class="main-svg"') >= 3 and 'class="point"' in report_dom
+    assert "<svg class=\"layers\"" in report_dom
 
 
 @pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
