@@ -223,8 +223,9 @@ def hub_documents(cfg: TextConfig) -> list[str]:
         with cache.open(encoding="utf-8") as fh:
             return [json.loads(line)["text"] for line in fh if line.strip()]
     if not _hub_reachable():
-        raise ConfigError(f"text.source: hub dataset {cfg.source!r} could not be reached (offline, no cache at "
-                          f"{cache}); use a local path (file or directory of .txt/.jsonl/.parquet) or 'stdlib'")
+        raise ConfigError(f"text.source: {cfg.source!r} is no local path and the hub could not be reached "
+                          f"(offline, no cache at {cache}); use a local path (file or directory of "
+                          ".txt/.jsonl/.json/.parquet) or 'stdlib'")
     if cfg.max_docs is None:
         raise ConfigError(f"text.max_docs: null with hub dataset {cfg.source!r}; set a number of documents to stream")
     import datasets
