@@ -180,7 +180,8 @@ class RecallSuite:
     def train_batch(self, batch_size: int, step: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch ``(batch_size, train_seq_len)``: each row one example of a uniformly drawn level.
 
-        Rows shorter than ``train_seq_len`` are right-padded (inputs ``pad_id``, targets -100); the same
+        Rows shorter than ``train_seq_len`` are right-padded (inputs ``pad_id``, targets -100); levels longer
+        than ``train_seq_len`` are never trained on (evaluation-only: length generalisation). The same
         ``(step, seed)`` always gives the same batch.
         """
         if batch_size < 1:
