@@ -91,7 +91,7 @@ def pareto_select(points: Sequence[Sequence[float]], directions: Sequence[str], 
 
 def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
     """The first non-dominated front of the completed trials (feasible ones only if any are feasible)."""
-    done = _ranked_pool(trials)
+    done = _unique_layouts(_ranked_pool(trials))
     if not done:
         return []
     fronts = non_dominated_fronts([t.values for t in done], directions)
@@ -107,6 +107,18 @@ def _ranked_pool(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
     feasible = [t for t in done if violation(t) == 0.0]
     return feasible or done
+
+
+def _unique_layouts(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """One trial per layout (a reused result is the same model): promoting both would train it twice."""
+    seen: set[str] = set()
+    out = []
+    for t in sorted(trials, key=lambda t: ("reused_from" in t.user_attrs, t.number)):
+        key = t.user_attrs.get("layout_key", f"#{t.number}")
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return sorted(out, key=lambda t: t.number)
 
 
 def select_promoted(trials: Sequence[FrozenTrial], directions: Sequence[str], objectives: Sequence[str],
@@ -126,7 +138,7 @@ def select_promoted(trials: Sequence[FrozenTrial], directions: Sequence[str], ob
     """
     if rule not in ("pareto", "topk"):
         raise ConfigError(f"promote.rule: {rule!r} is not allowed; expected pareto or topk")
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None]
+    done = _unique_layouts([t for t in trials if t.state == TrialState.COMPLETE and t.values is not None])
     feasible = [t for t in done if violation(t) == 0.0]
     infeasible = sorted((t for t in done if violation(t) > 0.0), key=lambda t: (violation(t), t.number))
     if rule == "topk":

@@ -40,6 +40,7 @@ def open_storage(url: str, where: str = "storage") -> BaseStorage:
     if "://" not in url:
         raise ConfigError(f"{where}: {url!r} is neither a journal file nor an RDB URL; expected e.g. "
                           "sqlite:///study.db, postgresql://user@host:5432/db or journal:path/study.journal")
+    url = _pg_driver(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("postgresql") or url.startswith("mysql"):
         # Fail fast on a dead host instead of waiting for the OS TCP timeout.
@@ -55,6 +56,17 @@ def open_storage(url: str, where: str = "storage") -> BaseStorage:
     except Exception as e:  # sqlalchemy OperationalError, ArgumentError ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{where}: cannot use {_redact(url)}: {reason}") from None
+
+
+def _pg_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3; use psycopg2 when only that is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _redact(url: str) -> str:

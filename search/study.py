@@ -23,7 +23,7 @@ import optuna
 import ray
 from optuna.trial import FrozenTrial, TrialState
 
-from hyla.config import dump_yaml
+from hyla.config import ConfigError, dump_yaml
 from hyla.search.config import StudyConfig
 from hyla.search.rungs import select_promoted
 from hyla.search.setup import Prepared, prepare
@@ -233,6 +233,9 @@ class _RungDriver:
             return
         self.free.append(job.slot)
         status = result.get("status")
+        if status == "config_error":
+            self._fail(job, result["fail_reason"], status="failed", result=result)
+            raise ConfigError(f"{self.prep.cfg.where}: rungs[{self.rung}].proxy: {result['fail_reason']}")
         if status != "ok":
             self._fail(job, result.get("fail_reason") or f"proxy status {status}", status=str(status), result=result)
             return

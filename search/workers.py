@@ -22,6 +22,8 @@ from typing import Any
 
 import ray
 
+from hyla.config import ConfigError
+
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -84,7 +86,9 @@ class _ProxyWorkerImpl:
             result = self._run_proxy(Layout.from_dict(layout), self._configs[key], out_dir=out_dir,
                                      progress=False, device=device)
             return result.to_dict()
-        except Exception as e:  # run_proxy already maps divergence/OOM; this is a bug or a bad input
+        except ConfigError as e:  # bad input (proxy config vs layout): the driver stops the search
+            return {"status": "config_error", "fail_reason": str(e)}
+        except Exception as e:  # run_proxy already maps divergence/OOM; this is a bug
             tb = traceback.format_exc(limit=3).strip().splitlines()
             return {"status": "failed", "fail_reason": f"{type(e).__name__}: {e}".splitlines()[0],
                     "traceback_tail": tb[-3:]}
