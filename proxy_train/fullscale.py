@@ -273,7 +273,6 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     resolved.dump(run_dir / "spec.yaml")
     (run_dir / STOP_FILE).unlink(missing_ok=True)
 
-    import ray.train
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -281,15 +280,16 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
 
     _init_ray(address, spec.num_workers)
     attempt = 1 + len(list((run_dir / "ray").glob("attempt_*")))
-    resume_ckpt = ray.train.Checkpoint.from_directory(str(latest[0])) if latest else None
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": resolved.to_dict(), "run_dir": str(run_dir)},
+        # Ray Train v2 dropped resume_from_checkpoint: the workers load our newest checkpoint by path (shared
+        # storage), and Ray's own restore (get_checkpoint) covers worker restarts within this attempt.
+        train_loop_config={"spec": resolved.to_dict(), "run_dir": str(run_dir),
+                           "resume_path": str(latest[0]) if latest else None},
         scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"GPU": 1} if spec.use_gpu else {"CPU": 1}),
         run_config=RunConfig(storage_path=str(run_dir / "ray"), name=f"attempt_{attempt}",
                              checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints)),
-        resume_from_checkpoint=resume_ckpt,
     )
     # Preemption: SIGTERM asks the workers (through the STOP file) to checkpoint and leave.
     previous = signal.signal(signal.SIGTERM, lambda *_: (run_dir / STOP_FILE).touch())

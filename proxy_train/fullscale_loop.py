@@ -124,16 +124,20 @@ def save_checkpoint(model, optimizer, scheduler, step: int, cursor: int, rank: i
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def load_checkpoint(model, optimizer, scheduler, rank: int) -> tuple[int, int]:
-    """Restore from Ray's resume checkpoint if there is one; returns ``(step, cursor)`` (0, 0 when fresh)."""
+def load_checkpoint(model, optimizer, scheduler, rank: int, resume_path: str | None) -> tuple[int, int]:
+    """Restore the newest state: Ray's own checkpoint of this attempt (after a worker-group restart) or else
+    ``resume_path`` (the driver's pick from earlier attempts). Returns ``(step, cursor)``, (0, 0) when fresh."""
     import ray.train
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CKPT_STATE, map_location="cpu", weights_only=False)
+    elif resume_path is not None:
+        state = torch.load(Path(resume_path) / CKPT_STATE, map_location="cpu", weights_only=False)
+    else:
         return 0, 0
-    with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / CKPT_STATE, map_location="cpu", weights_only=False)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state["scheduler"])
@@ -161,7 +165,7 @@ def _stop_requested(run_dir: Path, device: torch.device) -> bool:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``config = {"spec": RunSpec dict, "run_dir": str}``)."""
+    """Ray Train entry point (``config = {"spec": RunSpec dict, "run_dir": str, "resume_path": str | None}``)."""
     import ray.train
     import ray.train.torch
 
@@ -183,7 +187,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(inner.param_groups(spec.weight_decay), lr=spec.lr, betas=tuple(spec.betas),
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
-    step, cursor = load_checkpoint(model, optimizer, scheduler, rank)
+    step, cursor = load_checkpoint(model, optimizer, scheduler, rank, config.get("resume_path"))
     random.seed(spec.seed + rank)
 
     # Data: this rank's share of the documents, only as many tokens as it will consume.
