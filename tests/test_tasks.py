@@ -185,7 +185,7 @@ def _suite(**kw) -> RecallSuite:
 
 def test_suite_preset_levels_and_cap() -> None:
     s = _suite()
-    assert s.levels == ("mqar@64x4", "mqar@128x8", "icr@128", "selective_copy@128", "ruler_single@128",
+    assert s.levels == ("mqar@64x4", "mqar@128x8", "icr@64", "selective_copy@64", "ruler_single@128",
                         "ruler_single@256") and s.train_seq_len == 256
     capped = _suite(seq_len_cap=128)
     assert "ruler_single@256" not in capped.levels and capped.train_seq_len == 128
@@ -238,12 +238,12 @@ def test_suite_recall_is_mean_over_tasks_of_level_means() -> None:
     s = _suite(seq_len_cap=128)
     fixed = {"mqar@64x4": 1.0, "mqar@128x8": 0.0}
 
-    def half(inputs: torch.Tensor) -> torch.Tensor:  # perfect on mqar@64 only: its rows have length 64
-        if inputs.shape[1] != 64:
-            return torch.zeros(*inputs.shape, V)
-        x, y = s.eval_set("mqar@64x4", 8, 1234)
+    x64, y64 = s.eval_set("mqar@64x4", 8, 1234)
+
+    def half(inputs: torch.Tensor) -> torch.Tensor:  # perfect on mqar@64x4 only, all-zero logits elsewhere
         logits = torch.zeros(*inputs.shape, V)
-        logits.scatter_(-1, y.clamp(min=0).unsqueeze(-1), 1.0)
+        if inputs.shape == x64.shape and torch.equal(inputs, x64):
+            logits.scatter_(-1, y64.clamp(min=0).unsqueeze(-1), 1.0)
         return logits
 
     out = s.evaluate(half, n_examples=8)
