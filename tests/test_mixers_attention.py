@@ -184,3 +184,22 @@ def test_headwise_params_and_merge(layer: str) -> None:
     torch.testing.assert_close(m(x)[0], m.norm_lin(y_lin) + m.norm_attn(y_att))
     with pytest.raises(ConfigError, match="not a head-wise layer"):
         type(m).from_layout(lay, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("window", [None, 7])
+def test_cuda_matches_cpu(window: int | None) -> None:
+    torch.manual_seed(0)
+    m = SoftmaxAttention(D, 4, 2, window=window)
+    x = torch.randn(2, 40, D)
+    ref = m(x)[0]
+    mc = m.cuda()
+    xc = x.cuda()
+    torch.testing.assert_close(mc(xc)[0].cpu(), ref, atol=1e-4, rtol=1e-3)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, st = mc(xc[:, :30], use_cache=True)
+        y2, st = mc(xc[:, 30:], st, use_cache=True)
+    out = torch.cat([y, y2], 1).float().cpu()
+    assert ((out - ref).norm() / ref.norm()).item() < 2e-2
+    assert st["k"].dtype == torch.bfloat16 and st["k"].shape[2] == (40 if window is None else window)
