@@ -60,6 +60,24 @@ def test_calibrate_matches_by_layer_pattern(journal: Path, tmp_path: Path) -> No
     assert saved["metrics"][0]["n"] == 6 and files[1].stat().st_size > 1_000_000  # plotly inlined
 
 
+def test_vectorised_rank_stats_equal_scipy() -> None:
+    import numpy as np
+
+    from hyla.analysis.calibrate import _kendall_rows, _spearman_rows, bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, size=(20, 7)).astype(float)  # many ties
+    y = rng.normal(size=(20, 7))
+    y[:, 0] = y[:, 1]
+    for row_x, row_y, rho, tau in zip(x, y, _spearman_rows(x, y), _kendall_rows(x, y)):
+        if np.ptp(row_x) == 0:
+            continue
+        assert rho == pytest.approx(spearmanr(row_x, row_y)[0])
+        assert tau == pytest.approx(kendalltau(row_x, row_y)[0])
+    lo, hi = bootstrap_ci(list(y[0]), list(y[0] * 2 + 1), "kendall")
+    assert lo == hi == pytest.approx(1.0)  # a monotone relation stays perfect in every resample
+
+
 def test_calibrate_needs_three_matches(journal: Path, tmp_path: Path) -> None:
     csv, _ = _reference(tmp_path, journal, rows=2)
     with pytest.raises(ConfigError, match="only 2 layout"):
