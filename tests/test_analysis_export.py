@@ -68,6 +68,26 @@ def test_export_hybrid_with_fla_config(study, tmp_path: Path) -> None:
         export_trial(study, trial, tmp_path / "ex")
 
 
+def test_hybrid_fla_model_has_hyla_parameter_shapes(study, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fla's Attention refuses to construct without flash-attn (absent on CPU); only its constructor's guard is
+    bypassed here, to count parameters. Same multiset of tensor shapes = same weights up to renaming."""
+    import fla.layers.attn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import hyla.proxy_train.hf  # noqa: F401
+
+    monkeypatch.setattr(fla.layers.attn, "flash_attn_func", object())
+    for layer_string in ("GGGA", "NNNA", "AAAA"):
+        trial = _trial(study, layer_string)
+        out = tmp_path / layer_string
+        export_trial(study, trial, out)
+        fla_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "fla_config.json"))
+        hyla_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "hf_config"))
+        shapes = sorted(tuple(p.shape) for p in fla_model.parameters())
+        assert shapes == sorted(tuple(p.shape) for p in hyla_model.parameters())
+        assert sum(p.numel() for p in fla_model.parameters()) == trial.result["params"]
+
+
 def test_export_pure_linear_builds_fla_model_with_same_params(study, tmp_path: Path) -> None:
     trial = _trial(study, "GGGG")
     export_trial(study, trial, tmp_path / "ex")
