@@ -136,7 +136,15 @@ def _resolve_source(source: str | Path) -> tuple[Any, str | None]:
             raise ConfigError(f"study {source}: journal file not found")
         return _journal_storage(Path(text)), None
     if "://" in text:
-        return text, None
+        if text.startswith("sqlite:///") and not Path(text.removeprefix("sqlite:///")).is_file():
+            # Optuna would silently create an empty database here
+            raise ConfigError(f"study {text}: SQLite file {text.removeprefix('sqlite:///')} not found")
+        import optuna
+
+        try:
+            return optuna.storages.get_storage(text), None
+        except Exception as e:  # unreachable server, bad credentials, missing driver ...
+            raise ConfigError(f"study {text}: cannot open storage: {str(e).splitlines()[0]}") from None
     p = Path(text)
     if p.is_dir():
         journal = p / "study.journal"

@@ -91,3 +91,21 @@ def test_load_study_errors(tmp_path: Path) -> None:
     journal = build_study(tmp_path)
     with pytest.raises(ConfigError, match="study 'other': not in"):
         load_study(journal, "other")
+
+
+def test_load_study_from_sqlite_url(tmp_path: Path) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = build_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    src = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    for name in optuna.get_all_study_names(src):
+        optuna.copy_study(from_study_name=name, from_storage=src, to_storage=url)
+    a, b = load_study(journal), load_study(url)
+    assert [(t.rung, t.number, t.state, t.values, t.layout_key, t.feasible, t.parent) for t in a.trials] == \
+           [(t.rung, t.number, t.state, t.values, t.layout_key, t.feasible, t.parent) for t in b.trials]
+    assert b.objectives == a.objectives and b.config == a.config
+    with pytest.raises(ConfigError, match="SQLite file .* not found"):
+        load_study(f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()
