@@ -10,7 +10,8 @@ import torch
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
 from hyla.proxy_train.mixers import build_mixer
-from hyla.proxy_train.mixers.attention import SoftmaxAttention, apply_rope, rope_cos_sin, state_nbytes
+from hyla.proxy_train.mixers.attention import SoftmaxAttention, apply_rope, rope_cos_sin
+from hyla.proxy_train.mixers.common import state_nbytes
 
 D = 32
 

@@ -152,9 +152,3 @@ class SoftmaxAttention(nn.Module):
             allowed = allowed & (kpos > qpos - self.window)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
-
-def state_nbytes(state: State | None) -> int:
-    """Tensor bytes of a mixer state dict (non-tensor entries such as ``pos`` do not count)."""
-    if not state:
-        return 0
-    return sum(t.nbytes for t in state.values() if isinstance(t, torch.Tensor))
