@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from hyla.proxy_train.fullscale import peak_flops
 from hyla.proxy_train.fullscale_loop import build_model, lr_lambda  # noqa: F401  (same model path as training)
@@ -70,10 +71,12 @@ def _loss_fn(model: torch.nn.Module, fused_ce: bool):
 
     def f(b: torch.Tensor) -> torch.Tensor:
         x = lm.embeddings(b[:, :-1])
-        for block in lm.blocks:
-            x, _ = block(x, None, False)
-        h = lm.norm(x)
-        return crit(h.flatten(0, 1), b[:, 1:].flatten(), lm.lm_head.weight)
+        for block in lm.blocks:  # as HylaLM.forward, minus the head
+            if lm.gradient_checkpointing:
+                x, _ = checkpoint(block, x, None, False, use_reentrant=False)
+            else:
+                x, _ = block(x, None, False)
+        return crit(lm.norm(x), b[:, 1:], lm.lm_head.weight)  # (B, T, d), (B, T), (vocab, d)
     return f
 
 
@@ -100,7 +103,7 @@ def bench_one(layout_name: str, cfg: dict[str, Any], args: argparse.Namespace, d
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     def sync() -> None:
         if device.type == "cuda":

@@ -151,8 +151,13 @@ def _prepare(model: torch.nn.Module, spec: RunSpec) -> torch.nn.Module:
     import ray.train.torch
 
     if spec.strategy == "fsdp":
-        return ray.train.torch.prepare_model(model, parallel_strategy="fsdp",
-                                             parallel_strategy_kwargs={"use_orig_params": True})
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        from hyla.proxy_train.model import HybridBlock
+
+        # One FSDP unit per block: only one block's full weights are materialised at a time.
+        return ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs={
+            "use_orig_params": True, "auto_wrap_policy": ModuleWrapPolicy({HybridBlock})})
     return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
 
 
