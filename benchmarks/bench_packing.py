@@ -1,0 +1,182 @@
+"""Packing: aggregate training tokens/s of P concurrent proxies on one GPU (P = 1, 2, 4, 8), vs one proxy alone.
+
+Small proxies are launch-bound (a few % MFU, see /work/shared/GPU.md), so several processes sharing one GPU should
+multiply the throughput. We start max(P) long-lived workers once, warm every one of them with a short run of the
+same proxy (compilation and autotuning are per process), then for each P submit the measured proxy (fixed steps)
+to the first P workers at the same moment.
+
+The aggregate is measured where all P runs train at once: from the per-step timestamps of each run (see
+``common.StepProbe``) we take the window from the latest "end of step 0" to the earliest "start of the last step",
+count the tokens of the steps that lie entirely inside it, and divide by its length (``overlap_tokens_per_s``).
+Step 0 is excluded (first batch, lazy allocations). ``sum_tokens_per_s`` (the sum of each run's own training
+throughput) is recorded too; it overstates packing when the runs do not overlap fully. Target: P >= 4 reaches
+>= 3x the P = 1 figure.
+
+Resumable: P values already measured in ``--out`` with the same layout and config are skipped (``--fresh`` redoes).
+
+    python benchmarks/bench_packing.py                          # H100: gla-6:1@small, P = 1,2,4,8, 60 steps
+    python benchmarks/bench_packing.py --device cpu --proxy tiny --ps 1,2 --steps 4 --layout lay.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
+                    parse_sets, proxy_config, read_json, setup_env, write_json)
+
+NAME = "bench_packing"
+TARGET_SPEEDUP = 3.0
+
+
+def overlap_throughput(step_starts: list[list[float]], tokens_per_step: int) -> dict[str, Any]:
+    """Tokens/s over the window in which every run trains (see the module docstring).
+
+    Args:
+        step_starts: per run, the wall times at which steps 0, 1, ... began (run k's step i ends at
+            ``step_starts[k][i + 1]``; the last step's end is unknown, so it is never counted).
+        tokens_per_step: tokens of one optimizer step (batch_size x seq_len).
+    """
+    runs = [s for s in step_starts if len(s) >= 3]
+    if not runs or len(runs) != len(step_starts):
+        return {"window_s": None, "tokens": 0, "tokens_per_s": None, "note": "a run recorded fewer than 3 steps"}
+    lo = max(s[1] for s in runs)  # every run has finished its step 0
+    hi = min(s[-1] for s in runs)  # no run has finished (or begun its last step)
+    if hi <= lo:
+        return {"window_s": 0.0, "tokens": 0, "tokens_per_s": None, "note": "the runs did not overlap"}
+    steps = sum(1 for s in runs for a, b in zip(s[:-1], s[1:]) if a >= lo and b <= hi)
+    return {"window_s": hi - lo, "tokens": steps * tokens_per_step,
+            "tokens_per_s": steps * tokens_per_step / (hi - lo), "note": None}
+
+
+def measure_round(pool: WorkerPool, p: int, layout: Any, config: Any, deadline: Deadline) -> dict[str, Any]:
+    """Submit one run to each of the first ``p`` workers at once and collect them."""
+    for wid in range(p):
+        pool.submit(wid, f"p{p}w{wid}", layout, config)
+    runs: dict[int, dict[str, Any]] = {}
+    while len(runs) < p:
+        msg = pool.get(deadline)
+        if msg is None:
+            break
+        kind, wid, _, payload = msg
+        runs[wid] = payload if kind == "result" else {"error": payload["error"]}
+    ok = [r for r in runs.values() if "result" in r and r["result"]["status"] == "ok"]
+    rec: dict[str, Any] = {
+        "p": p, "complete": len(ok) == p,
+        "statuses": [r["result"]["status"] if "result" in r else r["error"] for r in runs.values()],
+        "fail_reasons": [r["result"]["fail_reason"] for r in runs.values() if "result" in r
+                         and r["result"]["fail_reason"]],
+        "per_run_tokens_per_s": [r["result"]["tokens_per_s"] for r in ok],
+        "sum_tokens_per_s": sum(r["result"]["tokens_per_s"] or 0.0 for r in ok) if ok else None,
+        "peak_mem_bytes": [r["result"]["peak_mem_bytes"] for r in ok],
+        "run_wall_s": [r["t_end"] - r["t_submit"] for r in ok],
+    }
+    overlap = overlap_throughput([r["step_starts"] for r in ok], config.batch_size * config.seq_len) \
+        if len(ok) == p else {"tokens_per_s": None, "note": "not every run finished ok"}
+    rec["overlap"] = overlap
+    rec["overlap_tokens_per_s"] = overlap["tokens_per_s"]
+    return rec
+
+
+def add_speedups(rounds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Speed-up of each P over P = 1 (overlap figures); whether the target is met for some P >= 4."""
+    base = rounds.get("1", {}).get("overlap_tokens_per_s")
+    best = None
+    for key, rec in rounds.items():
+        tps = rec.get("overlap_tokens_per_s")
+        rec["speedup_vs_1"] = tps / base if (base and tps) else None
+        if rec["speedup_vs_1"] is not None and (best is None or rec["speedup_vs_1"] > best[1]):
+            best = (int(key), rec["speedup_vs_1"])
+    return {"single_tokens_per_s": base, "best_p": best[0] if best else None,
+            "best_speedup": best[1] if best else None, "target_speedup": TARGET_SPEEDUP,
+            "meets_target": bool(best and best[1] >= TARGET_SPEEDUP)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(ap, NAME)
+    ap.add_argument("--layout", default="gla-6:1", help="preset name or layout YAML (default gla-6:1)")
+    ap.add_argument("--scale", default="small", help="scale for a preset name without @scale")
+    ap.add_argument("--proxy", default="small", help="proxy preset or YAML")
+    ap.add_argument("--ps", default="1,2,4,8", help="comma-separated process counts")
+    ap.add_argument("--steps", type=int, default=60, help="measured steps per run")
+    ap.add_argument("--warm-steps", type=int, default=3, help="steps of each worker's warm-up run (0 = none)")
+    ap.add_argument("--fresh", action="store_true", help="ignore P values already in --out")
+    args = ap.parse_args()
+    env = setup_env(args.triton_cache)
+    from hyla.config import ConfigError
+
+    try:
+        ps = sorted({int(x) for x in args.ps.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--ps: {args.ps!r} is not allowed; expected comma-separated integers, e.g. 1,2,4,8") from None
+    if not ps or min(ps) < 1:
+        raise ConfigError(f"--ps: {args.ps!r} is not allowed; expected positive process counts")
+    if args.steps < 3:
+        raise ConfigError(f"--steps: {args.steps} is not allowed; the overlap window needs >= 3 steps")
+    sets = {"eval_batches": 1, "recall_eval_examples": 8, **parse_sets(args.sets)}  # eval is not measured
+    config = proxy_config(args.proxy, steps=args.steps, sets=sets)
+    layout = load_layouts([args.layout], args.scale)[0]
+    deadline = Deadline(args.max_seconds)
+    key = {"layout": layout.to_dict(), "config": config.to_dict(), "device": args.device}
+    old = None if args.fresh else read_json(args.out)
+    rounds: dict[str, dict[str, Any]] = {}
+    if old and old.get("key") == key:
+        rounds = {k: v for k, v in old.get("rounds", {}).items() if v.get("complete")}
+        log(f"resuming: P = {', '.join(rounds) or 'none'} already measured")
+    report: dict[str, Any] = {"benchmark": NAME, "machine": machine_info(args.device), "env": env, "key": key,
+                              "layout_name": layout.name, "tokens_per_step": config.batch_size * config.seq_len,
+                              "rounds": rounds, "workers": [], "complete": False}
+
+    def save() -> None:
+        report["summary"] = add_speedups(report["rounds"])
+        report["elapsed_s"] = deadline.elapsed()
+        write_json(args.out, report)
+
+    todo = [p for p in ps if str(p) not in rounds]
+    if not todo:
+        report["complete"] = True
+        save()
+        log(f"nothing to do; {args.out} already has P = {', '.join(rounds)}")
+        return 0
+    pool = WorkerPool(max(todo), args.device)
+    try:
+        if not pool.wait_ready(deadline):
+            log("cap reached while workers started")
+            return 0
+        report["workers"] = [pool.ready[i] for i in range(len(pool))]
+        log(f"{len(pool)} workers ready")
+        if args.warm_steps > 0:
+            warm = proxy_config(args.proxy, steps=args.warm_steps, sets=sets)
+            log(f"warming {len(pool)} workers ({args.warm_steps} steps each, concurrently)")
+            round_ = measure_round(pool, len(pool), layout, warm, deadline)
+            report["warmup"] = {"statuses": round_["statuses"], "wall_s": round_["run_wall_s"]}
+            log(f"  warm-up walls: {[round(w, 1) for w in round_['run_wall_s']]} s")
+        for p in todo:
+            if deadline.expired():
+                break
+            log(f"P = {p}: {args.steps} steps each")
+            rec = measure_round(pool, p, layout, config, deadline)
+            if rec["complete"]:
+                rounds[str(p)] = rec
+            else:
+                report.setdefault("incomplete", []).append(rec)
+            log(f"  statuses {rec['statuses']}; overlap {rec['overlap_tokens_per_s']} tok/s, "
+                f"sum {rec['sum_tokens_per_s']} tok/s")
+            save()
+        report["complete"] = all(str(p) in rounds for p in ps)
+    finally:
+        pool.close()
+        save()
+    s = report["summary"]
+    log(f"wrote {args.out}: single {s['single_tokens_per_s']} tok/s, best P={s['best_p']} x{s['best_speedup']}, "
+        f"meets {TARGET_SPEEDUP:.0f}x target: {s['meets_target']}")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)
