@@ -252,6 +252,18 @@ def test_fla_cache_bridge_round_trip():
     assert back["conv_q"] is not state["conv_q"]  # cloned: fla's decode updates conv caches in place
 
 
+def test_state_batch_mismatch_refused(case):
+    _, m = case
+    _, state = m(torch.randn(1, 5, D), use_cache=True)
+    with pytest.raises(ConfigError, match="batch 1 does not match input batch 2"):
+        m(torch.randn(2, 1, D), state, use_cache=True)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    # normwise: fla's fp32 kernels may use TF32 dots, so elementwise tolerances would be flaky
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fla Triton kernels)")
 @pytest.mark.parametrize("kind,options", CASES, ids=IDS)
@@ -262,12 +274,13 @@ def test_fla_forward_matches_cpu_path_on_cuda(kind, options):
     x = torch.randn(2, 100, D, device="cuda")
     y_fla, s_fla = m(x, use_cache=True)
     y_ref, s_ref = m._cpu_forward(x, None, True)
-    torch.testing.assert_close(y_fla, y_ref, atol=2e-3, rtol=2e-3)
+    assert _rel(y_fla, y_ref) < 5e-3
+    assert s_fla.keys() == s_ref.keys()
     for key, value in s_ref.items():
         if isinstance(value, torch.Tensor):
-            torch.testing.assert_close(s_fla[key].to(value.dtype), value, atol=2e-3, rtol=2e-3)
+            assert s_fla[key].shape == value.shape and _rel(s_fla[key], value) < 5e-3, key
         else:
             assert s_fla[key] == value
-    y1, s1 = m(x[:, :1], s_fla, use_cache=True)  # one decode step through fla's cache
+    y1, _ = m(x[:, :1], s_fla, use_cache=True)  # one decode step through fla's cache
     y1_ref, _ = m._cpu_forward(x[:, :1], s_ref, True)
-    torch.testing.assert_close(y1, y1_ref, atol=2e-3, rtol=2e-3)
+    assert _rel(y1, y1_ref) < 5e-3

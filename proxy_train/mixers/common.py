@@ -249,6 +249,10 @@ class FlaMixer:
         """Mix tokens ``x`` (B, T, D) -> (B, T, D), continuing ``state``; see the module docstring."""
         if x.dim() != 3:
             raise ValueError(f"{type(self).__name__}: expected x of shape (B, T, D), got {tuple(x.shape)}")
+        if state and state["recurrent"].shape[0] != x.shape[0]:
+            # the recurrences would silently broadcast a batch-1 state over the batch: refuse instead
+            raise ConfigError(f"{type(self).__name__} state: batch {state['recurrent'].shape[0]} does not match "
+                              f"input batch {x.shape[0]}")
         if x.is_cuda:
             return self._fla_forward(x, state, use_cache)
         return self._cpu_forward(x, state, use_cache)
