@@ -243,6 +243,13 @@ def test_bad_options_are_config_errors() -> None:
         _layout("deltanet", {"num_heads": 7})
 
 
+def test_state_batch_mismatch_is_refused(case) -> None:
+    _, m = case
+    _, st = m(torch.randn(1, 4, D), use_cache=True)
+    with pytest.raises(ConfigError, match="batch 1 does not match input batch 2"):
+        m(torch.randn(2, 1, D), st, use_cache=True)
+
+
 def test_bf16_runs() -> None:
     torch.manual_seed(0)
     for kind in ("deltanet", "gdn", "mamba2"):

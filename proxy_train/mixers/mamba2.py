@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from fla.layers import Mamba2
 from fla.modules.layernorm_gated import rms_norm_ref
 
+from hyla.config import ConfigError
 from hyla.proxy_train.mixers.common import FlaMixer, State, short_conv
 
 #: Chunk length of the scan: the intra-chunk scores are (C, C) per head.
@@ -97,6 +98,9 @@ class Mamba2Mixer(FlaMixer, Mamba2):
         """Mix tokens ``x`` (B, T, D) -> (B, T, D), continuing ``state``; see the module docstring."""
         if x.dim() != 3:
             raise ValueError(f"{type(self).__name__}: expected x of shape (B, T, D), got {tuple(x.shape)}")
+        if state and state["recurrent"].shape[0] != x.shape[0]:  # would broadcast a batch-1 state silently
+            raise ConfigError(f"{type(self).__name__} state: batch {state['recurrent'].shape[0]} does not match "
+                              f"input batch {x.shape[0]}")
         if x.is_cuda and _fla_fast_path() and (not state or x.shape[1] == 1):
             return self._fla_forward(x, state, use_cache)
         return self._cpu_forward(x, state, use_cache)
