@@ -259,6 +259,88 @@ def test_state_batch_mismatch_refused(case):
         m(torch.randn(2, 1, D), state, use_cache=True)
 
 
+# -- fla's own layer forward with its Triton kernels swapped for fla's naive references ---------------------------
+def _naive_gla(q, k, v, gk=None, g=None, initial_state=None, output_final_state=False, state_v_first=False,
+               **_):
+    """fla's gla kernels' contract (incl. state_v_first = [N, H, V, K] states) on ``naive_recurrent_gla``."""
+    h0 = initial_state.transpose(-1, -2) if initial_state is not None and state_v_first else initial_state
+    o, ht = naive_recurrent_gla(q, k, v, gk if gk is not None else g, h0, output_final_state)
+    return o, (ht.transpose(-1, -2) if ht is not None and state_v_first else ht)
+
+
+def _naive_retention(q, k, v, initial_state=None, output_final_state=False, **_):
+    gamma = 1 - 2.0 ** (-5.0 - torch.arange(q.shape[2], dtype=torch.float))
+    return naive_recurrent_gla(q, k, v, gamma.log()[:, None].expand_as(q), initial_state, output_final_state)
+
+
+def _naive_hgrn(x, g, initial_state=None, output_final_state=False, **_):
+    o, ht = naive_recurrent_hgrn(x, g, initial_state, output_final_state)
+    return o, (ht.to(x.dtype) if ht is not None else None)  # fla's kernels return h_T in the input dtype
+
+
+def _rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _rotary(self, q, k, seqlen_offset=0, **_):
+    from fla.modules.rotary import rotary_embedding_ref
+    t = torch.arange(seqlen_offset, seqlen_offset + q.shape[1], dtype=torch.float32)
+    freqs = torch.outer(t, self.inv_freq)
+    return (rotary_embedding_ref(q, freqs.cos(), freqs.sin()), rotary_embedding_ref(k, freqs.cos(), freqs.sin()))
+
+
+def _conv(self, x, residual=None, mask=None, cache=None, output_final_state=False, **_):
+    return short_conv(x if mask is None else x * mask.unsqueeze(-1), self.weight, self.bias, cache,
+                      self.activation, output_final_state)
+
+
+@pytest.fixture
+def reference_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fla.layers.gla as gla_mod
+    import fla.layers.hgrn as hgrn_mod
+    import fla.layers.hgrn2 as hgrn2_mod
+    import fla.layers.multiscale_retention as ret_mod
+    from fla.modules import FusedRMSNormGated, ShortConvolution
+    from fla.modules.rotary import RotaryEmbedding
+
+    for mod in (gla_mod, hgrn2_mod):
+        monkeypatch.setattr(mod, "chunk_gla", _naive_gla)
+        monkeypatch.setattr(mod, "fused_recurrent_gla", _naive_gla)
+    monkeypatch.setattr(ret_mod, "chunk_retention", _naive_retention)
+    monkeypatch.setattr(ret_mod, "fused_recurrent_retention", _naive_retention)
+    monkeypatch.setattr(hgrn_mod, "chunk_hgrn", _naive_hgrn)
+    monkeypatch.setattr(hgrn_mod, "fused_recurrent_hgrn", _naive_hgrn)
+    monkeypatch.setattr(hgrn_mod, "swiglu", lambda x, y: F.silu(x) * y)
+    monkeypatch.setattr(hgrn2_mod, "swish", F.silu)
+    monkeypatch.setattr(hgrn2_mod, "rms_norm_linear",
+                        lambda x, nw, nb, lw, lb, eps=1e-5, **_: F.linear(_rms(x, nw, eps), lw, lb))
+    monkeypatch.setattr(FusedRMSNormGated, "forward", lambda self, x, g, **_: _rms(x, self.weight, self.eps) * F.silu(g))
+    monkeypatch.setattr(ShortConvolution, "forward", _conv)
+    monkeypatch.setattr(RotaryEmbedding, "forward", _rotary)
+
+
+def test_fla_layer_forward_matches_cpu_path(case, reference_kernels):
+    """fla's own layer forward (kernels swapped for fla's naive references) == our CPU path, through the Cache
+    bridge: outputs, states (keys, shapes, layouts) and decoding across paths, both ways."""
+    _, m = case
+    x = torch.randn(2, 41, D)
+    y_fla, s_fla = m._fla_forward(x[:, :40], None, True)
+    y_cpu, s_cpu = m._cpu_forward(x[:, :40], None, True)
+    torch.testing.assert_close(y_fla, y_cpu, atol=1e-5, rtol=1e-4)
+    assert s_fla.keys() == s_cpu.keys()
+    for key, value in s_cpu.items():
+        if isinstance(value, torch.Tensor):
+            assert s_fla[key].shape == value.shape and s_fla[key].dtype == value.dtype, key
+            torch.testing.assert_close(s_fla[key], value, atol=1e-5, rtol=1e-4)
+        else:
+            assert s_fla[key] == value
+    # a state made by one path continues correctly in the other
+    y1_fla, _ = m._fla_forward(x[:, 40:], s_cpu, True)
+    y1_cpu, _ = m._cpu_forward(x[:, 40:], s_fla, True)
+    torch.testing.assert_close(y1_fla, y1_cpu, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(y1_cpu, m(x)[0][:, 40:], atol=1e-5, rtol=1e-4)
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     # normwise: fla's fp32 kernels may use TF32 dots, so elementwise tolerances would be flaky
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
