@@ -1,0 +1,533 @@
+"""Proxy training: train one layout briefly, score LM loss + synthetic recall, record memory cost.
+
+`run_proxy(layout, config)` is what a search worker calls per trial. It validates everything first (a
+`ConfigError` for bad input is the only exception it raises), then trains with AdamW + linear warmup + cosine
+decay, gradient clipping and bf16 autocast on CUDA (fp32 on CPU), and returns a `ProxyResult`. Divergence
+(a non-finite loss), CUDA out-of-memory and any other failure become a result status (``diverged``, ``oom``,
+``failed``) instead of an exception, so one bad trial never kills a worker.
+
+Training stream. Every batch holds ``batch_size`` rows of ``seq_len`` tokens: ``round(batch_size * recall_mix)``
+rows come from the recall suite's training generator (``RecallSuite.train_batch``), the rest are windows of the
+packed LM text. The loss is ``(1 - w) * lm_loss + w * recall_loss`` with ``w`` the recall row fraction, each term a
+mean over its own scored tokens: recall rows score only a few answer tokens, and a plain token mean would drown
+them. With ``recall_phase_steps > 0`` recall rows appear only in the last ``recall_phase_steps`` steps (an LM
+phase followed by a mixed recall phase) instead of in every batch.
+
+Presets (``ProxyConfig.load("tiny")``):
+
+- ``tiny``: CPU smoke scale for tests and laptops. With the ``tiny`` layout scale (24 x 32, vocab 512) it runs
+  ``hyla proxy train gla-6:1 --config tiny`` in well under a minute on 2 cores; it checks plumbing, not quality.
+- ``small``: GPU proxy. 24 x 256 layouts, T = 1024, batch 32, 1200 steps = 39M tokens. To scale, keep
+  ``seq_len`` and change ``tokens`` (or ``steps``); the schedule follows the step count. Halve ``batch_size`` and
+  double ``steps`` if memory is short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
+from hyla.proxy_train.data import TextConfig, get_tokenizer, load_documents, pack_tokens
+from hyla.proxy_train.model import HylaLM
+from hyla.space.layout import Layout
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 8, "steps": 40, "lr": 3e-3, "warmup": 5,
+             "text": {"source": "stdlib", "max_docs": 200}, "recall_suite": "tiny", "recall_mix": 0.25,
+             "eval_batches": 2, "recall_eval_examples": 16, "eval_batch_size": 16},
+    "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
+              "warmup": 100, "text": {"source": "stdlib"}, "recall_suite": "small", "recall_mix": 0.25,
+              "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32},
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    """Everything that defines one proxy training (model shape comes from the layout).
+
+    Attributes:
+        scale: layout scale for preset names given without ``@scale`` (e.g. ``gla-6:1``).
+        seq_len: training context T (recall tasks are padded/cut to it).
+        batch_size: rows per step (text + recall).
+        steps: optimizer steps; exactly one of ``steps`` / ``tokens`` must be set.
+        tokens: training token budget; steps = ceil(tokens / (batch_size * seq_len)).
+        lr: peak learning rate.
+        min_lr_ratio: cosine floor as a fraction of ``lr``.
+        warmup: linear warm-up steps.
+        weight_decay: AdamW decay on matrices (norms, biases, fla's A_log/dt_bias excluded).
+        betas: AdamW betas.
+        grad_clip: global grad-norm clip (0 = off).
+        seed: seeds model init, data order and recall examples.
+        text: LM corpus (see ``hyla.proxy_train.data.TextConfig``).
+        tokenizer: ``byte`` or a transformers tokenizer name/path; its vocab must fit the layout's.
+        recall_suite: recall suite preset (``tiny``, ``small``) or ``none``.
+        recall_mix: fraction of each batch's rows that are recall tasks (0 = LM only).
+        recall_tasks: explicit suite levels (``{task, seq_len, params}`` mappings, see
+            ``hyla.proxy_train.tasks.suite``); when given they replace ``recall_suite``'s preset.
+        recall_phase_steps: if > 0, recall rows only in the last this-many steps.
+        recall_max_len: drop suite levels longer than this (None = keep all; levels longer than ``seq_len``
+            are evaluated but not trained on, i.e. they measure length generalisation).
+        eval_batches: held-out LM batches (of ``eval_batch_size`` rows) for ``lm_val_loss``.
+        recall_eval_examples: held-out examples per recall task level.
+        eval_batch_size: rows per evaluation forward (None = batch_size).
+        memory_context: context length at which KV/state bytes are reported.
+        memory_dtype: dtype for the reported memory (model dtype at inference).
+        device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+        dtype: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; or force ``float32`` / ``bfloat16``.
+        compile: torch.compile the model (CUDA only; ignored on CPU).
+        gradient_checkpointing: recompute blocks in backward.
+        log_every: progress-bar refresh interval in steps.
+    """
+
+    scale: str = "tiny"
+    seq_len: int = 64
+    batch_size: int = 8
+    steps: int | None = None
+    tokens: int | None = None
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 5
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    text: TextConfig = field(default_factory=TextConfig)
+    tokenizer: str = "byte"
+    recall_suite: str = "tiny"
+    recall_mix: float = 0.25
+    recall_tasks: tuple[dict[str, Any], ...] = ()
+    recall_phase_steps: int = 0
+    recall_max_len: int | None = None
+    eval_batches: int = 2
+    recall_eval_examples: int = 16
+    eval_batch_size: int | None = None
+    memory_context: int = 2048
+    memory_dtype: str = field(default="bfloat16", metadata={"choices": ("bfloat16", "float16", "float32")})
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        w = "proxy config"
+        for name in ("seq_len", "batch_size", "eval_batches", "recall_eval_examples", "memory_context", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{w}.{name}: {getattr(self, name)} must be >= 1")
+        if (self.steps is None) == (self.tokens is None):
+            raise ConfigError(f"{w}: set exactly one of 'steps' and 'tokens' (got steps={self.steps}, "
+                              f"tokens={self.tokens})")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"{w}.steps: {self.steps} must be >= 1")
+        if self.tokens is not None and self.tokens < 1:
+            raise ConfigError(f"{w}.tokens: {self.tokens} must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"{w}.lr: {self.lr} must be > 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"{w}.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
+        if self.warmup < 0 or self.recall_phase_steps < 0:
+            raise ConfigError(f"{w}.warmup/recall_phase_steps: must be >= 0")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"{w}.weight_decay/grad_clip: must be >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{w}.betas: {self.betas} must be two numbers in [0, 1)")
+        if not 0.0 <= self.recall_mix < 1.0:
+            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} must be in [0, 1) (some rows must be LM text)")
+        if self.recall_mix > 0 and not self.has_recall:
+            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} > 0 needs a recall_suite (got 'none')")
+        if self.recall_mix > 0 and self.recall_rows < 1:
+            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} x batch_size {self.batch_size} rounds to 0 rows")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"{w}.eval_batch_size: {self.eval_batch_size} must be >= 1")
+
+    @property
+    def recall_rows(self) -> int:
+        """Recall rows per training batch."""
+        return int(round(self.batch_size * self.recall_mix)) if self.has_recall else 0
+
+    @property
+    def has_recall(self) -> bool:
+        """Whether a recall suite is trained/evaluated (a preset or explicit ``recall_tasks``)."""
+        return self.recall_suite != "none" or bool(self.recall_tasks)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps (from ``steps`` or the token budget)."""
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.tokens / (self.batch_size * self.seq_len)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "proxy config") -> ProxyConfig:
+        """Parse a mapping; ``preset: NAME`` starts from that preset and the other keys override it."""
+        data = dict(data or {})
+        preset = data.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(f"{where}.preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+            base = dict(PRESETS[preset])
+            if "steps" in data or "tokens" in data:  # the override picks the budget kind
+                base.pop("steps", None), base.pop("tokens", None)
+            data = {**base, **data}
+        return from_mapping(cls, data, where)
+
+    @classmethod
+    def load(cls, path_or_preset: str | Path) -> ProxyConfig:
+        """A preset name (``tiny``, ``small``) or a YAML file (which may say ``preset: tiny`` and override)."""
+        s = str(path_or_preset)
+        if s in PRESETS:
+            return cls.from_dict({"preset": s}, where=f"preset {s}")
+        if not (s.endswith((".yaml", ".yml")) or Path(s).exists()):
+            raise ConfigError(f"proxy config: {s!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
+        data = load_yaml(s)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{s}: expected a mapping at the top level, got {type(data).__name__}")
+        return cls.from_dict(data, where=s)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: to_mapping(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["betas"] = list(self.betas)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyResult:
+    """Outcome of one proxy training (JSON-serialisable via `to_dict`).
+
+    Memory fields are per sequence at ``context`` tokens in ``memory_dtype``: ``kv_bytes`` = softmax KV caches,
+    ``recurrent_bytes`` = linear-mixer recurrent + short-conv states, ``state_bytes`` = their sum (all inference
+    state). ``peak_mem_bytes`` is CUDA max allocated on GPU, the process peak RSS on CPU.
+    """
+
+    status: str
+    fail_reason: str | None = None
+    lm_val_loss: float | None = None
+    recall: float | None = None
+    recall_tasks: dict[str, float] = field(default_factory=dict)
+    train_loss: float | None = None
+    params: int = 0
+    non_embedding_params: int = 0
+    kv_bytes: int = 0
+    recurrent_bytes: int = 0
+    state_bytes: int = 0
+    context: int = 0
+    tokens_seen: int = 0
+    tokens_per_s: float | None = None
+    peak_mem_bytes: int | None = None
+    wall_s: float = 0.0
+    steps: int = 0
+    diverged_step: int | None = None
+    layout_key: str = ""
+    layout_name: str = ""
+    device: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProxyResult:
+        return cls(**data)
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": torch.__version__}
+    try:
+        import fla
+        out["fla"] = getattr(fla, "__version__", "unknown")
+    except Exception:  # fla missing must not fail a CPU-only attention run
+        out["fla"] = "missing"
+    return out
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` -> CUDA if available else CPU; asking for CUDA without one is a ConfigError."""
+    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
+        raise ConfigError(f"proxy device: {requested!r} is not allowed; expected auto, cpu, cuda or cuda:N")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"proxy device: {requested!r} requested but CUDA is not available; use cpu or auto")
+    return torch.device(requested)
+
+
+def lr_at(step: int, cfg: ProxyConfig) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    total = cfg.total_steps
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _peak_mem(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+#: Per-process caches so repeated trials in one worker do not re-read or re-tokenize the corpus.
+_DOCS_CACHE: dict[TextConfig, tuple[list[str], list[str]]] = {}
+_PACK_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _documents(text: TextConfig) -> tuple[list[str], list[str]]:
+    if text not in _DOCS_CACHE:
+        _DOCS_CACHE[text] = load_documents(text)
+    return _DOCS_CACHE[text]
+
+
+def _packed(text: TextConfig, split: int, tokenizer: Any, seq_len: int, max_tokens: int) -> torch.Tensor:
+    key = (text, split, tokenizer.name, seq_len, max_tokens)
+    if key not in _PACK_CACHE:
+        docs = _documents(text)[split]
+        if not docs:
+            raise ConfigError(f"text: the {'validation' if split else 'training'} split of {text.source!r} is "
+                              "empty; add documents or change val_fraction")
+        _PACK_CACHE[key] = pack_tokens(docs, tokenizer, seq_len, max_tokens=max_tokens)
+    return _PACK_CACHE[key]
+
+
+def clear_data_cache() -> None:
+    """Forget cached documents and packed tokens (e.g. after the corpus changed on disk)."""
+    _DOCS_CACHE.clear()
+    _PACK_CACHE.clear()
+
+
+class ProxyData:
+    """Training windows, validation windows and the recall suite of one proxy run.
+
+    Text rows are visited in a fresh seeded permutation per epoch (no window repeats within an epoch).
+    """
+
+    def __init__(self, cfg: ProxyConfig, train: torch.Tensor, val: torch.Tensor, suite: Any) -> None:
+        self.cfg, self.train, self.val, self.suite = cfg, train, val, suite
+        self.eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+        self._cursor = 0
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _rows(self, n: int) -> torch.Tensor:
+        idx = []
+        for _ in range(n):
+            epoch, pos = divmod(self._cursor, self.train.shape[0])
+            if epoch not in self._perms:
+                self._perms = {epoch: torch.randperm(self.train.shape[0], generator=torch.Generator().manual_seed(
+                    self.cfg.seed * 1_000_003 + epoch))}
+            idx.append(int(self._perms[epoch][pos]))
+            self._cursor += 1
+        return self.train[idx]
+
+    def train_batch(self, step: int, with_recall: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(lm_inputs, lm_targets, recall_inputs, recall_targets)`` for ``step`` (recall None when off)."""
+        n_recall = self.cfg.recall_rows if (with_recall and self.suite is not None) else 0
+        rows = self._rows(self.cfg.batch_size - n_recall)
+        if not n_recall:
+            return rows[:, :-1], rows[:, 1:], None, None
+        rx, ry = self.suite.train_batch(n_recall, step, self.cfg.seed)
+        return rows[:, :-1], rows[:, 1:], rx, ry
+
+    def val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Held-out LM batches of ``eval_batch_size`` rows (fewer if the split is small)."""
+        b = self.eval_batch_size
+        rows = self.val[: self.cfg.eval_batches * b]
+        return [(rows[i:i + b, :-1], rows[i:i + b, 1:]) for i in range(0, rows.shape[0], b)]
+
+
+def prepare_data(layout: Layout, cfg: ProxyConfig) -> ProxyData:
+    """Validate tokenizer/vocab/corpus/suite and build the run's data (ConfigError on bad input).
+
+    Only as many training tokens as the run consumes are tokenized (the corpus repeats, reshuffled, if shorter).
+    """
+    tokenizer = get_tokenizer(cfg.tokenizer)
+    if tokenizer.vocab_size > layout.vocab_size:
+        raise ConfigError(f"layout vocab_size: {layout.vocab_size} is smaller than tokenizer {cfg.tokenizer!r}'s "
+                          f"vocab {tokenizer.vocab_size}; use a layout with vocab_size >= {tokenizer.vocab_size}")
+    need = cfg.total_steps * cfg.batch_size * (cfg.seq_len + 1)  # upper bound: LM rows <= batch_size
+    train = _packed(cfg.text, 0, tokenizer, cfg.seq_len, need)
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    val = _packed(cfg.text, 1, tokenizer, cfg.seq_len, cfg.eval_batches * eval_bs * (cfg.seq_len + 1))
+    suite = None
+    if cfg.has_recall:
+        from hyla.proxy_train.tasks.suite import RecallSuite
+        kwargs = dict(vocab_size=layout.vocab_size, tokenizer=tokenizer, haystack_docs=_documents(cfg.text)[1],
+                      seq_len_cap=cfg.recall_max_len, train_seq_len=cfg.seq_len)
+        if cfg.recall_tasks:
+            suite = RecallSuite.from_specs(cfg.recall_tasks, **kwargs)
+        else:
+            suite = RecallSuite.preset(cfg.recall_suite, **kwargs)
+    return ProxyData(cfg, train, val, suite)
+
+
+def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = None, progress: bool = True,
+              device: str | None = None, overwrite: bool = False) -> ProxyResult:
+    """Train ``layout`` under ``config`` and score it.
+
+    Args:
+        layout: the model to train (its vocab_size is used as given).
+        config: the proxy recipe.
+        out_dir: where to write result.json, config.yaml and layout.yaml (None = nothing written).
+        progress: show a progress bar.
+        device: overrides ``config.device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
+        overwrite: allow replacing an existing finished result in ``out_dir``.
+
+    Returns:
+        The `ProxyResult`; divergence, OOM and runtime failures are statuses, not exceptions.
+
+    Raises:
+        ConfigError: bad input (vocab too small, device unavailable, unreadable corpus, finished out_dir ...).
+    """
+    t0 = time.perf_counter()
+    dev = resolve_device(device or config.device)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / "result.json").exists() and not overwrite:
+        raise ConfigError(f"{out}: already holds a finished result.json; choose another out_dir or pass overwrite")
+    data = prepare_data(layout, config)  # validates tokenizer/vocab/corpus/suite: ConfigError before work
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config.to_dict(), out / "config.yaml")
+        layout.dump(out / "layout.yaml")
+
+    from hyla.space.cost import inference_memory, param_count
+    counts = param_count(layout)
+    mem = inference_memory(layout, config.memory_context, dtype=config.memory_dtype)
+    base = dict(params=counts.total, non_embedding_params=counts.non_embedding, kv_bytes=mem.kv_bytes,
+                recurrent_bytes=mem.total_bytes - mem.kv_bytes, state_bytes=mem.total_bytes,
+                context=config.memory_context, layout_key=layout.key(), layout_name=layout.name, device=str(dev),
+                versions=_versions())
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    loop = _Loop(layout, config, dev, data, progress)
+    try:
+        fields_ = loop.run()
+    except torch.OutOfMemoryError as e:
+        fields_ = dict(status="oom", fail_reason=str(e).splitlines()[0][:300] if str(e) else "out of memory")
+    except Exception as e:  # a failing trial is a result, not a crash of the worker
+        fields_ = dict(status="failed", fail_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
+    finally:
+        loop.release()
+        del loop
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    peak = _peak_mem(dev)
+    result = ProxyResult(**base, **fields_, peak_mem_bytes=peak, wall_s=time.perf_counter() - t0)
+    if out is not None:
+        _write_json(result.to_dict(), out / "result.json")
+    return result
+
+
+class _Loop:
+    """The training/evaluation loop state (kept in an object so OOM handling can drop every tensor)."""
+
+    def __init__(self, layout: Layout, cfg: ProxyConfig, dev: torch.device, data: ProxyData,
+                 progress: bool) -> None:
+        self.layout, self.cfg, self.dev, self.data, self.progress = layout, cfg, dev, data, progress
+        self.model: Any = None
+        self.fwd: Any = None
+        self.opt: torch.optim.Optimizer | None = None
+        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev.type == "cuda")
+        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def release(self) -> None:
+        self.model = self.opt = self.fwd = None
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+    def run(self) -> dict[str, Any]:
+        cfg, dev = self.cfg, self.dev
+        torch.manual_seed(cfg.seed)
+        model = HylaLM(self.layout, gradient_checkpointing=cfg.gradient_checkpointing).to(dev)
+        self.model = model
+        self.fwd = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
+        self.opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                     fused=dev.type == "cuda")
+        total = cfg.total_steps
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, disable=not self.progress, desc=self.layout.name or "proxy", leave=False)
+        tokens, train_s, last = 0, 0.0, float("nan")
+        model.train()
+        for step in range(total):
+            ts = time.perf_counter()
+            # recall rows in every step, or only in the final recall phase
+            with_recall = not cfg.recall_phase_steps or step >= total - cfg.recall_phase_steps
+            lm_x, lm_y, rc_x, rc_y = self.data.train_batch(step, with_recall)
+            x = torch.cat([lm_x, rc_x]) if rc_x is not None else lm_x
+            x = x.to(dev, non_blocking=True)
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            with self.autocast:
+                logits, _ = self.fwd(x)
+            n_lm = lm_x.shape[0]
+            loss = self._loss(logits[:n_lm], lm_y.to(dev))
+            if rc_x is not None:
+                w = rc_x.shape[0] / x.shape[0]
+                loss = (1 - w) * loss + w * self._loss(logits[n_lm:], rc_y.to(dev))
+            if not torch.isfinite(loss):
+                bar.close()
+                return dict(status="diverged", fail_reason=f"non-finite loss at step {step}", diverged_step=step,
+                            steps=step, tokens_seen=tokens, train_loss=last)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            last = float(loss.detach())
+            tokens += x.numel()
+            if dev.type == "cuda" and (step % cfg.log_every == 0 or step == total - 1):
+                torch.cuda.synchronize(dev)
+            train_s += time.perf_counter() - ts
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total - 1:
+                bar.set_postfix(loss=f"{last:.3f}")
+        bar.close()
+        if not math.isfinite(last):
+            return dict(status="diverged", fail_reason="non-finite loss", diverged_step=total - 1, steps=total)
+        val = self.evaluate()
+        return dict(status="ok", train_loss=last, steps=total, tokens_seen=tokens,
+                    tokens_per_s=tokens / train_s if train_s > 0 else None, **val)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out LM loss (token mean over the val batches) and the recall suite's accuracies."""
+        model, dev = self.model, self.dev
+        model.eval()
+        losses, counts = 0.0, 0
+        for x, y in self.data.val_batches():
+            with self.autocast:
+                logits, _ = self.fwd(x.to(dev))
+            n = int((y != -100).sum())
+            losses += float(self._loss(logits, y.to(dev))) * n
+            counts += n
+        out: dict[str, Any] = {"lm_val_loss": losses / max(1, counts)}
+        if self.data.suite is not None:
+            def logits_fn(inputs: torch.Tensor) -> torch.Tensor:
+                with self.autocast:
+                    return self.fwd(inputs.to(dev))[0].float()
+            scores = self.data.suite.evaluate(logits_fn, n_examples=self.cfg.recall_eval_examples,
+                                              batch_size=self.data.eval_batch_size, seed=self.cfg.seed + 1_000_003)
+            out["recall"] = float(scores["recall"])
+            out["recall_tasks"] = {k: float(v) for k, v in scores.items() if k != "recall"}
+        return out
