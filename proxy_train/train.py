@@ -44,9 +44,9 @@ from hyla.proxy_train.model import HylaLM
 from hyla.space.layout import Layout
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 8, "steps": 40, "lr": 3e-3, "warmup": 5,
-             "text": {"source": "stdlib", "max_docs": 200}, "recall_suite": "tiny", "recall_mix": 0.25,
-             "eval_batches": 2, "recall_eval_examples": 16, "eval_batch_size": 16},
+    "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 8, "steps": 20, "lr": 3e-3, "warmup": 4,
+             "text": {"source": "stdlib", "max_docs": 100}, "recall_suite": "tiny", "recall_mix": 0.25,
+             "recall_max_len": 128, "eval_batches": 1, "recall_eval_examples": 8, "eval_batch_size": 8},
     "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
               "warmup": 100, "text": {"source": "stdlib"}, "recall_suite": "small", "recall_mix": 0.25,
               "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32},
