@@ -232,10 +232,32 @@ def _record(results: dict[str, Any], section: str, key: str, fn: Any) -> None:
 
 
 def _save(results: dict[str, Any]) -> None:
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".json.tmp")
+    out = Path(results["args"].get("out") or OUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(OUT)
+    tmp.replace(out)
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    eq = results["equivalence"]
+    return {"equivalence_pass": sum(bool(v.get("pass")) for v in eq.values()), "equivalence_total": len(eq),
+            "failed": sorted(k for k, v in eq.items() if not v.get("pass"))}
+
+
+def merge(paths: list[str], out: str) -> dict[str, Any]:
+    """Combine the JSON of several partial runs (e.g. one process per kind, run in parallel) into one file."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    results: dict[str, Any] = {"machine": parts[0]["machine"], "args": {**parts[0]["args"], "out": out,
+                               "merged_from": len(parts)}, "equivalence": {}, "throughput": {}}
+    for part in parts:
+        results["equivalence"].update(part["equivalence"])
+        results["throughput"].update(part["throughput"])
+        if part.get("stopped"):
+            results.setdefault("stopped_parts", []).append(part["stopped"])
+    results["summary"] = _summary(results)
+    _save(results)
+    return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -256,11 +278,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--max-seconds", type=int, default=0, help="stop (keeping results) after this many seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-conv-variants", action="store_true", help="skip the short-conv variants of gla/hgrn/hgrn2")
+    p.add_argument("--out", default=str(OUT), help="result JSON path")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge partial result files into --out and exit")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     device = torch.device(args.device)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in MIXER_CLASSES and k != "headwise"]
@@ -275,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         if not args.skip_equivalence:
             cases = [HEADWISE if k == "headwise" else k for k in kinds]
-            cases += [c for c, k in CONV_VARIANTS.items() if k in kinds]
+            cases += [] if args.no_conv_variants else [c for c, k in CONV_VARIANTS.items() if k in kinds]
             for case in cases:
                 for dtype in (torch.float32, torch.bfloat16):
                     _record(results, "equivalence", f"{case}/{str(dtype).removeprefix('torch.')}",
@@ -288,12 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(results["stopped"])
     finally:
         signal.alarm(0)
-    eq = results["equivalence"]
-    results["summary"] = {"equivalence_pass": sum(bool(v.get("pass")) for v in eq.values()),
-                          "equivalence_total": len(eq),
-                          "failed": sorted(k for k, v in eq.items() if not v.get("pass"))}
+    results["summary"] = _summary(results)
     _save(results)
-    log(f"wrote {OUT}: {results['summary']}")
+    log(f"wrote {args.out}: {results['summary']}")
     return results
 
 
