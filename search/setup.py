@@ -68,10 +68,16 @@ def _load_space(cfg: StudyConfig) -> Any:
 
 
 def _load_proxy(cfg: StudyConfig, rung: int) -> dict[str, Any]:
+    where = f"{cfg.where}: rungs[{rung}].proxy"
+    try:
+        return _parse_proxy(cfg.rungs[rung].proxy, cfg, where)
+    except ConfigError as e:
+        raise (e if str(e).startswith(cfg.where) else ConfigError(f"{where}: {e}")) from None
+
+
+def _parse_proxy(proxy: Any, cfg: StudyConfig, where: str) -> dict[str, Any]:
     from hyla.proxy_train.train import PRESETS, ProxyConfig
 
-    proxy = cfg.rungs[rung].proxy
-    where = f"{cfg.where}: rungs[{rung}].proxy"
     if isinstance(proxy, dict):
         pc = ProxyConfig.from_dict(proxy, where=where)
     elif isinstance(proxy, str) and proxy in PRESETS:

@@ -28,7 +28,7 @@ from hyla.search.config import StudyConfig
 from hyla.search.rungs import select_promoted
 from hyla.search.setup import Prepared, prepare
 from hyla.search.storage import open_study
-from hyla.search.workers import WorkerPool, ensure_ray
+from hyla.search.workers import WorkerPool, ensure_ray, get_pool
 
 DRIVER_STOPPED = "driver stopped"
 
@@ -286,7 +286,7 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
     todo = list(range(len(cfg.rungs))) if rungs is None else rungs
     r = cfg.ray
     ensure_ray(r.address, num_cpus=r.num_workers * r.cpus_per_worker)
-    pool = WorkerPool(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, env=worker_env)
+    pool = get_pool(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, env=worker_env)
     progress = None
     if console is not None and show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -320,7 +320,6 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
     finally:
         if progress is not None:
             progress.stop()
-        pool.shutdown()
     return summary
 
 

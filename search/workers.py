@@ -136,3 +136,26 @@ class WorkerPool:
             except Exception:
                 pass
         self.actors = []
+
+
+_POOLS: dict[tuple, WorkerPool] = {}
+
+
+def get_pool(num_workers: int, num_cpus: float, num_gpus: float, env: dict[str, str] | None = None) -> WorkerPool:
+    """A warm pool for these settings, reused by later searches in the same driver process.
+
+    Worker start-up (importing torch/fla, reading the corpus, on GPU compiling kernels) costs far more than a
+    small proxy, so a notebook or test session running several searches keeps its actors.
+    """
+    key = (num_workers, num_cpus, num_gpus, tuple(sorted((env or {}).items())))
+    pool = _POOLS.get(key)
+    if pool is None or not pool.actors:
+        pool = _POOLS[key] = WorkerPool(num_workers, num_cpus, num_gpus, env=env)
+    return pool
+
+
+def shutdown_pools() -> None:
+    """Kill every cached pool's actors (e.g. before ``ray.shutdown``)."""
+    for pool in _POOLS.values():
+        pool.shutdown()
+    _POOLS.clear()
