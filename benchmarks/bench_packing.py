@@ -7,7 +7,8 @@ to the first P workers at the same moment.
 
 The aggregate is measured where all P runs train at once: from the per-step timestamps of each run (see
 ``common.StepProbe``) we take the window from the latest "end of step 0" to the earliest "start of the last step",
-count the tokens of the steps that lie entirely inside it, and divide by its length (``overlap_tokens_per_s``).
+count the tokens of the steps inside it (a step cut by an edge pro rata), and divide by its length
+(``overlap_tokens_per_s``).
 Step 0 is excluded (first batch, lazy allocations). ``sum_tokens_per_s`` (the sum of each run's own training
 throughput) is recorded too; it overstates packing when the runs do not overlap fully. Target: P >= 4 reaches
 >= 3x the P = 1 figure.
@@ -48,7 +49,9 @@ def overlap_throughput(step_starts: list[list[float]], tokens_per_step: int) -> 
     hi = min(s[-1] for s in runs)  # no run has finished (or begun its last step)
     if hi <= lo:
         return {"window_s": 0.0, "tokens": 0, "tokens_per_s": None, "note": "the runs did not overlap"}
-    steps = sum(1 for s in runs for a, b in zip(s[:-1], s[1:]) if a >= lo and b <= hi)
+    # a step cut by the window edge counts pro rata (its tokens assumed spread evenly over the step)
+    steps = sum((min(b, hi) - max(a, lo)) / (b - a) for s in runs for a, b in zip(s[:-1], s[1:])
+                if b > a and min(b, hi) > max(a, lo))
     return {"window_s": hi - lo, "tokens": steps * tokens_per_step,
             "tokens_per_s": steps * tokens_per_step / (hi - lo), "note": None}
 

@@ -68,11 +68,18 @@ def machine_info(device: str) -> dict[str, Any]:
         "torch": torch.__version__, "device": device,
         "env": {k: v for k, v in os.environ.items() if k.startswith(("TRITON_", "FLA_", "CUDA_VISIBLE"))},
     }
-    for mod in ("triton", "fla", "transformers"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception as e:  # noqa: BLE001 - a missing library is recorded, not fatal (CPU runs lack triton)
-            info[mod] = f"unavailable: {type(e).__name__}"
+    from importlib import metadata
+
+    # package metadata, not imports: importing fla costs 10-30 s of Triton decorator set-up
+    for mod, dists in (("triton", ("triton",)), ("fla", ("fla-core", "flash-linear-attention")),
+                       ("transformers", ("transformers",))):
+        info[mod] = "unavailable"
+        for dist in dists:
+            try:
+                info[mod] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
@@ -220,7 +227,11 @@ def _worker_main(wid: int, jobs: Any, results: Any, device: str) -> None:
     t0 = time.time()
     import torch  # noqa: F401  (pay the import before reporting ready)
 
-    import hyla.proxy_train.train  # noqa: F401
+    import hyla.proxy_train.train  # noqa: F401  (the import the first trial would otherwise pay)
+    try:
+        import fla  # noqa: F401  (run_proxy imports it lazily: 10-30 s of Triton decorators, once per process)
+    except ImportError:
+        pass
     if device.startswith("cuda"):
         torch.cuda.init()
     results.put(("ready", wid, None, {"import_s": time.time() - t0, "pid": os.getpid()}))
@@ -273,9 +284,12 @@ class WorkerPool:
         self.queues[wid].put({"id": job_id, "layout": layout.to_dict(), "config": config.to_dict(),
                               "device": self.device, "out_dir": out_dir, "t_submit": time.time()})
 
-    def get(self, deadline: Deadline, poll: float = 1.0) -> tuple[str, int, Any, Any] | None:
-        """Next message ``(kind, worker, job_id, payload)``; None at the deadline or if every worker died."""
-        while not deadline.expired():
+    def get(self, deadline: Deadline, wait: float | None = None, poll: float = 1.0
+            ) -> tuple[str, int, Any, Any] | None:
+        """Next message ``(kind, worker, job_id, payload)``; None at the deadline, after ``wait`` seconds (when
+        given) or once every worker has died."""
+        until = time.time() + wait if wait is not None else float("inf")
+        while not deadline.expired() and time.time() < until:
             try:
                 return self.results.get(timeout=min(poll, max(0.05, deadline.left())))
             except queue.Empty:
@@ -285,6 +299,9 @@ class WorkerPool:
 
     def alive(self, wid: int) -> bool:
         return self.procs[wid].is_alive()
+
+    def exitcode(self, wid: int) -> int | None:
+        return self.procs[wid].exitcode
 
     def close(self, grace: float = 10.0) -> None:
         """Ask workers to exit; terminate those still busy after ``grace`` seconds (cap reached mid-trial)."""
