@@ -8,7 +8,8 @@ A `RunSpec` (YAML, strict) says what to train; `train_full(spec)` runs it throug
     ray/attempt_N/     Ray Train checkpoints of attempt N (model, optimizer, scheduler, step, data cursor, RNG)
     model/             the final HF checkpoint (``AutoModelForCausalLM.from_pretrained`` after
                        ``import hyla.proxy_train.hf``) plus the tokenizer when it is a transformers one
-    result.json        status, steps, throughput, MFU and the final evaluation
+    final.json         how the last attempt ended (``finished`` or ``stopped``), written by every attempt
+    result.json        status, steps, throughput, MFU and the final evaluation (finished runs only)
 
 Resuming: every call scans ``out_dir`` for the checkpoint with the highest step and continues from it, so a run
 killed at any point (SIGKILL, node loss) is restarted by running the same command again. SIGTERM (preemption)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -92,6 +94,7 @@ class RunSpec:
     log_every: int = 10  # optimizer steps between log lines / Ray reports
     out_dir: str = ""  # run directory ("" = runs/full/<layout key>); must be shared storage on a cluster
     num_workers: int = 1  # Ray Train workers (one per GPU)
+    max_failures: int = 3  # worker-group restarts (from the newest checkpoint) before the attempt fails
     use_gpu: bool = True
     strategy: str = field(default="ddp", metadata={"choices": ("ddp", "fsdp")})
     bf16: bool = True  # bf16 autocast on CUDA (CPU runs in fp32)
@@ -106,6 +109,8 @@ class RunSpec:
                               "4096 (use scale: custom for other lengths)")
         positive = ("seq_len", "global_batch_tokens", "micro_batch", "checkpoint_every", "keep_checkpoints",
                     "log_every", "num_workers")
+        if self.max_failures < 0:
+            raise ConfigError(f"max_failures: {self.max_failures!r} must be >= 0")
         for name in positive:
             v = getattr(self, name)
             if v < 1:
@@ -163,6 +168,7 @@ class RunSpec:
         return from_mapping(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for YAML/JSON (``from_dict`` reads it back)."""
         out = {f: to_mapping(getattr(self, f)) for f in self.__dataclass_fields__}
         out["text"] = self.text.to_dict()
         return out
@@ -220,6 +226,14 @@ def find_latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] |
     return best
 
 
+def _prune_checkpoints(run_dir: Path, keep: Path) -> None:
+    """Delete the checkpoints of earlier attempts except ``keep`` (Ray's ``num_to_keep`` works per attempt only,
+    and a 340M checkpoint with optimizer state is ~4 GiB)."""
+    for meta_path in run_dir.glob(f"ray/*/checkpoint_*/{CKPT_META}"):
+        if meta_path.parent.resolve() != keep.resolve():
+            shutil.rmtree(meta_path.parent, ignore_errors=True)
+
+
 def _init_ray(address: str | None, num_workers: int) -> None:
     import ray
 
@@ -273,12 +287,14 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     resolved.dump(run_dir / "spec.yaml")
     (run_dir / STOP_FILE).unlink(missing_ok=True)
 
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from hyla.proxy_train.fullscale_loop import train_loop_per_worker
 
     _init_ray(address, spec.num_workers)
+    if latest is not None:
+        _prune_checkpoints(run_dir, keep=latest[0])
     attempt = 1 + len(list((run_dir / "ray").glob("attempt_*")))
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -289,7 +305,8 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
         scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"GPU": 1} if spec.use_gpu else {"CPU": 1}),
         run_config=RunConfig(storage_path=str(run_dir / "ray"), name=f"attempt_{attempt}",
-                             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=spec.max_failures)),
     )
     # Preemption: SIGTERM asks the workers (through the STOP file) to checkpoint and leave.
     previous = signal.signal(signal.SIGTERM, lambda *_: (run_dir / STOP_FILE).touch())
@@ -303,8 +320,9 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     final["wall_s_this_attempt"] = round(time.time() - t0, 2)
     final["attempt"] = attempt
     final["resumed_from_step"] = latest[1]["step"] if latest else None
-    if final["status"] == "finished":
-        tmp = result_path.with_suffix(".tmp")
+    # final.json records every attempt's end (also a stop); result.json only the finished run.
+    for path in [run_dir / "final.json"] + ([result_path] if final["status"] == "finished" else []):
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(final, indent=2))
-        tmp.replace(result_path)
+        tmp.replace(path)
     return final

@@ -175,6 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from hyla.proxy_train.data import get_tokenizer, load_documents, pack_tokens
+
     spec = RunSpec.from_dict(config["spec"], where="spec")
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()

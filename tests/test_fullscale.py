@@ -1,4 +1,5 @@
-"""Full-scale training path on CPU: real Ray Train (2 workers, DDP/gloo), SIGKILL mid-run, resume, HF export."""
+"""Full-scale training path on CPU: real Ray Train (2 workers, DDP/gloo), SIGKILL and SIGTERM mid-run, resume,
+final evaluation, HF export."""
 
 from __future__ import annotations
 
@@ -119,20 +120,37 @@ def test_kill_resume_export(tmp_path: Path) -> None:
     before = _log_rows(out)
     assert 10 <= ckpt_step < 60 and before[-1]["step"] >= ckpt_step
 
+    # Second attempt: resumes, then SIGTERM (preemption) after its first new checkpoint -> graceful stop.
     second = _hyla(spec_path, tmp_path / "second.log")
-    assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    deadline = time.time() + 400
+    while time.time() < deadline and second.poll() is None and find_latest_checkpoint(out)[1]["step"] == ckpt_step:
+        time.sleep(0.2)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=400) == 3, (tmp_path / "second.log").read_text()[-3000:]
+    stopped_at = time.time()
+    stopped = json.loads((out / "final.json").read_text())
+    assert stopped["status"] == "stopped" and not (out / "result.json").exists()
+    assert stopped["resumed_from_step"] == ckpt_step and ckpt_step < stopped["steps"] < 60
+    assert find_latest_checkpoint(out)[1]["step"] == stopped["steps"]  # the stop itself is checkpointed
+
+    third = _hyla(spec_path, tmp_path / "third.log")
+    assert third.wait(timeout=400) == 0, (tmp_path / "third.log").read_text()[-3000:]
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["steps"] == result["total_steps"] == 60
-    assert result["attempt"] == 2 and result["resumed_from_step"] >= ckpt_step
-    after = [r for r in _log_rows(out) if r["time"] > killed_at]
+    assert result["attempt"] == 3 and result["resumed_from_step"] == stopped["steps"]
+    rows = _log_rows(out)
+    after = [r for r in rows if killed_at < r["time"] < stopped_at]
+    last = [r for r in rows if r["time"] > stopped_at]
     # The step counter continues from the checkpoint, it does not restart.
-    assert after[0]["step"] == result["resumed_from_step"] + 2 and after[-1]["step"] == 60
+    assert after[0]["step"] == ckpt_step + 2
+    assert stopped["steps"] < last[0]["step"] <= stopped["steps"] + 2 and last[-1]["step"] == 60
     # The loss continues too: the first loss after resuming is near the one logged at the checkpoint, far
     # below the initial loss (a restart from scratch would be back near ln(260) = 5.56).
     initial = before[0]["loss"]
-    at_ckpt = next(r["loss"] for r in before if r["step"] == result["resumed_from_step"])
+    at_ckpt = next(r["loss"] for r in before if r["step"] == ckpt_step)
     assert initial - at_ckpt > 0.5
     assert abs(after[0]["loss"] - at_ckpt) < 0.4 * (initial - at_ckpt)
+    assert last[0]["loss"] < at_ckpt
     ev = result["eval"]
     assert math.isfinite(ev["val_loss"]) and ev["val_loss"] < initial
     assert set(ev["recall_tasks"]) == {"ruler_single@256", "ruler_single@512", "mqar@256x16", "mqar@512x32"}
