@@ -109,6 +109,8 @@ class RunSpec:
                               "4096 (use scale: custom for other lengths)")
         positive = ("seq_len", "global_batch_tokens", "micro_batch", "checkpoint_every", "keep_checkpoints",
                     "log_every", "num_workers")
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise ConfigError("strategy: 'fsdp' needs use_gpu: true (Ray Train's FSDP is GPU-only); use 'ddp' on CPU")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures: {self.max_failures!r} must be >= 0")
         for name in positive:

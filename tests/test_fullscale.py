@@ -63,6 +63,8 @@ def test_spec_defaults_and_validation(tmp_path: Path) -> None:
         replace(spec, micro_batch=3)
     with pytest.raises(ConfigError, match="strategy"):
         RunSpec.from_dict({"layout": "gla-6:1", "strategy": "zero3"})
+    with pytest.raises(ConfigError, match="fsdp"):
+        RunSpec.from_dict({"layout": "gla-6:1", "strategy": "fsdp", "use_gpu": False})
     with pytest.raises(ConfigError, match="unknown field 'lr_max'"):
         RunSpec.from_dict({"layout": "gla-6:1", "lr_max": 1.0})
     with pytest.raises(ConfigError, match="seq_len"):
