@@ -15,8 +15,11 @@ phase followed by a mixed recall phase) instead of in every batch.
 
 Presets (``ProxyConfig.load("tiny")``):
 
-- ``tiny``: CPU smoke scale for tests and laptops. With the ``tiny`` layout scale (24 x 32, vocab 512) it runs
-  ``hyla proxy train gla-6:1 --config tiny`` in well under a minute on 2 cores; it checks plumbing, not quality.
+- ``tiny``: CPU smoke scale: 8 steps of 4 x 64 tokens, recall levels up to T = 64, a few eval examples. It
+  checks plumbing end to end, not quality. Its cost is dominated by the 24-layer ``tiny`` layouts' CPU mixer
+  paths (measured on a shared, heavily loaded 2-core machine: gla-6:1 at 20 steps took 163 s of CPU time, so
+  8 steps is about a minute with start-up; an idle machine is faster). For a CPU run that learns something,
+  copy ``examples/proxy_tiny.yaml`` and raise ``steps`` (and use a shallower custom layout).
 - ``small``: GPU proxy. 24 x 256 layouts, T = 1024, batch 32, 1200 steps = 39M tokens. To scale, keep
   ``seq_len`` and change ``tokens`` (or ``steps``); the schedule follows the step count. Halve ``batch_size`` and
   double ``steps`` if memory is short.
@@ -44,9 +47,9 @@ from hyla.proxy_train.model import HylaLM
 from hyla.space.layout import Layout
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 8, "steps": 20, "lr": 3e-3, "warmup": 4,
+    "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup": 2,
              "text": {"source": "stdlib", "max_docs": 100}, "recall_suite": "tiny", "recall_mix": 0.25,
-             "recall_max_len": 128, "eval_batches": 1, "recall_eval_examples": 8, "eval_batch_size": 8},
+             "recall_max_len": 64, "eval_batches": 1, "recall_eval_examples": 4, "eval_batch_size": 4},
     "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
               "warmup": 100, "text": {"source": "stdlib"}, "recall_suite": "small", "recall_mix": 0.25,
               "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32},
