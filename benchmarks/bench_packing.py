@@ -22,6 +22,7 @@ Resumable: P values already measured in ``--out`` with the same layout and confi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,9 @@ def main() -> int:
     config = proxy_config(args.proxy, steps=args.steps, sets=sets)
     layout = load_layouts([args.layout], args.scale)[0]
     deadline = Deadline(args.max_seconds)
-    key = {"layout": layout.to_dict(), "config": config.to_dict(), "device": args.device}
+    # normalised through JSON so it compares equal to the copy read back from --out (tuples become lists)
+    key = json.loads(json.dumps({"layout": layout.to_dict(), "config": config.to_dict(), "device": args.device},
+                                default=str))
     old = None if args.fresh else read_json(args.out)
     rounds: dict[str, dict[str, Any]] = {}
     if old and old.get("key") == key:
