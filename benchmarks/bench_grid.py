@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, Deadline, WorkerPool, add_common_args, load_layouts, log,  # noqa: E402
+from common import (check_device, RESULTS_DIR, Deadline, WorkerPool, add_common_args, load_layouts, log,  # noqa: E402
                     machine_info, main_guard, parse_sets, proxy_config, read_json, setup_env, write_json)
 
 NAME = "bench_grid"
@@ -237,6 +237,7 @@ def write_summary(args: argparse.Namespace, layouts: list[Any], ckey: str, confi
 
 def run_grid(args: argparse.Namespace) -> int:
     env = setup_env(args.triton_cache)
+    check_device(args.device)
     from hyla.space.presets import paper_grid
 
     tokens = args.budget_tokens

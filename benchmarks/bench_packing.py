@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
+from common import (check_device, Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
                     parse_sets, proxy_config, read_json, setup_env, write_json)
 
 NAME = "bench_packing"
@@ -112,6 +112,7 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore P values already in --out")
     args = ap.parse_args()
     env = setup_env(args.triton_cache)
+    check_device(args.device)
     from hyla.config import ConfigError
 
     try:

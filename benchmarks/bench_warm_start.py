@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
+from common import (check_device, Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
                     parse_sets, proxy_config, setup_env, write_json)
 
 NAME = "bench_warm_start"
@@ -71,6 +71,7 @@ def main() -> int:
                     help="warm: one worker runs every trial; cold: a fresh process per trial")
     args = ap.parse_args()
     env = setup_env(args.triton_cache)
+    check_device(args.device)
     # evaluation is not what we time: keep it minimal unless the user overrides it
     sets = {"eval_batches": 1, "recall_eval_examples": 8, **parse_sets(args.sets)}
     config = proxy_config(args.proxy, steps=args.steps, sets=sets)

@@ -157,6 +157,13 @@ def proxy_config(proxy: str, steps: int | None = None, tokens: int | None = None
     return ProxyConfig.from_dict(data, where=f"proxy {proxy}")
 
 
+def check_device(device: str) -> None:
+    """ConfigError (one line) now, in the parent, rather than one failed trial per worker later."""
+    from hyla.proxy_train.train import resolve_device
+
+    resolve_device(device)
+
+
 def load_layouts(names: list[str], scale: str) -> list[Any]:
     """Layouts from preset names (``gla-6:1``, scale ``scale`` when none is given) or layout YAML files."""
     from hyla.space.presets import load_layout
