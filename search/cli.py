@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     from hyla.search.storage import load_rung_studies
-    from hyla.search.setup import prepare
+    from hyla.search.prepare import prepare
     from hyla.search.study import counted, run_search
 
     cfg = _load(args)
@@ -96,7 +96,7 @@ def _report(cfg: Any, summary: Any, console: Any, plot: bool) -> None:
                       f"{r.retried} worker retries")
     table = Table(title=f"Pareto set of {cfg.study_name(summary.pareto_rung)} ({len(summary.pareto)} trials)")
     for col in ("trial", "layout", "preset", *cfg.objectives):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for row in objective_table_rows(summary.pareto, cfg.objectives):
         table.add_row(*row)
     console.print(table)
@@ -167,7 +167,7 @@ def _status(args: argparse.Namespace) -> int:
         if front:
             table = Table(title=f"Pareto set of {study.study_name}")
             for col in ("trial", "layout", "preset", *objectives):
-                table.add_column(col)
+                table.add_column(col, overflow="fold")
             for row in objective_table_rows(front, objectives):
                 table.add_row(*row)
             console.print(table)

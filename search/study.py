@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hyla.config import ConfigError, dump_yaml
 from hyla.search.config import StudyConfig
 from hyla.search.rungs import select_promoted
-from hyla.search.setup import Prepared, prepare
+from hyla.search.prepare import Prepared, prepare
 from hyla.search.storage import open_study
 from hyla.search.workers import WorkerPool, ensure_ray, get_pool
 
@@ -101,7 +101,7 @@ def _recover_stale(study: optuna.Study) -> int:
 
 
 def _enqueue_seeds(prep: Prepared, study: optuna.Study) -> None:
-    from hyla.search.setup import layout_params
+    from hyla.search.prepare import layout_params
 
     for preset, layout in prep.seed_layouts:
         params = layout_params(prep, layout, preset)
@@ -314,7 +314,7 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
 
         summary.pareto = pareto_front(prev.get_trials(deepcopy=False), cfg.directions)
         if rungs is None or max(todo) == len(cfg.rungs) - 1:
-            from hyla.search.setup import full_runs
+            from hyla.search.prepare import full_runs
 
             summary.full_run_specs = full_runs(prep, prev, console)
     finally:
@@ -336,7 +336,8 @@ def objective_table_rows(trials: list[FrozenTrial], objectives: list[str]) -> li
 
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
-        lay = Layout.from_dict(t.user_attrs["layout"]).layer_string() if "layout" in t.user_attrs else "?"
+        layout = t.user_attrs.get("layout")
+        lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
         vals = [_fmt(n, v) for n, v in zip(objectives, t.values or [])]
         rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), *vals])
     return rows

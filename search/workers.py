@@ -142,7 +142,7 @@ _POOLS: dict[tuple, WorkerPool] = {}
 
 
 def get_pool(num_workers: int, num_cpus: float, num_gpus: float, env: dict[str, str] | None = None) -> WorkerPool:
-    """A warm pool for these settings, reused by later searches in the same driver process.
+    """A warm pool for these settings, reused by later searches in the same driver process (one pool at a time).
 
     Worker start-up (importing torch/fla, reading the corpus, on GPU compiling kernels) costs far more than a
     small proxy, so a notebook or test session running several searches keeps its actors.
@@ -150,6 +150,8 @@ def get_pool(num_workers: int, num_cpus: float, num_gpus: float, env: dict[str, 
     key = (num_workers, num_cpus, num_gpus, tuple(sorted((env or {}).items())))
     pool = _POOLS.get(key)
     if pool is None or not pool.actors:
+        # Other pools hold the cluster's CPUs/GPUs: their actors would starve the new ones of resources.
+        shutdown_pools()
         pool = _POOLS[key] = WorkerPool(num_workers, num_cpus, num_gpus, env=env)
     return pool
 

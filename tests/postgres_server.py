@@ -42,7 +42,7 @@ def unavailable_reason() -> str | None:
         if shutil.which("runuser") is None:
             return "running as root and runuser is missing"
     try:
-        import psycopg2  # noqa: F401
+        import psycopg2  # noqa: F401  (the RDB driver the tests need)
     except ImportError:
         return "psycopg2 is not installed"
     return None

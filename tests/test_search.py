@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from hyla.config import ConfigError
 from hyla.search.config import load_study_config, study_config_from_dict
-from hyla.search.setup import prepare
+from hyla.search.prepare import prepare
 from hyla.search.storage import load_rung_studies, open_study
 from hyla.search.study import DRIVER_STOPPED, counted, run_search
 from hyla.space.search_space import suggest_layout
@@ -122,23 +122,6 @@ def test_diverging_proxy_fails_with_reason(tmp_path: Path) -> None:
     assert summary.rungs[0].failed == 2 and not summary.pareto
 
 
-def test_worker_death_is_retried_then_recorded(tmp_path: Path) -> None:
-    crash = tmp_path / "crashes"  # the worker process os._exit()s while this count is below 3
-    env = {"HYLA_FAULT_EXIT_FILE": str(crash), "HYLA_FAULT_EXIT_TIMES": "3"}
-    one = {"num_workers": 1, "cpus_per_worker": 1}
-    cfg = study_config_from_dict(study_dict(tmp_path, "die", n_trials=1, ray=one, retries=1), where="die.yaml")
-    summary = run_search(cfg, worker_env=env)
-    (t,) = _studies(cfg)[0].get_trials()
-    assert t.state == TrialState.FAIL and t.user_attrs["status"] == "worker_died"
-    assert t.user_attrs["fail_reason"].startswith("worker died 2 time(s)") and crash.read_text() == "2"
-    assert summary.rungs[0].retried == 1
-
-    cfg = study_config_from_dict(study_dict(tmp_path, "live", n_trials=1, ray=one, retries=1), where="live.yaml")
-    summary = run_search(cfg, worker_env=env)  # one more death, then the retry on a fresh worker succeeds
-    (t,) = _studies(cfg)[0].get_trials()
-    assert t.state == TrialState.COMPLETE and summary.rungs[0].retried == 1 and crash.read_text() == "3"
-
-
 def test_cli_run_status_and_bad_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hyla.cli import main
 
@@ -161,3 +144,21 @@ def test_proxy_config_error_stops_the_search(tmp_path: Path) -> None:
     cfg = study_config_from_dict(study_dict(tmp_path, "cfgerr", rungs=[{"proxy": proxy}]), where="cfgerr.yaml")
     with pytest.raises(ConfigError, match=r"cfgerr.yaml: rungs\[0\].proxy"):
         run_search(cfg)
+
+
+# last: it needs its own 1-worker pool, which replaces the warm 2-worker pool the other tests share
+def test_worker_death_is_retried_then_recorded(tmp_path: Path) -> None:
+    crash = tmp_path / "crashes"  # the worker process os._exit()s while this count is below 3
+    env = {"HYLA_FAULT_EXIT_FILE": str(crash), "HYLA_FAULT_EXIT_TIMES": "3"}
+    one = {"num_workers": 1, "cpus_per_worker": 1}
+    cfg = study_config_from_dict(study_dict(tmp_path, "die", n_trials=1, ray=one, retries=1), where="die.yaml")
+    summary = run_search(cfg, worker_env=env)
+    (t,) = _studies(cfg)[0].get_trials()
+    assert t.state == TrialState.FAIL and t.user_attrs["status"] == "worker_died"
+    assert t.user_attrs["fail_reason"].startswith("worker died 2 time(s)") and crash.read_text() == "2"
+    assert summary.rungs[0].retried == 1
+
+    cfg = study_config_from_dict(study_dict(tmp_path, "live", n_trials=1, ray=one, retries=1), where="live.yaml")
+    summary = run_search(cfg, worker_env=env)  # one more death, then the retry on a fresh worker succeeds
+    (t,) = _studies(cfg)[0].get_trials()
+    assert t.state == TrialState.COMPLETE and summary.rungs[0].retried == 1 and crash.read_text() == "3"

@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from hyla.config import ConfigError
 from hyla.search.config import load_study_config, study_config_from_dict
 from hyla.search.rungs import crowding_distance, non_dominated_fronts, pareto_select, select_promoted
-from hyla.search.setup import prepare
+from hyla.search.prepare import prepare
 from hyla.search.storage import load_rung_studies, open_storage
 from hyla.search.study import counted, run_search
 from postgres_server import postgres_server, unavailable_reason
