@@ -278,6 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--max-seconds", type=int, default=0, help="stop (keeping results) after this many seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated dtypes of the equivalence check")
     p.add_argument("--no-conv-variants", action="store_true", help="skip the short-conv variants of gla/hgrn/hgrn2")
     p.add_argument("--out", default=str(OUT), help="result JSON path")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge partial result files into --out and exit")
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cases = [HEADWISE if k == "headwise" else k for k in kinds]
             cases += [] if args.no_conv_variants else [c for c, k in CONV_VARIANTS.items() if k in kinds]
             for case in cases:
-                for dtype in (torch.float32, torch.bfloat16):
+                for dtype in [getattr(torch, d.strip()) for d in args.dtypes.split(",") if d.strip()]:
                     _record(results, "equivalence", f"{case}/{str(dtype).removeprefix('torch.')}",
                             lambda c=case, d=dtype: equivalence(c, d, args, device))
         if not args.skip_timing:
