@@ -139,12 +139,9 @@ def _resolve_source(source: str | Path) -> tuple[Any, str | None]:
         if text.startswith("sqlite:///") and not Path(text.removeprefix("sqlite:///")).is_file():
             # Optuna would silently create an empty database here
             raise ConfigError(f"study {text}: SQLite file {text.removeprefix('sqlite:///')} not found")
-        import optuna
+        from hyla.search.storage import open_storage  # one place maps drivers and fails fast on dead hosts
 
-        try:
-            return optuna.storages.get_storage(text), None
-        except Exception as e:  # unreachable server, bad credentials, missing driver ...
-            raise ConfigError(f"study {text}: cannot open storage: {str(e).splitlines()[0]}") from None
+        return open_storage(text, where="study storage"), None
     p = Path(text)
     if p.is_dir():
         journal = p / "study.journal"
