@@ -53,6 +53,13 @@ class Prepared:
 
 
 def _load_space(cfg: StudyConfig) -> Any:
+    try:
+        return _read_space(cfg)
+    except ConfigError as e:  # SearchSpace's own checks do not know the file: name it
+        raise (e if str(e).startswith(cfg.where) else ConfigError(f"{cfg.where}: space: {e}")) from None
+
+
+def _read_space(cfg: StudyConfig) -> Any:
     from hyla.space.search_space import SearchSpace, load_space
 
     if cfg.space is None:
@@ -89,7 +96,24 @@ def _parse_proxy(proxy: Any, cfg: StudyConfig, where: str) -> dict[str, Any]:
         pc = ProxyConfig.load(path)
     else:
         raise ConfigError(f"{where}: expected a preset name, a path or a mapping, got {type(proxy).__name__}")
+    _check_data_sources(pc)
     return pc.to_dict()
+
+
+def _check_data_sources(pc: Any) -> None:
+    """A missing local corpus or an unloadable tokenizer fails here, not in a worker after the study was created.
+
+    Cheap checks only: a hub corpus is not streamed here (the worker reports it), a local path must exist, and
+    the tokenizer is loaded (local files first; the hub only when reachable).
+    """
+    from hyla.proxy_train.data import _LOCAL_SUFFIXES, get_tokenizer
+
+    src = pc.text.source
+    if src != "stdlib" and not Path(src).expanduser().exists() and (
+            src.startswith(("/", ".", "~")) or src.endswith(_LOCAL_SUFFIXES)):
+        raise ConfigError(f"text.source: path {src!r} does not exist; expected 'stdlib', an existing local "
+                          "file/directory or a hub dataset name")
+    get_tokenizer(pc.tokenizer)
 
 
 def _seed_layouts(cfg: StudyConfig, space: Any) -> list[tuple[str, Any]]:
@@ -102,7 +126,11 @@ def _seed_layouts(cfg: StudyConfig, space: Any) -> list[tuple[str, Any]]:
     for i, s in enumerate(cfg.seeds):
         path = cfg.resolve_path(s) if s.endswith((".yaml", ".yml")) else None
         if path is not None:
-            lay = Layout.load(path)
+            try:
+                lay = Layout.load(path)
+            except ConfigError as e:
+                msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+                raise ConfigError(f"{cfg.where}: seeds[{i}]: {msg}") from None
             out.append((lay.name or path.stem, lay))
         else:
             try:
@@ -126,6 +154,17 @@ def layout_params(prep: Prepared, layout: Any, preset: str) -> dict[str, Any] | 
         return None
 
 
+def _refuse_name_clash(cfg: StudyConfig, storage: Any, space: Any) -> None:
+    """An existing study of this name with another space/objectives is refused before study.yaml is rewritten."""
+    from hyla.search.storage import check_compatible, existing_study_attrs
+
+    attrs = {"space_key": space.key(), "objectives": [{"name": o, "direction": OBJECTIVES[o]} for o in cfg.objectives]}
+    for rung in range(len(cfg.rungs)):
+        have = existing_study_attrs(storage, cfg.study_name(rung))
+        if have is not None:
+            check_compatible(cfg.study_name(rung), have, attrs, where=cfg.where)
+
+
 def prepare(cfg: StudyConfig) -> Prepared:
     """Validate and resolve everything a search needs; nothing is trained and Ray is not started.
 
@@ -145,6 +184,7 @@ def prepare(cfg: StudyConfig) -> Prepared:
                 raise ConfigError(f"{cfg.where}: seeds: {preset!r} is not in the search space: {e}") from None
     check_ray_address(cfg)
     storage = open_storage(cfg.storage_url(), where=f"{cfg.where}: storage")
+    _refuse_name_clash(cfg, storage, space)
     run = cfg.run_path
     try:
         run.mkdir(parents=True, exist_ok=True)

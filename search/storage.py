@@ -83,6 +83,30 @@ def study_exists(storage: BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
 
+def check_compatible(name: str, have: dict[str, Any], attrs: dict[str, Any], where: str = "study") -> None:
+    """Refuse to reuse study ``name`` (user attrs ``have``) for another ``space_key`` or other ``objectives``.
+
+    Raises:
+        ConfigError: the name is taken by a study of another space or other objectives.
+    """
+    if have.get("space_key") != attrs["space_key"]:
+        raise ConfigError(f"{where}: name: study {name!r} already exists with another search space "
+                          f"(space_key {have.get('space_key')} != {attrs['space_key']}); pick a new name or "
+                          "storage")
+    if have.get("objectives") != attrs["objectives"]:
+        got = [o["name"] for o in have.get("objectives") or []]
+        raise ConfigError(f"{where}: objectives: study {name!r} already exists with objectives {got}; "
+                          "pick a new name to change objectives")
+
+
+def existing_study_attrs(storage: BaseStorage, name: str) -> dict[str, Any] | None:
+    """User attrs of study ``name`` in ``storage``, or None when there is no such study (nothing is written)."""
+    for s in storage.get_all_studies():
+        if s.study_name == name:
+            return dict(s.user_attrs)
+    return None
+
+
 def open_study(storage: BaseStorage, name: str, directions: list[str], attrs: dict[str, Any],
                sampler: optuna.samplers.BaseSampler | None = None, where: str = "study") -> optuna.Study:
     """Load study ``name`` or create it with ``attrs`` as user attrs.
@@ -95,14 +119,7 @@ def open_study(storage: BaseStorage, name: str, directions: list[str], attrs: di
     if study_exists(storage, name):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         have = study.user_attrs
-        if have.get("space_key") != attrs["space_key"]:
-            raise ConfigError(f"{where}: name: study {name!r} already exists with another search space "
-                              f"(space_key {have.get('space_key')} != {attrs['space_key']}); pick a new name or "
-                              "storage")
-        if have.get("objectives") != attrs["objectives"]:
-            got = [o["name"] for o in have.get("objectives") or []]
-            raise ConfigError(f"{where}: objectives: study {name!r} already exists with objectives {got}; "
-                              "pick a new name to change objectives")
+        check_compatible(name, have, attrs, where)
         if have.get("config") != attrs.get("config"):
             study.set_user_attr("config", attrs["config"])  # n_trials etc. may change on a resume
         return study
