@@ -196,6 +196,9 @@ def load_layout(arg: str | Path | Layout, default_scale: str = DEFAULT_SCALE) ->
     text = str(arg)
     p = Path(text)
     if p.suffix.lower() in (".yaml", ".yml") or p.is_file():
-        layout = Layout.load(p)
+        try:
+            layout = Layout.load(p)
+        except ConfigError as e:  # Layout's own checks (heads, mixers) do not know the file: name it
+            raise (e if str(e).startswith(text) else ConfigError(f"{text}: {e}")) from None
         return layout if layout.name else layout.with_layers(layout.layers, name=p.stem)
     return resolve_preset(text, default_scale)
