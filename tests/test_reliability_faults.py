@@ -29,8 +29,7 @@ from optuna.trial import TrialState
 
 from hyla.config import dump_yaml
 from hyla.search.config import study_config_from_dict
-from hyla.search.prepare import prepare
-from hyla.search.storage import load_rung_studies
+from hyla.search.storage import load_rung_studies, open_storage
 from hyla.search.study import DRIVER_STOPPED, counted, run_search
 from test_search_helpers import ray_up, study_dict
 
@@ -124,8 +123,9 @@ class Killer(threading.Thread):
             time.sleep(0.1)
 
 
-def _trials(cfg):
-    return load_rung_studies(prepare(cfg).storage, cfg.name)[0].get_trials()
+def _trials(cfg, storage=None):
+    studies = load_rung_studies(storage or open_storage(cfg.storage_url()), cfg.name)
+    return studies[0].get_trials() if 0 in studies else []
 
 
 @pytest.mark.parametrize("retries", [1, 0])
@@ -205,22 +205,26 @@ def test_driver_sigkilled_mid_study_then_rerun(tmp_path: Path) -> None:
 
     n = 3
     path = tmp_path / "drv.yaml"
-    # one worker: a single warm-up on a loaded 2-core machine; the trial after the first is the one killed
-    dump_yaml(study_dict(tmp_path, "drv", n_trials=n, ray={"num_workers": 1, "cpus_per_worker": 1}), path)
+    # one worker: a single warm-up on a loaded 2-core machine; 30 steps make a trial last long enough to be
+    # caught mid-training by the poll below
+    proxy = {**study_dict(tmp_path)["rungs"][0]["proxy"], "steps": 30}
+    dump_yaml(study_dict(tmp_path, "drv", n_trials=n, rungs=[{"proxy": proxy}],
+                         ray={"num_workers": 1, "cpus_per_worker": 1}), path)
     cfg = load_study_config(path)
     journal = cfg.run_path / "study.journal"
     proc = _driver(path, tmp_path)
     try:
-        deadline = time.time() + 300
-        while True:  # poll the journal until one trial completed
+        deadline, storage = time.time() + 300, None
+        while True:  # poll the journal: one trial completed and the next one handed to the worker
             assert proc.poll() is None, f"driver exited early: {proc.stdout.read()}"
             assert time.time() < deadline, "no trial completed in time"
             if journal.exists():
-                studies = load_rung_studies(prepare(cfg).storage, cfg.name)
-                if 0 in studies and any(t.state == TrialState.COMPLETE for t in studies[0].get_trials()):
+                storage = storage or open_storage(f"journal:{journal}")
+                trials = _trials(cfg, storage)
+                if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                        t.state == TrialState.RUNNING and "layout_key" in t.user_attrs for t in trials):
                     break
-            time.sleep(0.2)
-        time.sleep(0.5)  # let the driver hand the next trial to the worker: it is killed mid-training
+            time.sleep(0.1)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
