@@ -20,9 +20,7 @@ Triton autotuning of a cold process takes minutes (see /work/shared/GPU.md); set
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import signal
 import sys
 import time
@@ -38,25 +36,13 @@ from hyla.proxy_train.fullscale_loop import build_model, lr_lambda  # noqa: F401
 from hyla.space.cost import flops_per_token
 from hyla.space.presets import load_layout
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import log, machine_info  # noqa: E402  (shared benchmark helpers)
+
 OUT = Path(__file__).resolve().parent / "results" / "bench_340m.json"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-
-def machine(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                            "python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
-    for mod in ("triton", "fla", "transformers"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception as e:  # noqa: BLE001 - record, do not fail the benchmark
-            info[mod] = f"unavailable: {type(e).__name__}"
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def _loss_fn(model: torch.nn.Module, fused_ce: bool):
@@ -169,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(args.max_seconds)
-    report: dict[str, Any] = {"machine": machine(device), "args": {k: str(v) for k, v in vars(args).items()},
+    report: dict[str, Any] = {"machine": machine_info(str(device)), "args": {k: str(v) for k, v in vars(args).items()},
                               "results": []}
     capped = False
     for name in names:

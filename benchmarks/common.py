@@ -72,7 +72,7 @@ def machine_info(device: str) -> dict[str, Any]:
 
     # package metadata, not imports: importing fla costs 10-30 s of Triton decorator set-up
     for mod, dists in (("triton", ("triton",)), ("fla", ("fla-core", "flash-linear-attention")),
-                       ("transformers", ("transformers",))):
+                       ("transformers", ("transformers",)), ("tilelang", ("tilelang",))):
         info[mod] = "unavailable"
         for dist in dists:
             try:

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
-import platform
 import signal
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -47,6 +46,9 @@ from hyla.proxy_train.model import HylaLM
 from hyla.space.layout import Layout
 from hyla.space.presets import get_scale, resolve_preset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import log, machine_info  # noqa: E402  (shared benchmark helpers)
+
 OUT = Path(__file__).resolve().parent / "results" / "gpu_equivalence.json"
 HEADWISE = "gla+a2"
 #: extra equivalence cases beyond the defaults: the short-conv code paths that the default options leave off
@@ -57,23 +59,7 @@ class BudgetExceeded(Exception):
     """Raised by the alarm when ``--max-seconds`` is over."""
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-
-def machine(device: torch.device) -> dict[str, Any]:
-    """Versions, device and date for the results file."""
-    info: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                            "python": platform.python_version(), "torch": torch.__version__, "device": str(device)}
-    for mod in ("triton", "fla", "tilelang"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception as e:  # noqa: BLE001 - record, do not fail
-            info[mod] = f"unavailable: {type(e).__name__}"
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -294,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [k for k in kinds if k not in MIXER_CLASSES and k != "headwise"]
     if unknown:
         raise SystemExit(f"gpu_equivalence: --kinds: unknown {unknown}; expected {[*MIXER_CLASSES, 'headwise']}")
-    results: dict[str, Any] = {"machine": machine(device), "args": vars(args), "equivalence": {}, "throughput": {}}
+    results: dict[str, Any] = {"machine": machine_info(str(device)), "args": vars(args), "equivalence": {}, "throughput": {}}
     if args.max_seconds > 0:
         def on_alarm(*_: Any) -> None:
             raise BudgetExceeded
