@@ -284,3 +284,9 @@ class FlaMixer:
             if use_cache:
                 new[f"conv_{name}"] = c
         return outs, new
+
+    def _qkv_convs(self, x: torch.Tensor, state: State | None,
+                   use_cache: bool) -> tuple[list[torch.Tensor], State]:
+        """CPU: q/k/v projections of ``x`` through ``q_conv1d``/``k_conv1d``/``v_conv1d`` (delta-rule layers)."""
+        return self._convs([(n, getattr(self, f"{n}_conv1d", None), getattr(self, f"{n}_proj")(x)) for n in "qkv"],
+                           state, use_cache)

@@ -100,10 +100,7 @@ class DeltaNetMixer(FlaMixer, DeltaNet):
     def _cpu_forward(self, x: torch.Tensor, state: State | None,
                      use_cache: bool) -> tuple[torch.Tensor, State | None]:
         B, T, _ = x.shape
-        (q, k, v), new_state = self._convs(
-            [("q", getattr(self, "q_conv1d", None), self.q_proj(x)),
-             ("k", getattr(self, "k_conv1d", None), self.k_proj(x)),
-             ("v", getattr(self, "v_conv1d", None), self.v_proj(x))], state, use_cache)
+        (q, k, v), new_state = self._qkv_convs(x, state, use_cache)
         if not self.use_short_conv:  # fla applies the convs' SiLU by hand when they are off
             if self.qk_activation == "silu":
                 q, k = F.silu(q), F.silu(k)
