@@ -29,6 +29,26 @@ def symbol_base(vocab_size: int, task_vocab: int, need: int, where: str) -> int:
     return vocab_size - task_vocab
 
 
+class SymbolTask:
+    """Mixin of the synthetic generators: the level key and the first id of the task's symbol range.
+
+    A subclass (a frozen dataclass with ``name``, ``vocab_size``, ``seq_len``, ``task_vocab``) defines ``symbols_needed``,
+    how many distinct symbols its parameters use; ``base`` validates that they fit and returns the range start.
+    """
+
+    @property
+    def symbols_needed(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def base(self) -> int:
+        return symbol_base(self.vocab_size, self.task_vocab, self.symbols_needed, self.name)
+
+    @property
+    def level(self) -> str:
+        return f"{self.name}@{self.seq_len}"
+
+
 def make_rng(seed: int, salt: str) -> np.random.Generator:
     """A numpy generator fixed by ``seed`` and the task's name, so two tasks with one seed still differ."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(salt.encode())])

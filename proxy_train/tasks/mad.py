@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.tasks.common import IGNORE, check_positive, make_rng, symbol_base, to_tensors
+from hyla.proxy_train.tasks.common import IGNORE, SymbolTask, check_positive, make_rng, to_tensors
 
 
 @dataclass(frozen=True, kw_only=True)
-class InContextRecall:
+class InContextRecall(SymbolTask):
     """MAD in-context recall (module docstring)."""
 
     vocab_size: int
@@ -49,17 +49,17 @@ class InContextRecall:
             raise ConfigError(f"{self.name}.frac_noise: {self.frac_noise!r} must be in [0, 1)")
         if self.noise_vocab < 0 or (self.frac_noise > 0 and self.noise_vocab == 0):
             raise ConfigError(f"{self.name}.noise_vocab: {self.noise_vocab!r} must be >= 1 when frac_noise > 0")
-        symbol_base(self.vocab_size, self.task_vocab, self.noise_vocab + 2, self.name)
+        self.base  # validates the symbol range
 
     @property
-    def level(self) -> str:
-        return f"{self.name}@{self.seq_len}"
+    def symbols_needed(self) -> int:
+        return self.noise_vocab + 2
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples fixed by ``seed``: LongTensors ``(n, seq_len)``."""
         check_positive(self.name, n=n)
         rng = make_rng(seed, self.name)
-        base = symbol_base(self.vocab_size, self.task_vocab, self.noise_vocab + 2, self.name)
+        base = self.base
         n_sym = self.task_vocab - self.noise_vocab
         half = n_sym // 2
         keys, values = base + np.arange(half), base + np.arange(half, n_sym)
@@ -95,7 +95,7 @@ class NoisyRecall(InContextRecall):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FuzzyRecall:
+class FuzzyRecall(SymbolTask):
     """MAD fuzzy recall with multi-token keys and values (module docstring)."""
 
     vocab_size: int
@@ -112,20 +112,20 @@ class FuzzyRecall:
         if self.seq_len < 2 * (self.key_len + self.value_len):
             raise ConfigError(f"{self.name}.seq_len: {self.seq_len!r} must hold two pairs "
                               f"(>= {2 * (self.key_len + self.value_len)})")
-        symbol_base(self.vocab_size, self.task_vocab, 3, self.name)
+        self.base  # validates the symbol range
         if ((self.task_vocab - 1) // 2) ** self.key_len < self.num_keys:
             raise ConfigError(f"{self.name}.num_keys: {self.num_keys!r} distinct key motifs do not fit in "
                               f"task_vocab {self.task_vocab} with key_len {self.key_len}")
 
     @property
-    def level(self) -> str:
-        return f"{self.name}@{self.seq_len}"
+    def symbols_needed(self) -> int:
+        return 3
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples fixed by ``seed``: LongTensors ``(n, seq_len)``."""
         check_positive(self.name, n=n)
         rng = make_rng(seed, self.name)
-        base = symbol_base(self.vocab_size, self.task_vocab, 3, self.name)
+        base = self.base
         half = (self.task_vocab - 1) // 2
         key_sym, val_sym = base + np.arange(half), base + np.arange(half, 2 * half)
         pad = self.vocab_size - 1
@@ -150,7 +150,7 @@ class FuzzyRecall:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectiveCopying:
+class SelectiveCopying(SymbolTask):
     """MAD selective copying (module docstring)."""
 
     vocab_size: int
@@ -165,17 +165,17 @@ class SelectiveCopying:
         if self.seq_len < 2 * self.num_tokens + 1:
             raise ConfigError(f"{self.name}.seq_len: {self.seq_len!r} must be >= 2 * num_tokens + 1 = "
                               f"{2 * self.num_tokens + 1}")
-        symbol_base(self.vocab_size, self.task_vocab, 4, self.name)
+        self.base  # validates the symbol range
 
     @property
-    def level(self) -> str:
-        return f"{self.name}@{self.seq_len}"
+    def symbols_needed(self) -> int:
+        return 4
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` examples fixed by ``seed``: LongTensors ``(n, seq_len)``."""
         check_positive(self.name, n=n)
         rng = make_rng(seed, self.name)
-        base = symbol_base(self.vocab_size, self.task_vocab, 4, self.name)
+        base = self.base
         blank, marker = self.vocab_size - 2, self.vocab_size - 1
         k, T = self.num_tokens, self.seq_len
         body = T - k - 1  # positions before the marker
@@ -192,7 +192,7 @@ class SelectiveCopying:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Memorization:
+class Memorization(SymbolTask):
     """MAD memorization: a fixed key→value map learned in the weights (module docstring)."""
 
     vocab_size: int
@@ -205,15 +205,15 @@ class Memorization:
     def __post_init__(self) -> None:
         if self.seq_len % 2 or self.seq_len < 2:
             raise ConfigError(f"{self.name}.seq_len: {self.seq_len!r} must be even and >= 2")
-        symbol_base(self.vocab_size, self.task_vocab, 2, self.name)
+        self.base  # validates the symbol range
 
     @property
-    def level(self) -> str:
-        return f"{self.name}@{self.seq_len}"
+    def symbols_needed(self) -> int:
+        return 2
 
     def mapping(self) -> dict[int, int]:
         """The fixed key→value map (independent of the example seed)."""
-        base = symbol_base(self.vocab_size, self.task_vocab, 2, self.name)
+        base = self.base
         half = self.task_vocab // 2
         vals = make_rng(self.map_seed, "memorization-map").integers(base + half, self.vocab_size, size=half)
         return {base + j: int(v) for j, v in enumerate(vals)}

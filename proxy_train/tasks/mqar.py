@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.tasks.common import IGNORE, check_positive, make_rng, symbol_base, to_tensors
+from hyla.proxy_train.tasks.common import IGNORE, SymbolTask, check_positive, make_rng, to_tensors
 
 
 @dataclass(frozen=True, kw_only=True)
-class MQAR:
+class MQAR(SymbolTask):
     """Zoology's MQAR generator (module docstring)."""
 
     vocab_size: int
@@ -36,6 +36,8 @@ class MQAR:
     task_vocab: int = 128
     alpha: float = 0.01
 
+    name = "mqar"
+
     def __post_init__(self) -> None:
         check_positive("mqar", seq_len=self.seq_len, num_kv_pairs=self.num_kv_pairs)
         if self.seq_len % 2 or self.seq_len < 4 * self.num_kv_pairs:
@@ -43,7 +45,11 @@ class MQAR:
                               f"{4 * self.num_kv_pairs}")
         if not self.alpha > 0:
             raise ConfigError(f"mqar.alpha: {self.alpha!r} must be > 0")
-        symbol_base(self.vocab_size, self.task_vocab, 2 * self.num_kv_pairs, "mqar")
+        self.base  # validates the symbol range
+
+    @property
+    def symbols_needed(self) -> int:
+        return 2 * self.num_kv_pairs
 
     @property
     def level(self) -> str:
@@ -54,7 +60,7 @@ class MQAR:
         """``n`` examples fixed by ``seed``: inputs and targets, LongTensors ``(n, seq_len)``."""
         check_positive("mqar", n=n)
         rng = make_rng(seed, "mqar")
-        base = symbol_base(self.vocab_size, self.task_vocab, 2 * self.num_kv_pairs, "mqar")
+        base = self.base
         half = self.task_vocab // 2
         key_ids = np.arange(base, base + half)
         value_ids = np.arange(base + half, self.vocab_size)
