@@ -83,6 +83,8 @@ def measure_round(pool: WorkerPool, p: int, layout: Any, config: Any, deadline: 
         if len(ok) == p else {"tokens_per_s": None, "note": "not every run finished ok"}
     rec["overlap"] = overlap
     rec["overlap_tokens_per_s"] = overlap["tokens_per_s"]
+    # runs that never trained at the same time measured nothing about packing: not complete, retried on resume
+    rec["complete"] = rec["complete"] and overlap["tokens_per_s"] is not None
     return rec
 
 

@@ -82,7 +82,8 @@ def test_grid_runs_resumes_and_analyzes(layouts: dict[str, str], tmp_path: Path)
 
 def test_packing_and_warm_start(layouts: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "pack.json"
-    _run("bench_packing.py", *FAST, "--ps", "1,2", "--steps", "5", "--warm-steps", "0",
+    # every worker warm before the measured rounds, so the P = 2 runs start together and overlap
+    _run("bench_packing.py", *FAST, "--ps", "1,2", "--steps", "8", "--warm-steps", "1",
          "--layout", layouts["gla-3:1@t4"], "--out", str(out), triton=tmp_path / "tc")
     rep = json.loads(out.read_text())
     assert rep["complete"] and set(rep["rounds"]) == {"1", "2"}
@@ -91,7 +92,7 @@ def test_packing_and_warm_start(layouts: dict[str, str], tmp_path: Path) -> None
         assert len(rec["per_run_tokens_per_s"]) == int(p)
     assert rep["summary"]["single_tokens_per_s"] == rep["rounds"]["1"]["overlap_tokens_per_s"]
     assert rep["rounds"]["1"]["speedup_vs_1"] == pytest.approx(1.0)
-    proc = _run("bench_packing.py", *FAST, "--ps", "1,2", "--steps", "5", "--warm-steps", "0",
+    proc = _run("bench_packing.py", *FAST, "--ps", "1,2", "--steps", "8", "--warm-steps", "1",
                 "--layout", layouts["gla-3:1@t4"], "--out", str(out), triton=tmp_path / "tc")
     assert "nothing to do" in proc.stdout  # resumed: both P already measured
 
