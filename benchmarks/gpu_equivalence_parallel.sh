@@ -18,4 +18,4 @@ done
   > "$out/gpu_tests.log" 2>&1; echo "pytest exit $?" >> "$out/gpu_tests.log") &
 wait
 python3 "$repo/benchmarks/gpu_equivalence.py" --merge "$out"/parts/*.json --out "$out/gpu_equivalence.json"
-tail -3 "$out/gpu_tests.log"
+[ -n "${SKIP_TESTS:-}" ] || tail -3 "$out/gpu_tests.log"
