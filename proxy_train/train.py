@@ -13,6 +13,24 @@ mean over its own scored tokens: recall rows score only a few answer tokens, and
 them. With ``recall_phase_steps > 0`` recall rows appear only in the last ``recall_phase_steps`` steps (an LM
 phase followed by a mixed recall phase) instead of in every batch.
 
+Why recall is learned at all (measured on CPU, 2-layer attention, d_model 64, MQAR T=32 with 4-8 pairs mixed
+into LM text, ``tests/test_train.py::test_attention_learns_mqar_and_linear_ranks_lower``). MQAR is solved by an
+induction circuit (a previous-token head, then a head matching the query key), which forms abruptly after a
+plateau at "some value of the context" (accuracy 1/P). Two things kept tiny models on that plateau:
+
+- Init scale. fla/flame's flat std 0.02 is tuned for d_model ~1024; at d 64 (per-layer gain 0.02 * sqrt(64) =
+  0.16) attention logits stay near zero and the circuit had not formed after 3000 steps (accuracy 0.25-0.32 at
+  lr 1e-3 or 3e-3; a plain GPT with PyTorch's default init solved the same data in 400 steps). Std 0.04 still
+  failed in 600 steps, 0.05-0.1 solved it by step 300. Hence ``init_std`` defaults to the width-scaled
+  ``0.02 * sqrt(1024 / d_model)`` (0.02 at 1024, 0.04 at 256, 0.08 at 64, 0.11 at 32).
+- Schedule. A cosine to 10 % over 400 steps decays the lr before the circuit forms (0.29-0.44 at step 400);
+  a constant lr after warm-up reached 0.999-1.0 by step 400 (3 seeds); lr 2e-3 is less reliable (1 of 2 seeds
+  failed), 1e-2 never left the plateau. Hence ``decay_fraction`` (warmup-stable-decay): proxies keep the peak lr
+  and decay only at the end.
+
+MQAR's filler also no longer repeats the example's keys (see ``tasks/mqar.py``). With this recipe a pure-GLA
+model of the same size stays at 0.15-0.25 on the same levels, so the recall score ranks layouts.
+
 Presets (``ProxyConfig.load("tiny")``):
 
 - ``tiny``: CPU smoke scale: 8 steps of 4 x 64 tokens, recall levels up to T = 64, a few eval examples. It
@@ -22,7 +40,14 @@ Presets (``ProxyConfig.load("tiny")``):
   copy ``examples/proxy_tiny.yaml`` and raise ``steps`` (and use a shallower custom layout).
 - ``small``: GPU proxy. 24 x 256 layouts, T = 1024, batch 32, 1200 steps = 39M tokens. To scale, keep
   ``seq_len`` and change ``tokens`` (or ``steps``); the schedule follows the step count. Halve ``batch_size`` and
-  double ``steps`` if memory is short.
+  double ``steps`` if memory is short. Designed from the CPU findings above, not tuned on GPU: init std 0.04
+  (width-scaled; the old flat 0.02 at d 256 is a per-layer gain of 0.32, in the range that failed at d 64),
+  peak lr for the first 80 % of the steps (``decay_fraction`` 0.2), and MQAR levels from 8 pairs at T = 128 to
+  64 pairs at T = 1024 (suite ``small``) so the MQAR mean rises with the first solved level. Before these
+  changes, 4M-token ``small`` proxies scored 0.03-0.04 recall for every mixer (chance).
+
+The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
+tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
 """
 
 from __future__ import annotations
@@ -51,7 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "text": {"source": "stdlib", "max_docs": 100}, "recall_suite": "tiny", "recall_mix": 0.25,
              "recall_max_len": 64, "eval_batches": 1, "recall_eval_examples": 4, "eval_batch_size": 4},
     "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
-              "warmup": 100, "text": {"source": "stdlib"}, "recall_suite": "small", "recall_mix": 0.25,
+              "warmup": 100, "decay_fraction": 0.2, "text": {"source": "stdlib"}, "recall_suite": "small", "recall_mix": 0.25,
               "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32},
 }
 
@@ -69,9 +94,17 @@ class ProxyConfig:
         lr: peak learning rate.
         min_lr_ratio: cosine floor as a fraction of ``lr``.
         warmup: linear warm-up steps.
+        decay_fraction: share of the steps (the last ones) over which the lr decays by a cosine to the floor;
+            before that it stays at ``lr`` (warmup-stable-decay). 1.0 = cosine over all post-warm-up steps.
+            Recall forms abruptly (an induction circuit) once enough steps ran at a high lr; an early decay
+            delays it past the proxy budget (module docstring).
         weight_decay: AdamW decay on matrices (norms, biases, fla's A_log/dt_bias excluded).
         betas: AdamW betas.
         grad_clip: global grad-norm clip (0 = off).
+        init_std: std of the Linear/Embedding init (``HylaLM.reset_parameters``). None = width-scaled
+            ``0.02 * sqrt(1024 / d_model)``: the full-scale recipe's 0.02 at d_model 1024 with the same per-layer
+            gain at proxy width (0.08 at d 64, 0.04 at d 256). A flat 0.02 at d <= 256 leaves attention logits
+            so small that induction (recall) does not form within a proxy budget (module docstring).
         seed: seeds model init, data order and recall examples.
         text: LM corpus (see ``hyla.proxy_train.data.TextConfig``).
         tokenizer: ``byte`` or a transformers tokenizer name/path; its vocab must fit the layout's.
@@ -102,9 +135,11 @@ class ProxyConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 5
+    decay_fraction: float = 1.0
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    init_std: float | None = None
     seed: int = 0
     text: TextConfig = field(default_factory=TextConfig)
     tokenizer: str = "byte"
@@ -138,10 +173,14 @@ class ProxyConfig:
             raise ConfigError(f"{w}.tokens: {self.tokens} must be >= 1")
         if not self.lr > 0:
             raise ConfigError(f"{w}.lr: {self.lr} must be > 0")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ConfigError(f"{w}.decay_fraction: {self.decay_fraction} must be in (0, 1]")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"{w}.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
         if self.warmup < 0 or self.recall_phase_steps < 0:
             raise ConfigError(f"{w}.warmup/recall_phase_steps: must be >= 0")
+        if self.init_std is not None and not self.init_std > 0:
+            raise ConfigError(f"{w}.init_std: {self.init_std} must be > 0 (or null for the width-scaled default)")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError(f"{w}.weight_decay/grad_clip: must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -164,6 +203,10 @@ class ProxyConfig:
     def has_recall(self) -> bool:
         """Whether a recall suite is trained/evaluated (a preset or explicit ``recall_tasks``)."""
         return self.recall_suite != "none" or bool(self.recall_tasks)
+
+    def init_std_for(self, d_model: int) -> float:
+        """The init std used for a model of width ``d_model`` (``init_std`` or the width-scaled default)."""
+        return self.init_std if self.init_std is not None else 0.02 * math.sqrt(1024 / d_model)
 
     @property
     def total_steps(self) -> int:
@@ -273,11 +316,16 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def lr_at(step: int, cfg: ProxyConfig) -> float:
-    """Linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio`` at the last step."""
+    """Linear warm-up to ``lr``, constant, then a cosine to ``lr * min_lr_ratio`` over the last
+    ``decay_fraction`` of the post-warm-up steps (reached at the last step)."""
     total = cfg.total_steps
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    span = max(1, total - cfg.warmup)
+    decay_steps = max(1, round(span * cfg.decay_fraction))
+    progress = (step - cfg.warmup - (span - decay_steps)) / decay_steps
+    if progress <= 0:
+        return cfg.lr
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -367,7 +415,9 @@ class _Loop:
     def run(self) -> dict[str, Any]:
         cfg, dev = self.cfg, self.dev
         torch.manual_seed(cfg.seed)
-        model = HylaLM(self.layout, gradient_checkpointing=cfg.gradient_checkpointing).to(dev)
+        model = HylaLM(self.layout, gradient_checkpointing=cfg.gradient_checkpointing)
+        model.reset_parameters(std=cfg.init_std_for(self.layout.d_model))
+        model = model.to(dev)
         self.model = model
         self.fwd = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
         self.opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,

@@ -57,6 +57,7 @@ def test_mqar_labels() -> None:
         assert len(scored) == 8 and all(t >= ctx and (t - ctx) % 2 == 0 for t in scored)
         assert {xi[t] for t in scored} == set(kv)  # each key queried once
         assert all(yi[t] == kv[xi[t]] for t in scored)
+        assert all(xi.count(k) == 2 for k in kv)  # filler never repeats a key: only its pair and its query
 
 
 def test_mqar_gaps_follow_the_power_law() -> None:
@@ -185,7 +186,7 @@ def _suite(**kw) -> RecallSuite:
 
 def test_suite_preset_levels_and_cap() -> None:
     s = _suite()
-    assert s.levels == ("mqar@64x4", "mqar@128x8", "icr@64", "selective_copy@64", "ruler_single@128",
+    assert s.levels == ("mqar@32x4", "mqar@64x8", "mqar@64x16", "icr@64", "selective_copy@64", "ruler_single@128",
                         "ruler_single@256") and s.train_seq_len == 256
     capped = _suite(seq_len_cap=128)
     assert "ruler_single@256" not in capped.levels and capped.train_seq_len == 128
@@ -207,7 +208,7 @@ def test_suite_train_batch() -> None:
 
 def test_suite_eval_examples_are_held_out() -> None:
     s = _suite(seq_len_cap=128)
-    ex, _ = s.eval_set("mqar@128x8", 64, 1234)
+    ex, _ = s.eval_set("mqar@64x16", 64, 1234)
     train_rows = {tuple(r) for step in range(20) for r in s.train_batch(32, step, 0)[0].tolist()}
     assert not {tuple(r) for r in ex.tolist()} & train_rows
 
@@ -236,20 +237,18 @@ def test_suite_oracle_and_random_scores() -> None:
 
 def test_suite_recall_is_mean_over_tasks_of_level_means() -> None:
     s = _suite(seq_len_cap=128)
-    fixed = {"mqar@64x4": 1.0, "mqar@128x8": 0.0}
+    x32, y32 = s.eval_set("mqar@32x4", 8, 1234)
 
-    x64, y64 = s.eval_set("mqar@64x4", 8, 1234)
-
-    def half(inputs: torch.Tensor) -> torch.Tensor:  # perfect on mqar@64x4 only, all-zero logits elsewhere
+    def one_level(inputs: torch.Tensor) -> torch.Tensor:  # perfect on mqar@32x4 only, all-zero logits elsewhere
         logits = torch.zeros(*inputs.shape, V)
-        if inputs.shape == x64.shape and torch.equal(inputs, x64):
-            logits.scatter_(-1, y64.clamp(min=0).unsqueeze(-1), 1.0)
+        if inputs.shape == x32.shape and torch.equal(inputs, x32):
+            logits.scatter_(-1, y32.clamp(min=0).unsqueeze(-1), 1.0)
         return logits
 
-    out = s.evaluate(half, n_examples=8)
-    assert out["mqar@64x4"] == fixed["mqar@64x4"] and out["mqar@128x8"] == 0.0
+    out = s.evaluate(one_level, n_examples=8)
+    assert out["mqar@32x4"] == 1.0 and out["mqar@64x8"] == out["mqar@64x16"] == 0.0
     n_tasks = len({spec.task for spec in s.specs})
-    assert out["recall"] == pytest.approx(0.5 / n_tasks)
+    assert out["recall"] == pytest.approx((1 / 3) / n_tasks)  # one of MQAR's three levels, one of n tasks
 
 
 def test_spec_parsing_and_errors() -> None:
@@ -268,6 +267,6 @@ def test_spec_parsing_and_errors() -> None:
     with pytest.raises(ConfigError, match="preset 'huge'"):
         RecallSuite.preset("huge", V, TOK, HAY)
     with pytest.raises(ConfigError, match="drops every level"):
-        _suite(seq_len_cap=32)
+        _suite(seq_len_cap=16)
     with pytest.raises(ConfigError, match="tokenizer vocab 260 exceeds"):
         RecallSuite.from_specs([{"task": "ruler_single", "seq_len": 256}], 256, TOK)

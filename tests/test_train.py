@@ -127,6 +127,14 @@ def test_lr_schedule() -> None:
     assert T.lr_at(0, cfg) == pytest.approx(0.1) and T.lr_at(9, cfg) == pytest.approx(1.0)
     assert T.lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
     assert T.lr_at(40, cfg) < T.lr_at(20, cfg)
+    wsd = _cfg(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1, decay_fraction=0.2)  # stable until step 82
+    assert T.lr_at(10, wsd) == T.lr_at(81, wsd) == 1.0 and T.lr_at(90, wsd) < 1.0
+    assert T.lr_at(99, wsd) == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        _cfg(decay_fraction=0.0)
+    with pytest.raises(ConfigError, match="init_std"):
+        _cfg(init_std=-1.0)
+    assert _cfg().init_std_for(64) == pytest.approx(0.08) and _cfg(init_std=0.02).init_std_for(64) == 0.02
 
 
 def test_recall_phase_only_at_the_end(layout) -> None:
@@ -160,19 +168,27 @@ def test_cli_train_writes_run_and_prints(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_attention_learns_mqar() -> None:
-    """A 2-layer softmax-attention model trained on MQAR (16 keys, 16 values, 4 pairs at T = 32) mixed into LM text.
+def test_attention_learns_mqar_and_linear_ranks_lower() -> None:
+    """Recall ranks layouts: 2-layer softmax attention (d_model 64) masters MQAR mixed into LM text, a pure-GLA model
+    of the same size trained identically does not.
 
-    Measured: 200 steps reach ~0.24 MQAR accuracy (uniform guessing over the 16 values: 0.0625; copying a random
-    value of the context: 0.25) with the LM loss falling from ~6.2 to ~3.7. Real MQAR solving (> 0.9) needs more
-    steps than a CPU test affords; this checks that the recall rows train the model, not that it masters MQAR.
+    Recipe: MQAR levels T=32 x {4, 8} pairs (16 keys, 16 values), 24 of 32 rows recall, 450 steps at a constant
+    lr 1e-3 after warm-up, width-scaled init (std 0.08 at d 64). Measured on 2 cores with this exact recipe (seeds
+    0, 1): attention 1.0 / 1.0 on both levels (20-24 s), LM val loss 6.4 -> 3.37; GLA 0.23-0.24 on 4 pairs,
+    0.15-0.16 on 8 pairs (32-36 s; chance 1/16, copying some context value 1/P). Curves: attention sits at ~0.25
+    ("some value of the context") until step ~250-350, then the induction circuit forms. The old recipe (init std
+    0.02, cosine to 10 %) was still at 0.25-0.32 after 3000 steps (see the ``train`` module docstring).
     """
-    layout = tiny_layout("attn", "attn", d_model=64, num_heads=2, name="attn-mqar")
-    tasks = [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": 4, "task_vocab": 32}}]
-    common = dict(recall_tasks=tasks, recall_eval_examples=64, eval_batch_size=32, eval_batches=2, batch_size=32)
-    first = run_proxy(layout, _cfg(steps=1, **common), progress=False)
-    result = run_proxy(layout, _cfg(steps=200, recall_mix=0.75, lr=3e-3, warmup=10, weight_decay=0.0, **common),
-                       progress=False)
+    tasks = [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": p, "task_vocab": 32}} for p in (4, 8)]
+    common = dict(recall_tasks=tasks, recall_eval_examples=64, eval_batch_size=32, eval_batches=2, batch_size=32,
+                  recall_mix=0.75, lr=1e-3, warmup=10, min_lr_ratio=1.0, weight_decay=0.0)
+    attn = tiny_layout("attn", "attn", d_model=64, num_heads=2, name="attn-mqar")
+    first = run_proxy(attn, _cfg(steps=1, **common), progress=False)
+    result = run_proxy(attn, _cfg(steps=450, **common), progress=False)
     assert result.status == "ok"
     assert result.lm_val_loss < first.lm_val_loss - 1.0
-    assert result.recall > 0.15 > first.recall, (first.recall_tasks, result.recall_tasks)
+    assert min(result.recall_tasks.values()) >= 0.9 > 0.1 > first.recall, (first.recall_tasks, result.recall_tasks)
+    gla = run_proxy(tiny_layout("gla", "gla", d_model=64, num_heads=2, name="gla-mqar"), _cfg(steps=450, **common),
+                    progress=False)
+    assert gla.status == "ok" and abs(gla.params - result.params) < 0.05 * result.params
+    assert gla.recall_tasks["mqar@32x8"] < result.recall_tasks["mqar@32x8"] - 0.4, gla.recall_tasks

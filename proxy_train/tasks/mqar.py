@@ -11,8 +11,12 @@ Parameters:
 
 Layout of one example (P pairs, context 2P): ``k1 v1 k2 v2 ... kP vP`` then, in the remaining ``T - 2P``
 positions, each key again at an even offset ``2 * gap`` (gaps distinct, in random order); every other position is
-random filler from the task symbols (Zoology draws filler from the whole vocab; here the task range, so filler
-never looks like text). The target after a queried key is its value; every other target is -100.
+random filler from the task symbols other than this example's keys. Zoology draws filler from its whole vocab
+(8192), where a filler token equal to one of the P keys is rare; from a task range of 32-128 symbols it is not
+(mqar@128x8 with 128 symbols: ~6 stray key occurrences per example, each followed by a random token), and a stray
+``k x`` pair is a wrong association that only attention's position bias can ignore, so the keys are excluded.
+Filler never looks like text (task range only). The target after a queried key is its value; every other target
+is -100.
 """
 
 from __future__ import annotations
@@ -68,11 +72,13 @@ class MQAR(SymbolTask):
         space = (self.seq_len - ctx) // 2
         p = self.alpha * np.arange(1, space + 1, dtype=np.float64) ** (self.alpha - 1)
         p /= p.sum()
-        inputs = rng.integers(base, self.vocab_size, size=(n, self.seq_len))  # filler everywhere first
+        symbols = np.arange(base, self.vocab_size)
+        inputs = np.empty((n, self.seq_len), dtype=np.int64)
         targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)
         for i in range(n):
             keys = rng.choice(key_ids, size=pairs, replace=False)
             values = rng.choice(value_ids, size=pairs, replace=False)
+            inputs[i] = rng.choice(np.setdiff1d(symbols, keys), size=self.seq_len)  # filler: no key of this example
             inputs[i, 0:ctx:2] = keys
             inputs[i, 1:ctx:2] = values
             gaps = rng.choice(space, size=pairs, replace=False, p=p)
