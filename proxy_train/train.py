@@ -1,8 +1,8 @@
 """Proxy training: train one layout briefly, score LM loss + synthetic recall, record memory cost.
 
 `run_proxy(layout, config)` is what a search worker calls per trial. It validates everything first (a
-`ConfigError` for bad input is the only exception it raises), then trains with AdamW + linear warmup + cosine
-decay, gradient clipping and bf16 autocast on CUDA (fp32 on CPU), and returns a `ProxyResult`. Divergence
+`ConfigError` for bad input is the only exception it raises), then trains with AdamW (linear warm-up, a stable phase, then a
+cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and bf16 autocast on CUDA (fp32 on CPU), and returns a `ProxyResult`. Divergence
 (a non-finite loss), CUDA out-of-memory and any other failure become a result status (``diverged``, ``oom``,
 ``failed``) instead of an exception, so one bad trial never kills a worker.
 
@@ -19,8 +19,8 @@ induction circuit (a previous-token head, then a head matching the query key), w
 plateau at "some value of the context" (accuracy 1/P). Two things kept tiny models on that plateau:
 
 - Init scale. fla/flame's flat std 0.02 is tuned for d_model ~1024; at d 64 (per-layer gain 0.02 * sqrt(64) =
-  0.16) attention logits stay near zero and the circuit had not formed after 3000 steps (accuracy 0.25-0.32 at
-  lr 1e-3 or 3e-3; a plain GPT with PyTorch's default init solved the same data in 400 steps). Std 0.04 still
+  0.16) attention logits stay near zero and the circuit had not formed after 2000-3000 steps (accuracy
+  0.25-0.32 at lr 1e-3 or 3e-3, also with d 128, 4 heads or filler without keys; a plain GPT with PyTorch's default init solved the same data in 400 steps). Std 0.04 still
   failed in 600 steps, 0.05-0.1 solved it by step 300. Hence ``init_std`` defaults to the width-scaled
   ``0.02 * sqrt(1024 / d_model)`` (0.02 at 1024, 0.04 at 256, 0.08 at 64, 0.11 at 32).
 - Schedule. A cosine to 10 % over 400 steps decays the lr before the circuit forms (0.29-0.44 at step 400);
@@ -37,14 +37,18 @@ Presets (``ProxyConfig.load("tiny")``):
   checks plumbing end to end, not quality. Its cost is dominated by the 24-layer ``tiny`` layouts' CPU mixer
   paths: ``hyla proxy train gla-6:1 --config tiny`` took 46 s wall (41 s in run_proxy, ~70 tokens/s) on a
   shared 2-core machine under moderate load (fla's import alone is ~10-20 s). For a CPU run that learns something,
-  copy ``examples/proxy_tiny.yaml`` and raise ``steps`` (and use a shallower custom layout).
+  use a shallow custom layout and the recipe of ``benchmarks/bench_recall.py`` (4 x d 64, T = 32, 450
+  steps, 2-5 min per layout on 2 cores). The ``tiny`` recall suite (MQAR 4/8/16 pairs over 32 symbols, MAD
+  in-context recall and selective copying; RULER levels only when ``recall_max_len`` allows) stays at chance
+  in 8 steps.
 - ``small``: GPU proxy. 24 x 256 layouts, T = 1024, batch 32, 1200 steps = 39M tokens. To scale, keep
   ``seq_len`` and change ``tokens`` (or ``steps``); the schedule follows the step count. Halve ``batch_size`` and
   double ``steps`` if memory is short. Designed from the CPU findings above, not tuned on GPU: init std 0.04
   (width-scaled; the old flat 0.02 at d 256 is a per-layer gain of 0.32, in the range that failed at d 64),
   peak lr for the first 80 % of the steps (``decay_fraction`` 0.2), and MQAR levels from 8 pairs at T = 128 to
   64 pairs at T = 1024 (suite ``small``) so the MQAR mean rises with the first solved level. Before these
-  changes, 4M-token ``small`` proxies scored 0.03-0.04 recall for every mixer (chance).
+  changes, 4M-token (123-step) ``small`` proxies scored 0.03-0.04 recall for every mixer (chance). The new
+  preset was not run on a GPU yet: check that a Transformer's MQAR levels leave chance before searching.
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
