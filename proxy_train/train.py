@@ -1,10 +1,11 @@
 """Proxy training: train one layout briefly, score LM loss + synthetic recall, record memory cost.
 
 `run_proxy(layout, config)` is what a search worker calls per trial. It validates everything first (a
-`ConfigError` for bad input is the only exception it raises), then trains with AdamW (linear warm-up, a stable phase, then a
-cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and bf16 autocast on CUDA (fp32 on CPU), and returns a `ProxyResult`. Divergence
-(a non-finite loss), CUDA out-of-memory and any other failure become a result status (``diverged``, ``oom``,
-``failed``) instead of an exception, so one bad trial never kills a worker.
+`ConfigError` for bad input is the only exception it raises), then trains with AdamW (linear warm-up, a stable
+phase, then a cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and bf16 autocast on
+CUDA (fp32 on CPU), and returns a `ProxyResult`. Divergence (a non-finite loss), CUDA out-of-memory and any
+other failure become a result status (``diverged``, ``oom``, ``failed``) instead of an exception, so one bad
+trial never kills a worker.
 
 Training stream. Every batch holds ``batch_size`` rows of ``seq_len`` tokens: ``round(batch_size * recall_mix)``
 rows come from the recall suite's training generator (``RecallSuite.train_batch``), the rest are windows of the
@@ -13,283 +14,28 @@ mean over its own scored tokens: recall rows score only a few answer tokens, and
 them. With ``recall_phase_steps > 0`` recall rows appear only in the last ``recall_phase_steps`` steps (an LM
 phase followed by a mixed recall phase) instead of in every batch.
 
-Why recall is learned at all (measured on CPU, 2-layer attention, d_model 64, MQAR T=32 with 4-8 pairs mixed
-into LM text, ``tests/test_train.py::test_attention_learns_mqar_and_linear_ranks_lower``). MQAR is solved by an
-induction circuit (a previous-token head, then a head matching the query key), which forms abruptly after a
-plateau at "some value of the context" (accuracy 1/P). Two things kept tiny models on that plateau:
-
-- Init scale. fla/flame's flat std 0.02 is tuned for d_model ~1024; at d 64 (per-layer gain 0.02 * sqrt(64) =
-  0.16) attention logits stay near zero and the circuit had not formed after 2000-3000 steps (accuracy
-  0.25-0.32 at lr 1e-3 or 3e-3, also with d 128, 4 heads or filler without keys; a plain GPT with PyTorch's default init solved the same data in 400 steps). Std 0.04 still
-  failed in 600 steps, 0.05-0.1 solved it by step 300. Hence ``init_std`` defaults to the width-scaled
-  ``0.02 * sqrt(1024 / d_model)`` (0.02 at 1024, 0.04 at 256, 0.08 at 64, 0.11 at 32).
-- Schedule. A cosine to 10 % over 400 steps decays the lr before the circuit forms (0.29-0.44 at step 400);
-  a constant lr after warm-up reached 0.999-1.0 by step 400 (3 seeds); lr 2e-3 is less reliable (1 of 2 seeds
-  failed), 1e-2 never left the plateau. Hence ``decay_fraction`` (warmup-stable-decay): proxies keep the peak lr
-  and decay only at the end.
-
-MQAR's filler also no longer repeats the example's keys (see ``tasks/mqar.py``). With this recipe a pure-GLA
-model of the same size stays at 0.15-0.25 on the same levels, so the recall score ranks layouts.
-
-Presets (``ProxyConfig.load("tiny")``):
-
-- ``tiny``: CPU smoke scale: 8 steps of 4 x 64 tokens, recall levels up to T = 64, a few eval examples. It
-  checks plumbing end to end, not quality. Its cost is dominated by the 24-layer ``tiny`` layouts' CPU mixer
-  paths: ``hyla proxy train gla-6:1 --config tiny`` took 46 s wall (41 s in run_proxy, ~70 tokens/s) on a
-  shared 2-core machine under moderate load (fla's import alone is ~10-20 s). For a CPU run that learns something,
-  use a shallow custom layout and the recipe of ``benchmarks/bench_recall.py`` (4 x d 64, T = 32, 450
-  steps, 2-5 min per layout on 2 cores). The ``tiny`` recall suite (MQAR 4/8/16 pairs over 32 symbols, MAD
-  in-context recall and selective copying; RULER levels only when ``recall_max_len`` allows) stays at chance
-  in 8 steps.
-- ``small``: GPU proxy. 24 x 256 layouts, T = 1024, batch 32, 1200 steps = 39M tokens. To scale, keep
-  ``seq_len`` and change ``tokens`` (or ``steps``); the schedule follows the step count. Halve ``batch_size`` and
-  double ``steps`` if memory is short. Designed from the CPU findings above, not tuned on GPU: init std 0.04
-  (width-scaled; the old flat 0.02 at d 256 is a per-layer gain of 0.32, in the range that failed at d 64),
-  peak lr for the first 80 % of the steps (``decay_fraction`` 0.2), and MQAR levels from 8 pairs at T = 128 to
-  64 pairs at T = 1024 (suite ``small``) so the MQAR mean rises with the first solved level. Before these
-  changes, 4M-token (123-step) ``small`` proxies scored 0.03-0.04 recall for every mixer (chance). The new
-  preset was not run on a GPU yet: check that a Transformer's MQAR levels leave chance before searching.
-
-The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
-tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
+The configuration (``ProxyConfig``, presets, the learning-rate schedule) and the result type live in
+``hyla.proxy_train.proxy_config``, which also records why the recipe learns recall; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import math
 import resource
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
-from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.proxy_data import ProxyData, prepare_data
 from hyla.proxy_train.model import HylaLM
+from hyla.proxy_train.proxy_config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
+from hyla.proxy_train.proxy_data import ProxyData, prepare_data
 from hyla.space.layout import Layout
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup": 2,
-             "text": {"source": "stdlib", "max_docs": 100}, "recall_suite": "tiny", "recall_mix": 0.25,
-             "recall_max_len": 64, "eval_batches": 1, "recall_eval_examples": 4, "eval_batch_size": 4},
-    "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
-              "warmup": 100, "decay_fraction": 0.2, "text": {"source": "stdlib"}, "recall_suite": "small", "recall_mix": 0.25,
-              "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32},
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProxyConfig:
-    """Everything that defines one proxy training (model shape comes from the layout).
-
-    Attributes:
-        scale: layout scale for preset names given without ``@scale`` (e.g. ``gla-6:1``).
-        seq_len: training context T (recall tasks are padded/cut to it).
-        batch_size: rows per step (text + recall).
-        steps: optimizer steps; exactly one of ``steps`` / ``tokens`` must be set.
-        tokens: training token budget; steps = ceil(tokens / (batch_size * seq_len)).
-        lr: peak learning rate.
-        min_lr_ratio: cosine floor as a fraction of ``lr``.
-        warmup: linear warm-up steps.
-        decay_fraction: share of the steps (the last ones) over which the lr decays by a cosine to the floor;
-            before that it stays at ``lr`` (warmup-stable-decay). 1.0 = cosine over all post-warm-up steps.
-            Recall forms abruptly (an induction circuit) once enough steps ran at a high lr; an early decay
-            delays it past the proxy budget (module docstring).
-        weight_decay: AdamW decay on matrices (norms, biases, fla's A_log/dt_bias excluded).
-        betas: AdamW betas.
-        grad_clip: global grad-norm clip (0 = off).
-        init_std: std of the Linear/Embedding init (``HylaLM.reset_parameters``). None = width-scaled
-            ``0.02 * sqrt(1024 / d_model)``: the full-scale recipe's 0.02 at d_model 1024 with the same per-layer
-            gain at proxy width (0.08 at d 64, 0.04 at d 256). A flat 0.02 at d <= 256 leaves attention logits
-            so small that induction (recall) does not form within a proxy budget (module docstring).
-        seed: seeds model init, data order and recall examples.
-        text: LM corpus (see ``hyla.proxy_train.data.TextConfig``).
-        tokenizer: ``byte`` or a transformers tokenizer name/path; its vocab must fit the layout's.
-        recall_suite: recall suite preset (``tiny``, ``small``) or ``none``.
-        recall_mix: fraction of each batch's rows that are recall tasks (0 = LM only).
-        recall_tasks: explicit suite levels (``{task, seq_len, params}`` mappings, see
-            ``hyla.proxy_train.tasks.suite``); when given they replace ``recall_suite``'s preset.
-        recall_phase_steps: if > 0, recall rows only in the last this-many steps.
-        recall_max_len: drop suite levels longer than this (None = keep all; levels longer than ``seq_len``
-            are evaluated but not trained on, i.e. they measure length generalisation).
-        eval_batches: held-out LM batches (of ``eval_batch_size`` rows) for ``lm_val_loss``.
-        recall_eval_examples: held-out examples per recall task level.
-        eval_batch_size: rows per evaluation forward (None = batch_size).
-        memory_context: context length at which KV/state bytes are reported.
-        memory_dtype: dtype for the reported memory (model dtype at inference).
-        device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
-        dtype: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; or force ``float32`` / ``bfloat16``.
-        compile: torch.compile the model (CUDA only; ignored on CPU).
-        gradient_checkpointing: recompute blocks in backward.
-        log_every: progress-bar refresh interval in steps.
-    """
-
-    scale: str = "tiny"
-    seq_len: int = 64
-    batch_size: int = 8
-    steps: int | None = None
-    tokens: int | None = None
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 5
-    decay_fraction: float = 1.0
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    init_std: float | None = None
-    seed: int = 0
-    text: TextConfig = field(default_factory=TextConfig)
-    tokenizer: str = "byte"
-    recall_suite: str = "tiny"
-    recall_mix: float = 0.25
-    recall_tasks: tuple[dict[str, Any], ...] = ()
-    recall_phase_steps: int = 0
-    recall_max_len: int | None = None
-    eval_batches: int = 2
-    recall_eval_examples: int = 16
-    eval_batch_size: int | None = None
-    memory_context: int = 2048
-    memory_dtype: str = field(default="bfloat16", metadata={"choices": ("bfloat16", "float16", "float32")})
-    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
-    dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        w = "proxy config"
-        for name in ("seq_len", "batch_size", "eval_batches", "recall_eval_examples", "memory_context", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{w}.{name}: {getattr(self, name)} must be >= 1")
-        if (self.steps is None) == (self.tokens is None):
-            raise ConfigError(f"{w}: set exactly one of 'steps' and 'tokens' (got steps={self.steps}, "
-                              f"tokens={self.tokens})")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"{w}.steps: {self.steps} must be >= 1")
-        if self.tokens is not None and self.tokens < 1:
-            raise ConfigError(f"{w}.tokens: {self.tokens} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"{w}.lr: {self.lr} must be > 0")
-        if not 0.0 < self.decay_fraction <= 1.0:
-            raise ConfigError(f"{w}.decay_fraction: {self.decay_fraction} must be in (0, 1]")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"{w}.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup < 0 or self.recall_phase_steps < 0:
-            raise ConfigError(f"{w}.warmup/recall_phase_steps: must be >= 0")
-        if self.init_std is not None and not self.init_std > 0:
-            raise ConfigError(f"{w}.init_std: {self.init_std} must be > 0 (or null for the width-scaled default)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(f"{w}.weight_decay/grad_clip: must be >= 0")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"{w}.betas: {self.betas} must be two numbers in [0, 1)")
-        if not 0.0 <= self.recall_mix < 1.0:
-            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} must be in [0, 1) (some rows must be LM text)")
-        if self.recall_mix > 0 and not self.has_recall:
-            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} > 0 needs a recall_suite (got 'none')")
-        if self.recall_mix > 0 and self.recall_rows < 1:
-            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} x batch_size {self.batch_size} rounds to 0 rows")
-        if self.eval_batch_size is not None and self.eval_batch_size < 1:
-            raise ConfigError(f"{w}.eval_batch_size: {self.eval_batch_size} must be >= 1")
-
-    @property
-    def recall_rows(self) -> int:
-        """Recall rows per training batch."""
-        return int(round(self.batch_size * self.recall_mix)) if self.has_recall else 0
-
-    @property
-    def has_recall(self) -> bool:
-        """Whether a recall suite is trained/evaluated (a preset or explicit ``recall_tasks``)."""
-        return self.recall_suite != "none" or bool(self.recall_tasks)
-
-    def init_std_for(self, d_model: int) -> float:
-        """The init std used for a model of width ``d_model`` (``init_std`` or the width-scaled default)."""
-        return self.init_std if self.init_std is not None else 0.02 * math.sqrt(1024 / d_model)
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps (from ``steps`` or the token budget)."""
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil(self.tokens / (self.batch_size * self.seq_len)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "proxy config") -> ProxyConfig:
-        """Parse a mapping; ``preset: NAME`` starts from that preset and the other keys override it."""
-        data = dict(data or {})
-        preset = data.pop("preset", None)
-        if preset is not None:
-            if preset not in PRESETS:
-                raise ConfigError(f"{where}.preset: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-            base = dict(PRESETS[preset])
-            if "steps" in data or "tokens" in data:  # the override picks the budget kind
-                base.pop("steps", None), base.pop("tokens", None)
-            data = {**base, **data}
-        return from_mapping(cls, data, where)
-
-    @classmethod
-    def load(cls, path_or_preset: str | Path) -> ProxyConfig:
-        """A preset name (``tiny``, ``small``) or a YAML file (which may say ``preset: tiny`` and override)."""
-        s = str(path_or_preset)
-        if s in PRESETS:
-            return cls.from_dict({"preset": s}, where=f"preset {s}")
-        if not (s.endswith((".yaml", ".yml")) or Path(s).exists()):
-            raise ConfigError(f"proxy config: {s!r} is neither a preset ({', '.join(PRESETS)}) nor a YAML file")
-        data = load_yaml(s)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{s}: expected a mapping at the top level, got {type(data).__name__}")
-        return cls.from_dict(data, where=s)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: to_mapping(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        out["betas"] = list(self.betas)
-        return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProxyResult:
-    """Outcome of one proxy training (JSON-serialisable via `to_dict`).
-
-    Memory fields are per sequence at ``context`` tokens in ``memory_dtype``: ``kv_bytes`` = softmax KV caches,
-    ``recurrent_bytes`` = linear-mixer recurrent + short-conv states, ``state_bytes`` = their sum (all inference
-    state). ``peak_mem_bytes`` is CUDA max allocated on GPU, the process peak RSS on CPU.
-    """
-
-    status: str
-    fail_reason: str | None = None
-    lm_val_loss: float | None = None
-    recall: float | None = None
-    recall_tasks: dict[str, float] = field(default_factory=dict)
-    train_loss: float | None = None
-    params: int = 0
-    non_embedding_params: int = 0
-    kv_bytes: int = 0
-    recurrent_bytes: int = 0
-    state_bytes: int = 0
-    context: int = 0
-    tokens_seen: int = 0
-    tokens_per_s: float | None = None
-    peak_mem_bytes: int | None = None
-    wall_s: float = 0.0
-    steps: int = 0
-    diverged_step: int | None = None
-    layout_key: str = ""
-    layout_name: str = ""
-    device: str = ""
-    versions: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProxyResult:
-        return cls(**data)
+from hyla.config import ConfigError, dump_yaml
 
 
 def _versions() -> dict[str, str]:
@@ -317,21 +63,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"proxy device: {requested!r} requested but CUDA is not available; use cpu or auto")
     return torch.device(requested)
-
-
-def lr_at(step: int, cfg: ProxyConfig) -> float:
-    """Linear warm-up to ``lr``, constant, then a cosine to ``lr * min_lr_ratio`` over the last
-    ``decay_fraction`` of the post-warm-up steps (reached at the last step)."""
-    total = cfg.total_steps
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    span = max(1, total - cfg.warmup)
-    decay_steps = max(1, round(span * cfg.decay_fraction))
-    progress = (step - cfg.warmup - (span - decay_steps)) / decay_steps
-    if progress <= 0:
-        return cfg.lr
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _peak_mem(device: torch.device) -> int:
