@@ -102,7 +102,9 @@ def _spec(task: str, seq_len: int, **params: Any) -> RecallTaskSpec:
 #: Presets: ``tiny`` is cheap on CPU (T <= 256), ``small`` is the GPU proxy suite (T 128-1024). MQAR runs from an
 #: easy level (few pairs) to a hard one (more pairs than a small linear state holds), so the mean over its levels
 #: moves as soon as the induction circuit forms instead of sitting at chance until the hardest level is solved.
-#: ``tiny`` uses 32 MQAR symbols (16 keys, 16 values): every symbol's embedding is seen often in a CPU budget.
+#: MQAR levels use the fewest symbols their pairs allow (at least 32): every symbol's embedding must be seen often
+#: within a proxy budget. Measured on CPU (``benchmarks/results/bench_recall_cpu_t128_*symbols.json``: 2-layer
+#: attention, d 64, mqar@128x8, 1200 steps of 16 rows): 32 symbols -> 0.999, 128 symbols -> 0.126 (copy level).
 PRESETS: dict[str, tuple[RecallTaskSpec, ...]] = {
     "tiny": (
         _spec("mqar", 32, num_kv_pairs=4, task_vocab=32), _spec("mqar", 64, num_kv_pairs=8, task_vocab=32),
@@ -111,8 +113,8 @@ PRESETS: dict[str, tuple[RecallTaskSpec, ...]] = {
         _spec("ruler_single", 128, template="short"), _spec("ruler_single", 256, template="short"),
     ),
     "small": (
-        _spec("mqar", 128, num_kv_pairs=8), _spec("mqar", 256, num_kv_pairs=16), _spec("mqar", 512, num_kv_pairs=32),
-        _spec("mqar", 1024, num_kv_pairs=64),
+        _spec("mqar", 128, num_kv_pairs=8, task_vocab=32), _spec("mqar", 256, num_kv_pairs=16, task_vocab=32),
+        _spec("mqar", 512, num_kv_pairs=32, task_vocab=64), _spec("mqar", 1024, num_kv_pairs=64, task_vocab=128),
         _spec("icr", 256), _spec("noisy_recall", 256), _spec("fuzzy_recall", 256),
         _spec("selective_copy", 256, num_tokens=16),
         _spec("ruler_single", 512), _spec("ruler_single", 1024), _spec("ruler_multikey", 1024),
