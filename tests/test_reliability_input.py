@@ -17,7 +17,7 @@ import pytest
 
 from hyla.cli import main
 from hyla.config import dump_yaml
-from test_search_helpers import PROXY, SPACE, study_dict
+from test_search_helpers import PROXY, SPACE, study_dict, write_study
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -53,9 +53,7 @@ def write(tmp: Path, name: str, text: str) -> Path:
 
 def study(tmp: Path, name: str = "bad", **kw: Any) -> Path:
     """A study YAML that would be valid without ``kw``; its run_dir lies inside ``tmp``."""
-    path = tmp / f"{name}.yaml"
-    dump_yaml(study_dict(tmp, name, **kw), path)
-    return path
+    return write_study(tmp, name, **kw)
 
 
 def layout_yaml(tmp: Path, name: str = "layout.yaml", **kw: Any) -> Path:
