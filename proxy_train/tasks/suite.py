@@ -103,7 +103,7 @@ def _spec(task: str, seq_len: int, **params: Any) -> RecallTaskSpec:
 #: easy level (few pairs) to a hard one (more pairs than a small linear state holds), so the mean over its levels
 #: moves as soon as the induction circuit forms instead of sitting at chance until the hardest level is solved.
 #: MQAR levels use the fewest symbols their pairs allow (at least 32): every symbol's embedding must be seen often
-#: within a proxy budget. Measured on CPU (``benchmarks/results/bench_recall_cpu_t128_*symbols.json``: 2-layer
+#: within a proxy budget. Measured on CPU (``benchmarks/results/bench_recall_cpu_t128_*symbols.json``: 4-layer
 #: attention, d 64, mqar@128x8, 1200 steps of 16 rows): 32 symbols -> 0.999, 128 symbols -> 0.126 (copy level).
 PRESETS: dict[str, tuple[RecallTaskSpec, ...]] = {
     "tiny": (
