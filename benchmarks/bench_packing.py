@@ -3,7 +3,8 @@
 Small proxies are launch-bound (a few % MFU, see /work/shared/GPU.md), so several processes sharing one GPU should
 multiply the throughput. We start max(P) long-lived workers once, warm every one of them with a short run of the
 same proxy (compilation and autotuning are per process), then for each P submit the measured proxy (fixed steps)
-to the first P workers at the same moment.
+to the first P workers; each run waits at a start barrier (``common.WorkerPool.release``) once its data and model
+are built, so the P runs begin training together however uneven their set-up was.
 
 The aggregate is measured where all P runs train at once: from the per-step timestamps of each run (see
 ``common.StepProbe``) we take the window from the latest "end of step 0" to the earliest "start of the last step",
@@ -58,16 +59,24 @@ def overlap_throughput(step_starts: list[list[float]], tokens_per_step: int) -> 
 
 
 def measure_round(pool: WorkerPool, p: int, layout: Any, config: Any, deadline: Deadline) -> dict[str, Any]:
-    """Submit one run to each of the first ``p`` workers at once and collect them."""
+    """Submit one run to each of the first ``p`` workers and collect them; the runs wait at the start barrier until
+    every one of them has built its data and model, so their training steps begin together."""
     for wid in range(p):
-        pool.submit(wid, f"p{p}w{wid}", layout, config)
+        pool.submit(wid, f"p{p}w{wid}", layout, config, sync=True)
     runs: dict[int, dict[str, Any]] = {}
+    waiting: set[int] = set()
     while len(runs) < p:
         msg = pool.get(deadline)
         if msg is None:
             break
         kind, wid, _, payload = msg
-        runs[wid] = payload if kind == "result" else {"error": payload["error"]}
+        if kind == "at_start":
+            waiting.add(wid)
+        else:  # finished or failed (a run that fails before the barrier no longer holds the others)
+            runs[wid] = payload if kind == "result" else {"error": payload["error"]}
+        if waiting and len(waiting) + len(runs) == p:
+            pool.release(waiting)
+            waiting = set()
     ok = [r for r in runs.values() if "result" in r and r["result"]["status"] == "ok"]
     rec: dict[str, Any] = {
         "p": p, "complete": len(ok) == p,

@@ -11,6 +11,10 @@ previous step's ``float(loss)`` (which synchronises the GPU). `StepProbe` wraps 
 wall time of the first call for each step, so ``times[1]`` is the end of step 0 and ``times[k]`` the end of
 step ``k - 1``. If ``lr_at`` ever disappears the probe records nothing and the scripts say so (no made-up numbers).
 
+Start barrier. A job submitted with ``sync=True`` stops at its first ``lr_at`` call (data and model built, no step
+run yet), reports ``at_start`` and waits for `WorkerPool.release`: runs meant to share a device (packing) then
+begin their step 0 together, however long each took to set up.
+
 Call `setup_env` before anything imports triton or fla (it sets the compile caches the workers share).
 """
 
@@ -176,10 +180,11 @@ def load_layouts(names: list[str], scale: str) -> list[Any]:
 class StepProbe:
     """Records the wall time at which each training step of ``run_proxy`` begins (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_first_step: Any = None) -> None:
         self.times: dict[int, float] = {}
         self._orig: Any = None
         self.active = False
+        self.before_first_step = before_first_step  # called once, before step 0 is timed (the start barrier)
 
     def __enter__(self) -> StepProbe:
         import hyla.proxy_train.train as train
@@ -190,6 +195,8 @@ class StepProbe:
         orig, times = self._orig, self.times
 
         def lr_at(step: int, cfg: Any) -> float:
+            if not times and self.before_first_step is not None:
+                self.before_first_step()
             times.setdefault(int(step), time.time())  # first param group only
             return orig(step, cfg)
 
@@ -211,15 +218,18 @@ class StepProbe:
         return out
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one proxy trial described by ``job`` and return its result plus timing marks (worker side)."""
+def run_job(job: dict[str, Any], before_first_step: Any = None) -> dict[str, Any]:
+    """Run one proxy trial described by ``job`` and return its result plus timing marks (worker side).
+
+    ``before_first_step``: called once when the trial is about to run its step 0 (the start barrier).
+    """
     from hyla.proxy_train.train import ProxyConfig, run_proxy
     from hyla.space.layout import Layout
 
     t_recv = time.time()
     layout = Layout.from_dict(job["layout"])
     config = ProxyConfig.from_dict(job["config"])
-    with StepProbe() as probe:
+    with StepProbe(before_first_step) as probe:
         result = run_proxy(layout, config, out_dir=job.get("out_dir"), progress=False, device=job["device"],
                            overwrite=bool(job.get("out_dir")))
     t_end = time.time()
@@ -246,8 +256,12 @@ def _worker_main(wid: int, jobs: Any, results: Any, device: str) -> None:
         job = jobs.get()
         if job is None:
             return
+        def wait_for_release(job_id: str = job["id"]) -> None:
+            results.put(("at_start", wid, job_id, {}))
+            jobs.get()  # the release token of WorkerPool.release
+
         try:
-            out = run_job(job)
+            out = run_job(job, wait_for_release if job.get("sync") else None)
             results.put(("result", wid, job["id"], out))
         except BaseException as e:  # noqa: BLE001 - ConfigError etc.: report it, keep the worker alive
             results.put(("error", wid, job["id"], {"error": f"{type(e).__name__}: {e}",
@@ -286,10 +300,17 @@ class WorkerPool:
                 self.ready[wid] = payload
         return True
 
-    def submit(self, wid: int, job_id: str, layout: Any, config: Any, out_dir: str | None = None) -> None:
-        """Send one trial to worker ``wid`` (stamped with the submission time)."""
+    def submit(self, wid: int, job_id: str, layout: Any, config: Any, out_dir: str | None = None,
+               sync: bool = False) -> None:
+        """Send one trial to worker ``wid`` (stamped with the submission time); ``sync``: hold it at the start
+        barrier (an ``at_start`` message) until `release`."""
         self.queues[wid].put({"id": job_id, "layout": layout.to_dict(), "config": config.to_dict(),
-                              "device": self.device, "out_dir": out_dir, "t_submit": time.time()})
+                              "device": self.device, "out_dir": out_dir, "t_submit": time.time(), "sync": sync})
+
+    def release(self, wids: Any) -> None:
+        """Let the ``sync`` trials waiting at the start barrier on workers ``wids`` begin their step 0."""
+        for wid in wids:
+            self.queues[wid].put({"release": True})
 
     def get(self, deadline: Deadline, wait: float | None = None, poll: float = 1.0
             ) -> tuple[str, int, Any, Any] | None:

@@ -82,7 +82,7 @@ def test_grid_runs_resumes_and_analyzes(layouts: dict[str, str], tmp_path: Path)
 
 def test_packing_and_warm_start(layouts: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "pack.json"
-    # every worker warm before the measured rounds, so the P = 2 runs start together and overlap
+    # the start barrier makes the P = 2 runs train together, so their overlap window is never empty
     _run("bench_packing.py", *FAST, "--ps", "1,2", "--steps", "8", "--warm-steps", "1",
          "--layout", layouts["gla-3:1@t4"], "--out", str(out), triton=tmp_path / "tc")
     rep = json.loads(out.read_text())
