@@ -138,6 +138,63 @@ def test_training_step_every_linear_kind(linear_kind: str) -> None:
     _one_step(tiny_layout(linear_kind, f"{linear_kind}+a1", "attn"))
 
 
+def _lm_loss(model: HylaLM, ids: torch.Tensor) -> torch.Tensor:
+    logits, _ = model(ids[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+
+
+#: kinds whose bf16 gradients legitimately differ from fp32 at this tiny shape. fla 0.6's HGRN-2 computes its key
+#: ``1 - exp(logsigmoid(f))`` in the input dtype: in bf16 the first layer's gradients came out 1.1 (relative) away
+#: from the CPU fp32 ones on an H100 while the loss matched to 1%, and the same step in fp32 on CUDA matched to
+#: 1.8e-3. For these kinds the fp32 CUDA step is checked instead (fla's kernels vs our path, without bf16).
+BF16_GRADIENT_SENSITIVE = {"hgrn2"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fla Triton kernels)")
+def test_training_step_on_cuda_matches_cpu(linear_kind: str) -> None:
+    """One bf16 step on CUDA (fla kernels, SDPA, head-wise layer) from the same weights as an fp32 step on CPU
+    (our torch paths): same loss, same gradients up to bf16 error, every parameter updated."""
+    layout = tiny_layout(linear_kind, f"{linear_kind}+a1", "attn", linear_kind, d_model=64, num_heads=2)
+    torch.manual_seed(0)
+    cpu = HylaLM(layout).train()
+    gpu = HylaLM(layout).cuda().train()
+    gpu.load_state_dict(cpu.state_dict())
+    ids = torch.randint(0, 256, (2, 129))  # T = 128 > 64: fla's chunk kernels, not the fused recurrent ones
+    loss_cpu = _lm_loss(cpu, ids)
+    loss_cpu.backward()
+    opt = torch.optim.AdamW(gpu.param_groups(0.1), lr=1e-2)
+    before = {n: p.detach().clone() for n, p in gpu.named_parameters()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss_gpu = _lm_loss(gpu, ids.cuda())
+    loss_gpu.backward()
+    assert abs(loss_gpu.item() - loss_cpu.item()) < 1e-2 * loss_cpu.item()
+    names = [n for n, _ in cpu.named_parameters()]
+    g_cpu = dict(cpu.named_parameters())
+    g_gpu = dict(gpu.named_parameters())
+    missing = [n for n in names if g_gpu[n].grad is None or not torch.isfinite(g_gpu[n].grad).all()]
+    assert not missing, f"parameters without a finite gradient on CUDA: {missing}"
+    flat_cpu = torch.cat([g_cpu[n].grad.flatten() for n in names])
+    flat_gpu = torch.cat([g_gpu[n].grad.float().flatten().cpu() for n in names])
+    per_param = sorted(((g_gpu[n].grad.float().cpu() - g_cpu[n].grad).norm().item()
+                        / max(g_cpu[n].grad.norm().item(), 1e-12), n) for n in names)[::-1]
+    worst = ", ".join(f"{n} {e:.2g} (|g| {g_cpu[n].grad.norm().item():.2g})" for e, n in per_param[:5])
+    err = ((flat_gpu - flat_cpu).norm() / flat_cpu.norm()).item()
+    if linear_kind in BF16_GRADIENT_SENSITIVE or err >= 5e-2:  # the same step in fp32 on CUDA: bf16 or the path?
+        fp32 = HylaLM(layout).cuda().train()
+        fp32.load_state_dict(cpu.state_dict())
+        _lm_loss(fp32, ids.cuda()).backward()
+        flat32 = torch.cat([p.grad.flatten().cpu() for p in fp32.parameters()])
+        err32 = ((flat32 - flat_cpu).norm() / flat_cpu.norm()).item()
+        worst += f"; fp32 on CUDA: {err32:.3g}"
+        assert err32 < 1e-2, f"fp32 gradient error on CUDA {err32:.3g}; worst bf16 gradients: {worst}"
+    if linear_kind not in BF16_GRADIENT_SENSITIVE:
+        assert err < 5e-2, f"gradient error {err:.3g}; worst gradients: {worst}"
+    opt.step()
+    unchanged = [n for n, p in gpu.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged, f"parameters the step did not change: {unchanged}"
+
+
 def test_gradient_checkpointing_same_gradients() -> None:
     layout = _mixed_layout()
     ids = torch.randint(0, 256, (2, 12))
