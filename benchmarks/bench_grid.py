@@ -46,6 +46,21 @@ from common import (check_device, RESULTS_DIR, Deadline, WorkerPool, add_common_
 
 NAME = "bench_grid"
 WORST_EXPECTED = ("hgrn", "retnet")
+#: training tokens/s of one 24 x 256 proxy per layer kind on an H100 (three packed, results/small_proxies_h100.json;
+#: attention from ../shared/GPU.md): only the *order* matters, for scheduling the slowest layouts first
+KIND_TOKENS_PER_S = {"mamba2": 34e3, "deltanet": 35e3, "gdn": 80e3, "hgrn2": 109e3, "retnet": 145e3, "gla": 168e3,
+                     "hgrn": 244e3, "attn": 294e3}
+
+
+def slowest_first(layouts: list[Any]) -> list[Any]:
+    """Longest expected trial first (LPT scheduling: the last trials to finish are short ones, so the workers end
+    together). A layout's cost is the mean per-token time of its layers' kinds; unknown kinds count as slowest."""
+    slowest = min(KIND_TOKENS_PER_S.values())
+
+    def cost(layout: Any) -> float:
+        return sum(1.0 / KIND_TOKENS_PER_S.get(spec.mixer, slowest) for spec in layout.layers) / layout.n_layers
+
+    return sorted(layouts, key=cost, reverse=True)  # stable: equal costs keep the given order
 
 
 def layout_traits(layout: Any) -> dict[str, Any]:
@@ -251,6 +266,7 @@ def run_grid(args: argparse.Namespace) -> int:
     done = latest_by_layout(read_jsonl(args.jsonl), ckey)
     redo = ("ok", "diverged") if args.retry_failed else ("ok", "diverged", "failed", "oom")
     todo = [lay for lay in layouts if not (lay.key() in done and done[lay.key()]["status"] in redo)]
+    todo = slowest_first(todo) if args.order == "slowest-first" else todo
     log(f"{len(layouts)} layouts, {len(layouts) - len(todo)} done; {len(todo)} to run on {args.p} workers "
         f"({config.total_steps} steps each, config {ckey})")
     if args.plan:
@@ -331,6 +347,8 @@ def main() -> int:
     ap.add_argument("--budget-tokens", type=int, default=None, help="training tokens per layout (shrinks the proxy)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per layout (instead of tokens)")
     ap.add_argument("--p", type=int, default=4, help="concurrent proxy processes on the GPU")
+    ap.add_argument("--order", choices=("slowest-first", "given"), default="slowest-first",
+                    help="trial order: expected-longest first (default; workers finish together) or as listed")
     ap.add_argument("--retry-failed", action="store_true", help="re-run layouts recorded as failed/oom")
     ap.add_argument("--analyze", action="store_true", help="only analyse the JSONL")
     ap.add_argument("--plan", action="store_true", help="only list the layouts still to run")

@@ -187,3 +187,14 @@ def test_analyze_contrary_grid_rejects_all_four() -> None:
     assert f["pure_recall_far_worse"]["holds"] is False
     assert f["retnet_hgrn_hybrids_worst"]["holds"] is False
     assert grid.analyze([])["recall_rises_with_attention"]["holds"] is None
+
+
+def test_grid_schedules_slowest_layouts_first() -> None:
+    from hyla.space.presets import paper_grid
+
+    order = [lay.name for lay in grid.slowest_first(paper_grid("small"))]
+    assert sorted(order) == sorted(lay.name for lay in paper_grid("small"))
+    assert order[0] == "deltanet-pure@small" and order[-1] == "transformer@small"
+    # within a mixer, more linear layers (of a slower kind than attention) come first
+    gla = [name for name in order if name.startswith("gla-")]
+    assert gla == ["gla-pure@small", "gla-24:1@small", "gla-12:1@small", "gla-6:1@small", "gla-3:1@small"]
