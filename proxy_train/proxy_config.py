@@ -41,8 +41,10 @@ Presets (``ProxyConfig.load("tiny")``):
   64 pairs at T = 1024 (suite ``small``) so the MQAR mean rises with the first solved level, each over the fewest
   symbols its pairs allow (32 up to 16 pairs: with 128 symbols a 4-layer attention model stayed at the copy
   level, 0.126, on mqar@128x8 after 1200 CPU steps where 32 symbols reached 0.999). Before these
-  changes, 4M-token (123-step) ``small`` proxies scored 0.03-0.04 recall for every mixer (chance). The new
-  preset was not run on a GPU yet: check that a Transformer's MQAR levels leave chance before searching.
+  changes, 4M-token (123-step) ``small`` proxies scored 0.03-0.04 recall for every mixer (chance). On an H100 a
+  shortened run of this preset (489 steps of 16 rows, 8M tokens) still left recall at chance, and the paper-grid
+  run (``benchmarks/grid_proxy.yaml``: T 256, half the rows MQAR, 450 steps) taught MQAR to DeltaNet layouts
+  (0.88-1.00) but not yet to the Transformer (0.065): use the full 1200 steps or more before ranking recall.
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
