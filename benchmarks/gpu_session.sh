@@ -23,6 +23,8 @@ export PYTHONPATH=/tmp/site:/tmp/site2 TRITON_CACHE_DIR=/tmp/hyla_triton TRITON_
     FLA_CACHE_MODE=fuzzy PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 OUT=${OUT:-/tmp/hyla_out}
 GRID=/tmp/hyla_grid
+# from /tmp, not the repo root: its hyla/ would shadow the installed package (space/ etc. map into it)
+gpu_pytest() { (cd /tmp && python3 -m pytest "$REPO/tests" -m gpu -p no:cacheprovider -rA "$@"); }
 pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "$@"; }
 
 case "${1:-}" in
@@ -52,17 +54,16 @@ case "${1:-}" in
   tests)
     shift
     mkdir -p "$OUT"
-    cd /tmp  # not the repo root: its hyla/ would shadow the installed package (space/ etc. map into it)
     set +e
-    python3 -m pytest "$REPO/tests" -m gpu -p no:cacheprovider -q -rA "$@" 2>&1 | tee "$OUT/gpu_tests.log"
+    gpu_pytest -q "$@" 2>&1 | tee "$OUT/gpu_tests.log"
     status=${PIPESTATUS[0]}
     set -e
     echo "pytest exit $status" ;;
   tests-start)  # the same in the background (setsid): survives the call; grid-wait copies its log
     shift
     mkdir -p "$GRID"
-    (cd /tmp && setsid nohup python3 -m pytest "$REPO/tests" -m gpu -p no:cacheprovider -v -rA "$@" \
-      > "$GRID/gpu_tests.log" 2>&1 < /dev/null &)
+    export -f gpu_pytest && export REPO
+    setsid nohup bash -c 'gpu_pytest -v "$@"' gpu_pytest "$@" > "$GRID/gpu_tests.log" 2>&1 < /dev/null &
     echo "tests started" ;;
   grid-wait)
     limit=${2:-540}

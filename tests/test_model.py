@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import mixer_available, skip_if_missing, tiny_layout
+from conftest import mixer_available, tiny_layout
 from hyla.proxy_train.model import HylaLM, greedy_decode
 from hyla.space.cost import param_count
 from hyla.space.mixers import LINEAR_MIXERS
