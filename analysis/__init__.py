@@ -4,6 +4,7 @@
 - `pareto`: non-dominated sets, knee point, named picks (knee, best-recall, min-kv, best-loss)
 - `plots`: plotly Pareto fronts (imported lazily), `write_html` / `write_png`
 - `report`: one self-contained HTML page per study
+- `significance`: neighbours on a front compared beyond seed noise (Welch's t-test, interval overlap)
 - `export`: layout.yaml, hf_config/, fla_config.json, full_run.yaml of one trial
 - `calibrate`: proxy vs reference rank agreement (Spearman, Kendall, bootstrap CIs)
 

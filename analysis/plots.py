@@ -5,10 +5,15 @@ switches between rungs (rung proxies differ in budget, so their numbers are not 
 front points (solid, joined by a step line in 2-D), dominated points (dimmed), infeasible points (``x``), and
 paper-grid presets drawn as a labelled reference family (diamonds). Failed trials are not plotted but counted in
 the title. Hover shows the layer string, trial number, rung and every metric.
+
+Seed noise: a metric with a recorded standard error of the mean (``TrialRecord.sem``) gets error bars of
+``±z·sem`` (z = 2 by default; with 3 seeds that is about an 80 % t-interval) on its axis, only on points whose sem
+is > 0, hover shows ``mean ± sem (n seeds)``, and the title says what the bars are.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -41,23 +46,42 @@ def _hover(r: TrialRecord, names: Sequence[str]) -> str:
     if r.preset:
         parts.append(f"preset {r.preset}")
     for n in names:
-        v = r.metric(n)
-        if v is not None:
+        v, sem = r.metric(n), r.sem(n)
+        if v is not None and sem:
+            parts.append(f"{n}: {v:.4g} ± {sem:.2g} ({r.n_seeds} seed{'s' * (r.n_seeds != 1)})")
+        elif v is not None:
             parts.append(f"{n}: {v:.4g}")
     if not r.feasible:
         parts.append("infeasible: " + ", ".join(f"{k}={v:.3g}" for k, v in r.constraints.items() if v > 0))
     return "<br>".join(parts)
 
 
-def _trace(go: Any, recs: list[TrialRecord], axes: Sequence[str], names: Sequence[str], **kw: Any) -> Any:
+def _trace(go: Any, recs: list[TrialRecord], axes: Sequence[str], names: Sequence[str], z: float,
+           **kw: Any) -> Any:
     coords = {k: [r.metric(a) for r in recs] for k, a in zip("xyz", axes)}
+    for k, a in zip("xyz", axes):
+        bars = [z * (r.sem(a) or 0.0) for r in recs]  # 0 where the sem is 0 or unknown: no bar
+        if any(b > 0 for b in bars):
+            kw[f"error_{k}"] = {"type": "data", "array": bars, "visible": True, "thickness": 1.2, "width": 3}
     text = [_hover(r, names) for r in recs]
     cls = go.Scatter3d if len(axes) == 3 else go.Scatter
     return cls(**coords, hovertext=text, hoverinfo="text", **kw)
 
 
-def rung_traces(data: StudyData, rung: int, axes: Sequence[str]) -> tuple[list[Any], int]:
-    """Traces of one rung (front, dominated, infeasible, presets) and the number of failed trials left out."""
+def noise_note(records: Sequence[TrialRecord], axes: Sequence[str], z: float = 2.0) -> str:
+    """What the error bars are, e.g. ``error bars: ±2 s.e.m. over 3 seeds`` ("" when no point has one)."""
+    seeds = sorted({r.n_seeds for r in records if any((r.sem(a) or 0.0) > 0 for a in axes)})
+    if not seeds or z == 0:
+        return ""
+    n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    return f"error bars: ±{z:g} s.e.m. over {n} seed{'s' * (n != '1')}"
+
+
+def rung_traces(data: StudyData, rung: int, axes: Sequence[str], z: float = 2.0) -> tuple[list[Any], int]:
+    """Traces of one rung (front, dominated, infeasible, presets) and the number of failed trials left out.
+
+    Points whose metric has a sem > 0 get error bars of ``±z·sem`` on that axis.
+    """
     go = _go()
     names = data.metric_names()
     recs = data.select(rung=rung)
@@ -73,22 +97,23 @@ def rung_traces(data: StudyData, rung: int, axes: Sequence[str]) -> tuple[list[A
     is3d = len(axes) == 3
     size = 4 if is3d else 9
     traces = [
-        _trace(go, front, axes, names, name=f"Pareto front (rung {rung})", mode="markers" if is3d else "lines+markers",
-               marker=dict(size=size + 2, color="#d62728"),
-               **({} if is3d else {"line": dict(shape="hv", color="#d62728", width=1.5)})),
-        _trace(go, dominated, axes, names, name="dominated", mode="markers",
-               marker=dict(size=size, color="#1f77b4", opacity=0.35)),
-        _trace(go, infeasible, axes, names, name="infeasible (constraint)", mode="markers",
-               marker=dict(size=size, color="#7f7f7f", symbol="x", opacity=0.6)),
-        _trace(go, presets, axes, names, name="paper grid", mode="markers+text",
-               text=[r.preset for r in presets], textposition="top center", textfont=dict(size=9),
-               marker=dict(size=size + 1, color="#2ca02c", symbol="diamond", line=dict(width=1, color="black"))),
+        _trace(go, front, axes, names, z, name=f"Pareto front (rung {rung})",
+               mode="markers" if is3d else "lines+markers", marker={"size": size + 2, "color": "#d62728"},
+               **({} if is3d else {"line": {"shape": "hv", "color": "#d62728", "width": 1.5}})),
+        _trace(go, dominated, axes, names, z, name="dominated", mode="markers",
+               marker={"size": size, "color": "#1f77b4", "opacity": 0.35}),
+        _trace(go, infeasible, axes, names, z, name="infeasible (constraint)", mode="markers",
+               marker={"size": size, "color": "#7f7f7f", "symbol": "x", "opacity": 0.6}),
+        _trace(go, presets, axes, names, z, name="paper grid", mode="markers+text",
+               text=[r.preset for r in presets], textposition="top center", textfont={"size": 9},
+               marker={"size": size + 1, "color": "#2ca02c", "symbol": "diamond",
+                       "line": {"width": 1, "color": "black"}}),
     ]
     return traces, failed
 
 
 def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recall"),
-                  rungs: Sequence[int] | None = None, title: str | None = None) -> Any:
+                  rungs: Sequence[int] | None = None, title: str | None = None, z: float = 2.0) -> Any:
     """A Pareto-front figure over 2 or 3 metrics, one dropdown entry per rung.
 
     Args:
@@ -97,11 +122,14 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
         rungs: rungs to include (default all, highest first: its proxies are the longest); the first is shown
             initially.
         title: figure title (default: study name and metrics).
+        z: error-bar half-width in standard errors of the mean (0 = no bars).
 
     Returns:
         A ``plotly.graph_objects.Figure``.
     """
     go = _go()
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
+        raise ConfigError(f"pareto z: {z!r} is not allowed; expected a finite number >= 0")
     if len(axes) not in (2, 3) or len(set(axes)) != len(axes):
         raise ConfigError(f"pareto axes: {list(axes)} must be 2 or 3 distinct metrics")
     for a in axes:
@@ -117,7 +145,7 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
     fig = go.Figure()
     per_rung: list[tuple[int, int, int]] = []  # (rung, trace count, failed)
     for i, rung in enumerate(rungs):
-        traces, failed = rung_traces(data, rung, axes)
+        traces, failed = rung_traces(data, rung, axes, z)
         for t in traces:
             t.visible = i == 0
             fig.add_trace(t)
@@ -125,14 +153,16 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
     base = title or f"{data.name}: " + " vs ".join(_LABELS.get(a, a) for a in reversed(axes[:2]))
 
     def head(rung: int, failed: int) -> str:
-        return f"{base} (rung {rung}; {failed} failed trial{'s' * (failed != 1)} not shown)"
+        note = noise_note([r for r in data.select(rung=rung) if r.complete], axes, z)
+        return (f"{base} (rung {rung}; {failed} failed trial{'s' * (failed != 1)} not shown)"
+                + (f"<br><sup>{note}</sup>" if note else ""))
 
     fig.update_layout(title=head(per_rung[0][0], per_rung[0][2]), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.18), margin=dict(t=70), height=560)
+                      legend={"orientation": "h", "y": -0.18}, margin={"t": 70}, height=560)
     arrow = {a: (" (lower is better)" if data.direction(a) == "minimize" else " (higher is better)") for a in axes}
     if len(axes) == 3:
-        fig.update_layout(scene=dict(xaxis_title=axes[0] + arrow[axes[0]], yaxis_title=axes[1] + arrow[axes[1]],
-                                     zaxis_title=axes[2] + arrow[axes[2]]))
+        fig.update_layout(scene={"xaxis_title": axes[0] + arrow[axes[0]], "yaxis_title": axes[1] + arrow[axes[1]],
+                                 "zaxis_title": axes[2] + arrow[axes[2]]})
     else:
         fig.update_xaxes(title=_LABELS.get(axes[0], axes[0]) + arrow[axes[0]])
         fig.update_yaxes(title=_LABELS.get(axes[1], axes[1]) + arrow[axes[1]])
@@ -143,10 +173,10 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
         buttons, start = [], 0
         for rung, n, failed in per_rung:
             vis = [start <= k < start + n for k in range(total)]
-            buttons.append(dict(label=f"rung {rung}", method="update",
-                                args=[{"visible": vis}, {"title": head(rung, failed)}]))
+            buttons.append({"label": f"rung {rung}", "method": "update",
+                            "args": [{"visible": vis}, {"title": head(rung, failed)}]})
             start += n
-        fig.update_layout(updatemenus=[dict(buttons=buttons, x=1.0, xanchor="right", y=1.12, yanchor="top")])
+        fig.update_layout(updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.12, "yanchor": "top"}])
     return fig
 
 

@@ -1,8 +1,10 @@
 """`hyla analysis report`: one self-contained HTML page per study.
 
-Sections: study config, per-rung counts, Pareto plots (the standard views that the study's metrics allow), layer
-diagrams of the best layout per trade-off (`hyla.analysis.pareto.PICKS`), a sortable trial table (a few lines of
-inline JS, no external assets) and a failure summary. plotly.js is inlined once, so the page opens offline.
+Sections: study config, per-rung counts, Pareto plots (the standard views that the study's metrics allow, with
+±z·sem error bars), layer diagrams of the best layout per trade-off (`hyla.analysis.pareto.PICKS`), seed noise
+along each rung's front (`hyla.analysis.significance`: is each neighbour really different?), a sortable trial
+table (mean ± sem and seed count per metric; a few lines of inline JS, no external assets) and a failure summary.
+plotly.js is inlined once, so the page opens offline.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import yaml
 
 from hyla.config import ConfigError
 from hyla.analysis.pareto import PICKS, pick
-from hyla.analysis.study_data import StudyData
+from hyla.analysis.significance import front_pair_tests
+from hyla.analysis.study_data import StudyData, TrialRecord
 from hyla.space.layout import Layout
 
 #: Diagram colours: softmax attention stands out (red); linear kinds get calm distinct colours.
@@ -42,6 +45,7 @@ h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
 th{background:#f4f4f4;cursor:pointer;position:sticky;top:0} td.l,th.l{text-align:left;font-family:monospace}
 tr.fail td{color:#a00} tr.infeasible td{color:#888} pre{background:#f8f8f8;padding:10px;overflow:auto}
+td.sig{color:#070} td.ns{color:#a60}
 .diagram{margin:10px 0 18px} .legend span{display:inline-block;margin-right:12px;font-size:13px}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}
 """
@@ -90,18 +94,25 @@ def _fmt(name: str, v: float | None) -> str:
     return f"{v:.4g}"
 
 
+def _mean_sem(t: TrialRecord, m: str) -> str:
+    """``mean ± sem`` when the metric has a spread over seeds, else the mean alone."""
+    v, s = t.metric(m), t.sem(m)
+    return _fmt(m, v) + (f" ± {s:.2g}" if v is not None and s else "")
+
+
 def _trial_table(data: StudyData) -> str:
     metrics = data.metric_names()
-    head = ["rung", "trial", "state", "layout", "preset", "feasible", *metrics, "parent", "fail reason"]
+    head = ["rung", "trial", "state", "layout", "preset", "feasible", "seeds", *metrics, "parent", "fail reason"]
     rows = []
     for t in data.trials:
         cls = "fail" if t.state == "FAIL" else ("infeasible" if not t.feasible else "")
         cells = [f"<td>{t.rung}</td>", f"<td>{t.number}</td>", f'<td class="l">{t.state}</td>',
                  f'<td class="l">{html.escape(t.layout_string)}</td>',
-                 f'<td class="l">{html.escape(t.preset or "")}</td>', f"<td>{'yes' if t.feasible else 'no'}</td>"]
+                 f'<td class="l">{html.escape(t.preset or "")}</td>', f"<td>{'yes' if t.feasible else 'no'}</td>",
+                 f"<td>{t.n_seeds}</td>"]
         for m in metrics:
             v = t.metric(m)
-            cells.append(f'<td data-v="{"" if v is None else v}">{_fmt(m, v)}</td>')
+            cells.append(f'<td data-v="{"" if v is None else v}">{_mean_sem(t, m)}</td>')
         cells.append(f"<td>{'' if t.parent is None else t.parent}</td>")
         cells.append(f'<td class="l">{html.escape((t.fail_reason or "")[:120])}</td>')
         rows.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
@@ -109,6 +120,33 @@ def _trial_table(data: StudyData) -> str:
                   f"{html.escape(h)}</th>" for h in head)
     return (f'<table class="sortable" id="trials"><thead><tr>{ths}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _noise_section(data: StudyData, z: float) -> str:
+    """Per rung: neighbouring front points and whether their recall / lm_loss differ beyond seed noise."""
+    metrics = [m for m in ("recall", "lm_loss") if any(t.metric(m) is not None for t in data.trials if t.complete)]
+    out = [("<p>Each rung's Pareto front sorted by its cost axis; for each neighbouring pair, Welch's t-test on the "
+            "per-seed values (two-sided, significant when p &lt; 0.05; needs ≥ 2 seeds on both sides) and whether "
+            f"the intervals mean ± {z:g} s.e.m. are separated (the rule promotion uses).</p>")]
+    for rung in data.rungs:
+        tests = front_pair_tests(data, rung, metrics=metrics, z=z) if metrics else []
+        if not tests:
+            out.append(f"<p>rung {rung}: fewer than two front points with {' / '.join(metrics) or 'metrics'}.</p>")
+            continue
+        rows = []
+        for t in tests:
+            cls = {True: "sig", False: "ns", None: ""}[t.significant]
+            rows.append(f"<tr><td>{t.a.number} → {t.b.number}</td>"
+                        f'<td class="l">{html.escape(t.a.layout_string)} → {html.escape(t.b.layout_string)}</td>'
+                        f'<td class="l">{html.escape(t.metric)}</td><td>{_mean_sem(t.a, t.metric)}</td>'
+                        f"<td>{_mean_sem(t.b, t.metric)}</td><td>{t.diff:+.3g}</td>"
+                        f'<td class="l {cls}">{html.escape(t.verdict)}</td>'
+                        f'<td class="l">{html.escape(t.intervals)}</td></tr>')
+        ths = "".join(f"<th>{h}</th>" for h in ("trials", "layouts", "metric", "a", "b", "b − a", "Welch t-test",
+                                               f"intervals (±{z:g} s.e.m.)"))
+        out.append(f'<h3>rung {rung}</h3><table class="noise" id="noise-rung{rung}"><thead><tr>{ths}</tr></thead>'
+                   f"<tbody>{''.join(rows)}</tbody></table>")
+    return "".join(out)
 
 
 def _failures(data: StudyData) -> str:
@@ -141,7 +179,7 @@ def _best_layouts(data: StudyData) -> str:
     return _legend(kinds) + "".join(out)
 
 
-def _plots(data: StudyData) -> str:
+def _plots(data: StudyData, z: float) -> str:
     from hyla.analysis.plots import STANDARD_VIEWS, pareto_figure
 
     names = set(data.metric_names())
@@ -151,13 +189,13 @@ def _plots(data: StudyData) -> str:
         views = [(data.objectives[0].name, data.objectives[1].name)]
     chunks = []
     for i, axes in enumerate(views):
-        fig = pareto_figure(data, axes=axes)
+        fig = pareto_figure(data, axes=axes, z=z)
         chunks.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_width="100%"))
     return "".join(chunks) or "<p>No two metrics to plot.</p>"
 
 
-def render_report(data: StudyData) -> str:
-    """The whole report page as one HTML string."""
+def render_report(data: StudyData, z: float = 2.0) -> str:
+    """The whole report page as one HTML string (``z``: error bars and intervals are mean ± z·sem)."""
     counts = []
     for r in data.rungs:
         c = Counter(t.state for t in data.select(rung=r))
@@ -169,20 +207,22 @@ def render_report(data: StudyData) -> str:
 <html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head><body>
 <h1>{title}</h1><p>source: <code>{html.escape(data.source)}</code> — objectives: {html.escape(objs)}</p>
 <ul>{''.join(counts)}</ul>
-<h2>Pareto fronts</h2>{_plots(data)}
+<h2>Pareto fronts</h2>{_plots(data, z)}
 <h2>Best layouts per trade-off</h2><p>Picked among complete, feasible trials of the highest rung.</p>
 {_best_layouts(data)}
-<h2>Trials</h2><p>Click a column header to sort.</p>{_trial_table(data)}
+<h2>Seed noise along the fronts</h2>{_noise_section(data, z)}
+<h2>Trials</h2><p>Values are means over seeds (± one s.e.m. where there is a spread). Click a column header to
+sort.</p>{_trial_table(data)}
 <h2>Failures</h2>{_failures(data)}
 <h2>Study config</h2><pre>{html.escape(config)}</pre>
 <script>{_SORT_JS}</script></body></html>
 """
 
 
-def write_report(data: StudyData, path: str | Path) -> Path:
+def write_report(data: StudyData, path: str | Path, z: float = 2.0) -> Path:
     """Write the report page to ``path`` (parent directories created)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(render_report(data), encoding="utf-8")
+    p.write_text(render_report(data, z), encoding="utf-8")
     return p
 

@@ -4,12 +4,18 @@ A study is found from any of: an Optuna RDB URL (``sqlite:///...``, ``postgresql
 (``study.journal``), a run directory holding ``study.journal``, or the study YAML that ran it. Rungs may be stored
 as separate studies named ``<name>/rung<r>`` or as a ``rung`` trial user attr; both are read and merged, so the
 rest of the analysis only sees ``TrialRecord.rung``.
+
+Noise: a trial may carry user attrs ``objective_sem`` (standard error of the mean per objective, in objective
+order) and ``n_seeds``, and its ProxyResult dict ``seed_values`` (metric -> one value per seed), ``sem`` and
+``seeds``. `TrialRecord.sem`, `TrialRecord.seed_values` and `TrialRecord.n_seeds` expose them; studies written
+before seeds existed load with ``sem(...) is None`` and ``n_seeds == 1``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "params": ("params", "minimize"),
     "tokens_per_s": ("tokens_per_s", "maximize"),
 }
+#: Metrics computed exactly from the layout (no seed noise): their sem is 0.
+DETERMINISTIC: tuple[str, ...] = ("memory_bytes", "kv_bytes", "params")
 _RUNG_RE = re.compile(r"^(?P<base>.+)/rung(?P<rung>\d+)$")
 
 
@@ -62,20 +70,60 @@ class TrialRecord:
     result: dict[str, Any]
     fail_reason: str | None
     user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    objective_sem: dict[str, float | None] = field(default_factory=dict)  # by objective name; None = unknown
+    n_seeds: int = 1  # seeds averaged into the values
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE"
+
+    def sem(self, name: str) -> float | None:
+        """Standard error of the mean of a metric over seeds.
+
+        0.0 for exact metrics (memory, KV bytes, params); else the trial's ``objective_sem``, the result's
+        ``sem``, or one computed from ``seed_values`` (>= 2 seeds); None when unknown (one seed, old studies).
+        """
+        if name in DETERMINISTIC:
+            return 0.0
+        if self.objective_sem.get(name) is not None:
+            return self.objective_sem[name]
+        key = METRICS.get(name, (name, ""))[0]
+        sems = self.result.get("sem")
+        if isinstance(sems, dict):
+            v = _number(sems.get(key, sems.get(name)))
+            if v is not None:
+                return v
+        vals = self.seed_values(name)
+        if len(vals) >= 2:
+            return statistics.stdev(vals) / math.sqrt(len(vals))
+        return None
+
+    def seed_values(self, name: str) -> list[float]:
+        """One value per seed (the result's ``seed_values``); a single-seed trial gives ``[metric]`` or ``[]``."""
+        per_seed = self.result.get("seed_values")
+        if isinstance(per_seed, dict):
+            key = METRICS.get(name, (name, ""))[0]
+            raw = per_seed.get(key, per_seed.get(name))
+            if isinstance(raw, list) and raw:
+                vals = [_number(v) for v in raw]
+                if all(v is not None for v in vals):
+                    return vals  # type: ignore[return-value]
+        v = self.metric(name)
+        return [] if v is None else [v]
 
     def metric(self, name: str) -> float | None:
         """An objective value by name; falls back to the recorded ProxyResult for non-objective metrics."""
         if name in self.values:
             return self.values[name]
         key = METRICS.get(name, (name, ""))[0]
-        value = self.result.get(key, self.result.get(name))
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        return None
+        return _number(self.result.get(key, self.result.get(name)))
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (missing, NaN, a string ...)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -247,6 +295,14 @@ def _record(study: str, t: Any, rung: int | None, objectives: tuple[Objective, .
     constraints = dict(t.constraints)
     result = ua.get("result") if isinstance(ua.get("result"), dict) else {}
     parent = ua.get("parent")
+    raw_sem = ua.get("objective_sem")
+    sems: dict[str, float | None] = {}
+    if isinstance(raw_sem, list) and len(raw_sem) == len(objectives):  # anything else: sem unknown
+        sems = {o.name: _number(s) for o, s in zip(objectives, raw_sem)}
+    seeds = result.get("seeds")
+    n_seeds = ua.get("n_seeds")
+    if not isinstance(n_seeds, int) or isinstance(n_seeds, bool) or n_seeds < 1:
+        n_seeds = len(seeds) if isinstance(seeds, list) and seeds else 1
     return TrialRecord(
         study=study, number=t.number, rung=int(ua.get("rung", rung if rung is not None else 0)),
         state=t.state.name, values=values, layout=layout,
@@ -255,4 +311,4 @@ def _record(study: str, t: Any, rung: int | None, objectives: tuple[Objective, .
         preset=ua.get("preset") or None, parent=int(parent) if parent is not None else None,
         feasible=all(v <= 0.0 for v in constraints.values()), constraints=constraints, result=result,
         fail_reason=ua.get("fail_reason") or (result.get("fail_reason") if t.state.name == "FAIL" else None),
-        user_attrs=ua)
+        user_attrs=ua, objective_sem=sems, n_seeds=n_seeds)

@@ -7,6 +7,7 @@ loss from a seeded formula that rewards softmax heads, so fronts have a meaningf
 from __future__ import annotations
 
 import random
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,83 @@ def build_study(tmp_path: Path, rung_mode: str = "studies", name: str = "toy", s
     return path
 
 
+#: Hand-made values for `build_noise_study` rung 0: (layers, recall, LM loss): lists = one value per seed; floats =
+#: an old-style single-seed trial without any seed attrs. Sorted by memory the front is rows 0, 1, 2, 3; rows 4
+#: and 5 are dominated. Neighbour verdicts (Welch, p < 0.05): 0->1 recall yes, loss no; 1->2 recall no, loss yes;
+#: 2->3 both yes.
+NOISE_ROWS: list[tuple[list[str], list[float] | float, list[float] | float]] = [
+    (["gla", "gla", "gla", "gla"], [0.20, 0.22, 0.21], [3.10, 3.12, 3.11]),
+    (["gla", "gla", "gla", "attn"], [0.60, 0.62, 0.61], [3.11, 3.09, 3.13]),
+    (["gla", "attn", "gla", "attn"], [0.60, 0.66, 0.63], [3.00, 3.01, 3.02]),
+    (["attn", "attn", "attn", "attn"], [0.95, 0.96, 0.97], [2.90, 2.91, 2.92]),
+    (["gdn", "gdn", "gdn", "attn"], [0.30, 0.31, 0.32], [3.30, 3.31, 3.32]),
+    (["retnet", "retnet", "retnet", "retnet"], 0.15, 3.5),
+]
+#: Rung 1 of `build_noise_study`: rows 1 and 2 again, single seed (both on the front).
+NOISE_ROWS_RUNG1: list[tuple[list[str], float, float]] = [(NOISE_ROWS[1][0], 0.70, 2.80),
+                                                         (NOISE_ROWS[2][0], 0.75, 2.70)]
+
+
+def seeded_result(layout: Layout, recall: list[float], loss: list[float]) -> dict[str, Any]:
+    """A ProxyResult dict of a multi-seed run: means, per-seed values, sems (sample sd / sqrt(n)) and seeds."""
+    train = [v + 0.05 for v in loss]
+    per_seed = {"recall": recall, "lm_val_loss": loss, "train_loss": train}
+    sem = {k: statistics.stdev(v) / len(v) ** 0.5 for k, v in per_seed.items()}
+    return {"status": "ok", "fail_reason": None, "recall": statistics.fmean(recall),
+            "lm_val_loss": statistics.fmean(loss), "train_loss": statistics.fmean(train), "seed_values": per_seed,
+            "sem": sem, "seeds": list(range(len(recall))), "recall_tasks": {"mqar": statistics.fmean(recall)},
+            "tokens_per_s": 1000.0, **costs(layout)}
+
+
+def build_noise_study(tmp_path: Path, name: str = "noisy") -> Path:
+    """A 2-rung study whose rung-0 trials carry seed spreads (`NOISE_ROWS`) as the search stores them.
+
+    Rung 0 trials: user attrs ``objective_sem`` (objective order; memory 0.0) and ``n_seeds``, results with
+    ``seed_values``/``sem``/``seeds``. Rung 1: `NOISE_ROWS_RUNG1`, old-style single-seed trials.
+    """
+    path = tmp_path / "run" / "study.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    for rung, rows in ((0, NOISE_ROWS), (1, NOISE_ROWS_RUNG1)):
+        s = optuna.create_study(study_name=f"{name}/rung{rung}", storage=storage,
+                                directions=[o["direction"] for o in OBJECTIVES])
+        s.set_user_attr("config", {"name": name, "objectives": [o["name"] for o in OBJECTIVES], "context": CONTEXT})
+        s.set_user_attr("objectives", OBJECTIVES)
+        for layers, recall, loss in rows:
+            layout = tiny_layout(layers)
+            t = s.ask()
+            for k, v in (("layout", layout.to_dict()), ("layout_key", layout.key()), ("rung", rung),
+                         ("parent", None if rung == 0 else [r[0] for r in NOISE_ROWS].index(layers))):
+                t.set_user_attr(k, v)
+            t.set_constraint("memory", -1.0)
+            if isinstance(recall, float):  # the study format before seeds: one value, no spread recorded
+                res = {**fake_result(layout, rung, random.Random(0)), "recall": recall, "lm_val_loss": loss}
+            else:
+                res = seeded_result(layout, recall, loss)
+                t.set_user_attr("objective_sem", [res["sem"]["lm_val_loss"], res["sem"]["recall"], 0.0])
+                t.set_user_attr("n_seeds", len(recall))
+            t.set_user_attr("result", res)
+            s.tell(t, [res["lm_val_loss"], res["recall"], res["state_bytes"]])
+    return path
+
+
 def test_build_study_writes_both_rung_modes(tmp_path: Path) -> None:
     for mode in ("studies", "attr"):
         p = build_study(tmp_path / mode, rung_mode=mode)
         names = optuna.get_all_study_names(optuna.storages.JournalStorage(JournalFileBackend(str(p))))
         assert names == (["toy/rung0", "toy/rung1"] if mode == "studies" else ["toy"])
+
+
+def test_build_noise_study_records_the_spread(tmp_path: Path) -> None:
+    from hyla.analysis.study_data import load_study
+
+    data = load_study(build_noise_study(tmp_path))
+    first, old = data.select(rung=0)[0], data.select(rung=0)[5]
+    assert first.n_seeds == 3 and first.seed_values("recall") == [0.20, 0.22, 0.21]
+    assert first.sem("recall") == pytest.approx(0.01 / 3 ** 0.5)
+    assert first.sem("lm_loss") == pytest.approx(first.result["sem"]["lm_val_loss"])  # lm_loss -> lm_val_loss
+    assert first.seed_values("lm_loss") == [3.10, 3.12, 3.11]
+    assert first.sem("memory_bytes") == 0.0 and first.sem("params") == 0.0
+    # a trial written before seeds existed still loads: unknown spread, one seed
+    assert old.n_seeds == 1 and old.sem("recall") is None and old.sem("lm_loss") is None
+    assert old.seed_values("recall") == [old.metric("recall")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hyla.analysis.plots import pareto_figure, write_html, write_png
 from hyla.analysis.report import layer_diagram, render_report, write_report
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
-from test_analysis_fixtures import LAYOUTS, build_study, tiny_layout
+from test_analysis_fixtures import LAYOUTS, NOISE_ROWS, build_noise_study, build_study, tiny_layout
 
 NO_CHROMIUM = "no chromium binary (apt-get install chromium); the lead's .ci/run installs it"
 
@@ -19,6 +20,11 @@ NO_CHROMIUM = "no chromium binary (apt-get install chromium); the lead's .ci/run
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory):
     return load_study(build_study(tmp_path_factory.mktemp("study")))
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory: pytest.TempPathFactory):
+    return load_study(build_noise_study(tmp_path_factory.mktemp("noisy")))
 
 
 def _by_name(fig, rung: int) -> dict[str, object]:
@@ -104,3 +110,72 @@ def test_png_without_browser_is_a_clear_error(study, tmp_path: Path, monkeypatch
     monkeypatch.setattr(plots, "find_browser", lambda: None)
     with pytest.raises(ConfigError, match="PNG export needs a Chrome/Chromium"):
         write_png(pareto_figure(study), tmp_path / "x.png")
+
+
+def test_seeded_study_draws_error_bars(noisy) -> None:
+    fig = pareto_figure(noisy, axes=("memory_bytes", "recall"), rungs=[0])
+    front, dominated = fig.data[0], fig.data[1]
+    recs = {r.layout_string: r for r in noisy.select(rung=0)}
+    assert len(front.error_y.array) == len(front.x) == 4
+    # bars are +-2 s.e.m. of each point's recall; memory is exact, so no horizontal bars
+    want = [2 * recs[h.split("</b>")[0].removeprefix("<b>")].sem("recall") for h in front.hovertext]
+    assert list(front.error_y.array) == pytest.approx(want) and all(b > 0 for b in want)
+    assert front.error_y.visible and front.error_x.array is None
+    # the single-seed (old-style) dominated trial gets a zero-length bar, the 3-seed one a real bar
+    assert sorted(dominated.error_y.array) == [0.0, pytest.approx(2 * 0.01 / 3 ** 0.5)]
+    assert "error bars: ±2 s.e.m. over 3 seeds" in fig.layout.title.text
+    assert any("recall: 0.21 ± 0.0058 (3 seeds)" in h for h in front.hovertext)
+    assert all("memory_bytes: " in h and "memory_bytes: 8192 ±" not in h for h in front.hovertext)
+    # rung 1 has one seed per trial: no bars and no note; z=3 widens the bars; a bad z is refused
+    one = pareto_figure(noisy, axes=("memory_bytes", "recall"), rungs=[1])
+    assert one.data[0].error_y.array is None and "error bars" not in one.layout.title.text
+    wide = pareto_figure(noisy, axes=("memory_bytes", "recall"), rungs=[0], z=3.0)
+    assert list(wide.data[0].error_y.array) == pytest.approx([1.5 * b for b in front.error_y.array])
+    assert "±3 s.e.m." in wide.layout.title.text
+    with pytest.raises(ConfigError, match="pareto z: -1"):
+        pareto_figure(noisy, z=-1)
+    fig3 = pareto_figure(noisy, axes=("lm_loss", "recall", "memory_bytes"), rungs=[0])
+    assert len(fig3.data[0].error_x.array) == 4 and len(fig3.data[0].error_y.array) == 4  # loss and recall
+
+
+def _noise_rows(page: str, rung: int) -> list[list[str]]:
+    table = re.search(rf'<table class="noise" id="noise-rung{rung}">(.*?)</table>', page, re.S)
+    assert table is not None, f"no noise table for rung {rung}"
+    body = table.group(1).split("<tbody>")[1]
+    return [[re.sub("<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_report_significance_section(noisy) -> None:
+    page = render_report(noisy)
+    assert "<h2>Seed noise along the fronts</h2>" in page
+    rows = {(r[0], r[2]): r for r in _noise_rows(page, 0)}
+    # front sorted by memory: trials 0 -> 1 -> 2 -> 3 (4 and 5 are dominated), two metrics per pair
+    assert sorted(rows) == sorted((f"{a} → {a + 1}", m) for a in range(3) for m in ("recall", "lm_loss"))
+    welch = {k: r[6] for k, r in rows.items()}
+    assert welch[("0 → 1", "recall")].startswith("significant (p=")  # 0.21 -> 0.61, sd 0.01
+    assert welch[("0 → 1", "lm_loss")].startswith("not significant (p=")  # 3.11 vs 3.11
+    assert welch[("1 → 2", "recall")].startswith("not significant (p=")  # 0.61 vs 0.63, sd 0.01 / 0.03
+    assert welch[("1 → 2", "lm_loss")].startswith("significant")
+    assert rows[("1 → 2", "recall")][7] == "overlapping at ±2 s.e.m."
+    assert rows[("1 → 2", "lm_loss")][7] == "separated at ±2 s.e.m."
+    assert rows[("0 → 1", "recall")][3] == "0.21 ± 0.0058" and rows[("0 → 1", "recall")][5] == "+0.4"
+    # rung 1: single-seed trials cannot be tested
+    assert {r[6] for r in _noise_rows(page, 1)} == {"n/a (1 seed)"}
+    assert {r[7] for r in _noise_rows(page, 1)} == {"n/a (no s.e.m.)"}
+    # the trial table: a seeds column and mean ± sem cells
+    trials = page.split('id="trials"')[1]
+    assert "<th class=\"\">seeds</th>" in trials and "0.21 ± 0.0058" in trials
+    assert trials.count("<td>3</td>") >= len(NOISE_ROWS) - 1
+
+
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
+def test_error_bars_render_in_chromium(noisy, tmp_path: Path) -> None:
+    fig = pareto_figure(noisy, axes=("memory_bytes", "recall"), rungs=[0])
+    dom, report_dom = dump_doms([write_html(fig, tmp_path / "noisy.html"), write_report(noisy, tmp_path / "r.html")])
+    bars = sum(len(t.error_y.array) for t in fig.data if t.error_y.array is not None)
+    assert bars == 6 and dom.count('class="yerror"') == bars  # one vertical bar per point of the traces with bars
+    assert 'class="xerror"' not in dom
+    assert "±2 s.e.m. over 3 seeds" in dom  # the title note is drawn
+    # the report shows the highest rung (single seed) first; rung 0's bars are in its figure data
+    assert 'id="noise-rung0"' in report_dom and 'class="main-svg"' in report_dom and '"error_y"' in report_dom
