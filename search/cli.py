@@ -129,14 +129,49 @@ def _plot(cfg: Any, console: Any) -> None:
         console.print(f"(Pareto HTML skipped: {type(e).__name__}: {e})")
 
 
+def _promote_settings(cfg: Any, study: Any, rung: int) -> dict[str, Any]:
+    """Promotion rule of a rung as `promotion_report` kwargs: from the study YAML if given, else the stored config."""
+    promote: Any = None
+    if cfg is not None and rung < len(cfg.rungs):
+        promote = cfg.rungs[rung].promote
+    else:
+        rungs = (study.user_attrs.get("config") or {}).get("rungs") or []
+        if rung < len(rungs) and isinstance(rungs[rung], dict):
+            promote = rungs[rung].get("promote")
+
+    def get(name: str, default: Any) -> Any:
+        if isinstance(promote, dict):
+            return promote.get(name, default)
+        return getattr(promote, name, default) if promote is not None else default
+
+    return {"rule": get("rule", "pareto"), "k": get("k", 3), "objective": get("objective", None),
+            "noise": get("noise", True), "z": get("noise_z", 2.0)}
+
+
+def _status_rows(trials: list[Any], objectives: list[str]) -> list[list[str]]:
+    """Rows (trial, layout, preset, seeds, ``mean ± sem`` per objective) for the status tables."""
+    from hyla.search.rungs import n_seeds, objective_sems
+    from hyla.search.study import _fmt
+    from hyla.space.layout import Layout
+
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        layout = t.user_attrs.get("layout")
+        lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
+        vals = [_fmt(n, v) + (f" ± {_fmt(n, s)}" if s > 0 else "")
+                for n, v, s in zip(objectives, t.values or [], objective_sems(t))]
+        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), str(n_seeds(t)), *vals])
+    return rows
+
+
 def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from hyla.search.config import load_study_config
-    from hyla.search.rungs import pareto_front
+    from hyla.search.rungs import pareto_front, promotion_report
     from hyla.search.storage import load_rung_studies, open_storage
-    from hyla.search.study import objective_table_rows
 
+    cfg = None
     if Path(args.study).suffix in (".yaml", ".yml") or Path(args.study).is_file():
         cfg = load_study_config(args.study)
         name, url = cfg.name, args.storage or cfg.storage_url()
@@ -152,6 +187,7 @@ def _status(args: argparse.Namespace) -> int:
     objectives = [o["name"] for o in studies[0].user_attrs.get("objectives", [])] if 0 in studies else []
     for rung, study in studies.items():
         objectives = [o["name"] for o in study.user_attrs.get("objectives", [])] or objectives
+        directions = [o["direction"] for o in study.user_attrs.get("objectives", [])]
         trials = study.get_trials(deepcopy=False)
         states: dict[str, int] = {}
         for t in trials:
@@ -163,12 +199,25 @@ def _status(args: argparse.Namespace) -> int:
                 console.print(f"  running: trial {t.number} {t.user_attrs.get('layout_key', '')}")
             elif t.state.name == "FAIL":
                 console.print(f"  failed: trial {t.number}: {t.user_attrs.get('fail_reason', 'unknown')}")
-        front = pareto_front(trials, [o["direction"] for o in study.user_attrs.get("objectives", [])])
-        if front:
-            table = Table(title=f"Pareto set of {study.study_name}")
-            for col in ("trial", "layout", "preset", *objectives):
+        front = pareto_front(trials, directions)
+        if not front:
+            continue
+        table = Table(title=f"Pareto set of {study.study_name} (mean ± s.e.m. over seeds)")
+        for col in ("trial", "layout", "preset", "seeds", *objectives):
+            table.add_column(col, overflow="fold")
+        for row in _status_rows(front, objectives):
+            table.add_row(*row)
+        console.print(table)
+        report = promotion_report(trials, directions, objectives, **_promote_settings(cfg, study, rung))
+        noise = f"intervals ±{report.z:g} s.e.m." if report.z > 0 else "exact means"
+        console.print(f"promotion ({report.rule}, k={report.k}, {noise}): trials "
+                      + (", ".join(str(t.number) for t in report.promoted) or "none"))
+        candidates = report.candidates()
+        if candidates:
+            table = Table(title=f"Not promoted but within noise of the front ({len(candidates)}): cut by k={report.k}")
+            for col in ("trial", "layout", "preset", "seeds", *objectives, "note"):
                 table.add_column(col, overflow="fold")
-            for row in objective_table_rows(front, objectives):
-                table.add_row(*row)
+            for row, e in zip(_status_rows([e.trial for e in candidates], objectives), candidates):
+                table.add_row(*row, e.note)
             console.print(table)
     return 0

@@ -139,7 +139,7 @@ def test_seeded_study_draws_error_bars(noisy) -> None:
 
 
 def _noise_rows(page: str, rung: int) -> list[list[str]]:
-    table = re.search(rf'<table class="noise" id="noise-rung{rung}">(.*?)</table>', page, re.S)
+    table = re.search(rf'<table class="noise" id="noise-rung{rung}">(.*?)</table>', page, re.DOTALL)
     assert table is not None, f"no noise table for rung {rung}"
     body = table.group(1).split("<tbody>")[1]
     return [[re.sub("<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
@@ -14,6 +16,8 @@ from hyla.search.rungs import (
     crowding_distance, dominates, dominates_beyond_noise, noise_front, noise_fronts, non_dominated_fronts,
     objective_sems, pareto_front, promotion_report, select_promoted,
 )
+
+from test_analysis_fixtures import tiny_layout
 
 NAMES = ["lm_loss", "recall", "memory_bytes"]
 DIRS = ["minimize", "maximize", "minimize"]
@@ -195,3 +199,45 @@ def test_bad_input_is_a_config_error() -> None:
         select_promoted([_trial(9, [1.0, 0.5, 1.0], [0.1])], DIRS, NAMES, "pareto", 2)
     with pytest.raises(ConfigError, match="trial 9 user attr objective_sem: -0.1"):
         objective_sems(_trial(9, [1.0, 0.5, 1.0], [-0.1, 0.0, 0.0]))
+
+
+def _write_scene_study(path: Path, name: str, promote: dict) -> None:
+    """`_scene` as rung 0 of a journal study the way the search stores it (layouts, config with the rule)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(study_name=f"{name}/rung0", storage=storage, directions=DIRS)
+    study.set_user_attr("objectives", [{"name": n, "direction": d} for n, d in zip(NAMES, DIRS)])
+    study.set_user_attr("config", {"name": name, "rungs": [{"proxy": "tiny", "promote": promote}]})
+    layers = [["gla"] * 4, ["attn"] * 4, ["gla", "attn", "gla", "gla"], ["gla", "gla", "attn", "attn"]]
+    for frozen, lay in zip(_scene(), layers):
+        t = study.ask()
+        layout = tiny_layout(lay)
+        for k, v in (("layout", layout.to_dict()), ("layout_key", layout.key()), ("rung", 0),
+                     ("objective_sem", frozen.user_attrs["objective_sem"]), ("n_seeds", 3)):
+            t.set_user_attr(k, v)
+        study.tell(t, list(frozen.values))
+
+
+def test_status_prints_spread_and_candidates(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyla.cli import main
+
+    monkeypatch.setenv("COLUMNS", "220")  # rich wraps narrow tables
+    journal = tmp_path / "study.journal"
+    _write_scene_study(journal, "nz", {"rule": "pareto", "k": 2})
+    assert main(["search", "status", "nz", "--storage", str(journal)]) == 0
+    out = capsys.readouterr().out
+    pareto, rest = out.split("promotion (")
+    assert "mean ± s.e.m. over seeds" in pareto and "seeds" in pareto
+    assert "2 ± 0.01" in pareto and "0.8 ± 0.01" in pareto  # trial 0: loss 2.00, recall 0.80
+    assert "100 B ±" not in pareto  # memory is exact: no spread shown
+    assert rest.startswith("pareto, k=2, intervals ±2 s.e.m.): trials 0, 1")
+    cands = rest.split("Not promoted but within noise of the front (1): cut by k=2")[1]
+    assert "GAGA" not in cands and "GGAA" in cands  # trial 3 (B) only; E (2) is dominated beyond noise
+    assert "candidate (within noise of the front), cut by k" in cands
+
+    # the rule stored with noise off: exact means, B is just dominated, nothing within noise is listed
+    journal2 = tmp_path / "exact.journal"
+    _write_scene_study(journal2, "ex", {"rule": "pareto", "k": 2, "noise": False})
+    assert main(["search", "status", "ex", "--storage", str(journal2)]) == 0
+    out = capsys.readouterr().out
+    assert "pareto, k=2, exact means): trials 0, 1" in out and "Not promoted" not in out
