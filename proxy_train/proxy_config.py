@@ -60,14 +60,17 @@ from typing import Any
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hyla.proxy_train.data import TextConfig
+from hyla.proxy_train.recall_probe import RecallProbeConfig, wsd_lr
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup": 2,
              "text": {"source": "stdlib", "max_docs": 100}, "recall_suite": "tiny", "recall_mix": 0.25,
              "recall_max_len": 64, "eval_batches": 1, "recall_eval_examples": 4, "eval_batch_size": 4},
     "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
-              "warmup": 100, "decay_fraction": 0.2, "text": {"source": "stdlib"}, "recall_suite": "small",
-              "recall_mix": 0.25, "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32},
+              "warmup": 100, "decay_fraction": 0.2, "text": {"source": "stdlib"}, "recall_suite": "none",
+              "recall_mix": 0.0, "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32,
+              "recall_probe": {"seq_len": 256, "pairs": [4, 8, 16, 32, 64], "steps": 1000, "batch_size": 64,
+                               "lrs": [1e-3], "eval_every": 100}},
 }
 
 
@@ -115,6 +118,11 @@ class ProxyConfig:
         compile: torch.compile the model (CUDA only; ignored on CPU).
         gradient_checkpointing: recompute blocks in backward.
         log_every: progress-bar refresh interval in steps.
+        recall_probe: score recall with the separate MQAR probe (``hyla.proxy_train.recall_probe``) instead of
+            recall rows mixed into the LM run; then ``recall_mix`` must be 0 and the suite is not used.
+        train_lm: train and score the LM part (False: recall probe only, ``lm_val_loss`` is None).
+        seeds: independent repeats with seeds ``seed, seed + 1, ...``; the result holds their mean, per-seed
+            values and standard error (``ProxyResult.seed_values`` / ``sem``).
     """
 
     scale: str = "tiny"
@@ -148,6 +156,9 @@ class ProxyConfig:
     compile: bool = False
     gradient_checkpointing: bool = False
     log_every: int = 10
+    recall_probe: RecallProbeConfig | None = None
+    train_lm: bool = True
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         w = "proxy config"
@@ -181,6 +192,13 @@ class ProxyConfig:
             raise ConfigError(f"{w}.recall_mix: {self.recall_mix} > 0 needs a recall_suite (got 'none')")
         if self.recall_mix > 0 and self.recall_rows < 1:
             raise ConfigError(f"{w}.recall_mix: {self.recall_mix} x batch_size {self.batch_size} rounds to 0 rows")
+        if self.seeds < 1:
+            raise ConfigError(f"{w}.seeds: {self.seeds} must be >= 1")
+        if self.recall_probe is not None and self.recall_mix > 0:
+            raise ConfigError(f"{w}.recall_mix: {self.recall_mix} must be 0 with a recall_probe (recall is then "
+                              "trained apart from the LM)")
+        if not self.train_lm and self.recall_probe is None:
+            raise ConfigError(f"{w}.train_lm: false needs a recall_probe (nothing would be trained)")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:
             raise ConfigError(f"{w}.eval_batch_size: {self.eval_batch_size} must be >= 1")
 
@@ -191,8 +209,8 @@ class ProxyConfig:
 
     @property
     def has_recall(self) -> bool:
-        """Whether a recall suite is trained/evaluated (a preset or explicit ``recall_tasks``)."""
-        return self.recall_suite != "none" or bool(self.recall_tasks)
+        """Whether a recall suite is trained/evaluated (a preset or explicit ``recall_tasks``, and no probe)."""
+        return self.recall_probe is None and (self.recall_suite != "none" or bool(self.recall_tasks))
 
     def init_std_for(self, d_model: int) -> float:
         """The init std used for a model of width ``d_model`` (``init_std`` or the width-scaled default)."""
@@ -245,6 +263,11 @@ class ProxyResult:
     Memory fields are per sequence at ``context`` tokens in ``memory_dtype``: ``kv_bytes`` = softmax KV caches,
     ``recurrent_bytes`` = linear-mixer recurrent + short-conv states, ``state_bytes`` = their sum (all inference
     state). ``peak_mem_bytes`` is CUDA max allocated on GPU, the process peak RSS on CPU.
+
+    Noise: ``lm_val_loss``, ``recall``, ``train_loss`` and ``recall_tasks`` are means over ``seeds``;
+    ``seed_values[metric]`` holds one value per seed and ``sem[metric]`` the standard error of the mean
+    (sample std / sqrt(n); None with one seed, where the spread is unknown). ``probe`` has one entry per seed
+    when recall comes from the recall probe (best LR, per-LR scores, learning curves).
     """
 
     status: str
@@ -269,6 +292,10 @@ class ProxyResult:
     layout_name: str = ""
     device: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    seed_values: dict[str, list[float]] = field(default_factory=dict)
+    sem: dict[str, float | None] = field(default_factory=dict)
+    probe: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -281,13 +308,4 @@ class ProxyResult:
 def lr_at(step: int, cfg: ProxyConfig) -> float:
     """Linear warm-up to ``lr``, constant, then a cosine to ``lr * min_lr_ratio`` over the last
     ``decay_fraction`` of the post-warm-up steps (reached at the last step)."""
-    total = cfg.total_steps
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    span = max(1, total - cfg.warmup)
-    decay_steps = max(1, round(span * cfg.decay_fraction))
-    progress = (step - cfg.warmup - (span - decay_steps)) / decay_steps
-    if progress <= 0:
-        return cfg.lr
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return wsd_lr(step, cfg.total_steps, cfg.lr, cfg.warmup, cfg.decay_fraction, cfg.min_lr_ratio)

@@ -94,6 +94,9 @@ def prepare_data(layout: Layout, cfg: ProxyConfig) -> ProxyData:
     if tokenizer.vocab_size > layout.vocab_size:
         raise ConfigError(f"layout vocab_size: {layout.vocab_size} is smaller than tokenizer {cfg.tokenizer!r}'s "
                           f"vocab {tokenizer.vocab_size}; use a layout with vocab_size >= {tokenizer.vocab_size}")
+    if not cfg.train_lm:  # recall probe only: no text to read
+        return ProxyData(cfg, torch.empty(0, cfg.seq_len + 1, dtype=torch.long), torch.empty(0, cfg.seq_len + 1,
+                                                                                          dtype=torch.long), None)
     need = cfg.total_steps * cfg.batch_size * (cfg.seq_len + 1)  # upper bound: LM rows <= batch_size
     train = _packed(cfg.text, 0, tokenizer, cfg.seq_len, need)
     eval_bs = cfg.eval_batch_size or cfg.batch_size

@@ -20,9 +20,11 @@ The configuration (``ProxyConfig``, presets, the learning-rate schedule) and the
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
+import statistics
 import resource
 import time
 from pathlib import Path
@@ -95,6 +97,8 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
     if out is not None and (out / "result.json").exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a finished result.json; choose another out_dir or pass overwrite")
     data = prepare_data(layout, config)  # validates tokenizer/vocab/corpus/suite: ConfigError before work
+    if config.recall_probe is not None:
+        config.recall_probe.levels(layout.vocab_size)  # the probe's symbols must fit the layout's vocab
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(config.to_dict(), out / "config.yaml")
@@ -109,24 +113,80 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
                 versions=_versions())
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    loop = _Loop(layout, config, dev, data, progress)
+    seeds = [config.seed + i for i in range(config.seeds)]
+    per_seed = []
+    for i, seed in enumerate(seeds):
+        cfg = dataclasses.replace(config, seed=seed)
+        fields_ = _train_seed(layout, cfg, dev, data if i == 0 else prepare_data(layout, cfg), progress)
+        per_seed.append(fields_)
+        if fields_["status"] != "ok":
+            break  # a failed seed fails the trial; the seeds before it are kept in seed_values
+    peak = _peak_mem(dev)
+    result = ProxyResult(**base, **aggregate_seeds(per_seed, seeds), peak_mem_bytes=peak,
+                         wall_s=time.perf_counter() - t0)
+    if out is not None:
+        _write_json(result.to_dict(), out / "result.json")
+    return result
+
+
+#: Per-seed metrics whose mean, per-seed values and standard error a `ProxyResult` reports.
+SEED_METRICS = ("lm_val_loss", "recall", "train_loss")
+
+
+def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Fold the per-seed result fields into one: means, ``seed_values``, ``sem`` (None below two seeds).
+
+    The status is the first non-``ok`` seed's (with its reason), else ``ok``; token counts add up.
+    """
+    bad = next((f for f in per_seed if f["status"] != "ok"), None)
+    ok = [f for f in per_seed if f["status"] == "ok"]
+    out: dict[str, Any] = {k: v for k, v in (bad or per_seed[0]).items() if k not in ("probe",)}
+    out["seeds"] = seeds[: len(per_seed)]
+    out["seed_values"], out["sem"] = {}, {}
+    for m in SEED_METRICS:
+        vals = [float(f[m]) for f in ok if f.get(m) is not None]
+        if not vals:
+            continue
+        out["seed_values"][m] = vals
+        out["sem"][m] = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) >= 2 else None
+        if bad is None:
+            out[m] = statistics.fmean(vals)
+    if bad is None and ok and ok[0].get("recall_tasks"):
+        out["recall_tasks"] = {k: statistics.fmean(f["recall_tasks"][k] for f in ok) for k in ok[0]["recall_tasks"]}
+    speeds = [f["tokens_per_s"] for f in ok if f.get("tokens_per_s")]
+    out["tokens_per_s"] = statistics.fmean(speeds) if speeds else None
+    out["tokens_seen"] = sum(f.get("tokens_seen", 0) for f in per_seed)
+    out["probe"] = [f["probe"] for f in per_seed if f.get("probe")]
+    return out
+
+
+def _train_seed(layout: Layout, cfg: ProxyConfig, dev: torch.device, data: ProxyData,
+                progress: bool) -> dict[str, Any]:
+    """One seed: the LM run (unless ``train_lm`` is off), then the recall probe (if configured)."""
+    fields_: dict[str, Any] = {"status": "ok"}
     try:
-        fields_ = loop.run()
+        if cfg.train_lm:
+            loop = _Loop(layout, cfg, dev, data, progress)
+            try:
+                fields_ = loop.run()
+            finally:
+                loop.release()
+                del loop
+        if cfg.recall_probe is not None and fields_["status"] == "ok":
+            from hyla.proxy_train.recall_probe import run_probe
+
+            probe = run_probe(layout, cfg.recall_probe, cfg.seed, cfg.init_std_for(layout.d_model), dev, progress)
+            fields_.update(recall=probe["recall"], recall_tasks=probe["levels"],
+                           probe={k: probe[k] for k in ("lr", "per_lr", "wall_s")})
     except torch.OutOfMemoryError as e:
         fields_ = dict(status="oom", fail_reason=str(e).splitlines()[0][:300] if str(e) else "out of memory")
     except Exception as e:  # a failing trial is a result, not a crash of the worker
         fields_ = dict(status="failed", fail_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
     finally:
-        loop.release()
-        del loop
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    peak = _peak_mem(dev)
-    result = ProxyResult(**base, **fields_, peak_mem_bytes=peak, wall_s=time.perf_counter() - t0)
-    if out is not None:
-        _write_json(result.to_dict(), out / "result.json")
-    return result
+    return fields_
 
 
 class _Loop:

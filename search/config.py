@@ -39,11 +39,16 @@ class PromoteConfig:
         rule: ``pareto`` = NSGA-II non-dominated sorting + crowding distance; ``topk`` = best by one objective.
         k: at most this many trials are promoted.
         objective: the objective ranked by ``topk`` (default: the first objective).
+        noise: compare trials by intervals ``mean ± noise_z · s.e.m.`` of their seeds (``hyla.search.rungs``),
+            so a layout dominated only within the seed noise stays a candidate; False = exact means.
+        noise_z: interval half-width in standard errors.
     """
 
     rule: str = field(default="pareto", metadata={"choices": ("pareto", "topk")})
     k: int = 3
     objective: str | None = None
+    noise: bool = True
+    noise_z: float = 2.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -199,6 +204,8 @@ def validate(cfg: StudyConfig) -> None:
         p = rung.promote
         if p.k < 1:
             raise ConfigError(f"{w}: rungs[{i}].promote.k: {p.k} must be >= 1")
+        if p.noise_z < 0:
+            raise ConfigError(f"{w}: rungs[{i}].promote.noise_z: {p.noise_z} must be >= 0 (standard errors)")
         if p.objective is not None and p.objective not in cfg.objectives:
             raise ConfigError(f"{w}: rungs[{i}].promote.objective: {p.objective!r} is not one of the study "
                               f"objectives {cfg.objectives}")

@@ -89,6 +89,19 @@ def objective_values(prep: Prepared, layout: Any, result: dict[str, Any]) -> lis
     return out
 
 
+def objective_sems(prep: Prepared, result: dict[str, Any]) -> list[float | None]:
+    """Standard error of each trial value (objective order): the proxy's seed spread for its measured scores,
+    0 for exact costs (memory, params), None where unknown (one seed, throughput)."""
+    sem = result.get("sem") or {}
+    out: list[float | None] = []
+    for name in prep.cfg.objectives:
+        if name in ("kv_bytes", "memory_bytes", "params"):
+            out.append(0.0)
+        else:
+            out.append(sem.get({"lm_loss": "lm_val_loss"}.get(name, name)))
+    return out
+
+
 def _recover_stale(study: optuna.Study) -> int:
     """Fail trials left RUNNING by a dead driver and enqueue each once more with its params and links."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -113,7 +126,7 @@ def _enqueue_promoted(prep: Prepared, rung: int, prev: optuna.Study, study: optu
     """Enqueue rung-(rung-1) promotion set into ``study`` (each parent once, across resumes)."""
     promote = prep.cfg.rungs[rung - 1].promote
     picked = select_promoted(prev.get_trials(deepcopy=False), prep.cfg.directions, prep.cfg.objectives,
-                             promote.rule, promote.k, promote.objective)
+                             promote.rule, promote.k, promote.objective, noise=promote.noise, z=promote.noise_z)
     have = {t.user_attrs.get("parent") for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get("fail_reason") != DRIVER_STOPPED}
     new = 0
@@ -181,6 +194,9 @@ class _RungDriver:
 
     def _tell_reused(self, job: _Job, src: FrozenTrial) -> None:
         job.trial.set_user_attr("result", src.user_attrs.get("result"))
+        for key in ("objective_sem", "n_seeds"):  # a reused result keeps its spread
+            if key in src.user_attrs:
+                job.trial.set_user_attr(key, src.user_attrs[key])
         job.trial.set_user_attr("reused_from", src.number)
         self.study.tell(job.trial, list(src.values))
         self.summary.reused += 1
@@ -246,6 +262,8 @@ class _RungDriver:
             return
         job.trial.set_user_attr("result", result)
         job.trial.set_user_attr("status", "ok")
+        job.trial.set_user_attr("objective_sem", objective_sems(self.prep, result))  # Optuna gets the means
+        job.trial.set_user_attr("n_seeds", len(result.get("seeds") or [0]))
         frozen = self.study.tell(job.trial, values)
         self.done_by_key[job.key] = frozen
         self._count(ok=True)

@@ -6,7 +6,7 @@ Contract of every linear mixer module (GLA, RetNet, HGRN, HGRN-2 here; DeltaNet,
   ``state_dict`` is fla's own and loads 1:1 into the plain fla class. ``from_layout(layout, index)`` builds it from
   ``layout.mixer_options(index)`` with ``hidden_size=layout.d_model`` and ``layer_idx=index``.
 - ``forward(x, state=None, use_cache=False) -> (y, new_state)`` with ``x``/``y`` of shape ``(B, T, D)``.
-  ``x.is_cuda`` runs fla's own forward (Triton kernels) through :func:`to_fla_cache`/:func:`from_fla_cache`;
+  ``x.is_cuda`` (unless `kernel_path` chose ``torch``) runs fla's own forward (Triton kernels) through :func:`to_fla_cache`/:func:`from_fla_cache`;
   otherwise the subclass's ``_cpu_forward(x, state, use_cache)`` runs: pure PyTorch, same parameters, same math.
   ``_cpu_forward`` is device-agnostic, so benchmarks may call it on CUDA tensors to compare against fla.
 - ``new_state`` is None unless ``use_cache``; ``state`` continues a sequence (prefill then step-by-step decode
@@ -23,6 +23,9 @@ Contract of every linear mixer module (GLA, RetNet, HGRN, HGRN-2 here; DeltaNet,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import torch
@@ -34,8 +37,32 @@ from hyla.space.mixers import get_mixer_kind
 
 State = dict[str, Any]
 
-#: Chunk length of the CPU chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small.
+#: Chunk length of the chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small. Also on a
+#: GPU: at C 64 the recall probe's GLA ran at 2.5 steps/s and ran out of memory with 4 probes per H200
+#: (benchmarks/results/bench_probe_speed_h200_c64.json); inside a CUDA graph more, smaller kernels cost little.
 CPU_CHUNK = 16
+
+#: Which implementation a linear mixer runs on CUDA tensors: ``auto``/``fla`` = fla's Triton kernels, ``torch``
+#: = our PyTorch path (no Triton compilation: minutes saved for small, short proxies; capturable in a CUDA graph).
+KERNELS = ("auto", "fla", "torch")
+_KERNELS: ContextVar[str] = ContextVar("hyla_kernels", default="auto")
+
+
+@contextmanager
+def kernel_path(name: str) -> Iterator[None]:
+    """Run the linear mixers inside this block with ``name`` (one of ``KERNELS``) on CUDA."""
+    if name not in KERNELS:
+        raise ConfigError(f"kernels: {name!r} is not allowed; expected one of {', '.join(KERNELS)}")
+    token = _KERNELS.set(name)
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def use_fla(x: torch.Tensor) -> bool:
+    """Whether fla's kernels run for ``x`` (CUDA, unless `kernel_path` chose ``torch``)."""
+    return x.is_cuda and _KERNELS.get() != "torch"
 
 
 def state_nbytes(state: State | None) -> int:
@@ -253,7 +280,7 @@ class FlaMixer:
             # the recurrences would silently broadcast a batch-1 state over the batch: refuse instead
             raise ConfigError(f"{type(self).__name__} state: batch {state['recurrent'].shape[0]} does not match "
                               f"input batch {x.shape[0]}")
-        if x.is_cuda:
+        if use_fla(x):
             return self._fla_forward(x, state, use_cache)
         return self._cpu_forward(x, state, use_cache)
 

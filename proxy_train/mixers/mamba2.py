@@ -29,7 +29,7 @@ from fla.layers import Mamba2
 from fla.modules.layernorm_gated import rms_norm_ref
 
 from hyla.config import ConfigError
-from hyla.proxy_train.mixers.common import FlaMixer, State, short_conv
+from hyla.proxy_train.mixers.common import FlaMixer, State, short_conv, use_fla
 
 #: Chunk length of the scan: the intra-chunk scores are (C, C) per head.
 SSD_CHUNK = 32
@@ -101,7 +101,7 @@ class Mamba2Mixer(FlaMixer, Mamba2):
         if state and state["recurrent"].shape[0] != x.shape[0]:  # would broadcast a batch-1 state silently
             raise ConfigError(f"{type(self).__name__} state: batch {state['recurrent'].shape[0]} does not match "
                               f"input batch {x.shape[0]}")
-        if x.is_cuda and _fla_fast_path() and (not state or x.shape[1] == 1):
+        if use_fla(x) and _fla_fast_path() and (not state or x.shape[1] == 1):
             return self._fla_forward(x, state, use_cache)
         return self._cpu_forward(x, state, use_cache)
 

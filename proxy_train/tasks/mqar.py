@@ -61,28 +61,28 @@ class MQAR(SymbolTask):
         return f"mqar@{self.seq_len}x{self.num_kv_pairs}"
 
     def generate(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` examples fixed by ``seed``: inputs and targets, LongTensors ``(n, seq_len)``."""
+        """``n`` examples fixed by ``seed``: inputs and targets, LongTensors ``(n, seq_len)``.
+
+        Vectorised over examples (a recall probe draws a batch per step): keys, values and query gaps are drawn
+        without replacement per row by sorting random keys (Gumbel top-k for the power-law gaps).
+        """
         check_positive("mqar", n=n)
         rng = make_rng(seed, "mqar")
-        base = self.base
-        half = self.task_vocab // 2
-        key_ids = np.arange(base, base + half)
-        value_ids = np.arange(base + half, self.vocab_size)
-        pairs, ctx = self.num_kv_pairs, 2 * self.num_kv_pairs
-        space = (self.seq_len - ctx) // 2
-        p = self.alpha * np.arange(1, space + 1, dtype=np.float64) ** (self.alpha - 1)
-        p /= p.sum()
-        symbols = np.arange(base, self.vocab_size)
-        inputs = np.empty((n, self.seq_len), dtype=np.int64)
+        base, half, pairs = self.base, self.task_vocab // 2, self.num_kv_pairs
+        ctx, space = 2 * pairs, (self.seq_len - 2 * pairs) // 2
+        rows = np.arange(n)[:, None]
+        keys = rng.random((n, half)).argsort(axis=1)[:, :pairs]  # symbol offsets, distinct per row
+        values = half + rng.random((n, self.task_vocab - half)).argsort(axis=1)[:, :pairs]
+        # filler: any task symbol except this row's keys (allowed offsets first, in order, then a uniform pick)
+        allowed = np.ones((n, self.task_vocab), dtype=bool)
+        allowed[rows, keys] = False
+        allowed_ids = np.argsort(~allowed, axis=1, kind="stable")[:, : self.task_vocab - pairs]
+        inputs = np.take_along_axis(allowed_ids, rng.integers(0, self.task_vocab - pairs, (n, self.seq_len)), 1)
+        inputs[:, 0:ctx:2], inputs[:, 1:ctx:2] = keys, values
+        log_p = (self.alpha - 1) * np.log(np.arange(1, space + 1, dtype=np.float64))  # p(i) ∝ i^(alpha-1)
+        gaps = np.argsort(-(log_p + rng.gumbel(size=(n, space))), axis=1)[:, :pairs]
+        query_pos = ctx + 2 * gaps
+        inputs[rows, query_pos] = keys
         targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)
-        for i in range(n):
-            keys = rng.choice(key_ids, size=pairs, replace=False)
-            values = rng.choice(value_ids, size=pairs, replace=False)
-            inputs[i] = rng.choice(np.setdiff1d(symbols, keys), size=self.seq_len)  # filler: no key of this example
-            inputs[i, 0:ctx:2] = keys
-            inputs[i, 1:ctx:2] = values
-            gaps = rng.choice(space, size=pairs, replace=False, p=p)
-            query_pos = ctx + 2 * gaps
-            inputs[i, query_pos] = keys
-            targets[i, query_pos] = values
-        return to_tensors(inputs, targets)
+        targets[rows, query_pos] = values + base
+        return to_tensors(inputs + base, targets)

@@ -1,0 +1,272 @@
+"""Proxy fidelity: is the recall score reproducible, graded, on trend and stable across budgets?
+
+Runs a set of layouts x seeds x budgets through the product's own proxy (``run_proxy`` with the recall probe of
+``hyla.proxy_train.recall_probe``) in P long-lived worker processes on one GPU (``common.WorkerPool``), appending
+one JSONL record per (layout, seed, budget, variant) as it finishes, so the run can be split over several
+10-minute commands (records already there are skipped). ``--analyze`` (also run after every run) computes:
+
+- **reproducible**: mean pairwise Spearman rho between the seeds' rankings of the layouts (target >= 0.8);
+- **graded**: the Transformer's accuracy on the easiest level (target >= 0.9) and whether the pure linear
+  layouts of different mixers tie (their seed means differ by more than 2 pooled s.e.m.);
+- **trends**: pooled Spearman rho between the number of attention layers and recall over the linear-mixer
+  layouts (target >= 0.6) and, per mixer, whether every hybrid's mean beats the pure layout's;
+- **consistent**: Spearman rho between the budget-1 means and the budget-``--budgets[-1]`` means (target >= 0.8);
+- **fast**: the wall time of each session (the calibration set's target: <= 15 min on one H200).
+
+Layout sets: ``calibration`` (the Transformer; gla, gdn, hgrn2 at pure, 24:1, 6:1, 3:1; deltanet, retnet and
+hgrn pure), ``grid`` (the paper's 31 layouts) or preset names. ``--variant "NAME:KEY=VALUE;KEY=VALUE"`` runs an
+ablation of the proxy (probe fields as ``recall_probe.KEY``) under its own name; records carry the variant.
+
+    python benchmarks/bench_fidelity.py --layouts calibration --seeds 0 1 2 --budgets 1 4 --p 8
+    python benchmarks/bench_fidelity.py --analyze
+    python benchmarks/bench_fidelity.py --device cpu --proxy tests_probe.yaml --layouts a.yaml b.yaml --p 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_grid import config_key, layout_traits, read_jsonl, spearman  # noqa: E402
+from common import (RESULTS_DIR, Deadline, WorkerPool, add_common_args, check_device, load_layouts, log,  # noqa: E402
+                    machine_info, main_guard, parse_sets, proxy_config, read_json, setup_env, write_json)
+
+NAME = "bench_fidelity"
+CALIBRATION = ["transformer"] + [f"{m}-{r}" for m in ("gla", "gdn", "hgrn2") for r in ("pure", "24:1", "6:1", "3:1")] \
+    + ["deltanet-pure", "retnet-pure", "hgrn-pure"]
+TARGETS = {"reproducible": 0.8, "transformer_easiest": 0.9, "trend_spearman": 0.6, "consistent": 0.8,
+           "calibration_seconds": 900.0, "grid_seconds": 1800.0}
+
+
+def resolve_layouts(names: list[str], scale: str) -> list[Any]:
+    if names == ["calibration"]:
+        names = CALIBRATION
+    if names == ["grid"]:
+        from hyla.space.presets import paper_grid
+
+        return paper_grid(scale)
+    return load_layouts(names, scale)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value;key=value`` -> (name, overrides); ``recall_probe.key`` sets a probe field."""
+    from hyla.config import ConfigError
+
+    name, _, rest = text.partition(":")
+    if not name:
+        raise ConfigError(f"--variant: {text!r} has no name; expected NAME:KEY=VALUE;KEY=VALUE")
+    return name, parse_sets([kv for kv in rest.split(";") if kv])
+
+
+def variant_config(base: Any, overrides: dict[str, Any], seed: int, budget: int) -> Any:
+    """The proxy of one job: ``base`` with the overrides, one seed, probe and LM steps x ``budget``."""
+    from hyla.proxy_train.train import ProxyConfig
+
+    data = base.to_dict()
+    probe = dict(data.get("recall_probe") or {})
+    for k, v in overrides.items():
+        if k.startswith("recall_probe."):
+            probe[k.split(".", 1)[1]] = v
+        else:
+            data[k] = v
+    if probe:
+        probe["steps"] = int(probe.get("steps", 1000)) * budget
+        data["recall_probe"] = probe
+    if data.get("train_lm", True) and budget != 1:
+        steps = ProxyConfig.from_dict(data).total_steps
+        data["steps"], data["tokens"] = steps * budget, None
+    data.update(seed=seed, seeds=1)
+    return ProxyConfig.from_dict(data, where="bench_fidelity proxy")
+
+
+def make_record(layout: Any, job: dict[str, Any], msg: tuple[str, int, Any, Any]) -> dict[str, Any]:
+    kind, wid, _, payload = msg
+    rec = {"layout_name": layout.name, "layout_key": layout.key(), **layout_traits(layout), "seed": job["seed"],
+           "budget": job["budget"], "variant": job["variant"], "config_key": job["ckey"], "worker": wid,
+           "time": time.time()}
+    if kind == "error":
+        return {**rec, "status": "failed", "fail_reason": payload["error"]}
+    r = payload["result"]
+    probe = (r.get("probe") or [{}])[0]
+    return {**rec, "status": r["status"], "fail_reason": r.get("fail_reason"), "recall": r.get("recall"),
+            "recall_levels": r.get("recall_tasks"), "lm_val_loss": r.get("lm_val_loss"), "wall_s": r.get("wall_s"),
+            "best_lr": probe.get("lr"), "probe_steps": [p["steps"] for p in probe.get("per_lr", [])],
+            "curve": [p["curve"] for p in probe.get("per_lr", [])], "state_bytes": r.get("state_bytes")}
+
+
+def _means(records: list[dict[str, Any]], metric: str = "recall") -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.get(metric) is not None:
+            out[r["layout_name"]].append(r[metric])
+    return out
+
+
+def analyze(records: list[dict[str, Any]], variant: str, budgets: list[int]) -> dict[str, Any]:
+    """The fidelity checks of the module docstring for one variant."""
+    ok = [r for r in records if r.get("status") == "ok" and r.get("variant") == variant]
+    out: dict[str, Any] = {"variant": variant, "n_ok": len(ok), "targets": TARGETS}
+    for budget in sorted({r["budget"] for r in ok}):
+        rs = [r for r in ok if r["budget"] == budget]
+        by_seed: dict[int, dict[str, float]] = defaultdict(dict)
+        for r in rs:
+            by_seed[r["seed"]][r["layout_name"]] = r["recall"]
+        pairs = []
+        for a, b in itertools.combinations(sorted(by_seed), 2):
+            common = sorted(set(by_seed[a]) & set(by_seed[b]))
+            rho = spearman([by_seed[a][n] for n in common], [by_seed[b][n] for n in common])
+            if rho is not None:
+                pairs.append(rho)
+        vals = _means(rs)
+        table = {n: {"mean": statistics.fmean(v), "sem": statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else None,
+                     "n": len(v), "values": v} for n, v in vals.items()}
+        traits = {r["layout_name"]: r for r in rs}
+        linear = [n for n in table if traits[n]["mixer"] not in ("transformer", "mixed")]
+        trend = spearman([traits[n]["n_attn"] for n in linear for _ in table[n]["values"]],
+                         [v for n in linear for v in table[n]["values"]])
+        per_mixer: dict[str, Any] = {}
+        for m in sorted({traits[n]["mixer"] for n in linear}):
+            names = [n for n in linear if traits[n]["mixer"] == m]
+            pure = [n for n in names if traits[n]["n_attn"] == 0]
+            hyb = [n for n in names if traits[n]["n_attn"] > 0]
+            if pure and hyb:
+                per_mixer[m] = {"pure": table[pure[0]]["mean"], "hybrids": {n: table[n]["mean"] for n in hyb},
+                                "every_hybrid_above_pure": all(table[n]["mean"] > table[pure[0]]["mean"] for n in hyb)}
+        pures = {n: table[n] for n in linear if traits[n]["n_attn"] == 0}
+        sems = [t["sem"] for t in pures.values() if t["sem"] is not None]
+        noise = 2 * (statistics.fmean(sems) if sems else 0.0)
+        pm = sorted(t["mean"] for t in pures.values())
+        tr = [r for r in rs if r["mixer"] == "transformer"]
+        easiest = [next(iter(r["recall_levels"].values())) for r in tr if r.get("recall_levels")]
+        out[f"budget{budget}"] = {
+            "layouts": table, "seed_pair_spearman": pairs,
+            "reproducible": statistics.fmean(pairs) if pairs else None,
+            "transformer_easiest": statistics.fmean(easiest) if easiest else None,
+            "pure_linear_spread": (pm[-1] - pm[0]) if pm else None, "pure_noise_2sem": noise,
+            "pure_linear_all_tie": (pm[-1] - pm[0] <= noise) if len(pm) > 1 else None,
+            "trend_spearman": trend, "per_mixer": per_mixer,
+            "every_pure_below_its_hybrids": all(v["every_hybrid_above_pure"] for v in per_mixer.values())
+            if per_mixer else None}
+    bs = sorted({r["budget"] for r in ok})
+    if len(bs) >= 2:
+        lo, hi = out[f"budget{bs[0]}"]["layouts"], out[f"budget{bs[-1]}"]["layouts"]
+        common = sorted(set(lo) & set(hi))
+        out["consistent"] = {"budgets": [bs[0], bs[-1]], "n": len(common),
+                             "spearman": spearman([lo[n]["mean"] for n in common], [hi[n]["mean"] for n in common])}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    env = setup_env(args.triton_cache)
+    check_device(args.device)
+    base = proxy_config(args.proxy, sets=parse_sets(args.sets))
+    variants = dict(parse_variant(v) for v in args.variant) or {"default": {}}
+    layouts = resolve_layouts(args.layouts, args.scale)
+    jobs = []
+    for vname, over in variants.items():
+        for budget in args.budgets:
+            for seed in args.seeds:  # seed-major: a capped run leaves every layout with the same seeds
+                for lay in layouts:
+                    cfg = variant_config(base, over, seed, budget)
+                    jobs.append({"layout": lay, "seed": seed, "budget": budget, "variant": vname, "config": cfg,
+                                 "ckey": config_key(cfg)})
+    done = {(r["layout_key"], r["config_key"]) for r in read_jsonl(args.jsonl) if r.get("status") == "ok"}
+    todo = [j for j in jobs if (j["layout"].key(), j["ckey"]) not in done]
+    todo.sort(key=lambda j: -j["budget"])  # longest first: the workers finish together
+    deadline = Deadline(args.max_seconds)
+    session = {"id": f"{time.time():.0f}", "p": args.p, "env": env, "elapsed_s": 0.0, "finished": 0,
+               "jobs": len(jobs), "todo": len(todo)}
+    log(f"{len(jobs)} jobs ({len(layouts)} layouts x {len(args.seeds)} seeds x {len(args.budgets)} budgets x "
+        f"{len(variants)} variants), {len(todo)} to run on {args.p} workers")
+    Path(args.jsonl).parent.mkdir(parents=True, exist_ok=True)
+    if todo:
+        pool = WorkerPool(min(args.p, len(todo)), args.device)
+        busy: dict[int, dict[str, Any]] = {}
+        try:
+            pool.wait_ready(deadline)
+            log(f"workers ready after {deadline.elapsed():.0f} s")
+            while todo or busy:
+                for wid in range(len(pool)):
+                    if wid not in busy and todo and pool.alive(wid) and not deadline.expired():
+                        job = busy[wid] = todo.pop(0)
+                        pool.submit(wid, f"{job['layout'].key()}:{job['ckey']}", job["layout"], job["config"])
+                if not busy:
+                    break
+                msg = pool.get(deadline, wait=10.0)
+                if msg is None:
+                    if deadline.expired():
+                        log(f"cap reached with {len(busy)} jobs running (they re-run next time)")
+                        break
+                    dead = [w for w in busy if not pool.alive(w)]
+                    if not dead:
+                        continue
+                    msg = ("error", dead[0], None, {"error": f"worker died (exit {pool.exitcode(dead[0])})"})
+                if msg[0] in ("ready", "at_start"):
+                    continue
+                job = busy.pop(msg[1])
+                rec = make_record(job["layout"], job, msg)
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps(rec, default=str) + "\n")
+                session["finished"] += 1
+                log(f"w{msg[1]} {job['variant']} x{job['budget']} {job['layout'].name} seed {job['seed']}: "
+                    f"{rec['status']} recall {rec.get('recall')} lr {rec.get('best_lr')} steps "
+                    f"{rec.get('probe_steps')} ({rec.get('wall_s') or 0:.0f} s)  [{len(todo)} left]")
+        finally:
+            pool.close(grace=5.0)
+    session["elapsed_s"] = deadline.elapsed()
+    write_summary(args, variants, session)
+    return 0
+
+
+def write_summary(args: argparse.Namespace, variants: dict[str, Any], session: dict[str, Any] | None) -> None:
+    records = read_jsonl(args.jsonl)
+    old = read_json(args.out) or {}
+    sessions = old.get("sessions", []) + ([session] if session else [])
+    names = list(dict.fromkeys([*variants, *(r.get("variant") for r in records)]))
+    summary = {"benchmark": NAME, "machine": machine_info(args.device), "proxy": args.proxy,
+               "variants": {k: v for k, v in variants.items()}, "jsonl": str(args.jsonl), "sessions": sessions,
+               "gpu_seconds": sum(s["elapsed_s"] for s in sessions),
+               "analysis": {v: analyze(records, v, args.budgets) for v in names if v}}
+    write_json(args.out, summary)
+    for v, a in summary["analysis"].items():
+        for key, b in a.items():
+            if key.startswith("budget"):
+                log(f"{v} {key}: reproducible {b['reproducible']}, transformer easiest {b['transformer_easiest']}, "
+                    f"trend {b['trend_spearman']}, pure spread {b['pure_linear_spread']} (noise {b['pure_noise_2sem']:.3f}),"
+                    f" pure below hybrids {b['every_pure_below_its_hybrids']}")
+                for n, t in sorted(b["layouts"].items(), key=lambda kv: -kv[1]["mean"]):
+                    log(f"    {n:16s} {t['mean']:.3f} ± {t['sem'] or 0:.3f} (n {t['n']})")
+        if "consistent" in a:
+            log(f"{v} consistent: {a['consistent']}")
+    log(f"wrote {args.out}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(ap, NAME)
+    ap.add_argument("--jsonl", default=str(RESULTS_DIR / f"{NAME}.jsonl"), help="per-job records (appended)")
+    ap.add_argument("--proxy", default="small", help="proxy preset or YAML (with a recall_probe)")
+    ap.add_argument("--scale", default="small", help="scale of preset layout names")
+    ap.add_argument("--layouts", nargs="+", default=["calibration"], help="calibration, grid, or preset names/YAMLs")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[1, 4], help="step multipliers (rung 0 = 1)")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;KEY=VALUE (repeatable ablations)")
+    ap.add_argument("--p", type=int, default=8, help="concurrent proxy processes on the GPU")
+    ap.add_argument("--analyze", action="store_true", help="only analyse the JSONL")
+    args = ap.parse_args()
+    if args.analyze:
+        write_summary(args, {}, None)
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    main_guard(main)

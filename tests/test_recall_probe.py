@@ -1,0 +1,108 @@
+"""The recall probe (MQAR apart from the LM) and the seed spread of a ProxyResult, on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hyla.config import ConfigError
+from hyla.proxy_train.recall_probe import RecallProbeConfig, _level_batch, _PrevTokenEmbedding, run_probe, wsd_lr
+from hyla.proxy_train.train import ProxyConfig, aggregate_seeds, run_proxy
+from hyla.space.layout import Layout
+
+PROBE = {"seq_len": 16, "pairs": [1, 2], "steps": 6, "batch_size": 4, "eval_every": 3, "eval_examples": 8, "warmup": 1}
+
+
+def _layout(layers: tuple[str, ...] = ("gla", "attn")) -> Layout:
+    return Layout(layers=layers, d_model=32, vocab_size=512, mlp_hidden=64, num_heads=2, name="probe-test")
+
+
+def _proxy(**kw: object) -> ProxyConfig:
+    base = {"preset": "tiny", "steps": 2, "seq_len": 32, "batch_size": 2, "recall_mix": 0, "recall_suite": "none",
+            "text": {"source": "stdlib", "max_docs": 20}, "eval_batches": 1, "device": "cpu", "recall_probe": PROBE}
+    return ProxyConfig.from_dict({**base, **kw})
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("pairs", [4, 2], "recall_probe.pairs"), ("seq_len", 6, "recall_probe.seq_len"),
+    ("lrs", [], "recall_probe.lrs"), ("task_vocab", 3, "recall_probe.task_vocab"),
+    ("kernels", "cuda", "kernels"), ("stop_at", 0.0, "recall_probe.stop_at"),
+])
+def test_probe_config_refuses_bad_fields(field: str, value: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ProxyConfig.from_dict({"preset": "tiny", "recall_mix": 0, "recall_probe": {**PROBE, field: value}})
+
+
+def test_proxy_config_checks_probe_combinations() -> None:
+    with pytest.raises(ConfigError, match="recall_mix"):
+        ProxyConfig.from_dict({"preset": "tiny", "recall_probe": PROBE})  # tiny mixes recall rows in
+    with pytest.raises(ConfigError, match="train_lm"):
+        ProxyConfig.from_dict({"preset": "tiny", "train_lm": False})
+    with pytest.raises(ConfigError, match="seeds"):
+        ProxyConfig.from_dict({"preset": "tiny", "seeds": 0})
+    with pytest.raises(ConfigError, match="exceed the layout's vocab_size"):
+        run_proxy(_layout(), _proxy(recall_probe={**PROBE, "task_vocab": 1024}), progress=False)
+
+
+def test_wsd_schedule_warms_holds_and_decays() -> None:
+    lrs = [wsd_lr(s, 100, 1.0, 10, 0.2, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in lrs[10:82])  # stable until the last 20 % of the 90 post-warm-up steps
+    assert 0.1 < lrs[-1] < 0.11 and all(a > b for a, b in zip(lrs[82:], lrs[83:]))  # one step short of the floor
+
+
+def test_curriculum_batches_admit_levels_in_order() -> None:
+    levels = RecallProbeConfig(**PROBE).levels(512)
+    x1, y1 = _level_batch(levels, 1, 6, step=0, seed=0)
+    assert ((y1 != -100).sum(-1) == 1).all()  # only the 1-pair level
+    x2, y2 = _level_batch(levels, 2, 6, step=0, seed=0)
+    assert sorted((y2 != -100).sum(-1).tolist()) == [1, 1, 1, 2, 2, 2]
+    assert torch.equal(_level_batch(levels, 2, 6, 5, 3)[0], _level_batch(levels, 2, 6, 5, 3)[0])  # seeded
+    assert not torch.equal(_level_batch(levels, 2, 6, 5, 3)[0], _level_batch(levels, 2, 6, 6, 3)[0])
+
+
+def test_prev_token_embedding_adds_the_previous_token() -> None:
+    prev = _PrevTokenEmbedding(8, 4, 1.0)
+    ids = torch.tensor([[3, 5, 7]])
+    out = prev.hook(None, (ids,), torch.zeros(1, 3, 4))
+    assert torch.equal(out[0, 1], prev.weight[3]) and torch.equal(out[0, 2], prev.weight[5])
+    assert torch.equal(out[0, 0], prev.weight[0])
+
+
+def test_run_probe_scores_every_level_and_every_lr() -> None:
+    cfg = RecallProbeConfig(**{**PROBE, "lrs": [1e-3, 3e-3]})
+    r = run_probe(_layout(), cfg, seed=0, init_std=0.1, dev=torch.device("cpu"))
+    assert set(r["levels"]) == {"mqar@16x1", "mqar@16x2"}
+    assert r["recall"] == pytest.approx(sum(r["levels"].values()) / 2)
+    assert [p["lr"] for p in r["per_lr"]] == [1e-3, 3e-3]
+    assert r["recall"] == max(p["score"] for p in r["per_lr"]) and r["lr"] in (1e-3, 3e-3)
+    assert all(p["curve"][-1][0] == p["steps"] for p in r["per_lr"])
+
+
+def test_run_proxy_reports_seed_spread() -> None:
+    r = run_proxy(_layout(), _proxy(seeds=3, seed=5), progress=False)
+    assert r.status == "ok" and r.seeds == [5, 6, 7] and len(r.probe) == 3
+    for metric in ("recall", "lm_val_loss", "train_loss"):
+        vals = r.seed_values[metric]
+        assert len(vals) == 3
+        assert getattr(r, metric) == pytest.approx(sum(vals) / 3)
+        sd = math.sqrt(sum((v - sum(vals) / 3) ** 2 for v in vals) / 2)
+        assert r.sem[metric] == pytest.approx(sd / math.sqrt(3))
+    assert set(r.recall_tasks) == {"mqar@16x1", "mqar@16x2"}
+    one = run_proxy(_layout(), _proxy(seed=5), progress=False)
+    assert one.sem["recall"] is None and one.seed_values["recall"] == [r.seed_values["recall"][0]]  # same seed
+
+
+def test_probe_only_proxy_skips_the_lm() -> None:
+    r = run_proxy(_layout(), _proxy(train_lm=False), progress=False)
+    assert r.status == "ok" and r.lm_val_loss is None and r.recall is not None and r.tokens_seen == 0
+
+
+def test_aggregate_keeps_the_failed_seed_status() -> None:
+    ok = {"status": "ok", "recall": 0.5, "lm_val_loss": 2.0, "train_loss": 2.1, "tokens_seen": 10}
+    bad = {"status": "diverged", "fail_reason": "non-finite loss at step 3", "diverged_step": 3, "tokens_seen": 4}
+    out = aggregate_seeds([ok, bad], [0, 1])
+    assert out["status"] == "diverged" and out["fail_reason"].startswith("non-finite")
+    assert out["seed_values"]["recall"] == [0.5] and out["sem"]["recall"] is None and out["tokens_seen"] == 14
