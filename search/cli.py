@@ -95,7 +95,7 @@ def _report(cfg: Any, summary: Any, console: Any, plot: bool) -> None:
         console.print(f"rung {r.rung}: {r.completed} completed ({r.reused} reused), {r.failed} failed, "
                       f"{r.retried} worker retries")
     table = Table(title=f"Pareto set of {cfg.study_name(summary.pareto_rung)} ({len(summary.pareto)} trials)")
-    for col in ("trial", "layout", "preset", *cfg.objectives):
+    for col in ("trial", "layout", "preset", "seeds", *cfg.objectives):
         table.add_column(col, overflow="fold")
     for row in objective_table_rows(summary.pareto, cfg.objectives):
         table.add_row(*row)
@@ -148,27 +148,12 @@ def _promote_settings(cfg: Any, study: Any, rung: int) -> dict[str, Any]:
             "noise": get("noise", True), "z": get("noise_z", 2.0)}
 
 
-def _status_rows(trials: list[Any], objectives: list[str]) -> list[list[str]]:
-    """Rows (trial, layout, preset, seeds, ``mean ± sem`` per objective) for the status tables."""
-    from hyla.search.rungs import n_seeds, objective_sems
-    from hyla.search.study import _fmt
-    from hyla.space.layout import Layout
-
-    rows = []
-    for t in sorted(trials, key=lambda t: t.number):
-        layout = t.user_attrs.get("layout")
-        lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
-        vals = [_fmt(n, v) + (f" ± {_fmt(n, s)}" if s > 0 else "")
-                for n, v, s in zip(objectives, t.values or [], objective_sems(t))]
-        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), str(n_seeds(t)), *vals])
-    return rows
-
-
 def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from hyla.search.config import load_study_config
     from hyla.search.rungs import pareto_front, promotion_report
+    from hyla.search.study import objective_table_rows
     from hyla.search.storage import load_rung_studies, open_storage
 
     cfg = None
@@ -205,7 +190,7 @@ def _status(args: argparse.Namespace) -> int:
         table = Table(title=f"Pareto set of {study.study_name} (mean ± s.e.m. over seeds)")
         for col in ("trial", "layout", "preset", "seeds", *objectives):
             table.add_column(col, overflow="fold")
-        for row in _status_rows(front, objectives):
+        for row in objective_table_rows(front, objectives):
             table.add_row(*row)
         console.print(table)
         report = promotion_report(trials, directions, objectives, **_promote_settings(cfg, study, rung))
@@ -217,7 +202,7 @@ def _status(args: argparse.Namespace) -> int:
             table = Table(title=f"Not promoted but within noise of the front ({len(candidates)}): cut by k={report.k}")
             for col in ("trial", "layout", "preset", "seeds", *objectives, "note"):
                 table.add_column(col, overflow="fold")
-            for row, e in zip(_status_rows([e.trial for e in candidates], objectives), candidates):
+            for row, e in zip(objective_table_rows([e.trial for e in candidates], objectives), candidates):
                 table.add_row(*row, e.note)
             console.print(table)
     return 0

@@ -349,15 +349,17 @@ def write_resolved(cfg: StudyConfig) -> Path:
 
 
 def objective_table_rows(trials: list[FrozenTrial], objectives: list[str]) -> list[list[str]]:
-    """Rows (trial, layout string, preset, objective values) for console tables."""
+    """Rows (trial, layout string, preset, seeds, ``mean ± s.e.m.`` per objective) for console tables."""
+    from hyla.search.rungs import n_seeds, objective_sems
     from hyla.space.layout import Layout
 
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         layout = t.user_attrs.get("layout")
         lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
-        vals = [_fmt(n, v) for n, v in zip(objectives, t.values or [])]
-        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), *vals])
+        vals = [_fmt(n, v) + (f" ± {s:.2g}" if s > 0 else "")
+                for n, v, s in zip(objectives, t.values or [], objective_sems(t))]
+        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), str(n_seeds(t)), *vals])
     return rows
 
 

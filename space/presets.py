@@ -61,6 +61,7 @@ class Scale:
 
 SCALES: dict[str, Scale] = {s.name: s for s in [
     Scale("tiny", 24, 32, 2, 64, 512),  # CPU tests and smoke runs
+    Scale("mini", 4, 64, 2, 128, 512),  # the CPU quickstart: shallow and wide enough to learn recall in minutes
     Scale("small", 24, 256, 4, 704, 512),  # GPU proxies
     Scale("340m", 24, 1024, 16, 2816, 32000),  # the paper's 340M
     Scale("1.3b", 24, 2048, 32, 5632, 32000),  # the paper's 1.3B
@@ -148,11 +149,13 @@ def transformer(scale: str | Scale = DEFAULT_SCALE) -> Layout:
 def paper_grid(scale: str | Scale = DEFAULT_SCALE, convention: str = "last") -> list[Layout]:
     """The paper's 31 layouts: 6 mixers x {24:1, 12:1, 6:1, 3:1, pure} + the Transformer.
 
-    With ``convention="literal"`` a ratio that leaves no attention layer at the scale's depth (24:1 over 24
-    layers: 24 linear layers then the attention layer would be layer 25) is skipped: 25 layouts at depth 24.
+    A ratio that leaves no attention layer at the scale's depth is skipped: with ``convention="literal"`` 24:1
+    over 24 layers (24 linear layers then the attention layer would be layer 25), so 25 layouts at depth 24;
+    at the 4-layer ``mini`` scale every ratio but 3:1 (13 layouts).
     """
     s = get_scale(scale)
-    ratios = [r for r in PAPER_RATIOS if convention != "literal" or r < s.n_layers]  # literal groups are r + 1
+    group = 1 if convention == "literal" else 0  # literal groups are r + 1 layers
+    ratios = [r for r in PAPER_RATIOS if r + group <= s.n_layers]
     out = [hybrid(m, r, s, convention) for m in PAPER_MIXERS for r in (*ratios, None)]
     return out + [transformer(s)]
 

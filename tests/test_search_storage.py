@@ -108,7 +108,7 @@ def test_quickstart_example_validates(tmp_path: Path) -> None:
     cfg = load_study_config(path, run_dir=str(tmp_path / "qs"))
     prep = prepare(cfg)  # space, proxies and the seed layouts (which must lie in the space) all resolve
     assert [p for p, _ in prep.seed_layouts] == list(cfg.seeds)
-    assert cfg.n_trials >= 8 and len(cfg.rungs) == 2 and cfg.storage is None
+    assert cfg.n_trials >= 7 and len(cfg.rungs) == 2 and cfg.storage is None
     assert cfg.ray.num_workers == 2 and cfg.ray.cpus_per_worker == 1
 
 

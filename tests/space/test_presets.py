@@ -28,7 +28,7 @@ def test_ratio_not_fitting_depth() -> None:
         resolve_preset("gla-30:1@tiny")
 
 
-@pytest.mark.parametrize("scale", list(SCALES))
+@pytest.mark.parametrize("scale", [s for s in SCALES if SCALES[s].n_layers == 24])
 def test_paper_grid(scale: str) -> None:
     grid = paper_grid(scale)
     assert len(grid) == 31
@@ -39,6 +39,12 @@ def test_paper_grid(scale: str) -> None:
     for layout in grid:
         assert (layout.n_layers, layout.d_model, layout.num_heads) == (s.n_layers, s.d_model, s.num_heads)
         assert resolve_preset(layout.name).key() == layout.key()
+
+
+def test_shallow_grid_keeps_the_ratios_that_fit() -> None:
+    grid = paper_grid("mini")  # 4 layers: only 3:1 leaves an attention layer
+    assert len(grid) == 13 and {l.name for l in grid} >= {"gdn-3:1@mini", "gdn-pure@mini", "transformer@mini"}
+    assert resolve_preset("gdn-3:1@mini").attention_layers == (2,)
 
 
 def test_literal_grid_skips_ratios_that_do_not_fit() -> None:
@@ -65,7 +71,7 @@ def test_names() -> None:
 
 @pytest.mark.parametrize("bad,match", [
     ("foo-6:1@tiny", "unknown mixer 'foo'.*gla"),
-    ("gla-6:1@2b", "unknown scale '2b'.*tiny, small, 340m, 1.3b"),
+    ("gla-6:1@2b", "unknown scale '2b'.*tiny, mini, small, 340m, 1.3b"),
     ("gla-6:1:first@tiny", "unknown placement convention 'first'.*last, literal"),
     ("gla-6:2@tiny", "cannot parse"),
     ("gla-0:1@tiny", "r >= 1"),
