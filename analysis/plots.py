@@ -27,7 +27,7 @@ from hyla.analysis.study_data import StudyData, TrialRecord
 #: The three standard views: recall vs memory is the headline trade-off.
 STANDARD_VIEWS: tuple[tuple[str, str], ...] = (("memory_bytes", "recall"), ("memory_bytes", "lm_loss"),
                                                ("lm_loss", "recall"))
-_LABELS = {"lm_loss": "LM val loss", "recall": "recall (suite accuracy)", "kv_bytes": "KV cache bytes / seq",
+_LABELS = {"lm_loss": "LM val loss", "recall": "recall (mean accuracy over levels)", "kv_bytes": "KV cache bytes / seq",
            "memory_bytes": "KV + state bytes / seq", "params": "parameters", "tokens_per_s": "tokens / s"}
 _BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-headless-shell", "/usr/bin/chromium-browser",
              "/usr/bin/google-chrome")

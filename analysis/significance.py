@@ -113,6 +113,8 @@ def front_pair_tests(data: StudyData, rung: int, metrics: Sequence[str] = ("reca
     front = front_records(data.select(rung=rung, complete=True), objectives, [o.direction for o in data.objectives])
     x = x or front_axis(data, front)
     front = sorted((r for r in front if r.metric(x) is not None), key=lambda r: (r.metric(x), r.number))
+    seen: set[str] = set()  # a reused result (same layout) is one point, not a pair with itself
+    front = [r for r in front if not (r.layout_key and r.layout_key in seen) and not seen.add(r.layout_key)]
     out = []
     for a, b in itertools.pairwise(front):
         for m in metrics:
