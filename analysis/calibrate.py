@@ -10,6 +10,10 @@ Per metric: Spearman's rho and Kendall's tau (scipy.stats) with percentile boots
 pairs, seeded, 1000 resamples). The rung used is ``--rung`` or, by default, the rung with the most matches (the
 higher one on ties), so one proxy budget is compared at a time. Several trials of one layout at that rung (reused
 duplicates) are averaged.
+
+``--reference-rung R`` takes the reference from the study itself: the layouts of rung R (trials of one layout
+averaged) against the same layouts at ``--rung`` (default R - 1). This is the multi-fidelity check the promotion
+rule relies on: does the cheap rung rank the promoted layouts as the bigger budget does?
 """
 
 from __future__ import annotations
@@ -131,19 +135,59 @@ def bootstrap_ci(x: list[float], y: list[float], stat: str, n: int = 1000, seed:
     return (float(lo), float(hi))
 
 
-def calibrate(data: StudyData, reference: str | Path, rung: int | None = None, n_boot: int = 1000,
-              seed: int = 0) -> tuple[int, list[MetricCalibration]]:
+def reference_from_rung(data: StudyData, rung: int, metrics: list[str] | None = None
+                        ) -> tuple[list[Layout], dict[str, list[float | None]]]:
+    """The study's own rung ``rung`` as the reference: one row per layout (trials of a layout averaged).
+
+    Multi-fidelity consistency: a promotion rule assumes that rung r ranks layouts as rung r+1 (a bigger budget)
+    would; ``calibrate(data, reference_rung=r + 1, rung=r)`` measures it on the promoted layouts.
+    """
+    if rung not in data.rungs:
+        raise ConfigError(f"--reference-rung: {rung} is not a rung of study {data.name!r}; rungs: {data.rungs}")
+    names = metrics or [o.name for o in data.objectives]
+    groups: dict[str, list[Any]] = {}
+    for t in data.select(rung=rung, complete=True):
+        if t.layout is not None:
+            groups.setdefault(pattern_key(t.layout), []).append(t)
+    layouts = [ts[0].layout for ts in groups.values()]
+    values: dict[str, list[float | None]] = {}
+    for m in names:
+        col = []
+        for ts in groups.values():
+            vals = [t.metric(m) for t in ts if t.metric(m) is not None]
+            col.append(sum(vals) / len(vals) if vals else None)
+        values[m] = col
+    return layouts, values
+
+
+def calibrate(data: StudyData, reference: str | Path | None = None, rung: int | None = None, n_boot: int = 1000,
+              seed: int = 0, reference_rung: int | None = None) -> tuple[int, list[MetricCalibration]]:
     """Match reference rows to trials and compute rank agreement per metric.
+
+    Args:
+        data: the study.
+        reference: a reference CSV (module docstring); or None with ``reference_rung``.
+        rung: the proxy rung compared (default: the one with the most matches; with ``reference_rung`` the rung
+            below it).
+        reference_rung: use this rung of the study itself as the reference (multi-fidelity consistency).
 
     Returns:
         (the rung used, one `MetricCalibration` per metric column).
 
     Raises:
-        ConfigError: fewer than 3 reference layouts match complete trials.
+        ConfigError: no reference, or fewer than 3 reference layouts match complete trials.
     """
     from scipy.stats import kendalltau, spearmanr
 
-    layouts, values = read_reference(reference, data)
+    if (reference is None) == (reference_rung is None):
+        raise ConfigError("calibrate: give exactly one of --reference CSV and --reference-rung R")
+    if reference_rung is not None:
+        layouts, values = reference_from_rung(data, reference_rung)
+        rung = reference_rung - 1 if rung is None else rung
+        if rung == reference_rung:
+            raise ConfigError(f"--rung: {rung} is the reference rung itself; compare another rung")
+    else:
+        layouts, values = read_reference(reference, data)
     keys = [pattern_key(lay) for lay in layouts]
     by_rung: dict[int, dict[str, list]] = {}
     for t in data.trials:

@@ -53,7 +53,10 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
 
     ca = sub.add_parser("calibrate", help="rank agreement (Spearman, Kendall + bootstrap CIs) with a reference CSV")
     _study_args(ca)
-    ca.add_argument("--reference", required=True, help="CSV: column 'layout' (preset or YAML) + metric columns")
+    ca.add_argument("--reference", default=None, help="CSV: column 'layout' (preset or YAML) + metric columns")
+    ca.add_argument("--reference-rung", type=int, default=None,
+                    help="use this rung of the study as the reference (multi-fidelity consistency; --rung "
+                         "defaults to the rung below)")
     ca.add_argument("--rung", type=int, default=None, help="rung to compare (default: the one with most matches)")
     ca.add_argument("--out", default="calibration", help="output directory (calibration.json, calibration.html)")
     ca.set_defaults(func=_calibrate)
@@ -110,7 +113,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from hyla.analysis.calibrate import calibrate, write_calibration
 
     data = _load(args)
-    rung, results = calibrate(data, args.reference, rung=args.rung)
+    rung, results = calibrate(data, args.reference, rung=args.rung, reference_rung=args.reference_rung)
     for r in results:
         print(f"{r.metric} (rung {rung}, n={r.n}): Spearman {r.spearman:.3f} "
               f"[{r.spearman_ci[0]:.3f}, {r.spearman_ci[1]:.3f}], Kendall {r.kendall:.3f} "

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
                                  "ckey": config_key(cfg)})
     done = {(r["layout_key"], r["config_key"]) for r in read_jsonl(args.jsonl) if r.get("status") == "ok"}
     todo = [j for j in jobs if (j["layout"].key(), j["ckey"]) not in done]
-    todo.sort(key=lambda j: -j["budget"])  # longest first: the workers finish together
+    todo.sort(key=lambda j: j["budget"])  # rung-0 budget first: a capped run still has every seed of it
     deadline = Deadline(args.max_seconds)
     session = {"id": f"{time.time():.0f}", "p": args.p, "env": env, "elapsed_s": 0.0, "finished": 0,
                "jobs": len(jobs), "todo": len(todo)}

@@ -127,3 +127,26 @@ def test_cli_bad_input_exits_2(journal: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["analysis", *[a.replace("{j}", str(journal)) for a in argv]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hyla: error:") and message in err and "\n" not in err
+
+
+def test_calibrate_rung_against_a_higher_rung(journal: Path) -> None:
+    """Multi-fidelity consistency: rung 0's values of the promoted layouts against their rung-1 values."""
+    data = load_study(journal)
+    rung, results = calibrate(data, reference_rung=1)
+    assert rung == 0
+    promoted = data.select(rung=1, complete=True)
+    recall = next(r for r in results if r.metric == "recall")
+    assert recall.n == len(promoted) == 3
+    by_layout = {pattern_key(t.layout): t for t in promoted}
+    for pair in recall.pairs:
+        t0 = next(t for t in data.select(rung=0, complete=True) if t.number in pair["trials"])
+        assert pair["proxy"] == t0.metric("recall")
+        assert pair["reference"] == by_layout[pattern_key(t0.layout)].metric("recall")
+    x, y = [p["proxy"] for p in recall.pairs], [p["reference"] for p in recall.pairs]
+    assert recall.spearman == pytest.approx(spearmanr(x, y)[0])
+    with pytest.raises(ConfigError, match="exactly one of"):
+        calibrate(data)
+    with pytest.raises(ConfigError, match="--reference-rung: 5"):
+        calibrate(data, reference_rung=5)
+    with pytest.raises(ConfigError, match="reference rung itself"):
+        calibrate(data, reference_rung=1, rung=1)
