@@ -33,18 +33,15 @@ Presets (``ProxyConfig.load("tiny")``):
   steps, 2-5 min per layout on 2 cores). The ``tiny`` recall suite (MQAR 4/8/16 pairs over 32 symbols, MAD
   in-context recall and selective copying; RULER levels only when ``recall_max_len`` allows) stays at chance
   in 8 steps.
-- ``small``: GPU proxy. 24 x 256 layouts, T = 1024, batch 32, 1200 steps = 39M tokens. To scale, keep
-  ``seq_len`` and change ``tokens`` (or ``steps``); the schedule follows the step count. Halve ``batch_size`` and
-  double ``steps`` if memory is short. Designed from the CPU findings above, not tuned on GPU: init std 0.04
-  (width-scaled; the old flat 0.02 at d 256 is a per-layer gain of 0.32, in the range that failed at d 64),
-  peak lr for the first 80 % of the steps (``decay_fraction`` 0.2), and MQAR levels from 8 pairs at T = 128 to
-  64 pairs at T = 1024 (suite ``small``) so the MQAR mean rises with the first solved level, each over the fewest
-  symbols its pairs allow (32 up to 16 pairs: with 128 symbols a 4-layer attention model stayed at the copy
-  level, 0.126, on mqar@128x8 after 1200 CPU steps where 32 symbols reached 0.999). Before these
-  changes, 4M-token (123-step) ``small`` proxies scored 0.03-0.04 recall for every mixer (chance). On an H100 a
-  shortened run of this preset (489 steps of 16 rows, 8M tokens) still left recall at chance, and the paper-grid
-  run (``benchmarks/grid_proxy.yaml``: T 256, half the rows MQAR, 450 steps) taught MQAR to DeltaNet layouts
-  (0.88-1.00) but not yet to the Transformer (0.065): use the full 1200 steps or more before ranking recall.
+- ``small``: GPU proxy. 24 x 256 layouts; LM: T = 1024, batch 32, 1200 steps = 39M tokens (to scale, keep
+  ``seq_len`` and change ``tokens`` or ``steps``; the schedule follows the step count), init std 0.04
+  (width-scaled), peak lr for the first 80 % of the steps. Recall: the recall probe
+  (``hyla.proxy_train.recall_probe``: MQAR alone at T = 256 over 4-64 pairs, 1000 steps of 64 rows, lr 1e-3,
+  previous-token help, curriculum, early stop), not rows mixed into the LM run: mixed recall at this scale left
+  the Transformer on the plateau (H100 paper grid, ``benchmarks/grid_proxy.yaml``: 0.065 after 450 steps) while
+  DeltaNet, with its short convolution, solved it; 123-step runs scored chance for every mixer. On an H200 the
+  probe took the Transformer to 1.00 in 300 steps (3 seeds); its calibration over the paper's mixers is not
+  measured yet (README, "GPU notes").
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
