@@ -120,12 +120,14 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor, past_key_values: HylaCache | None = None,
                 use_cache: bool | None = None, labels: torch.LongTensor | None = None,
                 attention_mask: torch.Tensor | None = None, return_dict: bool | None = None,
-                **kwargs: Any) -> CausalLMOutputWithPast:
+                cache: HylaCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         """Causal-LM forward.
 
         Args:
             input_ids: (B, T) ids (during cached generation only the new tokens).
             past_key_values: a `HylaCache` from the previous step (or None).
+            cache: the same under its newer name (transformers >= 5.2x passes ``cache=`` to ``generate``'s steps
+                and warns that ``past_key_values`` is deprecated); either one is read.
             use_cache: return an updated `HylaCache`.
             labels: (B, T) ids; the loss is next-token cross entropy (shifted here), -100 ignored.
             attention_mask: accepted for API compatibility; padding is not supported, so it must be all ones.
@@ -133,6 +135,7 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("HylaForCausalLM does not support padded batches (attention_mask has zeros)")
         use_cache = bool(use_cache) if use_cache is not None else False
+        past_key_values = cache if cache is not None else past_key_values
         states = past_key_values.states if past_key_values is not None else None
         logits, new_states = self.model(input_ids, states=states, use_cache=use_cache)
         loss = None
