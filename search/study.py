@@ -89,7 +89,7 @@ def objective_values(prep: Prepared, layout: Any, result: dict[str, Any]) -> lis
     return out
 
 
-def objective_sems(prep: Prepared, result: dict[str, Any]) -> list[float | None]:
+def result_sems(prep: Prepared, result: dict[str, Any]) -> list[float | None]:
     """Standard error of each trial value (objective order): the proxy's seed spread for its measured scores,
     0 for exact costs (memory, params), None where unknown (one seed, throughput)."""
     sem = result.get("sem") or {}
@@ -262,7 +262,7 @@ class _RungDriver:
             return
         job.trial.set_user_attr("result", result)
         job.trial.set_user_attr("status", "ok")
-        job.trial.set_user_attr("objective_sem", objective_sems(self.prep, result))  # Optuna gets the means
+        job.trial.set_user_attr("objective_sem", result_sems(self.prep, result))  # Optuna gets the means
         job.trial.set_user_attr("n_seeds", len(result.get("seeds") or [0]))
         frozen = self.study.tell(job.trial, values)
         self.done_by_key[job.key] = frozen
