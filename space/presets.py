@@ -69,6 +69,8 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
 #: r of the paper's r:1 ratios
 PAPER_RATIOS: tuple[int, ...] = (24, 12, 6, 3)
 CONVENTIONS: tuple[str, ...] = ("last", "literal")
+#: where the attention layer sits in each group of a ratio (`attention_indices`)
+POSITIONS: tuple[str, ...] = ("last", "first", "middle")
 DEFAULT_SCALE = "340m"
 
 _NAME_RE = re.compile(r"^(?P<body>[^@]+?)(@(?P<scale>[^@]+))?$")
@@ -94,14 +96,22 @@ def _check_mixer(mixer: str) -> str:
     return mixer
 
 
-def attention_indices(n_layers: int, ratio: int, convention: str = "last") -> tuple[int, ...]:
-    """0-based attention layers of an ``r:1`` hybrid over ``n_layers`` layers (see the module docstring)."""
+def attention_indices(n_layers: int, ratio: int, convention: str = "last", position: str = "last") -> tuple[int, ...]:
+    """0-based attention layers of an ``r:1`` hybrid over ``n_layers`` layers (see the module docstring).
+
+    The single meaning of a ratio in hyla (presets and the search space's ``ratios``). ``position`` moves the
+    attention layer within each group: ``last`` (the conventions above), ``first`` or ``middle`` (offset
+    ``group // 2``); the search space's ``uniform_first`` / ``middle`` placements use it.
+    """
     if convention not in CONVENTIONS:
         raise ConfigError(f"placement convention: unknown {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    if position not in POSITIONS:
+        raise ConfigError(f"ratio position: unknown {position!r}; expected one of {', '.join(POSITIONS)}")
     if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1:
         raise ConfigError(f"ratio: {ratio!r} must be a positive integer r of r:1 (use 'pure' for no attention)")
     group = ratio if convention == "last" else ratio + 1
-    idx = tuple(i for i in range(n_layers) if (i + 1) % group == 0)
+    offset = {"last": group - 1, "first": 0, "middle": group // 2}[position]
+    idx = tuple(j * group + offset for j in range(n_layers // group))
     if not idx:
         raise ConfigError(f"ratio: {ratio}:1 ({convention}) does not fit depth {n_layers}: no attention layer; "
                           f"expected r <= {n_layers if convention == 'last' else n_layers - 1}")

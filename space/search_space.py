@@ -3,19 +3,24 @@
 A `SearchSpace` fixes the model shape (a scale from ``hyla.space.presets``) and lets the search choose, in this
 order (each choice below is one categorical Optuna parameter; a choice with a single option is not suggested):
 
-1. ``placement``: how attention layers are placed: ``uniform_last`` / ``uniform_first`` / ``middle`` spread
-   ``n`` attention layers over ``N`` layers in ``n`` equal groups (last / first / centre layer of each group:
-   ``(j+1)N//n - 1``, ``jN//n``, ``(2j+1)N//(2n)`` for ``j < n``); ``free`` = one bit ``attn_XX`` per layer.
-2. ``ratio`` (``r`` of ``r:1``, ``n = N // r``, 0 = pure linear) or ``n_attention`` (``n`` directly); not for free.
+1. ``placement``: ``uniform_last`` / ``uniform_first`` / ``middle`` put one attention layer in each of ``n``
+   equal groups of the ``N`` layers (last / first / centre layer: ``(j+1)N//n - 1``, ``jN//n``, ``(2j+1)N//(2n)``);
+   ``free`` = one bit ``attn_XX`` per layer.
+2. ``n_attention`` (``n`` directly) or ``ratio`` (``r`` of ``r:1``, 0 = pure linear); not for free. A ratio means
+   what the presets mean (``presets.attention_indices``, ``last``): ``N // r`` groups of ``r`` layers from layer 0,
+   attention at each group's last / first / middle (offset ``r // 2``) layer, the ``N mod r`` layers after the last
+   group linear. ``ratios: [5]`` over 24 layers is ``gla-5:1`` = {4, 9, 14, 19}; ``n_attention: [4]`` is
+   {5, 11, 17, 23}; they agree when ``r`` divides ``N``.
 3. ``mixer`` (one kind for every linear layer) or ``mixer_XX`` per linear layer (``per_layer_mixer``).
 4. ``attn_heads`` (softmax heads inside every linear layer, head-wise hybrid) or ``attn_heads_XX`` per linear
    layer (``headwise.per_layer``).
 5. ``window`` of every softmax part, or ``window_XX`` per layer with softmax heads (``windows_per_layer``);
    only suggested when the layout has softmax heads.
 
-``uniform_last`` with ``r`` dividing ``N`` is the paper's (released checkpoints') placement: 6:1 over 24 layers
--> {5, 11, 17, 23}. ``layout_to_params`` inverts ``suggest_layout`` (for ``study.enqueue_trial``), so the
-paper grid and hand-made layouts can seed a study.
+``uniform_last`` with a ratio is the paper's (released checkpoints') placement: 6:1 over 24 layers -> {5, 11, 17,
+23}; the ``literal`` convention (groups of ``r + 1``) is no placement here. ``layout_to_params`` inverts
+``suggest_layout`` (for ``study.enqueue_trial``), so the paper grid and hand-made layouts can seed a study; a
+layout outside the space is refused with its attention indices.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hyla.space.cost import dtype_bytes, inference_memory, param_count
 from hyla.space.layout import ATTN, LayerSpec, Layout
 from hyla.space.mixers import LINEAR_MIXERS, get_mixer_kind
-from hyla.space.presets import PAPER_RATIOS, get_scale
+from hyla.space.presets import PAPER_RATIOS, attention_indices, get_scale
 
 PLACEMENTS: tuple[str, ...] = ("uniform_last", "uniform_first", "middle", "free")
 
@@ -122,15 +127,9 @@ class SearchSpace:
             object.__setattr__(self, "ratios", (*PAPER_RATIOS, 0))
         if self.ratios is not None:
             _nonempty_unique("ratios", self.ratios)
-            seen: dict[int, int] = {}
             for r in self.ratios:
                 if r < 0 or r > depth:
                     raise ConfigError(f"space ratios: {r} does not fit depth {depth}; allowed 0 (pure) or 1..{depth}")
-                n = depth // r if r else 0
-                if n in seen:
-                    raise ConfigError(f"space ratios: {seen[n]} and {r} both give {n} attention layers at depth "
-                                      f"{depth}; keep one")
-                seen[n] = r
         else:
             _nonempty_unique("n_attention", self.n_attention)
             for n in self.n_attention:
@@ -140,6 +139,15 @@ class SearchSpace:
         for p in self.placements:
             if p not in PLACEMENTS:
                 raise ConfigError(f"space placements: unknown placement {p!r}; expected one of {', '.join(PLACEMENTS)}")
+        if self.ratios is not None:
+            for p in (p for p in self.placements if p != "free"):
+                seen: dict[tuple[int, ...], int] = {}
+                for r in self.ratios:
+                    idx = ratio_indices(p, depth, r)
+                    if idx in seen:
+                        raise ConfigError(f"space ratios: {seen[idx]} and {r} both put attention at {list(idx)} "
+                                          f"(placement {p}, depth {depth}); keep one")
+                    seen[idx] = r
         _nonempty_unique("headwise.heads", self.headwise.heads)
         for k in self.headwise.heads:
             if not 0 <= k <= s.num_heads:
@@ -181,11 +189,10 @@ class SearchSpace:
     def count_choices(self) -> tuple[int, ...]:
         return self.ratios if self.ratios is not None else self.n_attention  # type: ignore[return-value]
 
-    def n_from_count(self, value: int) -> int:
-        """Number of attention layers for a ``ratio``/``n_attention`` value."""
-        if self.ratios is None:
-            return value
-        return self.depth // value if value else 0
+    def attention_for(self, placement: str, count: int) -> tuple[int, ...]:
+        """Attention layers of a structured placement for a ``ratio``/``n_attention`` value."""
+        by_ratio = self.ratios is not None
+        return (ratio_indices if by_ratio else placement_indices)(placement, self.depth, count)
 
     def base_layout(self, layers: Sequence[LayerSpec | str]) -> Layout:
         s = get_scale(self.scale)
@@ -232,6 +239,13 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 # -- Optuna <-> Layout ---------------------------------------------------------------------------------------
+def ratio_indices(placement: str, n_layers: int, ratio: int) -> tuple[int, ...]:
+    """Attention layers of an ``r:1`` ratio (0 = none) under a structured placement: the presets' groups."""
+    if placement not in PLACEMENTS[:3]:
+        raise ConfigError(f"placement: {placement!r} has no fixed indices; expected one of {', '.join(PLACEMENTS[:3])}")
+    return attention_indices(n_layers, ratio, "last", placement.removeprefix("uniform_")) if ratio else ()
+
+
 def placement_indices(placement: str, n_layers: int, n_attn: int) -> tuple[int, ...]:
     """Attention layers of a structured placement (not ``free``) with ``n_attn`` of ``n_layers`` layers."""
     if n_attn == 0:
@@ -258,7 +272,7 @@ def suggest_layout(trial: TrialLike, space: SearchSpace) -> Layout:
         attn = {i for i in range(n) if _pick(trial, f"attn_{i:02d}", (False, True))}
     else:
         count = _pick(trial, space.count_param, space.count_choices)
-        attn = set(placement_indices(placement, n, space.n_from_count(count)))
+        attn = set(space.attention_for(placement, count))
     linear = [i for i in range(n) if i not in attn]
     if space.per_layer_mixer:
         mixers = {i: _pick(trial, f"mixer_{i:02d}", space.mixers) for i in linear}
@@ -314,7 +328,7 @@ def layout_to_params(layout: Layout, space: SearchSpace) -> dict[str, Any]:
             placement = p
             params.update({f"attn_{i:02d}": i in attn for i in range(space.depth)})
             break
-        hit = [c for c in space.count_choices if placement_indices(p, space.depth, space.n_from_count(c)) == attn]
+        hit = [c for c in space.count_choices if space.attention_for(p, c) == attn]
         if hit:
             placement = p
             params[space.count_param] = hit[0]

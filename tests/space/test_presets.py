@@ -21,6 +21,14 @@ def test_literal_convention(ratio: int, expected: tuple[int, ...]) -> None:
     assert attention_indices(24, ratio, "literal") == expected
 
 
+def test_positions_within_groups() -> None:
+    assert attention_indices(24, 5, "last", "first") == (0, 5, 10, 15)  # trailing 4 layers stay linear
+    assert attention_indices(24, 5, "last", "middle") == (2, 7, 12, 17)
+    assert attention_indices(24, 6, "literal", "first") == (0, 7, 14)
+    with pytest.raises(ConfigError, match="ratio position: unknown 'centre'; expected one of last, first, middle"):
+        attention_indices(24, 6, "last", "centre")
+
+
 def test_ratio_not_fitting_depth() -> None:
     with pytest.raises(ConfigError, match=r"24:1 \(literal\) does not fit depth 24"):
         attention_indices(24, 24, "literal")

@@ -91,6 +91,33 @@ def test_placements() -> None:
     assert placement_indices("uniform_last", 24, 0) == ()
 
 
+@pytest.mark.parametrize("placement,position", [("uniform_last", "last"), ("uniform_first", "first"),
+                                                ("middle", "middle")])
+def test_ratio_means_what_the_presets_mean(placement: str, position: str) -> None:
+    from hyla.space.presets import attention_indices
+
+    for r in range(1, 25):  # one space per ratio: beyond 12, first/middle positions coincide for some ratios
+        space = SearchSpace.from_dict({"ratios": [r, 0], "placements": [placement]})
+        layout = suggest_layout(optuna.trial.FixedTrial({"ratio": r}), space)
+        assert layout.attention_layers == attention_indices(24, r, "last", position), r
+        assert len(layout.attention_layers) == 24 // r
+        if 24 % r == 0:  # where r divides the depth, a ratio and n_attention = N // r agree
+            assert layout.attention_layers == placement_indices(placement, 24, 24 // r)
+        if placement == "uniform_last":  # the preset of the same name, and its params back
+            assert layout.key() == resolve_preset(f"gla-{r}:1@tiny").key()
+            assert layout_to_params(resolve_preset(f"gla-{r}:1@tiny"), space) == {"ratio": r}
+
+
+def test_ratio_five_is_not_six() -> None:
+    space = SearchSpace.from_dict({"ratios": [5, 6]})
+    five, six = (suggest_layout(optuna.trial.FixedTrial({"ratio": r}), space) for r in (5, 6))
+    assert five.attention_layers == (4, 9, 14, 19) and six.attention_layers == (5, 11, 17, 23)
+    n4 = SearchSpace.from_dict({"n_attention": [4]})
+    assert suggest_layout(optuna.trial.FixedTrial({}), n4).attention_layers == (5, 11, 17, 23)
+    with pytest.raises(ConfigError, match=r"attention at \[4, 9, 14, 19\] matches no placement"):
+        layout_to_params(resolve_preset("gla-5:1@tiny"), n4)  # what a space cannot express is refused
+
+
 def test_not_in_space() -> None:
     space = SPACES["example"]
     with pytest.raises(ConfigError, match="mixer 'retnet' not in the space's choices"):
@@ -110,7 +137,8 @@ def test_not_in_space() -> None:
     ({"mixer": ["gla"]}, "unknown field 'mixer' \\(did you mean 'mixers'"),
     ({"mixers": ["foo"]}, "unknown mixer 'foo'"),
     ({"ratios": [30]}, "30 does not fit depth 24"),
-    ({"ratios": [5, 6]}, "5 and 6 both give 4 attention layers"),
+    ({"ratios": [13, 14], "placements": ["uniform_first"]},
+     r"13 and 14 both put attention at \[0\] \(placement uniform_first, depth 24\)"),
     ({"ratios": [6], "n_attention": [2]}, "not both"),
     ({"n_attention": [25]}, r"25 out of range; expected \[0, 24\]"),
     ({"placements": ["everywhere"]}, "unknown placement 'everywhere'"),
