@@ -31,6 +31,9 @@ class MixerKind:
         defaults: options at a given d_model (scaled like the paper's 340M configs).
         option_types: every option that may be overridden, with its type.
         check: extra validation of resolved options; returns an error text or None.
+        width_options: options whose defaults are derived from d_model (heads, head dims, state sizes); a layout
+            carried to another width (``hyla.space.presets.at_scale``) drops their overrides and takes the new
+            width's defaults. All other options (expand ratios, short conv, gate rank ...) are carried as they are.
     """
 
     name: str
@@ -39,6 +42,7 @@ class MixerKind:
     defaults: Callable[[int], dict[str, Any]]
     option_types: dict[str, type]
     check: Callable[[int, dict[str, Any]], str | None] = lambda d, o: None
+    width_options: tuple[str, ...] = ()
 
     def check_option_names(self, options: dict[str, Any]) -> None:
         for key in options:
@@ -232,32 +236,32 @@ MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
     MixerKind("retnet", "T", "MultiScaleRetention",
               lambda d: {"num_heads": _heads(d, 256), "expand_k": 1.0, "expand_v": 2.0},
               {"num_heads": int, "expand_k": float, "expand_v": float},
-              _check_retnet),
+              _check_retnet, ("num_heads",)),
     MixerKind("gla", "G", "GatedLinearAttention",
               lambda d: {"num_heads": _heads(d, 256), "expand_k": 0.5, "expand_v": 1.0, "use_short_conv": False,
                          "conv_size": 4, "gate_low_rank_dim": 16},
               {"num_heads": int, "expand_k": float, "expand_v": float, "gate_low_rank_dim": int, **_CONV},
-              _check_kv),
+              _check_kv, ("num_heads",)),
     MixerKind("hgrn2", "2", "HGRN2Attention",
               lambda d: {"expand_ratio": min(128, d), "use_short_conv": False, "conv_size": 4},
               {"expand_ratio": int, **_CONV},
-              _check_hgrn2),
+              _check_hgrn2, ("expand_ratio",)),
     MixerKind("deltanet", "D", "DeltaNet",
               lambda d: {"num_heads": _heads(d, 128), "expand_k": 1.0, "expand_v": 1.0, "use_short_conv": True,
                          "conv_size": 4, "use_beta": True},
               {"num_heads": int, "expand_k": float, "expand_v": float, "use_beta": bool, **_CONV},
-              _check_kv),
+              _check_kv, ("num_heads",)),
     MixerKind("gdn", "N", "GatedDeltaNet",
               lambda d: {"num_heads": _heads(d, 256), "head_dim": d // (2 * _heads(d, 256)), "expand_v": 2.0,
                          "use_short_conv": True, "conv_size": 4},
               {"num_heads": int, "head_dim": int, "expand_v": float, **_CONV},
-              _check_gdn),
+              _check_gdn, ("num_heads", "head_dim")),
     MixerKind("mamba2", "M", "Mamba2",
               lambda d: {"expand": 2, "head_dim": min(64, d), "num_heads": 2 * d // min(64, d),
                          "state_size": min(128, d), "n_groups": 1, "conv_size": 4},
               {"expand": int, "head_dim": int, "num_heads": int, "state_size": int, "n_groups": int,
                "conv_size": int},
-              _check_mamba2),
+              _check_mamba2, ("head_dim", "num_heads", "state_size")),
 ]}
 
 #: Linear mixer kinds, in the order the study lists them.

@@ -23,6 +23,7 @@ A ratio that yields no attention layer at the given depth is refused (use ``<mix
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from hyla.config import ConfigError
 from hyla.space.layout import ATTN, LayerSpec, Layout
-from hyla.space.mixers import LINEAR_MIXERS, PAPER_MIXERS
+from hyla.space.mixers import LINEAR_MIXERS, PAPER_MIXERS, get_mixer_kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,67 @@ def paper_grid(scale: str | Scale = DEFAULT_SCALE, convention: str = "last") -> 
     ratios = [r for r in PAPER_RATIOS if r + group <= s.n_layers]
     out = [hybrid(m, r, s, convention) for m in PAPER_MIXERS for r in (*ratios, None)]
     return out + [transformer(s)]
+
+
+def at_scale(layout: Layout, scale: str | Scale, name: str | None = None) -> Layout:
+    """The layout's pattern at another scale's shape: how a proxy winner becomes a 340M / 1.3B full run.
+
+    Kept per layer: the mixer kind, whole softmax-attention layers, windows, and the mixer options that are not
+    width-derived (expand ratios, short conv, gate rank ...). From ``scale``: d_model, num_heads, mlp_hidden,
+    vocab_size, and the width-derived options (``MixerKind.width_options``: heads, head dims, state sizes) at
+    the new width's defaults. Head-wise softmax heads and ``num_kv_heads`` keep their share of ``num_heads``
+    (``k * H_new / H_old``, which must be whole). ``rope_theta`` and ``norm_eps`` are kept.
+
+    Depth: the layers repeat as a period up to the scale's depth. At the same depth (the paper's case, e.g.
+    ``tiny`` or ``small`` to ``340m``, all 24 layers) this is layer by layer. From the 4-layer ``mini`` scale to
+    24 layers the 4 layers repeat 6 times, so the ratio, the attention share and which mixer follows which are
+    kept: ``NNNA`` becomes attention at 3, 7, ..., 23 (= ``gdn-4:1@340m``); ``NNAN`` (the ``middle`` placement)
+    becomes 2, 6, ..., 22. Stretching instead would stack the attention layers in one block. A depth that does
+    not divide the scale's depth is refused.
+
+    Args:
+        layout: the source layout (any scale).
+        scale: the target scale (name or `Scale`).
+        name: the new layout's name; default ``"<source name or key> at <scale>"``.
+
+    Raises:
+        ConfigError: depth or head counts that cannot be carried (one line naming the field).
+    """
+    s = get_scale(scale)
+    n = layout.n_layers
+    if s.n_layers % n:
+        raise ConfigError(f"n_layers: depth {n} of layout {layout.name or layout.key()} does not divide depth "
+                          f"{s.n_layers} of scale {s.name}; expected one of {_divisor_list(s.n_layers)} (the layers "
+                          "repeat as a period)")
+
+    def heads(k: int, what: str) -> int:
+        scaled = k * s.num_heads / layout.num_heads
+        if not scaled.is_integer():
+            raise ConfigError(f"{what}: {k} of {layout.num_heads} heads cannot keep its share at scale {s.name} "
+                              f"({s.num_heads} heads: {k} x {s.num_heads}/{layout.num_heads} = {scaled:g}); expected a "
+                              f"multiple of {layout.num_heads // math.gcd(layout.num_heads, s.num_heads)}")
+        return int(scaled)
+
+    period = []
+    for i, spec in enumerate(layout.layers):
+        opts = {}
+        if not spec.is_attention:
+            drop = get_mixer_kind(spec.mixer).width_options
+            opts = {k: v for k, v in spec.options if k not in drop}
+        period.append(LayerSpec(mixer=spec.mixer, attn_heads=heads(spec.attn_heads, f"layers[{i}].attn_heads"),
+                                window=spec.window, options=opts))
+    kv = None if layout.num_kv_heads is None else heads(layout.num_kv_heads, "num_kv_heads")
+    label = name if name is not None else f"{layout.name or layout.key()} at {s.name}"
+    try:
+        return Layout(layers=tuple(period * (s.n_layers // n)), d_model=s.d_model, vocab_size=s.vocab_size,
+                      mlp_hidden=s.mlp_hidden, num_heads=s.num_heads, num_kv_heads=kv, rope_theta=layout.rope_theta,
+                      norm_eps=layout.norm_eps, name=label)
+    except ConfigError as e:  # a kept option that does not fit the new width (e.g. n_groups vs heads)
+        raise ConfigError(f"at scale {s.name}: {e}") from None
+
+
+def _divisor_list(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 def resolve_preset(name: str, default_scale: str = DEFAULT_SCALE) -> Layout:
