@@ -148,14 +148,19 @@ class RunSpec:
         return math.ceil(self.total_tokens / self.global_batch_tokens)
 
     def resolve_layout(self) -> Layout:
-        """The `Layout` to train: inline dict, YAML path, or preset (at ``scale`` unless the name has ``@``)."""
-        if isinstance(self.layout, dict):
-            return Layout.from_dict(self.layout, where="layout")
-        from hyla.space.presets import load_layout, resolve_preset
+        """The `Layout` to train: inline dict, YAML path, or preset (at ``scale`` unless the name has ``@``).
 
-        if Path(self.layout).suffix in (".yaml", ".yml") or Path(self.layout).is_file():
-            return load_layout(self.layout)
-        return resolve_preset(self.layout, default_scale="340m" if self.scale == "custom" else self.scale)
+        Raises:
+            ConfigError: at scale ``340m``/``1.3b``, a layout whose shape (depth, width, heads, MLP, vocab) is not
+                that scale's: the spec would say 340m and train another model. Carry a proxy layout to the scale
+                with `hyla.space.presets.at_scale` (promotion and `run_spec_for` do), or use ``scale: custom``.
+        """
+        layout = _load_layout(self.layout, self.scale)
+        if self.scale != "custom" and (bad := scale_mismatch(layout, self.scale)):
+            raise ConfigError(f"layout: not the shape of scale {self.scale} ({bad}); carry the layout to the scale "
+                              "(hyla.space.presets.at_scale; a spec from an older `hyla search` promotion: delete "
+                              "it and rerun the search to rewrite it) or set scale: custom")
+        return layout
 
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/full/{self.resolve_layout().key()}").resolve()
@@ -195,10 +200,42 @@ class RunSpec:
                        tokenizer=tokenizer, out_dir=str(self.run_dir()))
 
 
+def _load_layout(layout: str | dict[str, Any], scale: str) -> Layout:
+    """A spec's ``layout`` field as a Layout (inline dict, YAML path, or preset at ``scale``), unchecked."""
+    if isinstance(layout, dict):
+        return Layout.from_dict(layout, where="layout")
+    from hyla.space.presets import load_layout, resolve_preset
+
+    if Path(layout).suffix in (".yaml", ".yml") or Path(layout).is_file():
+        return load_layout(layout)
+    return resolve_preset(layout, default_scale="340m" if scale == "custom" else scale)
+
+
+def scale_mismatch(layout: Layout, scale: str) -> str:
+    """What differs between ``layout``'s shape and the preset ``scale``'s (``""`` when it is that scale's shape)."""
+    from hyla.space.presets import get_scale
+
+    s = get_scale(scale)
+    pairs = [("n_layers", layout.n_layers, s.n_layers), ("d_model", layout.d_model, s.d_model),
+             ("num_heads", layout.num_heads, s.num_heads), ("mlp_hidden", layout.mlp_hidden, s.mlp_hidden),
+             ("vocab_size", layout.vocab_size, s.vocab_size)]
+    return ", ".join(f"{f} {have} != {want}" for f, have, want in pairs if have != want)
+
+
 def run_spec_for(layout: Layout | str, scale: str = "340m", tokens: int | None = None, **overrides: Any) -> RunSpec:
-    """A spec with the paper's settings for ``layout`` at ``scale`` (tokens default: 20B at 340m, 100B at 1.3b)."""
-    lay = layout.to_dict() if isinstance(layout, Layout) else layout
-    return RunSpec(layout=lay, scale=scale, tokens=tokens, **overrides)
+    """A spec with the paper's settings for ``layout`` at ``scale`` (tokens default: 20B at 340m, 100B at 1.3b).
+
+    A layout of another shape (a proxy winner) is carried to ``scale`` by `hyla.space.presets.at_scale` (its
+    pattern at the scale's width, heads, MLP, vocab and depth) and written inline, so the spec's YAML is the
+    model that trains. A preset name is kept as a name when it resolves at ``scale``. ``scale="custom"`` keeps
+    the layout as it is.
+    """
+    if scale != "custom":
+        lay = layout if isinstance(layout, Layout) else _load_layout(layout, scale)
+        if scale_mismatch(lay, scale):
+            layout = lay.at_scale(scale)
+    lay_field = layout.to_dict() if isinstance(layout, Layout) else layout
+    return RunSpec(layout=lay_field, scale=scale, tokens=tokens, **overrides)
 
 
 def peak_flops(device_name: str | None) -> float | None:

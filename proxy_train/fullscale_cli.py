@@ -1,10 +1,16 @@
-"""``hyla train SPEC.yaml``: full-scale training of one layout on Ray Train (see `hyla.proxy_train.fullscale`)."""
+"""``hyla train SPEC.yaml``: full-scale training of one layout on Ray Train (see `hyla.proxy_train.fullscale`).
+
+``hyla train SPEC.yaml --dry-run`` trains nothing: it prints the model the spec resolves to (layer string, shape,
+parameters, KV and state bytes of one sequence at the spec's ``seq_len``, training FLOPs per token) from
+`hyla.space.cost`, the same numbers as ``hyla space show`` of that layout, plus the token budget and steps.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import replace
+from typing import Any
 
 from hyla.config import ConfigError
 
@@ -21,12 +27,54 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     p.add_argument("--out", default=None, help="override out_dir")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="refuse to continue from checkpoints in out_dir (default: resume from the newest)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved model (layers, params, KV/state "
+                   "bytes at seq_len, FLOPs per token) and the budget; train nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print JSON (hyla space show --json's "
+                   "fields plus 'run')")
     p.set_defaults(func=_run)
+
+
+def dry_run_report(spec: Any) -> dict[str, Any]:
+    """What ``--dry-run`` prints, as plain data: `hyla.space.cli.layout_report` at the spec's ``seq_len`` (dtype
+    bfloat16 when ``bf16``, else float32) plus a ``run`` entry (scale, tokens, steps, batch)."""
+    from hyla.space.cli import layout_report
+
+    dtype = "bfloat16" if spec.bf16 else "float32"
+    report = layout_report(spec.resolve_layout(), [spec.seq_len], dtype)
+    report["run"] = {"scale": spec.scale, "seq_len": spec.seq_len, "tokens": spec.total_tokens,
+                     "steps": spec.total_steps, "global_batch_tokens": spec.global_batch_tokens,
+                     "accum_steps": spec.accum_steps, "num_workers": spec.num_workers}
+    return report
+
+
+def _print_dry_run(report: dict[str, Any]) -> None:
+    from hyla.space.cost import human_bytes, human_count
+
+    lay, p, run = report["layout"], report["params"], report["run"]
+    mem = report["memory"][str(run["seq_len"])]
+    n = len(lay["layers"])
+    letters = report["layers_string"]
+    print(f"{lay['name'] or report['key']}  key {report['key']}  (scale {run['scale']}, nothing trained)")
+    print(f"layers   {' '.join(letters[i:i + 6] for i in range(0, n, 6))}")
+    kv = lay["num_kv_heads"] or lay["num_heads"]
+    print(f"shape    {n} x d_model {lay['d_model']}, {lay['num_heads']} heads (kv {kv}), mlp {lay['mlp_hidden']}, "
+          f"vocab {lay['vocab_size']}")
+    print(f"params   total {p['total']:,} ({human_count(p['total'])}), non-embedding {p['non_embedding']:,} "
+          f"({human_count(p['non_embedding'])})")
+    print(f"memory   one sequence at {run['seq_len']:,} tokens ({report['dtype']}): KV {human_bytes(mem['kv_bytes'])}, "
+          f"state {human_bytes(mem['state_bytes'])}, total {human_bytes(mem['total_bytes'])} "
+          f"({mem['total_bytes']:,} B)")
+    f = report["flops_per_token"]
+    print(f"FLOPs    training, per token at seq_len {f['seq_len']}: {f['training']:.4g} ({human_count(f['training'])})")
+    print(f"budget   {run['tokens']:,} tokens = {run['steps']:,} steps of {run['global_batch_tokens']:,} "
+          f"(workers {run['num_workers']} x accumulation steps {run['accum_steps']})")
 
 
 def _run(args: argparse.Namespace) -> int:
     from hyla.proxy_train.fullscale import RunSpec, train_full
 
+    if args.json and not args.dry_run:
+        raise ConfigError("--json: only with --dry-run (a training run prints its result as JSON anyway)")
     spec = RunSpec.load(args.spec)
     if args.tokens is not None:
         if args.tokens < 1 or not float(args.tokens).is_integer():
@@ -35,6 +83,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         spec = replace(spec, out_dir=args.out)
     spec = RunSpec.from_dict(spec.to_dict(), where=args.spec)  # re-validate the overridden spec
+    try:
+        spec.resolve_layout()
+    except ConfigError as e:  # the layout's own checks do not know the file: name it
+        raise (e if str(e).startswith(args.spec) else ConfigError(f"{args.spec}: {e}")) from None
+    if args.dry_run:
+        report = dry_run_report(spec)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_dry_run(report)
+        return 0
     result = train_full(spec, address=args.address, resume=args.resume)
     print(json.dumps(result, indent=2))
     return 0 if result.get("status") == "finished" else 3

@@ -182,6 +182,10 @@ def prepare(cfg: StudyConfig) -> Prepared:
         except ConfigError as e:
             if cfg.seeds and preset in cfg.seeds:
                 raise ConfigError(f"{cfg.where}: seeds: {preset!r} is not in the search space: {e}") from None
+    if cfg.full_runs.enabled:  # training at full scale must not fail after the whole search
+        for scale in cfg.full_runs.scales:
+            if err := full_scale_problem(space, scale):
+                raise ConfigError(f"{cfg.where}: full_runs.scales: {scale}: {err}")
     check_ray_address(cfg)
     storage = open_storage(cfg.storage_url(), where=f"{cfg.where}: storage")
     _refuse_name_clash(cfg, storage, space)
@@ -198,8 +202,32 @@ def prepare(cfg: StudyConfig) -> Prepared:
     return Prepared(cfg=cfg, space=space, storage=storage, proxies=proxies, proxy_paths=paths, seed_layouts=seeds)
 
 
+def full_scale_problem(space: Any, scale: str) -> str:
+    """Why the space's layouts cannot be carried to ``scale`` (`hyla.space.presets.at_scale`), or ``""``.
+
+    Checks one layout per (mixer, head-wise heads) choice at the space's depth: depth, head shares and the fixed
+    mixer options are all that ``at_scale`` can refuse.
+    """
+    from hyla.space.layout import LayerSpec
+    from hyla.space.presets import at_scale
+
+    for mixer in space.mixers:
+        for k in space.headwise.heads:
+            spec = LayerSpec(mixer=mixer, attn_heads=k, options=space.mixer_options.get(mixer, {}))
+            try:
+                at_scale(space.base_layout([spec] * space.depth), scale)
+            except ConfigError as e:
+                return str(e)
+    return ""
+
+
 def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[str]:
     """Write a full-run spec per (promoted trial of the last rung, scale); train them only when enabled.
+
+    Each spec holds the trial's layout carried to the scale (`hyla.space.presets.at_scale`: the same pattern at
+    the scale's width, heads, MLP, vocab and depth), inline, so the YAML is the model that trains. A scale the
+    space cannot be carried to is skipped with a note (refused by `prepare` when ``enabled``). An existing spec is
+    kept, unless it no longer loads (an older hyla wrote the proxy's layout under ``scale: 340m``).
 
     Returns:
         Paths of the written specs.
@@ -225,12 +253,22 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
             raise ConfigError(f"{cfg.where}: full_runs.enabled: the full-scale trainer cannot be imported: {e}") from None
         return []
     out: list[str] = []
+    rung = len(cfg.rungs) - 1
     for t in picked:
         layout = Layout.from_dict(t.user_attrs["layout"])
         for scale in fr.scales:
-            path = prep.run_path / "full_runs" / f"rung{len(cfg.rungs) - 1}-trial{t.number:05d}-{scale}.yaml"
-            spec = run_spec_for(layout, scale, tokens=int(fr.tokens) if fr.tokens else None)
-            if not path.exists():  # never overwrite a spec a finished/running job may point at
+            path = prep.run_path / "full_runs" / f"rung{rung}-trial{t.number:05d}-{scale}.yaml"
+            try:
+                full = layout.at_scale(scale, name=f"rung{rung}-trial{t.number:05d} ({layout.name or layout.key()}) "
+                                                    f"at {scale}")
+            except ConfigError as e:
+                if fr.enabled:
+                    raise ConfigError(f"{cfg.where}: full_runs.scales: {scale}: {e}") from None
+                if console is not None:
+                    console.print(f"[yellow]full-run spec of trial {t.number} at {scale} skipped: {e}[/]")
+                continue
+            spec = run_spec_for(full, scale, tokens=int(fr.tokens) if fr.tokens else None)
+            if not path.exists() or _stale(path):  # never overwrite a spec a finished/running job may point at
                 spec.dump(path)
             out.append(str(path))
             if fr.enabled:
@@ -238,3 +276,15 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
                     console.print(f"full run: trial {t.number} at {scale} ({path})")
                 train_full(spec, address=cfg.ray.address)
     return out
+
+
+def _stale(path: Path) -> bool:
+    """A spec that no longer loads, e.g. one an older hyla wrote with the proxy's layout under ``scale: 340m``
+    (refused by ``RunSpec.resolve_layout``): no job can run it, so it is rewritten."""
+    from hyla.proxy_train.fullscale import RunSpec
+
+    try:
+        RunSpec.load(path).resolve_layout()
+    except ConfigError:
+        return True
+    return False
