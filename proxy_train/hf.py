@@ -1,8 +1,10 @@
 """Hugging Face wrappers: `HylaConfig` / `HylaForCausalLM` (``model_type="hyla"``).
 
-Importing this module registers both with ``AutoConfig`` and ``AutoModelForCausalLM``, so a saved run loads with
-``AutoModelForCausalLM.from_pretrained(dir)`` (after ``import hyla.proxy_train.hf``). The config carries the whole
-`Layout` as a plain dict (``Layout.to_dict()``), so the checkpoint is self-describing.
+Importing this module registers both with ``AutoConfig`` and ``AutoModelForCausalLM``; ``import hyla`` alone is
+enough too (`hyla._hf_auto` registers the config lazily, and the first `HylaConfig` built imports this module), so
+a saved run loads with ``import hyla`` then ``AutoModelForCausalLM.from_pretrained(dir)``. `HylaConfig` lives in
+`hyla.proxy_train.hf_config` (no torch/fla) and is re-exported here. The config carries the whole `Layout` as a
+plain dict (``Layout.to_dict()``), so the checkpoint is self-describing.
 
 Generation: hyla's mixers keep one state per layer (KV caches for softmax heads, recurrent + conv states for linear
 mixers), not the key/value layers of transformers' ``DynamicCache``. The model therefore opts out of the default
@@ -17,43 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from hyla.proxy_train.hf_config import HylaConfig
 from hyla.proxy_train.model import HylaLM, LayerState
-from hyla.space.layout import Layout
 
-
-class HylaConfig(PretrainedConfig):
-    """Transformers config for a hyla hybrid LM.
-
-    Args:
-        layout: ``Layout.to_dict()`` (or a `Layout`); None only for transformers' internal default construction.
-        gradient_checkpointing: recompute blocks in backward during training.
-    """
-
-    model_type = "hyla"
-
-    def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool = False,
-                 **kwargs: Any) -> None:
-        if isinstance(layout, Layout):
-            layout = layout.to_dict()
-        self.layout = dict(layout) if layout is not None else None
-        self.gradient_checkpointing = gradient_checkpointing
-        if self.layout is not None:
-            # Mirror the standard names so generic transformers utilities find them.
-            kwargs.setdefault("vocab_size", self.layout["vocab_size"])
-            kwargs.setdefault("hidden_size", self.layout["d_model"])
-            kwargs.setdefault("num_hidden_layers", len(self.layout["layers"]))
-            kwargs.setdefault("num_attention_heads", self.layout["num_heads"])
-        kwargs.setdefault("tie_word_embeddings", False)
-        super().__init__(**kwargs)
-
-    def to_layout(self) -> Layout:
-        """The `Layout` this config describes (validated)."""
-        if self.layout is None:
-            raise ValueError("HylaConfig has no layout")
-        return Layout.from_dict(self.layout, where="HylaConfig.layout")
+__all__ = ["HylaCache", "HylaConfig", "HylaForCausalLM"]
 
 
 class HylaCache:

@@ -1,0 +1,57 @@
+"""`HylaConfig`: the transformers config of a hyla model (``model_type="hyla"``), kept apart from the model.
+
+This module needs transformers' ``PretrainedConfig`` and hyla's `Layout` only (no fla, no hyla mixers), so
+`hyla._hf_auto` can register it with ``AutoConfig`` as soon as transformers' Auto module loads, at no cost to
+``import hyla``. The model class is registered lazily: building the first `HylaConfig` imports
+``hyla.proxy_train.hf``, which registers `HylaForCausalLM` with ``AutoModelForCausalLM``. That happens inside
+``AutoModelForCausalLM.from_pretrained``/``from_config`` before the model class is looked up, so ``import hyla``
+is enough for both (``tests/test_hf_auto.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from hyla.space.layout import Layout
+
+
+def _register_model_class() -> None:
+    """Import ``hyla.proxy_train.hf`` (torch, fla, hyla's mixers) once; it registers `HylaForCausalLM`."""
+    if "hyla.proxy_train.hf" not in sys.modules:
+        import hyla.proxy_train.hf  # noqa: F401
+
+
+class HylaConfig(PretrainedConfig):
+    """Transformers config for a hyla hybrid LM.
+
+    Args:
+        layout: ``Layout.to_dict()`` (or a `Layout`); None only for transformers' internal default construction.
+        gradient_checkpointing: recompute blocks in backward during training.
+    """
+
+    model_type = "hyla"
+
+    def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool = False,
+                 **kwargs: Any) -> None:
+        if isinstance(layout, Layout):
+            layout = layout.to_dict()
+        self.layout = dict(layout) if layout is not None else None
+        self.gradient_checkpointing = gradient_checkpointing
+        if self.layout is not None:
+            # Mirror the standard names so generic transformers utilities find them.
+            kwargs.setdefault("vocab_size", self.layout["vocab_size"])
+            kwargs.setdefault("hidden_size", self.layout["d_model"])
+            kwargs.setdefault("num_hidden_layers", len(self.layout["layers"]))
+            kwargs.setdefault("num_attention_heads", self.layout["num_heads"])
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+        _register_model_class()
+
+    def to_layout(self) -> Layout:
+        """The `Layout` this config describes (validated)."""
+        if self.layout is None:
+            raise ValueError("HylaConfig has no layout")
+        return Layout.from_dict(self.layout, where="HylaConfig.layout")
