@@ -5,7 +5,8 @@
 - `plots`: plotly Pareto fronts (imported lazily), `write_html` / `write_png`
 - `report`: one self-contained HTML page per study
 - `significance`: neighbours on a front compared beyond seed noise (Welch's t-test, interval overlap)
-- `export`: layout.yaml, hf_config/, fla_config.json, full_run.yaml of one trial
+- `export`: layout.yaml, the HF model (config.json, weights from a `hyla train` checkpoint), fla/ (fla's config and
+  fla-named weights, `export_weights`), full_run.yaml of one trial or checkpoint
 - `calibrate`: proxy vs reference rank agreement (Spearman, Kendall, bootstrap CIs)
 
 Nothing heavy is imported here, so ``import hyla.analysis`` stays cheap for the search driver.

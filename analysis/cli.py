@@ -40,13 +40,19 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     rp.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
     rp.set_defaults(func=_report)
 
-    ex = sub.add_parser("export", help="write layout.yaml, hf_config/, fla config and full-run spec of one trial")
-    _study_args(ex)
-    which = ex.add_mutually_exclusive_group(required=True)
+    ex = sub.add_parser("export", help="write layout.yaml, the HF model (config, weights from --checkpoint), fla's "
+                                       "model where fla expresses the layout, and the full-run spec")
+    ex.add_argument("study", metavar="STUDY", nargs="?", default=None,
+                    help=_STUDY_HELP + " (optional with --checkpoint)")
+    ex.add_argument("--study", dest="study_name", default=None, help="study name when the storage holds several")
+    which = ex.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="trial number")
     which.add_argument("--pick", default=None, help="knee | best-recall | min-kv | best-loss")
     ex.add_argument("--rung", type=int, default=None, help="rung (default: the highest one with the trial/complete)")
     ex.add_argument("--scale", default="340m", help="full-run scale for full_run.yaml (340m or 1.3b)")
+    ex.add_argument("--checkpoint", default=None,
+                    help="a `hyla train` run dir, checkpoint dir or saved model dir: export its trained weights "
+                         "(hyla's and fla's names)")
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     ex.set_defaults(func=_export)
@@ -91,21 +97,37 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hyla.analysis.export import export_trial, find_trial
+    from hyla.analysis.export import export_checkpoint, export_trial, find_trial, loading_instructions
     from hyla.analysis.pareto import PICKS, pick
 
     if args.pick is not None and args.pick not in PICKS:
         raise ConfigError(f"--pick: {args.pick!r} is not allowed; expected one of {', '.join(PICKS)}")
     if args.scale not in ("340m", "1.3b"):
         raise ConfigError(f"--scale: {args.scale!r} is not allowed; expected one of 340m, 1.3b")
-    data = _load(args)
-    trial = find_trial(data, args.trial, args.rung) if args.trial is not None else pick(data, args.pick, args.rung)
-    res = export_trial(data, trial, args.out, scale=args.scale, overwrite=args.overwrite)
-    print(f"trial {trial.number} (rung {trial.rung}) {trial.layout_string} -> {res.out_dir}")
+    if args.study is None:
+        if args.checkpoint is None:
+            raise ConfigError("STUDY: missing; give a study (with --trial or --pick) or --checkpoint RUN_DIR")
+        if args.trial is not None or args.pick is not None:
+            raise ConfigError("--trial/--pick: need STUDY (the study the trial belongs to)")
+        res = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+        print(f"checkpoint {args.checkpoint} ({res.layout.layer_string()}) -> {res.out_dir}")
+    else:
+        if args.trial is None and args.pick is None:
+            raise ConfigError("--trial/--pick: one is required with STUDY (a trial number, or knee | best-recall "
+                              "| min-kv | best-loss)")
+        data = _load(args)
+        trial = (find_trial(data, args.trial, args.rung) if args.trial is not None
+                 else pick(data, args.pick, args.rung))
+        res = export_trial(data, trial, args.out, scale=args.scale, overwrite=args.overwrite,
+                           checkpoint=args.checkpoint)
+        print(f"trial {trial.number} (rung {trial.rung}) {trial.layout_string} -> {res.out_dir}")
     for f in res.files:
-        print(f"  {f.name}")
+        print(f"  {f.name}{'/' if f.is_dir() else ''}")
     for n in res.notes:
         print(f"  note: {n}")
+    print("load it:")
+    for line in loading_instructions(res):
+        print(f"  {line}")
     return 0
 
 

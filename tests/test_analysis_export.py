@@ -34,10 +34,9 @@ def _check_common(out: Path, trial) -> Layout:
     assert mem.kv_bytes == trial.result["kv_bytes"] and mem.total_bytes == trial.result["state_bytes"]
     assert mem.total_bytes == trial.values["memory_bytes"]
 
-    import hyla.proxy_train.hf  # noqa: F401  (registers model_type "hyla")
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # `import hyla` registered model_type "hyla"
 
-    cfg = AutoConfig.from_pretrained(out / "hf_config")
+    cfg = AutoConfig.from_pretrained(out)
     assert cfg.model_type == "hyla" and cfg.to_layout().key() == trial.layout_key
     model = AutoModelForCausalLM.from_config(cfg)
     assert sum(p.numel() for p in model.parameters()) == trial.result["params"]
@@ -54,11 +53,11 @@ def _check_common(out: Path, trial) -> Layout:
 def test_export_hybrid_with_fla_config(study, tmp_path: Path) -> None:
     trial = _trial(study, "GGGA")
     res = export_trial(study, trial, tmp_path / "ex")
-    assert not res.notes
+    assert all("norm_eps" in n for n in res.notes)  # fla's one norm_eps (see test_analysis_export_weights)
     _check_common(tmp_path / "ex", trial)
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(tmp_path / "ex" / "fla_config.json")  # fla's own config class
+    cfg = AutoConfig.from_pretrained(tmp_path / "ex" / "fla")  # fla's own config class
     assert type(cfg).__name__ == "GLAConfig"
     assert cfg.attn["layers"] == [3] and cfg.attn["num_heads"] == 2 and cfg.attn["window_size"] is None
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size) == (32, 4, 64, 64)
@@ -74,15 +73,13 @@ def test_hybrid_fla_model_has_hyla_parameter_shapes(study, tmp_path: Path, monke
     import fla.layers.attn
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    import hyla.proxy_train.hf  # noqa: F401
-
     monkeypatch.setattr(fla.layers.attn, "flash_attn_func", object())
     for layer_string in ("GGGA", "NNNA", "AAAA"):
         trial = _trial(study, layer_string)
         out = tmp_path / layer_string
         export_trial(study, trial, out)
-        fla_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "fla_config.json"))
-        hyla_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "hf_config"))
+        fla_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out / "fla"))
+        hyla_model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out))
         shapes = sorted(tuple(p.shape) for p in fla_model.parameters())
         assert shapes == sorted(tuple(p.shape) for p in hyla_model.parameters())
         assert sum(p.numel() for p in fla_model.parameters()) == trial.result["params"]
@@ -94,7 +91,7 @@ def test_export_pure_linear_builds_fla_model_with_same_params(study, tmp_path: P
     _check_common(tmp_path / "ex", trial)
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(tmp_path / "ex" / "fla_config.json")
+    cfg = AutoConfig.from_pretrained(tmp_path / "ex" / "fla")
     model = AutoModelForCausalLM.from_config(cfg)  # pure linear fla models build on CPU (no flash-attn)
     assert sum(p.numel() for p in model.parameters()) == trial.result["params"]
 
@@ -120,7 +117,7 @@ def test_export_headwise_writes_reason(study, tmp_path: Path) -> None:
     _check_common(tmp_path / "ex", trial)
     why = (tmp_path / "ex" / "fla_config_unsupported.txt").read_text()
     assert "head-wise" in why and "window" in why
-    assert not (tmp_path / "ex" / "fla_config.json").exists()
+    assert not (tmp_path / "ex" / "fla").exists()
 
 
 def test_fla_config_refusals() -> None:
