@@ -40,6 +40,7 @@ class _Job:
     key: str
     attempts: int = 0
     slot: int = -1
+    deaths: list[dict[str, Any]] = field(default_factory=list)  # where and how its workers died
 
 
 @dataclass
@@ -151,7 +152,7 @@ class _RungDriver:
         self.in_flight: dict[ray.ObjectRef, _Job] = {}
         self.dups: dict[str, list[_Job]] = collections.defaultdict(list)
         self.queue: collections.deque[_Job] = collections.deque()
-        self.free = list(range(len(pool.actors)))
+        self.free = pool.ready_slots()  # idle and ready: no trial is in flight between rungs
         self.proxy = prep.proxies[rung]
         self.task = progress.add_task(f"rung {rung}", total=self._target(), completed=self.counted) if progress else None
 
@@ -224,23 +225,33 @@ class _RungDriver:
 
     def _submit(self, job: _Job, slot: int) -> None:
         job.slot = slot
-        out = self.prep.run_path / "trials" / f"rung{self.rung}" / f"trial{job.trial.number:05d}"
+        # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
+        out = (self.prep.run_path / "trials" / f"rung{self.rung}" / f"trial{job.trial.number:05d}").absolute()
         ref = self.pool.submit(slot, job.layout.to_dict(), self.proxy, str(out))
         self.in_flight[ref] = job
 
     def _finish(self, ref: ray.ObjectRef) -> None:
+        if ref in self.pool.starting:  # a (re)started worker is ready, or failed to start and was restarted
+            slot = self.pool.started(ref)
+            if slot is not None:
+                self.free.append(slot)
+            return
         job = self.in_flight.pop(ref)
+        node = self.pool.nodes[job.slot]
+        if node is not None:
+            job.trial.set_user_attr("worker_node", node)
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as e:
-            self.pool.replace(job.slot)
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            job.deaths.append({**(node or {}), "error": msg})
+            job.trial.set_user_attr("worker_deaths", job.deaths)
+            self.pool.replace(job.slot)  # its slot takes trials again once the new actor is ready
             job.attempts += 1
             if job.attempts <= self.prep.cfg.retries:
                 self.summary.retried += 1
-                self._submit(job, job.slot)  # same slot, fresh actor
+                self.queue.appendleft(job)  # next free worker: the replacement may find no room (node lost)
                 return
-            self.free.append(job.slot)
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             self._fail(job, f"worker died {job.attempts} time(s): {msg}", status="worker_died")
             return
         except ray.exceptions.RayError as e:
@@ -277,11 +288,12 @@ class _RungDriver:
                     self._ask()
                     continue
                 self._submit(self.queue.popleft(), self.free.pop())
-            if not self.in_flight:
-                if self.queue or self._more_to_ask():
-                    continue
+            if not self.in_flight and not self.queue and not self._more_to_ask():
                 return self.summary
-            ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+            waiting = [*self.in_flight, *self.pool.starting]
+            if not waiting:
+                raise RuntimeError("no proxy worker is running or starting")  # the pool always restarts one
+            ready, _ = ray.wait(waiting, num_returns=1)
             self._finish(ready[0])
 
 

@@ -3,10 +3,13 @@
 Keeping the actor alive keeps its process warm: the proxy trainer's tokenized-corpus cache, imported torch/fla and
 (on GPU) Triton's compiled kernels survive from one trial to the next, which on a GPU saves minutes per trial.
 
-A worker process that dies (segfault, OOM-killer, ``os._exit``) surfaces as ``ray.exceptions.RayActorError``; the
-pool replaces the actor and the driver retries the trial (`StudyConfig.retries`). Python exceptions inside a
-proxy are not deaths: ``run_proxy`` turns divergence/OOM/errors into a result status itself, and anything that
-still escapes comes back as a "failed" result here.
+A worker process that dies (segfault, OOM-killer, ``os._exit``, or its whole node lost) surfaces as
+``ray.exceptions.RayActorError``; the pool replaces the actor and the driver queues the trial again
+(`StudyConfig.retries`) for whichever worker is free first. A slot only takes trials once its actor has answered
+`ready` (which also tells where it runs, recorded as the trial's ``worker_node``): after a node is lost, the
+cluster may have no room for the replacement, and its slot then stays idle until room appears instead of holding
+the retried trial forever. Python exceptions inside a proxy are not deaths: ``run_proxy`` turns
+divergence/OOM/errors into a result status itself, and anything that still escapes comes back as a "failed" result.
 
 Fault injection (used by the tests, harmless otherwise): when ``HYLA_FAULT_EXIT_FILE`` is set in a worker's
 environment, each run increments the counter in that file and calls ``os._exit(3)`` while the count is below
@@ -16,6 +19,7 @@ environment, each run increments the counter in that file and calls ``os._exit(3
 from __future__ import annotations
 
 import os
+import socket
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ import ray
 from hyla.config import ConfigError
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+#: Actor start-ups failing in a row (none ready in between) before the search gives up: no node can run hyla.
+MAX_START_FAILURES = 3
 
 
 def ensure_ray(address: str | None, num_cpus: float, num_gpus: float | None = None) -> None:
@@ -96,12 +102,23 @@ class _ProxyWorkerImpl:
     def pid(self) -> int:
         return os.getpid()
 
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs: Ray node id, node IP, host name and process id (the trial's ``worker_node``)."""
+        return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "hostname": socket.gethostname(), "pid": os.getpid()}
+
 
 ProxyWorker = ray.remote(_ProxyWorkerImpl)
 
 
 class WorkerPool:
-    """A fixed number of `ProxyWorker` actors; dead ones are replaced on demand."""
+    """A fixed number of `ProxyWorker` slots; a dead actor is replaced, and a slot is usable once its actor is ready.
+
+    Attributes:
+        actors: the actor of each slot (possibly still starting).
+        nodes: `ProxyWorker.ready` of each slot's actor, None while it starts.
+        starting: ``ready`` call -> slot, for actors that have not answered yet (the driver waits on these too).
+    """
 
     def __init__(self, num_workers: int, num_cpus: float, num_gpus: float,
                  env: dict[str, str] | None = None) -> None:
@@ -110,21 +127,55 @@ class WorkerPool:
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         self.num_gpus = num_gpus if cluster_gpus > 0 else 0.0
         self.env = dict(env or {})
-        self.actors: list[Any] = [self._new() for _ in range(num_workers)]
+        self.actors: list[Any] = [None] * num_workers
+        self.nodes: list[dict[str, Any] | None] = [None] * num_workers
+        self.starting: dict[ray.ObjectRef, int] = {}
+        self.start_failures = 0
+        for slot in range(num_workers):
+            self._start(slot)
 
-    def _new(self) -> Any:
+    def _start(self, slot: int) -> None:
         opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_restarts": 0}
         if self.env:
             opts["runtime_env"] = {"env_vars": self.env}
-        return ProxyWorker.options(**opts).remote()
+        self.actors[slot] = ProxyWorker.options(**opts).remote()
+        self.nodes[slot] = None
+        self.starting[self.actors[slot].ready.remote()] = slot
+
+    def ready_slots(self) -> list[int]:
+        """Slots whose actor has answered `ProxyWorker.ready`."""
+        return [s for s, node in enumerate(self.nodes) if node is not None]
+
+    def started(self, ref: ray.ObjectRef) -> int | None:
+        """Take the answer of a ``ready`` call from `starting`: the slot if its actor is up, else None (restarted).
+
+        Raises:
+            ConfigError: `MAX_START_FAILURES` start-ups failed in a row (e.g. hyla is not installed on the nodes);
+                the pool is shut down first.
+        """
+        slot = self.starting.pop(ref)
+        try:
+            self.nodes[slot] = ray.get(ref)
+        except ray.exceptions.RayError as e:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+                self.shutdown()  # a later search builds a fresh pool
+                raise ConfigError(f"ray: {self.start_failures} proxy workers in a row failed to start ({msg}); every "
+                                  "Ray node needs hyla and its dependencies installed") from None
+            self._start(slot)
+            return None
+        self.start_failures = 0
+        return slot
 
     def replace(self, slot: int) -> None:
-        """Kill (if still around) and recreate the actor in ``slot``."""
+        """Kill (if still around) and recreate the actor in ``slot``; the slot is usable again once it is ready."""
         try:
             ray.kill(self.actors[slot], no_restart=True)
         except Exception:  # already dead
             pass
-        self.actors[slot] = self._new()
+        self.starting = {r: s for r, s in self.starting.items() if s != slot}
+        self._start(slot)
 
     def submit(self, slot: int, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> ray.ObjectRef:
         return self.actors[slot].run.remote(layout, proxy, out_dir)
@@ -135,7 +186,7 @@ class WorkerPool:
                 ray.kill(a, no_restart=True)
             except Exception:
                 pass
-        self.actors = []
+        self.actors, self.nodes, self.starting = [], [], {}
 
 
 _POOLS: dict[tuple, WorkerPool] = {}
