@@ -148,6 +148,25 @@ def _promote_settings(cfg: Any, study: Any, rung: int) -> dict[str, Any]:
             "noise": get("noise", True), "z": get("noise_z", 2.0)}
 
 
+def worker_nodes_lines(trials: list[Any]) -> list[str]:
+    """Where a rung's trials ran (trials per Ray node, user attr ``worker_node``) and the worker deaths they hit."""
+    import collections
+
+    per_node: collections.Counter[str] = collections.Counter()
+    for t in trials:
+        node = t.user_attrs.get("worker_node")
+        if isinstance(node, dict):
+            per_node[f"node {str(node.get('node_id', '?'))[:8]} ({node.get('hostname', '?')}, "
+                     f"{node.get('node_ip', '?')})"] += 1
+    lines = ["ran on " + ", ".join(f"{name}: {n}" for name, n in sorted(per_node.items()))] if per_node else []
+    hit = [t for t in trials if t.user_attrs.get("worker_deaths")]
+    if hit:
+        deaths = sum(len(t.user_attrs["worker_deaths"]) for t in hit)
+        lines.append(f"worker deaths: {deaths} in trial(s) " + ", ".join(str(t.number) for t in hit)
+                     + " (retried, or failed as worker_died)")
+    return lines
+
+
 def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -179,6 +198,8 @@ def _status(args: argparse.Namespace) -> int:
             states[t.state.name] = states.get(t.state.name, 0) + 1
         console.print(f"[bold]{study.study_name}[/]: {len(trials)} trials: "
                       + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
+        for line in worker_nodes_lines(trials):
+            console.print(f"  {line}")
         for t in trials:
             if t.state.name == "RUNNING":
                 console.print(f"  running: trial {t.number} {t.user_attrs.get('layout_key', '')}")
