@@ -7,7 +7,8 @@ A `RunSpec` (YAML, strict) says what to train; `train_full(spec)` runs it throug
     train_log.jsonl    one line per log step: step, loss, lr, tokens/s, MFU (rank 0)
     ray/attempt_N/     Ray Train checkpoints of attempt N (model, optimizer, scheduler, step, data cursor, RNG)
     model/             the final HF checkpoint (``AutoModelForCausalLM.from_pretrained`` after
-                       ``import hyla.proxy_train.hf``) plus the tokenizer when it is a transformers one
+                       ``import hyla``) plus the tokenizer when it is a transformers one; ``hyla analysis export
+                       --checkpoint RUN_DIR`` writes it with fla-named weights too
     final.json         how the last attempt ended (``finished`` or ``stopped``), written by every attempt
     result.json        status, steps, throughput, MFU and the final evaluation (finished runs only)
 
