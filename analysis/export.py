@@ -130,23 +130,16 @@ def fla_inexact(layout: Layout) -> list[str]:
     """Where fla's model built from `fla_config` computes differently from hyla's (empty: the same math).
 
     fla's models pass their one ``config.norm_eps`` both to the block norms and to the norm inside each linear layer
-    (GLA/RetNet's gated output norm, HGRN's ``g_norm``, the delta rules' ``o_norm``); hyla builds its layers with
-    fla's layer default there (1e-5) and uses ``layout.norm_eps`` (default 1e-6) for the block norms only.
+    (GLA/RetNet's gated output norm, HGRN's ``g_norm``, the delta rules' ``o_norm``). hyla builds its layers with
+    ``layout.norm_eps`` there too (`FlaMixer.from_layout`), so only a layer whose options set another ``norm_eps``
+    differs.
     """
-    import inspect
-
-    import fla.layers
-
-    from hyla.space.mixers import get_mixer_kind
-
     notes = []
-    for kind in layout.linear_mixers:
-        eps = inspect.signature(getattr(fla.layers, get_mixer_kind(kind).fla_class).__init__).parameters["norm_eps"]
-        if eps.default != layout.norm_eps:
-            notes.append(f"fla's config has one norm_eps ({layout.norm_eps:g}, the layout's) for the block norms and "
-                         f"the norm inside each {kind} layer, where hyla's {kind} layers use {eps.default:g}: "
-                         f"fla's logits differ slightly (most where a mixer's output RMS is near sqrt(eps), as in "
-                         f"untrained or tiny models); a layout with norm_eps: {eps.default:g} exports exactly")
+    for i, spec in enumerate(layout.layers):
+        eps = spec.option_dict().get("norm_eps")
+        if spec.mixer != "attn" and eps is not None and eps != layout.norm_eps:
+            notes.append(f"layers[{i}] ({spec.mixer}) sets norm_eps {eps:g} inside the layer, where fla's config has "
+                         f"one norm_eps ({layout.norm_eps:g}) for block and layer norms: fla's logits differ slightly")
     return notes
 
 

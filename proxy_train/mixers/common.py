@@ -23,6 +23,7 @@ Contract of every linear mixer module (GLA, RetNet, HGRN, HGRN-2 here; DeltaNet,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -260,6 +261,9 @@ class FlaMixer:
                               f"expected {cls.KIND!r}")
         # fla_kwargs = resolved options under fla's constructor names (Mamba2 renames conv_size)
         opts = get_mixer_kind(cls.KIND).fla_kwargs(layout.d_model, spec.option_dict())
+        if "norm_eps" not in opts and "norm_eps" in inspect.signature(cls).parameters:
+            # the layout's eps inside the layer too, as fla's models pass their one config.norm_eps to both
+            opts["norm_eps"] = layout.norm_eps
         try:
             return cls(hidden_size=layout.d_model, layer_idx=index, **opts)
         except (AssertionError, ValueError, RuntimeError) as e:
