@@ -11,6 +11,7 @@ with different objectives: mixing would silently compare numbers that do not mea
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def existing_study_attrs(storage: BaseStorage, name: str) -> dict[str, Any] | No
 
 def open_study(storage: BaseStorage, name: str, directions: list[str], attrs: dict[str, Any],
                sampler: optuna.samplers.BaseSampler | None = None, where: str = "study") -> optuna.Study:
-    """Load study ``name`` or create it with ``attrs`` as user attrs.
+    """Load study ``name`` or create it with ``attrs`` as user attrs and the objective names as metric names.
 
     An existing study must have the same ``space_key`` and ``objectives`` as ``attrs``.
 
@@ -122,11 +123,24 @@ def open_study(storage: BaseStorage, name: str, directions: list[str], attrs: di
         check_compatible(name, have, attrs, where)
         if have.get("config") != attrs.get("config"):
             study.set_user_attr("config", attrs["config"])  # n_trials etc. may change on a resume
+        _name_metrics(study, attrs)  # studies made by an older hyla get names on their next run
         return study
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
     for k, v in attrs.items():
         study.set_user_attr(k, v)
+    _name_metrics(study, attrs)
     return study
+
+
+def _name_metrics(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Name the study's values after its objectives (optuna-dashboard and plots then say ``recall``, not
+    ``Objective 1``); skipped when already set or when the names do not fit the directions."""
+    names = [o["name"] for o in attrs.get("objectives") or []]
+    if not names or len(names) != len(study.directions) or study.metric_names == names:
+        return
+    with warnings.catch_warnings():  # experimental in Optuna (since 3.2), stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 def load_rung_studies(storage: BaseStorage, name: str) -> dict[int, optuna.Study]:

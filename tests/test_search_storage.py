@@ -37,6 +37,8 @@ def _small_study_on(storage: str, tmp_path: Path, name: str) -> None:
     assert counted(t0) == 2 and all(t.state == TrialState.COMPLETE for t in t0)
     (child,) = studies[1].get_trials()
     assert child.state == TrialState.COMPLETE and child.user_attrs["parent"] in {t.number for t in t0}
+    for study in studies.values():  # optuna-dashboard shows these instead of "Objective 0/1/2"
+        assert study.metric_names == cfg.objectives
     assert not (tmp_path / name / "study.journal").exists()  # the RDB holds the study, not a journal
     other = {**d, "space": {**SPACE, "mixers": ["gla"]}}
     with pytest.raises(ConfigError, match="already exists with another search space"):
@@ -66,6 +68,23 @@ def test_journal_name_reused_with_other_space_or_objectives_is_refused(tmp_path:
     with pytest.raises(ConfigError, match="guard.yaml: objectives: study 'guard/rung0' already exists"):
         p3 = prepare(study_config_from_dict({**d, "objectives": ["lm_loss", "params"]}, where="guard.yaml"))
         open_study(p3.storage, "guard/rung0", p3.cfg.directions, p3.study_attrs(0), where="guard.yaml")
+
+
+def test_rung_studies_name_their_metrics_after_the_objectives(tmp_path: Path) -> None:
+    from hyla.search.storage import open_study
+
+    prep = prepare(study_config_from_dict(study_dict(tmp_path, "named", objectives=["recall", "params"]),
+                                          where="named.yaml"))
+    study = open_study(prep.storage, "named/rung0", prep.cfg.directions, prep.study_attrs(0))
+    assert study.metric_names == ["recall", "params"]
+    # a study created without names (an older hyla) gets them when it is opened again
+    old = optuna.create_study(study_name="named/rung1", storage=prep.storage, directions=prep.cfg.directions)
+    for k, v in prep.study_attrs(0).items():
+        old.set_user_attr(k, v)
+    assert old.metric_names is None
+    again = open_study(prep.storage, "named/rung1", prep.cfg.directions, prep.study_attrs(0))
+    assert optuna.load_study(study_name="named/rung1", storage=prep.storage).metric_names == ["recall", "params"]
+    assert again.metric_names == ["recall", "params"]
 
 
 def _closed_port() -> int:
