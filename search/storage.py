@@ -41,7 +41,7 @@ def open_storage(url: str, where: str = "storage") -> BaseStorage:
     if "://" not in url:
         raise ConfigError(f"{where}: {url!r} is neither a journal file nor an RDB URL; expected e.g. "
                           "sqlite:///study.db, postgresql://user@host:5432/db or journal:path/study.journal")
-    url = _pg_driver(url)
+    given, url = url, _pg_driver(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("postgresql") or url.startswith("mysql"):
         # Fail fast on a dead host instead of waiting for the OS TCP timeout.
@@ -52,8 +52,12 @@ def open_storage(url: str, where: str = "storage") -> BaseStorage:
             raise ConfigError(f"{where}: sqlite directory {str(db.parent)!r} does not exist")
     try:
         return RDBStorage(url, engine_kwargs=kwargs)
-    except ModuleNotFoundError as e:
-        raise ConfigError(f"{where}: {url.split(':', 1)[0]} needs the Python package {e.name!r}; install it") from None
+    except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
+        missing = e.name or getattr(e.__cause__, "name", None) or "its database driver"
+        if url.split("://", 1)[0] in ("postgresql", "postgresql+psycopg2"):
+            raise ConfigError(f"{where}: {_redact(given)} needs psycopg2; install hyla's postgres extra: "
+                              'pip install -e ".[postgres]"') from None
+        raise ConfigError(f"{where}: {_redact(given)} needs the Python package {missing!r}; install it") from None
     except Exception as e:  # sqlalchemy OperationalError, ArgumentError ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{where}: cannot use {_redact(url)}: {reason}") from None

@@ -87,6 +87,22 @@ def test_rung_studies_name_their_metrics_after_the_objectives(tmp_path: Path) ->
     assert again.metric_names == ["recall", "params"]
 
 
+def test_missing_psycopg2_names_the_postgres_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for mod in ("psycopg2", "psycopg"):  # as if neither PostgreSQL driver were installed
+        monkeypatch.setitem(sys.modules, mod, None)
+    with pytest.raises(ConfigError) as e:
+        open_storage("postgresql://me:secret@127.0.0.1:5432/db")
+    assert str(e.value) == ("storage: postgresql://me:***@127.0.0.1:5432/db needs psycopg2; install hyla's postgres "
+                            'extra: pip install -e ".[postgres]"')
+    d = study_dict(tmp_path, "pg", storage="postgresql://me@127.0.0.1:5432/db")
+    with pytest.raises(ConfigError, match=r"^pg.yaml: storage: postgresql://me@127.0.0.1:5432/db needs psycopg2; "
+                                          r"install hyla's postgres extra") as e:
+        prepare(study_config_from_dict(d, where="pg.yaml"))
+    assert "\n" not in str(e.value) and not (tmp_path / "pg").exists()
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
