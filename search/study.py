@@ -28,7 +28,7 @@ from hyla.search.config import StudyConfig
 from hyla.search.rungs import select_promoted
 from hyla.search.prepare import Prepared, prepare
 from hyla.search.storage import open_study
-from hyla.search.workers import WorkerPool, ensure_ray, get_pool
+from hyla.search.workers import WorkerPool, start_pool
 
 DRIVER_STOPPED = "driver stopped"
 
@@ -142,8 +142,10 @@ def _enqueue_promoted(prep: Prepared, rung: int, prev: optuna.Study, study: optu
 class _RungDriver:
     """Drives one rung study to completion with a bounded number of trials in flight."""
 
-    def __init__(self, prep: Prepared, rung: int, study: optuna.Study, pool: WorkerPool, progress: Any) -> None:
+    def __init__(self, prep: Prepared, rung: int, study: optuna.Study, pool: WorkerPool, progress: Any,
+                 console: Any = None) -> None:
         self.prep, self.rung, self.study, self.pool, self.progress = prep, rung, study, pool, progress
+        self.console = console
         self.summary = RungSummary(rung)
         trials = study.get_trials(deepcopy=False)
         self.done_by_key: dict[str, FrozenTrial] = {t.user_attrs["layout_key"]: t for t in trials
@@ -235,6 +237,9 @@ class _RungDriver:
             slot = self.pool.started(ref)
             if slot is not None:
                 self.free.append(slot)
+                note = self.pool.startup_note()
+                if note and self.console is not None:
+                    self.console.print(note)
             return
         job = self.in_flight.pop(ref)
         node = self.pool.nodes[job.slot]
@@ -314,9 +319,7 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
     prep = prepare(cfg)
     summary = SearchSummary()
     todo = list(range(len(cfg.rungs))) if rungs is None else rungs
-    r = cfg.ray
-    ensure_ray(r.address, num_cpus=r.num_workers * r.cpus_per_worker)
-    pool = get_pool(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, env=worker_env)
+    pool = start_pool(cfg.ray, console, env=worker_env)
     progress = None
     if console is not None and show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -337,7 +340,7 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
                     _enqueue_seeds(prep, study)
                 else:
                     _enqueue_promoted(prep, rung, prev, study)
-                summary.rungs.append(_RungDriver(prep, rung, study, pool, progress).run())
+                summary.rungs.append(_RungDriver(prep, rung, study, pool, progress, console).run())
             prev = study
         summary.pareto_rung = max(todo)
         from hyla.search.rungs import pareto_front

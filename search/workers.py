@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ class WorkerPool:
         self.nodes: list[dict[str, Any] | None] = [None] * num_workers
         self.starting: dict[ray.ObjectRef, int] = {}
         self.start_failures = 0
+        self.created = time.monotonic()
+        self._announced = 0  # ready workers already reported by `startup_note`
         for slot in range(num_workers):
             self._start(slot)
 
@@ -145,6 +148,15 @@ class WorkerPool:
     def ready_slots(self) -> list[int]:
         """Slots whose actor has answered `ProxyWorker.ready`."""
         return [s for s, node in enumerate(self.nodes) if node is not None]
+
+    def startup_note(self) -> str | None:
+        """``proxy workers: k/N ready after X s`` when the first and when the last of the pool's initial workers
+        become ready (call after `started`); None otherwise, and always once all N have been reported."""
+        ready, total = len(self.ready_slots()), len(self.actors)
+        if self._announced >= total or ready <= self._announced or ready not in (1, total):
+            return None
+        self._announced = ready
+        return f"proxy workers: {ready}/{total} ready after {time.monotonic() - self.created:.1f} s"
 
     def started(self, ref: ray.ObjectRef) -> int | None:
         """Take the answer of a ``ready`` call from `starting`: the slot if its actor is up, else None (restarted).
@@ -204,6 +216,27 @@ def get_pool(num_workers: int, num_cpus: float, num_gpus: float, env: dict[str, 
         # Other pools hold the cluster's CPUs/GPUs: their actors would starve the new ones of resources.
         shutdown_pools()
         pool = _POOLS[key] = WorkerPool(num_workers, num_cpus, num_gpus, env=env)
+    return pool
+
+
+def start_pool(r: Any, console: Any = None, env: dict[str, str] | None = None) -> WorkerPool:
+    """Start (or connect to) Ray and get the pool for ``r`` (a `hyla.search.config.RayConfig`), saying on
+    ``console`` what is starting: a first trial only finishes once Ray and a worker's imports (torch, the proxy
+    trainer) are up, which takes a while. The driver then reports the workers ready (`WorkerPool.startup_note`)."""
+    say = console.print if console is not None else (lambda *a, **k: None)
+    if not ray.is_initialized():
+        t0 = time.monotonic()
+        cpus = max(1, int(round(r.num_workers * r.cpus_per_worker)))
+        say(f"connecting to Ray at {r.address} ..." if r.address else f"starting Ray (local, {cpus} CPUs) ...")
+        ensure_ray(r.address, num_cpus=r.num_workers * r.cpus_per_worker)
+        say(f"Ray ready after {time.monotonic() - t0:.1f} s")
+    ensure_ray(r.address, num_cpus=r.num_workers * r.cpus_per_worker)  # a no-op when connected (sets RAY_ENV)
+    pool = get_pool(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, env=env)
+    each = f"{r.cpus_per_worker:g} CPU" + (f", {pool.num_gpus:g} GPU" if pool.num_gpus else "")
+    if pool.ready_slots():
+        say(f"reusing {len(pool.ready_slots())} warm proxy worker(s) ({each} each)")
+    else:
+        say(f"starting {r.num_workers} proxy worker(s) ({each} each; each imports torch and the proxy trainer) ...")
     return pool
 
 

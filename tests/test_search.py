@@ -146,6 +146,31 @@ def test_proxy_config_error_stops_the_search(tmp_path: Path) -> None:
         run_search(cfg)
 
 
+def test_start_up_is_announced_before_the_first_trial(tmp_path: Path) -> None:
+    import io
+
+    import ray
+    from rich.console import Console
+
+    from hyla.search.workers import shutdown_pools
+
+    shutdown_pools()
+    ray.shutdown()  # a cold start, as from the command line; run_search starts the same 2-CPU local Ray again
+    buf = io.StringIO()
+    cfg = study_config_from_dict(study_dict(tmp_path, "hello", n_trials=1), where="hello.yaml")
+    run_search(cfg, console=Console(file=buf, width=200), show_progress=False)
+    lines = buf.getvalue().splitlines()
+    assert lines[:3] == ["starting Ray (local, 2 CPUs) ...", lines[1],
+                         "starting 2 proxy worker(s) (1 CPU each; each imports torch and the proxy trainer) ..."]
+    assert lines[1].startswith("Ray ready after ") and lines[1].endswith(" s")
+    assert lines[3].startswith("proxy workers: 1/2 ready after ")  # the trial can only start after this
+    assert all(line.startswith("proxy workers: 2/2 ready after ") for line in lines[4:])  # unless it ended first
+    buf.truncate(0)
+    buf.seek(0)
+    run_search(cfg, console=Console(file=buf, width=200), show_progress=False)  # warm: nothing to wait for
+    assert buf.getvalue().splitlines()[0] == "reusing 2 warm proxy worker(s) (1 CPU each)"
+
+
 # last: it needs its own 1-worker pool, which replaces the warm 2-worker pool the other tests share
 def test_worker_death_is_retried_then_recorded(tmp_path: Path) -> None:
     crash = tmp_path / "crashes"  # the worker process os._exit()s while this count is below 3
