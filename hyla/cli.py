@@ -26,11 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def version() -> str:
     """The installed hyla's version (package metadata), or ``"unknown"`` when hyla is not installed."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
+    from importlib import metadata
 
     try:
-        return dist_version("hyla")
-    except PackageNotFoundError:
+        return metadata.version("hyla")
+    except metadata.PackageNotFoundError:
         return "unknown"
 
 

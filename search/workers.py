@@ -226,7 +226,7 @@ def start_pool(r: Any, console: Any = None, env: dict[str, str] | None = None) -
     say = console.print if console is not None else (lambda *a, **k: None)
     if not ray.is_initialized():
         t0 = time.monotonic()
-        cpus = max(1, int(round(r.num_workers * r.cpus_per_worker)))
+        cpus = max(1, round(r.num_workers * r.cpus_per_worker))
         say(f"connecting to Ray at {r.address} ..." if r.address else f"starting Ray (local, {cpus} CPUs) ...")
         ensure_ray(r.address, num_cpus=r.num_workers * r.cpus_per_worker)
         say(f"Ray ready after {time.monotonic() - t0:.1f} s")
