@@ -19,7 +19,7 @@ from hyla.config import ConfigError
 from hyla.analysis.pareto import PICKS, pick
 from hyla.analysis.significance import front_pair_tests
 from hyla.analysis.study_data import StudyData, TrialRecord
-from hyla.space.layout import Layout
+from hyla.space.layout import Layout, letter_legend
 
 #: Diagram colours: softmax attention stands out (red); linear kinds get calm distinct colours.
 COLORS: dict[str, str] = {"attn": "#d62728", "gla": "#1f77b4", "hgrn": "#9467bd", "hgrn2": "#8c564b",
@@ -118,8 +118,9 @@ def _trial_table(data: StudyData) -> str:
         rows.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
     ths = "".join(f'<th class="{"l" if h in ("state", "layout", "preset", "fail reason") else ""}">'
                   f"{html.escape(h)}</th>" for h in head)
+    legend = letter_legend(t.layout_string for t in data.trials)
     return (f'<table class="sortable" id="trials"><thead><tr>{ths}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+            f"<tbody>{''.join(rows)}</tbody></table>" + (f"<p><small>{html.escape(legend)}</small></p>" if legend else ""))
 
 
 def _noise_section(data: StudyData, z: float) -> str:

@@ -49,13 +49,14 @@ def dry_run_report(spec: Any) -> dict[str, Any]:
 
 def _print_dry_run(report: dict[str, Any]) -> None:
     from hyla.space.cost import human_bytes, human_count
+    from hyla.space.layout import letter_legend
 
     lay, p, run = report["layout"], report["params"], report["run"]
     mem = report["memory"][str(run["seq_len"])]
     n = len(lay["layers"])
     letters = report["layers_string"]
     print(f"{lay['name'] or report['key']}  key {report['key']}  (scale {run['scale']}, nothing trained)")
-    print(f"layers   {' '.join(letters[i:i + 6] for i in range(0, n, 6))}")
+    print(f"layers   {' '.join(letters[i:i + 6] for i in range(0, n, 6))}  ({letter_legend([letters])})")
     kv = lay["num_kv_heads"] or lay["num_heads"]
     print(f"shape    {n} x d_model {lay['d_model']}, {lay['num_heads']} heads (kv {kv}), mlp {lay['mlp_hidden']}, "
           f"vocab {lay['vocab_size']}")

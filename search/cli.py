@@ -97,13 +97,24 @@ def _report(cfg: Any, summary: Any, console: Any, plot: bool) -> None:
     table = Table(title=f"Pareto set of {cfg.study_name(summary.pareto_rung)} ({len(summary.pareto)} trials)")
     for col in ("trial", "layout", "preset", "seeds", *cfg.objectives):
         table.add_column(col, overflow="fold")
-    for row in objective_table_rows(summary.pareto, cfg.objectives):
+    rows = objective_table_rows(summary.pareto, cfg.objectives)
+    for row in rows:
         table.add_row(*row)
-    console.print(table)
+    _print_table(console, table, rows)
     for p in summary.full_run_specs:
         console.print(f"full-run spec: {p}")
     if plot:
         _plot(cfg, console)
+
+
+def _print_table(console: Any, table: Any, rows: list[list[str]]) -> None:
+    """Print a trial table and, under it, what the letters of its layout column mean (column 1 of ``rows``)."""
+    from hyla.space.layout import letter_legend
+
+    console.print(table)
+    legend = letter_legend(row[1] for row in rows)
+    if legend:
+        console.print(legend, style="dim", highlight=False, soft_wrap=True)
 
 
 def _plot(cfg: Any, console: Any) -> None:
@@ -211,9 +222,10 @@ def _status(args: argparse.Namespace) -> int:
         table = Table(title=f"Pareto set of {study.study_name} (mean ± s.e.m. over seeds)")
         for col in ("trial", "layout", "preset", "seeds", *objectives):
             table.add_column(col, overflow="fold")
-        for row in objective_table_rows(front, objectives):
+        rows = objective_table_rows(front, objectives)
+        for row in rows:
             table.add_row(*row)
-        console.print(table)
+        _print_table(console, table, rows)
         report = promotion_report(trials, directions, objectives, **_promote_settings(cfg, study, rung))
         noise = f"intervals ±{report.z:g} s.e.m." if report.z > 0 else "exact means"
         console.print(f"promotion ({report.rule}, k={report.k}, {noise}): trials "
@@ -223,7 +235,8 @@ def _status(args: argparse.Namespace) -> int:
             table = Table(title=f"Not promoted but within noise of the front ({len(candidates)}): cut by k={report.k}")
             for col in ("trial", "layout", "preset", "seeds", *objectives, "note"):
                 table.add_column(col, overflow="fold")
-            for row, e in zip(objective_table_rows([e.trial for e in candidates], objectives), candidates):
+            rows = objective_table_rows([e.trial for e in candidates], objectives)
+            for row, e in zip(rows, candidates):
                 table.add_row(*row, e.note)
-            console.print(table)
+            _print_table(console, table, rows)
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 from hyla.config import ConfigError
 from hyla.space.cost import (dtype_bytes, flops_per_token, human_bytes, human_count, inference_memory, layer_memory,
                              mixer_params, param_count)
-from hyla.space.layout import Layout
+from hyla.space.layout import Layout, letter_legend
 from hyla.space.presets import CONVENTIONS, DEFAULT_SCALE, SCALES, load_layout, paper_grid
 
 
@@ -88,6 +88,7 @@ def _show(args: argparse.Namespace) -> int:
                       f"{row['mixer_params']:,}", f"{row['block_params']:,}", human_bytes(row["recurrent_bytes"]),
                       human_bytes(row["conv_bytes"]), *(human_bytes(row["kv_bytes"][str(c)]) for c in contexts))
     con.print(table)
+    con.print(letter_legend([report["layers_string"]]), style="dim", soft_wrap=True)
     p = report["params"]
     con.print(f"params: total {p['total']:,} ({human_count(p['total'])}), non-embedding {p['non_embedding']:,} "
               f"({human_count(p['non_embedding'])}), embedding {p['embedding']:,}, head {p['head']:,}")
@@ -132,7 +133,9 @@ def _grid(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(r["name"], r["layers"], human_count(r["params"]), human_count(r["non_embedding"]),
                       *(human_bytes(r["memory_bytes"][str(c)]) for c in contexts))
-    _console().print(table)
+    con = _console()
+    con.print(table)
+    con.print(letter_legend(r["layers"] for r in rows), style="dim", soft_wrap=True)
     return 0
 
 

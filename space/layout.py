@@ -15,6 +15,11 @@ Each layer is a `LayerSpec`:
 
 Compact per-layer strings are accepted everywhere a layer is: ``"gla"``, ``"attn"``, ``"attn@512"`` (window
 512), ``"gla+a2"`` (GLA with 2 softmax heads), ``"gla+a2@256"``.
+
+Terminal tables show a layout as one letter per layer (`Layout.layer_string`, e.g. ``gNNA``): ``A`` softmax
+attention, a linear kind's capital letter (``hyla.space.mixers.MIXER_LETTERS``: ``G`` gla, ``N`` gdn ...), and the
+lower-case letter for a head-wise layer of that kind (``g`` = gla + softmax heads; hgrn2, whose letter is ``2``,
+uses ``h``). `letter_legend` explains the letters a table shows in one line.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError, check_keys, load_yaml, dump_yaml
-from hyla.space.mixers import LINEAR_MIXERS, MIXER_LETTERS, get_mixer_kind
+from hyla.space.mixers import HEADWISE_LETTERS, LINEAR_MIXERS, MIXER_LETTERS, get_mixer_kind
 
 ATTN = "attn"
 ALL_MIXERS: tuple[str, ...] = (*LINEAR_MIXERS, ATTN)
@@ -38,6 +43,18 @@ _LAYER_RE = re.compile(r"^(?P<mixer>[a-z0-9_]+)(\+a(?P<heads>\d+))?(@(?P<window>
 def _freeze(options: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
     items = dict(options or {})
     return tuple(sorted(items.items()))
+
+
+def letter_legend(strings: Iterable[str]) -> str:
+    """One line explaining the letters used in ``strings`` (layer strings), e.g.
+    ``layer letters: A attention, N gdn, n gdn + softmax heads (head-wise)``; ``""`` when none is a layer letter."""
+    names = {"A": "attention"}
+    for kind in LINEAR_MIXERS:
+        names[MIXER_LETTERS[kind]] = kind
+        names[HEADWISE_LETTERS[kind]] = f"{kind} + softmax heads (head-wise)"
+    used = set("".join(strings))
+    parts = [f"{letter} {name}" for letter, name in names.items() if letter in used]
+    return "layer letters: " + ", ".join(parts) if parts else ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,10 +106,10 @@ class LayerSpec:
 
     @property
     def letter(self) -> str:
-        """One letter for diagrams: ``A`` attention, ``H`` head-wise hybrid, else the mixer's own letter."""
+        """One letter for diagrams: ``A`` attention, the mixer's letter (``G``), lower case when head-wise (``g``)."""
         if self.mixer == ATTN:
             return "A"
-        return "H" if self.attn_heads else MIXER_LETTERS[self.mixer]
+        return HEADWISE_LETTERS[self.mixer] if self.attn_heads else MIXER_LETTERS[self.mixer]
 
     def option_dict(self) -> dict[str, Any]:
         return dict(self.options)
@@ -214,7 +231,8 @@ class Layout:
         return tuple(dict.fromkeys(s.mixer for s in self.layers if s.mixer != ATTN))
 
     def layer_string(self, group: int = 0) -> str:
-        """Per-layer letters, e.g. ``GGGGGA GGGGGA``; ``group`` > 0 inserts a space every ``group`` layers."""
+        """Per-layer letters (`LayerSpec.letter`), e.g. ``GGGGGA gGGGGA``; ``group`` > 0 inserts a space every
+        ``group`` layers. `letter_legend` explains them."""
         letters = "".join(s.letter for s in self.layers)
         if group > 0:
             letters = " ".join(letters[i:i + group] for i in range(0, len(letters), group))

@@ -26,7 +26,7 @@ class MixerKind:
 
     Attributes:
         name: registry key (``gla``, ``gdn`` ...).
-        letter: one letter for layer diagrams.
+        letter: one letter for layer diagrams (a whole layer of this kind).
         fla_class: the fla layer class (in ``fla.layers``) whose parameters hyla's module owns.
         defaults: options at a given d_model (scaled like the paper's 340M configs).
         option_types: every option that may be overridden, with its type.
@@ -34,6 +34,8 @@ class MixerKind:
         width_options: options whose defaults are derived from d_model (heads, head dims, state sizes); a layout
             carried to another width (``hyla.space.presets.at_scale``) drops their overrides and takes the new
             width's defaults. All other options (expand ratios, short conv, gate rank ...) are carried as they are.
+        headwise_letter: the letter of a head-wise layer of this kind (softmax heads beside it); "" = ``letter``
+            in lower case.
     """
 
     name: str
@@ -43,6 +45,12 @@ class MixerKind:
     option_types: dict[str, type]
     check: Callable[[int, dict[str, Any]], str | None] = lambda d, o: None
     width_options: tuple[str, ...] = ()
+    headwise_letter: str = ""
+
+    @property
+    def hw_letter(self) -> str:
+        """The letter of a head-wise layer of this kind (``headwise_letter`` or ``letter`` in lower case)."""
+        return self.headwise_letter or self.letter.lower()
 
     def check_option_names(self, options: dict[str, Any]) -> None:
         for key in options:
@@ -245,7 +253,7 @@ MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
     MixerKind("hgrn2", "2", "HGRN2Attention",
               lambda d: {"expand_ratio": min(128, d), "use_short_conv": False, "conv_size": 4},
               {"expand_ratio": int, **_CONV},
-              _check_hgrn2, ("expand_ratio",)),
+              _check_hgrn2, ("expand_ratio",), headwise_letter="h"),  # "2" has no lower case
     MixerKind("deltanet", "D", "DeltaNet",
               lambda d: {"num_heads": _heads(d, 128), "expand_k": 1.0, "expand_v": 1.0, "use_short_conv": True,
                          "conv_size": 4, "use_beta": True},
@@ -267,6 +275,8 @@ MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
 #: Linear mixer kinds, in the order the study lists them.
 LINEAR_MIXERS: tuple[str, ...] = tuple(MIXER_KINDS)
 MIXER_LETTERS: dict[str, str] = {k.name: k.letter for k in MIXER_KINDS.values()}
+#: Letters of head-wise layers (a linear kind with softmax heads beside it): the kind's letter in lower case.
+HEADWISE_LETTERS: dict[str, str] = {k.name: k.hw_letter for k in MIXER_KINDS.values()}
 #: The six mixers of the paper's grid (mamba2 is an extra).
 PAPER_MIXERS: tuple[str, ...] = ("hgrn", "retnet", "gla", "hgrn2", "deltanet", "gdn")
 

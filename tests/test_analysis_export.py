@@ -112,7 +112,7 @@ def test_fla_config_param_counts_match_cost(kind: str) -> None:
 
 
 def test_export_headwise_writes_reason(study, tmp_path: Path) -> None:
-    trial = _trial(study, "GHGH")
+    trial = _trial(study, "GgGg")  # head-wise gla layers are lower-case g
     export_trial(study, trial, tmp_path / "ex")
     _check_common(tmp_path / "ex", trial)
     why = (tmp_path / "ex" / "fla_config_unsupported.txt").read_text()

@@ -82,6 +82,7 @@ def test_report_contents(study) -> None:
     for how in ("knee", "best-recall", "min-kv", "best-loss"):
         assert f"<b>{how}</b>: trial" in page
     assert "space_key" not in page and "objectives:" in page
+    assert "GgGg" in page and "g gla + softmax heads (head-wise)" in page  # the trial table's letter legend
 
 
 @pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)

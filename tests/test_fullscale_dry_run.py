@@ -40,7 +40,7 @@ def test_dry_run_matches_space_show(preset: str, tmp_path: Path, capsys: pytest.
     assert main(["train", str(path), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert f"{show['params']['total']:,}" in text and f"{show['memory']['4096']['total_bytes']:,} B" in text
-    assert "nothing trained" in text and show["layers_string"][:6] in text
+    assert "nothing trained" in text and show["layers_string"][:6] in text and "(layer letters: " in text
     assert not (tmp_path / "runs").exists() and not Path("runs/full").joinpath(show["key"]).exists()
 
 
@@ -51,7 +51,7 @@ def test_run_spec_for_carries_a_proxy_layout_to_the_scale() -> None:
         lay = spec.resolve_layout()
         assert isinstance(spec.layout, dict) and Layout.from_dict(spec.layout).key() == lay.key()  # the YAML is it
         assert (lay.n_layers, lay.d_model, lay.vocab_size) == (24, width, 32000)
-        assert lay.layer_string() == "HNNA" * 6 and lay.layers[0].attn_heads == get_scale(scale).num_heads // 2
+        assert lay.layer_string() == "nNNA" * 6 and lay.layers[0].attn_heads == get_scale(scale).num_heads // 2
     assert run_spec_for("gla-6:1", "340m").layout == "gla-6:1"  # a preset at the scale stays a name
     assert run_spec_for("gla-6:1@tiny", "1.3b").resolve_layout().key() == resolve_preset("gla-6:1@1.3b").key()
     assert run_spec_for(mini, "custom", tokens=2**20).resolve_layout().d_model == 64  # custom: as given
@@ -103,7 +103,7 @@ def test_promotion_writes_specs_of_the_full_scale_model(tmp_path: Path, capsys: 
         spec = RunSpec.load(path)
         lay = spec.resolve_layout()
         assert spec.scale == scale and (lay.n_layers, lay.d_model, lay.vocab_size) == (24, width, 32000)
-        assert lay.layer_string() == winner.layer_string() * 6 == "HHAH" * 6
+        assert lay.layer_string() == winner.layer_string() * 6 == "nnAn" * 6
         assert lay.attention_layers == (2, 6, 10, 14, 18, 22) and lay.name.endswith(f"at {scale}")
         assert all(s.attn_heads == lay.num_heads // 2 for s in lay.layers if not s.is_attention)
         assert lay.key() == winner.at_scale(scale).key()

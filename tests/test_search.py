@@ -129,8 +129,10 @@ def test_cli_run_status_and_bad_field(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["search", "run", str(path), "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "Pareto set of cli/rung0" in out and "2 completed" in out
+    assert "\nlayer letters: " in out  # under the Pareto table: what its layout letters mean
     assert main(["search", "status", str(path)]) == 0
-    assert "cli/rung0: 2 trials: complete 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cli/rung0: 2 trials: complete 2" in out and "\nlayer letters: " in out
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(path.read_text().replace("n_trials:", "n_trails:"))

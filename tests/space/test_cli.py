@@ -37,7 +37,8 @@ def test_show_table_and_yaml(tmp_path, capsys) -> None:
     resolve_preset("gdn-3:1@tiny").with_layers(["gdn+a1@64"] * 3 + ["attn"], name="").dump(path)
     assert main(["space", "show", str(path), "--context", "2048,32k"]) == 0
     text = capsys.readouterr().out
-    for needle in ("per layer", "KV @32768", "gdn+a1@64", "non-embedding", "FLOPs/token", "KiB"):
+    for needle in ("per layer", "KV @32768", "gdn+a1@64", "non-embedding", "FLOPs/token", "KiB", " nnnA\n",
+                   "\nlayer letters: A attention, n gdn + softmax heads (head-wise)\n"):
         assert needle in text
 
 
@@ -46,7 +47,9 @@ def test_grid(capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert len(out["layouts"]) == 31 and out["layouts"][-1]["name"] == "transformer@tiny"
     assert main(["space", "grid", "--scale", "tiny", "--convention", "literal"]) == 0
-    assert "gdn-6:1:literal@tiny" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "gdn-6:1:literal@tiny" in text
+    assert "\nlayer letters: A attention, R hgrn, T retnet, G gla, 2 hgrn2, D deltanet, N gdn\n" in text
 
 
 @pytest.mark.parametrize("argv,match", [
