@@ -2,7 +2,8 @@
 
 STUDY everywhere is a storage URL (sqlite:///..., postgresql://...), a journal file, a run directory holding
 ``study.journal``, or the study YAML that ran the search. ``--study NAME`` picks one study when a storage holds
-several.
+several. ``pareto`` and ``report`` write into the study's run directory unless ``--out`` says otherwise (the
+current directory when a database holds the study and its run directory is not here).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     pa.add_argument("--y", default="recall", help="y metric (default recall)")
     pa.add_argument("--z", default=None, help="optional third metric: 3-D plot")
     pa.add_argument("--rung", type=int, default=None, help="only this rung (default: all, dropdown)")
-    pa.add_argument("--out", default="pareto.html", help="output file: .html (self-contained) or .png")
+    pa.add_argument("--out", default=None, help="output file: .html (self-contained) or .png (default: "
+                                                "pareto.html in the study's run directory)")
     pa.set_defaults(func=_pareto)
 
     rp = sub.add_parser("report", help="one self-contained HTML report of a study")
     _study_args(rp)
-    rp.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
+    rp.add_argument("--out", default=None, help="output HTML file (default: report.html in the study's run "
+                                                "directory)")
     rp.set_defaults(func=_report)
 
     ex = sub.add_parser("export", help="write layout.yaml, the HF model (config, weights from --checkpoint), fla's "
@@ -78,10 +81,10 @@ def _load(args: argparse.Namespace) -> Any:
 def _pareto(args: argparse.Namespace) -> int:
     from hyla.analysis.plots import pareto_figure, write_html, write_png
 
-    out = Path(args.out)
-    if out.suffix not in (".html", ".png"):
+    if args.out is not None and Path(args.out).suffix not in (".html", ".png"):
         raise ConfigError(f"--out: {args.out!r} must end in .html or .png")
     data = _load(args)
+    out = Path(args.out) if args.out is not None else data.output_path("pareto.html")
     axes = (args.x, args.y) + ((args.z,) if args.z else ())
     fig = pareto_figure(data, axes=axes, rungs=None if args.rung is None else [args.rung])
     path = write_png(fig, out) if out.suffix == ".png" else write_html(fig, out)
@@ -92,7 +95,8 @@ def _pareto(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from hyla.analysis.report import write_report
 
-    print(f"wrote {write_report(_load(args), args.out)}")
+    data = _load(args)
+    print(f"wrote {write_report(data, args.out if args.out is not None else data.output_path('report.html'))}")
     return 0
 
 

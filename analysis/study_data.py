@@ -135,6 +135,11 @@ class StudyData:
     config: dict[str, Any]
     objectives: tuple[Objective, ...]
     trials: tuple[TrialRecord, ...]
+    run_dir: Path | None = None  # the study's run directory (where outputs go by default); None = unknown
+
+    def output_path(self, filename: str) -> Path:
+        """``run_dir/filename``, or ``filename`` in the current directory when the run directory is unknown."""
+        return self.run_dir / filename if self.run_dir is not None else Path(filename)
 
     @property
     def rungs(self) -> list[int]:
@@ -175,47 +180,58 @@ def _journal_storage(path: Path) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _resolve_source(source: str | Path) -> tuple[Any, str | None]:
-    """(optuna storage or URL, study name if the source names one)."""
+def _resolve_source(source: str | Path) -> tuple[Any, str | None, Path | None]:
+    """(optuna storage or URL, study name if the source names one, run directory if the source tells it)."""
     text = str(source)
     if text.startswith("journal:"):  # the search package's spelling of a journal storage
         text = text.removeprefix("journal:")
         if not Path(text).is_file():
             raise ConfigError(f"study {source}: journal file not found")
-        return _journal_storage(Path(text)), None
+        return _journal_storage(Path(text)), None, Path(text).parent
     if "://" in text:
         if text.startswith("sqlite:///") and not Path(text.removeprefix("sqlite:///")).is_file():
             # Optuna would silently create an empty database here
             raise ConfigError(f"study {text}: SQLite file {text.removeprefix('sqlite:///')} not found")
         from hyla.search.storage import open_storage  # one place maps drivers and fails fast on dead hosts
 
-        return open_storage(text, where="study storage"), None
+        return open_storage(text, where="study storage"), None, None
     p = Path(text)
     if p.is_dir():
         journal = p / "study.journal"
         if not journal.is_file():
             raise ConfigError(f"{p}: run directory has no study.journal; pass the storage URL or the study YAML")
-        return _journal_storage(journal), None
+        return _journal_storage(journal), None, p
     if not p.is_file():
         raise ConfigError(f"study {text!r}: not a storage URL, a journal file, a run directory or a study YAML")
     if p.suffix in (".yaml", ".yml"):
         return _from_study_yaml(p)
-    return _journal_storage(p), None
+    return _journal_storage(p), None, p.parent
 
 
-def _from_study_yaml(path: Path) -> tuple[Any, str | None]:
-    """Read name/storage/run_dir from a study YAML (the search package's defaults: hyla_runs/<name>)."""
+def _from_study_yaml(path: Path) -> tuple[Any, str | None, Path]:
+    """Read name/storage/run_dir from a study YAML (the search package's rules: a relative run_dir is relative to
+    the YAML's folder, the default is hyla_runs/<name> in the current directory)."""
+    from hyla.search.config import yaml_run_dir
+
     data = load_yaml(path)
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError(f"{path}: expected a study config mapping with a 'name' field")
     name = str(data["name"])
+    run_dir = Path(yaml_run_dir(data.get("run_dir"), path) or Path("hyla_runs") / name)
     if data.get("storage"):
-        return _resolve_source(str(data["storage"]))[0], name
-    run_dir = Path(data.get("run_dir") or Path("hyla_runs") / name)
+        return _resolve_source(str(data["storage"]))[0], name, run_dir
     journal = run_dir / "study.journal"
     if not journal.is_file():
         raise ConfigError(f"{path}: study {name!r} has no journal at {journal} (has the search run?)")
-    return _journal_storage(journal), name
+    return _journal_storage(journal), name, run_dir
+
+
+def _config_run_dir(config: dict[str, Any], name: str) -> Path | None:
+    """The run directory a study's stored config names, when it exists here (a study read from a database)."""
+    for candidate in (config.get("run_dir"), Path("hyla_runs") / name):
+        if isinstance(candidate, (str, Path)) and str(candidate) and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
 
 
 def _pick_name(names: list[str], wanted: str | None, source: str) -> str:
@@ -242,7 +258,7 @@ def load_study(source: str | Path, study_name: str | None = None) -> StudyData:
     """
     import optuna
 
-    storage, named = _resolve_source(source)
+    storage, named, run_dir = _resolve_source(source)
     try:
         names = optuna.get_all_study_names(storage=storage)
     except Exception as e:  # unreachable database, malformed journal ...
@@ -266,7 +282,8 @@ def load_study(source: str | Path, study_name: str | None = None) -> StudyData:
             config = dict(attrs.get("config") or {})
         trials.extend(_record(study_name_r, t, rung, objectives) for t in study.get_trials(deepcopy=False))
     trials.sort(key=lambda t: (t.rung, t.number))
-    return StudyData(name=name, source=str(source), config=config, objectives=objectives, trials=tuple(trials))
+    return StudyData(name=name, source=str(source), config=config, objectives=objectives, trials=tuple(trials),
+                     run_dir=run_dir or _config_run_dir(config, name))
 
 
 def _objectives(attrs: dict[str, Any], study: Any, where: str) -> tuple[Objective, ...]:

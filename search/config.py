@@ -5,11 +5,14 @@ Everything is validated here, before any worker starts: unknown keys, objective 
 connect). Every error is one line naming the file and the field.
 
 Relative paths inside the YAML (``space``, rung ``proxy`` files, ``seeds`` layout files) are resolved against the
-YAML file's directory first, then the current directory; ``run_dir`` is relative to the current directory.
+YAML file's directory first, then the current directory. A relative ``run_dir`` in the YAML is relative to the
+YAML file's directory (made absolute on load); without ``run_dir`` the run directory is ``hyla_runs/<name>`` in the
+current directory.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -96,7 +99,8 @@ class StudyConfig:
 
     Attributes:
         name: study name; rung r is stored as the Optuna study ``"<name>/rung<r>"``.
-        run_dir: proxy run directories, the journal file and full-run specs (default ``hyla_runs/<name>``).
+        run_dir: proxy run directories, the journal file, full-run specs and the analysis outputs (default
+            ``hyla_runs/<name>`` in the current directory; relative to the YAML file's directory when given there).
         storage: None = a journal file ``run_dir/study.journal``; else an Optuna RDB URL (sqlite/postgresql/...).
         space: inline SearchSpace mapping or a path to a space YAML.
         objectives: names from OBJECTIVES, the order of the trial values.
@@ -161,11 +165,25 @@ class StudyConfig:
         return None
 
 
+def yaml_run_dir(value: Any, yaml_path: str | Path) -> Any:
+    """A study YAML's ``run_dir`` as an absolute path: a relative one is taken relative to the YAML's folder, not
+    the current directory (anything that is not a non-empty string is returned as it is, for validation)."""
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    return os.path.abspath(p if p.is_absolute() else Path(yaml_path).parent / p)
+
+
 def load_study_config(path: str | Path, **overrides: Any) -> StudyConfig:
-    """Read and validate a study YAML; ``overrides`` (e.g. n_trials, seed_grid, ray address) win over the file."""
+    """Read and validate a study YAML; ``overrides`` (e.g. n_trials, seed_grid, ray address) win over the file.
+
+    A relative ``run_dir`` in the file is relative to the file's folder (`yaml_run_dir`).
+    """
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of study fields, got {type(data).__name__}")
+    if "run_dir" in data:
+        data = {**data, "run_dir": yaml_run_dir(data["run_dir"], path)}
     return study_config_from_dict(data, where=str(path), **overrides)
 
 

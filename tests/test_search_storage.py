@@ -138,6 +138,29 @@ def test_unreachable_storage_and_ray_address_fail_before_work(tmp_path: Path) ->
     assert not (tmp_path / "dead").exists() and not (tmp_path / "dead2").exists()
 
 
+def test_run_dir_is_relative_to_the_study_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyla.config import dump_yaml
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    path = tmp_path / "studies" / "rel.yaml"
+    dump_yaml({**study_dict(tmp_path, "rel"), "run_dir": "runs/rel"}, path)
+    cfg = load_study_config(path)
+    assert cfg.run_path == tmp_path / "studies" / "runs" / "rel" and cfg.run_path.is_absolute()
+    prep = prepare(cfg)
+    assert (tmp_path / "studies" / "runs" / "rel" / "study.journal").parent.is_dir()
+    assert not (tmp_path / "elsewhere" / "runs").exists()
+    # the resolved copy in the run directory names the same run directory wherever it is loaded from
+    assert load_study_config(prep.run_path / "study.yaml").run_path == cfg.run_path
+    # an override (e.g. from code) is taken as given; no run_dir = hyla_runs/<name> in the current directory
+    assert load_study_config(path, run_dir="here").run_path == Path("here")
+    d = study_dict(tmp_path, "dflt")
+    del d["run_dir"]
+    dump_yaml(d, path)
+    assert load_study_config(path).run_path == Path("hyla_runs/dflt")
+
+
 def test_quickstart_example_validates(tmp_path: Path) -> None:
     path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
     cfg = load_study_config(path, run_dir=str(tmp_path / "qs"))

@@ -1,0 +1,56 @@
+"""`hyla analysis pareto|report` write into the study's run directory by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hyla.analysis.study_data import load_study
+from hyla.cli import main
+from hyla.config import dump_yaml
+from test_analysis_fixtures import build_study
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_study(tmp_path_factory.mktemp("study"))  # STUDY/run/study.journal
+
+
+def test_outputs_default_to_the_run_directory(journal: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    run = journal.parent
+    monkeypatch.chdir(tmp_path)
+    assert main(["analysis", "report", str(journal)]) == 0
+    assert main(["analysis", "pareto", str(run), "--rung", "0"]) == 0
+    assert (run / "report.html").is_file() and (run / "pareto.html").is_file()
+    assert capsys.readouterr().out.splitlines() == [f"wrote {run / 'report.html'}", f"wrote {run / 'pareto.html'}"]
+    assert not list(tmp_path.iterdir())  # nothing in the current directory
+    assert main(["analysis", "pareto", str(run), "--rung", "0", "--out", "mine.html"]) == 0  # --out still wins
+    assert (tmp_path / "mine.html").is_file()
+
+
+def test_study_yaml_run_dir_is_relative_to_the_yaml(journal: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    study_yaml = journal.parent.parent / "toy.yaml"  # next to run/: run_dir "run" means STUDY/run
+    dump_yaml({"name": "toy", "run_dir": "run"}, study_yaml)
+    monkeypatch.chdir(tmp_path)
+    data = load_study(study_yaml)
+    assert data.run_dir == journal.parent and data.output_path("report.html") == journal.parent / "report.html"
+
+
+def test_database_study_uses_its_recorded_run_dir_when_present(journal: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from optuna.storages.journal import JournalFileBackend
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    source = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    for name in ("toy/rung0", "toy/rung1"):
+        optuna.copy_study(from_study_name=name, from_storage=source, to_storage=url)
+    monkeypatch.chdir(tmp_path)
+    assert load_study(url).run_dir is None  # its config names no run_dir and hyla_runs/toy is not here
+    assert load_study(url).output_path("report.html") == Path("report.html")
+    optuna.load_study(study_name="toy/rung0", storage=url).set_user_attr(
+        "config", {"name": "toy", "run_dir": str(journal.parent)})
+    assert load_study(url).run_dir == journal.parent
