@@ -102,7 +102,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from hyla.analysis.export import export_checkpoint, export_trial, find_trial, loading_instructions
-    from hyla.analysis.pareto import PICKS, pick
+    from hyla.analysis.pareto import PICKS, pick, pick_description
 
     if args.pick is not None and args.pick not in PICKS:
         raise ConfigError(f"--pick: {args.pick!r} is not allowed; expected one of {', '.join(PICKS)}")
@@ -123,8 +123,9 @@ def _export(args: argparse.Namespace) -> int:
         trial = (find_trial(data, args.trial, args.rung) if args.trial is not None
                  else pick(data, args.pick, args.rung))
         res = export_trial(data, trial, args.out, scale=args.scale, overwrite=args.overwrite,
-                           checkpoint=args.checkpoint)
-        print(f"trial {trial.number} (rung {trial.rung}) {trial.layout_string} -> {res.out_dir}")
+                           checkpoint=args.checkpoint, picked=args.pick)
+        why = f" ({args.pick}: {pick_description(data, args.pick)})" if args.pick is not None else ""
+        print(f"trial {trial.number} (rung {trial.rung}) {trial.layout_string}{why} -> {res.out_dir}")
     for f in res.files:
         print(f"  {f.name}{'/' if f.is_dir() else ''}")
     for n in res.notes:

@@ -233,7 +233,8 @@ def _finish(res: ExportResult, weights: RunWeights | None) -> ExportResult:
 
 
 def export_trial(data: StudyData, trial: TrialRecord, out_dir: str | Path, scale: str = "340m",
-                 overwrite: bool = False, checkpoint: str | Path | None = None) -> ExportResult:
+                 overwrite: bool = False, checkpoint: str | Path | None = None,
+                 picked: str | None = None) -> ExportResult:
     """Write the export files of ``trial`` into ``out_dir`` (see the module docstring).
 
     Args:
@@ -244,6 +245,8 @@ def export_trial(data: StudyData, trial: TrialRecord, out_dir: str | Path, scale
         overwrite: replace an earlier export.
         checkpoint: a `hyla train` run of this trial (run dir, checkpoint dir or saved model dir): its weights are
             exported under hyla's and fla's names, with its layout.
+        picked: the `hyla.analysis.pareto.pick` name that chose the trial; ``trial.json`` records it and what it
+            means (e.g. the knee of which front).
     """
     if trial.layout is None:
         raise ConfigError(f"--trial: trial {trial.number} (rung {trial.rung}) has no valid layout user attr")
@@ -254,6 +257,10 @@ def export_trial(data: StudyData, trial: TrialRecord, out_dir: str | Path, scale
     info = {"study": data.name, "source": data.source, "trial": trial.number, "rung": trial.rung,
             "layout_key": trial.layout_key, "layout_string": trial.layout_string, "preset": trial.preset,
             "values": trial.values, "feasible": trial.feasible, "result": trial.result}
+    if picked is not None:
+        from hyla.analysis.pareto import pick_description
+
+        info["pick"] = {"name": picked, "meaning": pick_description(data, picked)}
     if weights is not None and weights.layout.key() != trial.layout_key:
         info["layout"] = trial.layout.to_dict()  # the proxy-scale layout; layout.yaml is the checkpoint's
     (res.out_dir / "trial.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -20,6 +20,9 @@ from hyla.analysis.study_data import StudyData, TrialRecord
 #: Named picks for `pick()` / `hyla analysis export --pick`.
 PICKS: tuple[str, ...] = ("knee", "best-recall", "min-kv", "best-loss")
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
+#: Single-metric picks: (metric ranked, tie-break metric).
+_BY_METRIC: dict[str, tuple[str, str]] = {"best-recall": ("recall", "memory_bytes"), "min-kv": ("kv_bytes", "recall"),
+                                          "best-loss": ("lm_loss", "memory_bytes")}
 
 
 def _signs(directions: Sequence[str]) -> list[float]:
@@ -113,8 +116,7 @@ def pick(data: StudyData, how: str, rung: int | None = None, metrics: Sequence[s
             raise ConfigError(f"--pick knee: no complete feasible trial with {', '.join(metrics)} at rung {rung}")
         pts = [[r.metric(m) for m in metrics] for r in usable]
         return usable[knee_index(pts, [data.direction(m) for m in metrics])]  # type: ignore[arg-type]
-    main, tie = {"best-recall": ("recall", "memory_bytes"), "min-kv": ("kv_bytes", "recall"),
-                 "best-loss": ("lm_loss", "memory_bytes")}[how]
+    main, tie = _BY_METRIC[how]
     usable = _usable(records, [main], feasible_only=True)
     if not usable:
         raise ConfigError(f"--pick {how}: no complete feasible trial records {main} at rung {rung}")
@@ -126,3 +128,21 @@ def pick(data: StudyData, how: str, rung: int | None = None, metrics: Sequence[s
         return (m if data.direction(main) == "minimize" else -m, tie_v, r.number)  # type: ignore[operator]
 
     return min(usable, key=key)
+
+
+def pick_description(data: StudyData, how: str, metrics: Sequence[str] | None = None) -> str:
+    """What `pick` ``how`` chooses in this study, in words: ``knee of the 3-objective front (lm_loss, recall,
+    memory_bytes)`` (``metrics`` as in `pick`), ``highest recall (ties: lower memory_bytes)`` ...
+
+    A plot over fewer metrics than the knee's front may show the knee as dominated; plots and exports say which
+    front it comes from with this text.
+    """
+    if how not in PICKS:
+        raise ConfigError(f"--pick: {how!r} is not allowed; expected one of {', '.join(PICKS)}")
+    if how == "knee":
+        names = list(metrics or [o.name for o in data.objectives])
+        return f"knee of the {len(names)}-objective front ({', '.join(names)})"
+    main, tie = _BY_METRIC[how]
+    best = "lowest" if data.direction(main) == "minimize" else "highest"
+    better = "lower" if data.direction(tie) == "minimize" else "higher"
+    return f"{best} {main} (ties: {better} {tie})"

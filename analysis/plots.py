@@ -6,6 +6,10 @@ front points (solid, joined by a step line in 2-D), dominated points (dimmed), i
 paper-grid presets drawn as a labelled reference family (diamonds). Failed trials are not plotted but counted in
 the title. Hover shows the layer string, trial number, rung and every metric.
 
+The knee that ``hyla analysis export --pick knee`` takes (`hyla.analysis.pareto.pick`) is marked with a star. It is
+the knee of the front over all the study's objectives, so in a view of fewer metrics it can lie among the
+dominated points: its legend entry, hover and the title say which front it comes from.
+
 Seed noise: a metric with a recorded standard error of the mean (``TrialRecord.sem``) gets error bars of
 ``±z·sem`` (z = 2 by default; with 3 seeds that is about an 80 % t-interval) on its axis, only on points whose sem
 is > 0, hover shows ``mean ± sem (n seeds)``, and the title says what the bars are.
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError
-from hyla.analysis.pareto import non_dominated
+from hyla.analysis.pareto import non_dominated, pick, pick_description
 from hyla.analysis.study_data import StudyData, TrialRecord
 
 #: The three standard views: recall vs memory is the headline trade-off.
@@ -109,7 +113,39 @@ def rung_traces(data: StudyData, rung: int, axes: Sequence[str], z: float = 2.0)
                marker={"size": size + 1, "color": "#2ca02c", "symbol": "diamond",
                        "line": {"width": 1, "color": "black"}}),
     ]
-    return traces, failed
+    knee = _knee_trace(go, data, rung, axes, names, front, size)
+    return traces + ([knee] if knee is not None else []), failed
+
+
+def _knee_trace(go: Any, data: StudyData, rung: int, axes: Sequence[str], names: Sequence[str],
+                front: list[TrialRecord], size: int) -> Any:
+    """A star (3-D: a cross) on the trial ``--pick knee`` exports at this rung, named after the front it is the
+    knee of."""
+    try:
+        knee = pick(data, "knee", rung)
+    except ConfigError:  # no complete feasible trial with every objective at this rung
+        return None
+    if any(knee.metric(a) is None for a in axes):
+        return None
+    desc = pick_description(data, "knee")
+    where = "also on this view's front" if knee in front else f"dominated in this {len(axes)}-metric view only"
+    flag = "--pick knee" + ("" if rung == data.top_rung() else f" --rung {rung}")
+    symbol = "cross" if len(axes) == 3 else "star"  # 3-D scatters have no star
+    # z = 0: no error bars on the star, its point already has them in its own trace
+    trace = _trace(go, [knee], axes, names, 0.0, name=f"export --pick knee: {desc}", mode="markers",
+                   marker={"size": size + 9, "color": "#ff7f0e", "symbol": symbol,
+                           "line": {"width": 1, "color": "black"}})
+    trace.hovertext = [f"{trace.hovertext[0]}<br><i>export {flag}: {desc}; {where}</i>"]
+    return trace
+
+
+def knee_note(data: StudyData, axes: Sequence[str]) -> str:
+    """The title's line about the starred knee when it is picked on other metrics than ``axes`` ("" otherwise)."""
+    metrics = [o.name for o in data.objectives]
+    if set(metrics) == set(axes):
+        return ""
+    mark = "orange ✚" if len(axes) == 3 else "orange ★"
+    return f"{mark} = export --pick knee: the {pick_description(data, 'knee')}, so it can look dominated here"
 
 
 def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recall"),
@@ -154,6 +190,8 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
 
     def head(rung: int, failed: int) -> str:
         note = noise_note([r for r in data.select(rung=rung) if r.complete], axes, z)
+        if any(t.name.startswith("export --pick knee") for t in fig.data):
+            note = "; ".join(n for n in (note, knee_note(data, axes)) if n)
         return (f"{base} (rung {rung}; {failed} failed trial{'s' * (failed != 1)} not shown)"
                 + (f"<br><sup>{note}</sup>" if note else ""))
 

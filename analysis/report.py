@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from hyla.config import ConfigError
-from hyla.analysis.pareto import PICKS, pick
+from hyla.analysis.pareto import PICKS, pick, pick_description
 from hyla.analysis.significance import front_pair_tests
 from hyla.analysis.study_data import StudyData, TrialRecord
 from hyla.space.layout import Layout, letter_legend
@@ -176,7 +176,8 @@ def _best_layouts(data: StudyData) -> str:
         vals = ", ".join(f"{m} {_fmt(m, t.metric(m))}" for m in data.metric_names() if t.metric(m) is not None)
         out.append(f'<div class="diagram"><b>{how}</b>: trial {t.number} (rung {t.rung}) '
                    f"<code>{html.escape(t.layout_string)}</code>{' — ' + html.escape(t.preset) if t.preset else ''}"
-                   f"<br><small>{html.escape(vals)}</small><br>{layer_diagram(t.layout)}</div>")
+                   f"<br><small>{html.escape(pick_description(data, how))}: {html.escape(vals)}</small><br>"
+                   f"{layer_diagram(t.layout)}</div>")
     return _legend(kinds) + "".join(out)
 
 

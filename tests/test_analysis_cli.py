@@ -1,7 +1,8 @@
-"""`hyla analysis pareto|report` write into the study's run directory by default."""
+"""`hyla analysis pareto|report|export` through hyla.cli.main: default outputs, what a pick means."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -54,3 +55,12 @@ def test_database_study_uses_its_recorded_run_dir_when_present(journal: Path, tm
     optuna.load_study(study_name="toy/rung0", storage=url).set_user_attr(
         "config", {"name": "toy", "run_dir": str(journal.parent)})
     assert load_study(url).run_dir == journal.parent
+
+
+def test_export_pick_says_which_front_the_knee_is_from(journal: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    desc = "knee of the 3-objective front (lm_loss, recall, memory_bytes)"
+    assert main(["analysis", "export", str(journal), "--pick", "knee", "--out", str(tmp_path / "ex")]) == 0
+    assert f"(knee: {desc}) -> " in capsys.readouterr().out.splitlines()[0]
+    info = json.loads((tmp_path / "ex" / "trial.json").read_text())
+    assert info["pick"] == {"name": "knee", "meaning": desc}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hyla.analysis.pareto import dominates, knee_index, non_dominated, pick
+from hyla.analysis.pareto import dominates, knee_index, non_dominated, pick, pick_description
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
 from test_analysis_fixtures import LAYOUTS, build_study
@@ -81,6 +81,17 @@ def test_load_study_and_picks(tmp_path: Path, mode: str) -> None:
         pick(data, "fast")
     with pytest.raises(ConfigError, match="--rung: 7"):
         pick(data, "knee", rung=7)
+
+
+def test_pick_descriptions_name_the_front_or_metric(tmp_path: Path) -> None:
+    data = load_study(build_study(tmp_path))
+    assert pick_description(data, "knee") == "knee of the 3-objective front (lm_loss, recall, memory_bytes)"
+    assert pick_description(data, "knee", ["memory_bytes", "recall"]) == \
+        "knee of the 2-objective front (memory_bytes, recall)"
+    assert pick_description(data, "best-recall") == "highest recall (ties: lower memory_bytes)"
+    assert pick_description(data, "min-kv") == "lowest kv_bytes (ties: higher recall)"
+    with pytest.raises(ConfigError, match="--pick: 'fastest' is not allowed"):
+        pick_description(data, "fastest")
 
 
 def test_load_study_errors(tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ def _by_name(fig, rung: int) -> dict[str, object]:
 def test_figure_traces_split_front_dominated_infeasible_presets(study) -> None:
     fig = pareto_figure(study, axes=("memory_bytes", "recall"), rungs=[0])
     names = [t.name for t in fig.data]
-    assert names == ["Pareto front (rung 0)", "dominated", "infeasible (constraint)", "paper grid"]
-    front, dominated, infeasible, presets = fig.data
+    assert names == ["Pareto front (rung 0)", "dominated", "infeasible (constraint)", "paper grid",
+                     "export --pick knee: knee of the 3-objective front (lm_loss, recall, memory_bytes)"]
+    front, dominated, infeasible, presets, _knee = fig.data
     done = [t for t in study.select(rung=0) if t.complete]
     # every complete trial is drawn exactly once, except presets on the front (front marker + labelled diamond)
     assert len(infeasible.x) == 1 and "TTTT" in infeasible.hovertext[0]
@@ -57,13 +58,33 @@ def test_figure_three_metrics_and_rung_dropdown(study) -> None:
     assert fig.data[0].type == "scatter3d"
     menu = fig.layout.updatemenus[0]
     assert [b.label for b in menu.buttons] == ["rung 1", "rung 0"]  # highest rung first
-    assert sum(menu.buttons[1].args[0]["visible"]) == 4
+    assert sum(menu.buttons[1].args[0]["visible"]) == 5  # front, dominated, infeasible, presets, knee
     with pytest.raises(ConfigError, match="pareto axis: 'speed'"):
         pareto_figure(study, axes=("memory_bytes", "speed"))
     with pytest.raises(ConfigError, match="--rung: 5"):
         pareto_figure(study, rungs=[5])
     with pytest.raises(ConfigError, match="2 or 3 distinct"):
         pareto_figure(study, axes=("recall",))
+
+
+def test_knee_star_says_which_front_it_is_the_knee_of(study) -> None:
+    from hyla.analysis.pareto import pick
+
+    desc = "knee of the 3-objective front (lm_loss, recall, memory_bytes)"
+    knee = pick(study, "knee", rung=0)
+    fig = pareto_figure(study, axes=("memory_bytes", "recall"), rungs=[0])  # the default view
+    front, dominated, star = fig.data[0], fig.data[1], fig.data[-1]
+    assert star.name == f"export --pick knee: {desc}" and star.marker.symbol == "star"
+    assert (star.x[0], star.y[0]) == (knee.metric("memory_bytes"), knee.metric("recall"))
+    # the exported knee is dominated in this 2-D view; the figure says why instead of leaving it unexplained
+    assert star.hovertext[0] in {h + f"<br><i>export --pick knee --rung 0: {desc}; dominated in this 2-metric "
+                                        "view only</i>" for h in dominated.hovertext}
+    assert f"orange ★ = export --pick knee: the {desc}, so it can look dominated here" in fig.layout.title.text
+    # in the view of all three objectives the knee lies on the front and no caveat is needed
+    fig3 = pareto_figure(study, axes=("lm_loss", "recall", "memory_bytes"), rungs=[0])
+    assert fig3.data[-1].name == f"export --pick knee: {desc}" and "also on this view's front" in fig3.data[-1].hovertext[0]
+    assert "export --pick knee" not in fig3.layout.title.text
+    assert f"{desc}:" in render_report(study)  # the report's best-layout list says it too
 
 
 def test_layer_diagram_splits_headwise_layers() -> None:
