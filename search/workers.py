@@ -236,7 +236,7 @@ def start_pool(r: Any, console: Any = None, env: dict[str, str] | None = None) -
     if pool.ready_slots():
         say(f"reusing {len(pool.ready_slots())} warm proxy worker(s) ({each} each)")
     else:
-        say(f"starting {r.num_workers} proxy worker(s) ({each} each; each imports torch and the proxy trainer) ...")
+        say(f"starting {r.num_workers} proxy worker(s) ({each} each, importing torch) ...")
     return pool
 
 

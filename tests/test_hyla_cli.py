@@ -1,4 +1,4 @@
-"""The top-level `hyla` command: ``--version``."""
+"""The top-level `hyla` command (hyla/cli.py): ``--version``."""
 
 from __future__ import annotations
 

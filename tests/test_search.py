@@ -163,7 +163,7 @@ def test_start_up_is_announced_before_the_first_trial(tmp_path: Path) -> None:
     run_search(cfg, console=Console(file=buf, width=200), show_progress=False)
     lines = buf.getvalue().splitlines()
     assert lines[:3] == ["starting Ray (local, 2 CPUs) ...", lines[1],
-                         "starting 2 proxy worker(s) (1 CPU each; each imports torch and the proxy trainer) ..."]
+                         "starting 2 proxy worker(s) (1 CPU each, importing torch) ..."]
     assert lines[1].startswith("Ray ready after ") and lines[1].endswith(" s")
     assert lines[3].startswith("proxy workers: 1/2 ready after ")  # the trial can only start after this
     assert all(line.startswith("proxy workers: 2/2 ready after ") for line in lines[4:])  # unless it ended first
