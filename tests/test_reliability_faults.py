@@ -31,7 +31,7 @@ from hyla.config import dump_yaml
 from hyla.search.config import study_config_from_dict
 from hyla.search.storage import load_rung_studies, open_storage
 from hyla.search.study import DRIVER_STOPPED, counted, run_search
-from test_search_helpers import ray_up, study_dict
+from test_search_helpers import ray_up, study_dict, wait_for_file
 
 HOOK = '''
 import os
@@ -220,11 +220,7 @@ def test_driver_sigkilled_mid_study_then_rerun(tmp_path: Path) -> None:
     set_plan(fault_dir, "run", "hang")
     proc = _driver(path, tmp_path, fault_dir)
     try:
-        deadline = time.time() + 300
-        while not (fault_dir / "hang.pid").exists():
-            assert proc.poll() is None, f"driver exited early: {proc.stdout.read()}"
-            assert time.time() < deadline, "the second trial never started"
-            time.sleep(0.1)
+        wait_for_file(fault_dir / "hang.pid", proc, 300, "the second trial started")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

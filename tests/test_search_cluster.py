@@ -36,7 +36,7 @@ from hyla.search.storage import load_rung_studies, open_storage
 from hyla.search.study import counted, run_search
 from hyla.search.workers import shutdown_pools
 from ray_cluster import clean_env, ray_cluster
-from test_search_helpers import ray_up, study_dict
+from test_search_helpers import ray_up, study_dict, wait_for_file
 
 HOOK = '''
 import os
@@ -107,11 +107,7 @@ def test_search_on_two_node_cluster_survives_losing_a_node(tmp_path: Path,
                                 "--address", cluster.address], cwd=tmp_path, env=clean_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            deadline = time.time() + 180
-            while not (hook / "hang.pid").exists():
-                assert drv.poll() is None, f"the study ended before the worker node's second trial:\n{drv.stdout.read()}"
-                assert time.time() < deadline, "the worker node never started a second trial"
-                time.sleep(0.1)
+            wait_for_file(hook / "hang.pid", drv, 180, "the worker node's second trial started")
             hung = int((hook / "hang.pid").read_text())
             raylet = cluster.kill_raylet(cluster.worker)
             try:

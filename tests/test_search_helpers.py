@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +40,12 @@ def ray_up() -> None:
     from hyla.search.workers import ensure_ray
 
     ensure_ray(None, num_cpus=2)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, seconds: float, what: str) -> None:
+    """Poll until ``path`` exists (a fault hook's ``hang.pid``); fail if ``proc`` exits first or time runs out."""
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, f"the driver exited before {what}:\n{proc.stdout.read() if proc.stdout else ''}"
+        assert time.time() < deadline, f"{what} never happened within {seconds:.0f} s"
+        time.sleep(0.1)
