@@ -190,45 +190,105 @@ def run(args: argparse.Namespace) -> int:
     session = {"id": f"{time.time():.0f}", "p": args.p, "env": env, "elapsed_s": 0.0, "finished": 0,
                "jobs": len(jobs), "todo": len(todo)}
     log(f"{len(jobs)} jobs ({len(layouts)} layouts x {len(args.seeds)} seeds x {len(args.budgets)} budgets x "
-        f"{len(variants)} variants), {len(todo)} to run on {args.p} workers")
+        f"{len(variants)} variants), {len(todo)} to run")
     Path(args.jsonl).parent.mkdir(parents=True, exist_ok=True)
-    if todo:
-        pool = WorkerPool(min(args.p, len(todo)), args.device)
-        busy: dict[int, dict[str, Any]] = {}
-        try:
-            pool.wait_ready(deadline)
-            log(f"workers ready after {deadline.elapsed():.0f} s")
-            while todo or busy:
-                for wid in range(len(pool)):
-                    if wid not in busy and todo and pool.alive(wid) and not deadline.expired():
-                        job = busy[wid] = todo.pop(0)
-                        pool.submit(wid, f"{job['layout'].key()}:{job['ckey']}", job["layout"], job["config"])
-                if not busy:
-                    break
-                msg = pool.get(deadline, wait=10.0)
-                if msg is None:
-                    if deadline.expired():
-                        log(f"cap reached with {len(busy)} jobs running (they re-run next time)")
-                        break
-                    dead = [w for w in busy if not pool.alive(w)]
-                    if not dead:
-                        continue
-                    msg = ("error", dead[0], None, {"error": f"worker died (exit {pool.exitcode(dead[0])})"})
-                if msg[0] in ("ready", "at_start"):
-                    continue
-                job = busy.pop(msg[1])
-                rec = make_record(job["layout"], job, msg)
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(rec, default=str) + "\n")
-                session["finished"] += 1
-                log(f"w{msg[1]} {job['variant']} x{job['budget']} {job['layout'].name} seed {job['seed']}: "
-                    f"{rec['status']} recall {rec.get('recall')} lm {rec.get('lm_val_loss')} lr {rec.get('best_lr')} steps "
-                    f"{rec.get('probe_steps')} ({rec.get('wall_s') or 0:.0f} s)  [{len(todo)} left]")
-        finally:
-            pool.close(grace=5.0)
+    if todo and not base.train_lm:
+        run_in_process(args, todo, deadline, session)
+    elif todo:
+        run_pool(args, todo, deadline, session)
     session["elapsed_s"] = deadline.elapsed()
     write_summary(args, variants, session)
     return 0
+
+
+def _append(path: str, rec: dict[str, Any], job: dict[str, Any], session: dict[str, Any], left: int) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec, default=str) + "\n")
+    session["finished"] += 1
+    log(f"{job['variant']} x{job['budget']} {job['layout'].name} seed {job['seed']}: {rec['status']} recall "
+        f"{rec.get('recall')} lm {rec.get('lm_val_loss')} lr {rec.get('best_lr')} steps {rec.get('probe_steps')} "
+        f"({rec.get('wall_s') or 0:.0f} s)  [{left} left]")
+
+
+def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Deadline,
+                   session: dict[str, Any]) -> None:
+    """Probe-only proxies: every job of one (variant, budget) through the product's ``run_probes`` in this
+    process, side by side on the device (``recall_probe.concurrent`` at a time); a record per (layout, seed) as
+    soon as all its learning rates are done. Past ``--max-seconds`` no new probe starts."""
+    import torch
+
+    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
+    from hyla.proxy_train.recall_probe import best_of_lrs
+    from hyla.space.cost import inference_memory
+
+    dev = torch.device(args.device)
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for job in todo:
+        groups[(job["variant"], job["budget"])].append(job)
+    left = [len(todo)]
+    for (variant, budget), group in groups.items():
+        cfg = group[0]["config"]
+        probe = cfg.recall_probe
+        log(f"{variant} x{budget}: {len(group)} layout-seeds, {len(probe.lrs)} lr(s), {probe.steps} steps, "
+            f"{probe.concurrent or 'all'} at a time, width {probe.width or 'own'}")
+        pending: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        t_group = time.time()
+
+        def done(pj: Any, result: dict[str, Any], group: list[dict[str, Any]] = group,
+                 pending: dict[int, list[dict[str, Any]]] = pending, probe: Any = probe, t0: float = t_group) -> None:
+            i = pj.key
+            pending[i].append(result)
+            if len(pending[i]) < len(probe.lrs):
+                return
+            job = group[i]
+            left[0] -= 1
+            try:
+                best = best_of_lrs(pending[i], probe.levels(job["layout"].vocab_size), time.time() - t0)
+                payload = {"status": "ok", "recall": best["recall"], "recall_tasks": best["levels"],
+                           "wall_s": max(r.get("wall_s") or 0.0 for r in pending[i]), "probe": [best],
+                           "state_bytes": inference_memory(job["layout"], cfg.memory_context).total_bytes}
+                rec = make_record(job["layout"], job, ("result", 0, None, {"result": payload}))
+            except torch.OutOfMemoryError as e:
+                rec = make_record(job["layout"], job, ("error", 0, None, {"error": f"oom: {e}"}))
+            _append(args.jsonl, rec, job, session, left[0])
+
+        pjobs = [ProbeJob(j["layout"], j["seed"], lr, i) for i, j in enumerate(group) for lr in probe.lrs]
+        run_probes(pjobs, probe, dev, cfg.init_std, on_result=done, stop=deadline.expired)
+        if deadline.expired():
+            log(f"cap reached: {left[0]} jobs not started (they run next time)")
+            break
+
+
+def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Deadline,
+             session: dict[str, Any]) -> None:
+    """Proxies with an LM part: ``run_proxy`` in ``--p`` worker processes (``common.WorkerPool``)."""
+    pool = WorkerPool(min(args.p, len(todo)), args.device)
+    busy: dict[int, dict[str, Any]] = {}
+    try:
+        pool.wait_ready(deadline)
+        log(f"workers ready after {deadline.elapsed():.0f} s")
+        while todo or busy:
+            for wid in range(len(pool)):
+                if wid not in busy and todo and pool.alive(wid) and not deadline.expired():
+                    job = busy[wid] = todo.pop(0)
+                    pool.submit(wid, f"{job['layout'].key()}:{job['ckey']}", job["layout"], job["config"])
+            if not busy:
+                break
+            msg = pool.get(deadline, wait=10.0)
+            if msg is None:
+                if deadline.expired():
+                    log(f"cap reached with {len(busy)} jobs running (they re-run next time)")
+                    break
+                dead = [w for w in busy if not pool.alive(w)]
+                if not dead:
+                    continue
+                msg = ("error", dead[0], None, {"error": f"worker died (exit {pool.exitcode(dead[0])})"})
+            if msg[0] in ("ready", "at_start"):
+                continue
+            job = busy.pop(msg[1])
+            _append(args.jsonl, make_record(job["layout"], job, msg), job, session, len(todo))
+    finally:
+        pool.close(grace=5.0)
 
 
 def write_summary(args: argparse.Namespace, variants: dict[str, Any], session: dict[str, Any] | None) -> None:

@@ -1,14 +1,14 @@
-"""Recall-probe speed on one GPU: steps/s of the probe's training loop per mixer kind and execution mode.
+"""Recall-probe speed on one device, through the product's ``run_probes``: how fast one probe trains, and how
+much running several side by side (one CUDA graph and stream each) gains.
 
-For each layout (default: the ``small`` Transformer and every pure linear kind at 24 x 256) and each mode, one
-process runs ``hyla.proxy_train.recall_probe.run_probe`` for ``--steps`` steps without early stopping and reports
-the steady-state rate (the first ``--skip`` steps, which hold compilation and graph capture, are timed apart):
+For each probe variant (``--variant NAME:KEY=VALUE;...`` over the proxy's ``recall_probe``) and each concurrency
+``--concurrent K``, one ``run_probes`` call trains K probes (the ``--layouts`` cycled, seeds 0, 1, ...) for
+``--steps`` steps each without early stopping or checks, and reports probe-steps per second of wall time, graph
+capture and warm-up included (a first call per variant warms the allocator and imports, untimed). The aggregate
+rate over the single-probe rate is the packing gain.
 
-- ``torch+graph``: our PyTorch mixer path, the training step captured in a CUDA graph (the probe's default);
-- ``torch``: the same path, eager;
-- ``fla``: fla's Triton kernels, eager (a fresh process pays their compilation: minutes per kind).
-
-    python benchmarks/bench_probe_speed.py --modes torch+graph torch --steps 60
+    python benchmarks/bench_probe_speed.py --concurrent 1 8 16 --steps 100 \\
+        --variant "c16:scan_chunk=16" --variant "c32:scan_chunk=32;batch_size=32"
 """
 
 from __future__ import annotations
@@ -20,59 +20,70 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, setup_env, write_json  # noqa: E402
+from common import (RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, proxy_config,  # noqa: E402
+                    setup_env, write_json)
 
-MODES = {"torch+graph": {"kernels": "torch", "cuda_graph": True}, "torch": {"kernels": "torch", "cuda_graph": False},
-         "fla": {"kernels": "fla", "cuda_graph": False}}
 LAYOUTS = ["transformer", "gla-pure", "gdn-pure", "hgrn2-pure", "deltanet-pure", "retnet-pure", "hgrn-pure",
            "gla-6:1"]
 
 
-def time_probe(layout: Any, mode: str, steps: int, skip: int, device: str) -> dict[str, Any]:
-    """Steady-state steps/s: a run of ``steps`` minus a run of ``skip`` (both after a 2-step warm-up run)."""
+def time_call(layouts: list[Any], probe: Any, k: int, device: str) -> dict[str, Any]:
+    """Wall time of one ``run_probes`` call with ``k`` probes (layouts cycled), each ``probe.steps`` steps."""
+    import dataclasses
+
     import torch
 
-    from hyla.proxy_train.proxy_config import ProxyConfig
-    from hyla.proxy_train.recall_probe import RecallProbeConfig, run_probe
+    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
 
-    probe = ProxyConfig.load("small").recall_probe.__dict__ | MODES[mode] | {"eval_every": 0, "eval_examples": 64}
     dev = torch.device(device)
-    out: dict[str, Any] = {"layout": layout.name, "mode": mode}
-    run_probe(layout, RecallProbeConfig(**{**probe, "steps": 2}), 0, 0.04, dev)  # imports, allocator, kernels
-    for n, key in ((skip, "first"), (steps, "total")):
-        cfg = RecallProbeConfig(**{**probe, "steps": n})
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        r = run_probe(layout, cfg, 0, 0.04, dev)
-        out[f"{key}_s"] = time.perf_counter() - t0
-        out["cuda_graph"] = r["per_lr"][0]["cuda_graph"]
-    out["steps_per_s"] = (steps - skip) / max(1e-9, out["total_s"] - out["first_s"])
-    return out
+    cfg = dataclasses.replace(probe, concurrent=k, eval_every=0, stop_at=1.0)
+    jobs = [ProbeJob(layouts[i % len(layouts)], i // len(layouts), cfg.lrs[0]) for i in range(k)]
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    results = run_probes(jobs, cfg, dev)
+    wall = time.perf_counter() - t0
+    steps = sum(r["steps"] for r in results if r)
+    return {"k": k, "layouts": [j.layout.name for j in jobs], "wall_s": wall, "probe_steps": steps,
+            "probe_steps_per_s": steps / wall, "per_probe_wall_s": [r["wall_s"] for r in results if r],
+            "cuda_graph": [r["cuda_graph"] for r in results if r],
+            "peak_mem_bytes": int(torch.cuda.max_memory_allocated()) if dev.type == "cuda" else None}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--proxy", default="small", help="proxy preset or YAML with a recall_probe")
+    ap.add_argument("--scale", default="small")
     ap.add_argument("--layouts", nargs="+", default=LAYOUTS)
-    ap.add_argument("--modes", nargs="+", default=["torch+graph", "torch"], choices=list(MODES))
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--skip", type=int, default=10, help="steps timed apart (start-up, compilation, capture)")
+    ap.add_argument("--concurrent", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;... over recall_probe")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_speed.json"))
     args = ap.parse_args()
-    setup_env()
-    rows = []
-    record = {"benchmark": "bench_probe_speed", "machine": machine_info(args.device), "steps": args.steps,
-              "skip": args.skip, "rows": rows}
-    for lay in load_layouts(args.layouts, "small"):
-        for mode in args.modes:
-            try:
-                row = time_probe(lay, mode, args.steps, args.skip, args.device)
-            except Exception as e:  # noqa: BLE001 - one failing mode is a result, the rest still run
-                row = {"layout": lay.name, "mode": mode, "error": f"{type(e).__name__}: {e}"[:300]}
-            rows.append(row)
-            log(str({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}))
-            write_json(args.out, record)
+    env = setup_env()
+    import dataclasses
+
+    from hyla.proxy_train.recall_probe import RecallProbeConfig
+
+    base = proxy_config(args.proxy).recall_probe
+    layouts = load_layouts(args.layouts, args.scale)
+    out: dict[str, Any] = {"benchmark": "bench_probe_speed", "machine": machine_info(args.device), "env": env,
+                           "steps": args.steps, "runs": []}
+    variants = [v.partition(":") for v in args.variant] or [("default", ":", "")]
+    for name, _, sets in variants:
+        fields = {**dataclasses.asdict(base), **parse_sets([kv for kv in sets.split(";") if kv]), "steps": args.steps}
+        probe = RecallProbeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        time_call(layouts[:1], dataclasses.replace(probe, steps=5), 1, args.device)  # imports, allocator
+        for k in args.concurrent:
+            row = {"variant": name, "probe": {k2: v for k2, v in fields.items() if v != getattr(base, k2, None)},
+                   **time_call(layouts, probe, k, args.device)}
+            out["runs"].append(row)
+            log(f"{name} k={k}: {row['probe_steps_per_s']:.1f} probe-steps/s, wall {row['wall_s']:.1f} s, "
+                f"peak {(row['peak_mem_bytes'] or 0) / 2**30:.1f} GiB, graphs {sum(row['cuda_graph'])}/{k}")
+            write_json(args.out, out)
+    log(f"wrote {args.out}")
     return 0
 
 

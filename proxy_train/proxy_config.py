@@ -66,8 +66,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"scale": "small", "seq_len": 1024, "batch_size": 32, "tokens": 39_321_600, "lr": 1e-3,
               "warmup": 100, "decay_fraction": 0.2, "text": {"source": "stdlib"}, "recall_suite": "none",
               "recall_mix": 0.0, "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32,
-              "recall_probe": {"seq_len": 256, "pairs": [4, 8, 16, 32, 64], "steps": 1000, "batch_size": 64,
-                               "lrs": [1e-3], "eval_every": 100}},
+              "recall_probe": {"seq_len": 256, "pairs": [4, 8, 16, 32, 64], "steps": 1000, "batch_size": 32,
+                               "lrs": [1e-3], "eval_every": 100, "width": 64, "scan_chunk": 32,
+                               "concurrent": 16}},
 }
 
 

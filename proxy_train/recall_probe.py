@@ -23,15 +23,16 @@ parts of that outcome that are not the architecture's, with the levers the field
   best score counts.
 - **Long enough for the transition**, with early stopping once every level is solved (``stop_at``).
 
-The model is the layout itself (its pattern of mixers and attention placement, width and depth), so placement
-stays part of what is scored. ``run_probe`` is called by ``hyla.proxy_train.train.run_proxy`` for every seed.
+The model is the layout's own pattern of mixers and attention placement at its depth, optionally narrowed to
+``width`` (a narrower model is faster and its fixed-size states fill at fewer pairs), so placement stays part of
+what is scored. ``run_probe_seeds`` is called by ``hyla.proxy_train.train.run_proxy`` with all seeds of a trial;
+``hyla.proxy_train.probe_runner.run_probes`` trains them (and each seed's LRs) side by side on one device.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyla.config import ConfigError
-from hyla.proxy_train.tasks.common import position_accuracy
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
 
@@ -67,9 +67,17 @@ class RecallProbeConfig:
         kernels: linear-mixer implementation on CUDA: ``torch`` (default: our PyTorch path; a probe model is
             small and its sequences short, so it is launch-bound and fla's Triton compilation, minutes per
             mixer kind in a fresh process, would dominate), ``fla`` or ``auto`` (fla's kernels).
-        cuda_graph: on CUDA with ``kernels: torch``, capture the training step (forward, backward, clipping,
-            AdamW) in one CUDA graph after 3 eager warm-up steps; replays remove the per-kernel launch cost.
-            Falls back to eager steps if capture fails.
+        cuda_graph: on CUDA with ``kernels: torch``, capture the training step (batch gather, lr, forward,
+            backward, clipping, AdamW) in one CUDA graph after 3 eager warm-up steps; replays remove the
+            per-kernel launch cost. Falls back to eager steps if capture fails.
+        width: train the layout's pattern at this d_model (`probe_layout`: mixers, attention placement and
+            head shares kept, depth kept); None = the layout's own width.
+        concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe_runner``; each on
+            its own stream); 0 = all probes of a call. CPU runs them one after another.
+        pool_rows: training examples generated per level (shared by the probes of a call; each draws its own rows).
+        pool_seed: seed of those examples and of the held-out examples (the same exam for every layout and seed).
+        scan_chunk: chunk length of the PyTorch scans (``mixers.common.scan_chunk``); None = each scan's
+            default. Longer chunks: fewer, larger kernels, more memory per probe.
     """
 
     seq_len: int = 256
@@ -88,10 +96,15 @@ class RecallProbeConfig:
     stop_at: float = 0.99
     kernels: str = field(default="torch", metadata={"choices": ("auto", "fla", "torch")})
     cuda_graph: bool = True
+    width: int | None = None
+    concurrent: int = 16
+    pool_rows: int = 16384
+    pool_seed: int = 0
+    scan_chunk: int | None = None
 
     def __post_init__(self) -> None:
         w = "recall_probe"
-        for name in ("seq_len", "steps", "batch_size", "eval_examples"):
+        for name in ("seq_len", "steps", "batch_size", "eval_examples", "pool_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{w}.{name}: {getattr(self, name)} must be >= 1")
         if not self.pairs or sorted(set(self.pairs)) != list(self.pairs) or self.pairs[0] < 1:
@@ -107,8 +120,12 @@ class RecallProbeConfig:
         if not 0.0 < self.decay_fraction <= 1.0 or not 0.0 <= self.curriculum <= 1.0:
             raise ConfigError(f"{w}.decay_fraction/curriculum: {self.decay_fraction}/{self.curriculum} must be in "
                               "(0, 1] / [0, 1]")
-        if self.warmup < 0 or self.eval_every < 0 or self.weight_decay < 0:
-            raise ConfigError(f"{w}.warmup/eval_every/weight_decay: must be >= 0")
+        if self.warmup < 0 or self.eval_every < 0 or self.weight_decay < 0 or self.concurrent < 0:
+            raise ConfigError(f"{w}.warmup/eval_every/weight_decay/concurrent: must be >= 0")
+        if self.scan_chunk is not None and self.scan_chunk < 1:
+            raise ConfigError(f"{w}.scan_chunk: {self.scan_chunk} must be >= 1 or null")
+        if self.width is not None and self.width < 8:
+            raise ConfigError(f"{w}.width: {self.width} must be >= 8 or null (the layout's own width)")
         if not 0.0 < self.stop_at <= 1.0:
             raise ConfigError(f"{w}.stop_at: {self.stop_at} must be in (0, 1]")
 
@@ -153,174 +170,58 @@ class _PrevTokenEmbedding(nn.Module):
         return output + F.embedding(prev, self.weight).to(output.dtype)
 
 
-def _level_batch(levels: list[MQAR], n_allowed: int, batch_size: int, step: int, seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` rows split evenly over the first ``n_allowed`` levels (all of length seq_len)."""
-    counts = [batch_size // n_allowed + (i < batch_size % n_allowed) for i in range(n_allowed)]
-    xs, ys = [], []
-    for i, n in enumerate(counts):
-        if n:
-            x, y = levels[i].generate(n, 2 * (seed * 1_000_003 + step * 64 + i))  # even seeds: training
-            xs.append(x)
-            ys.append(y)
-    return torch.cat(xs), torch.cat(ys)
+def probe_layout(layout: Layout, cfg: RecallProbeConfig) -> Layout:
+    """The model a probe trains: ``layout`` itself, or its pattern at ``cfg.width`` (`presets.at_scale`: the
+    mixer per layer, attention placement, head-wise shares and windows kept; width-derived mixer options at the
+    new width's defaults; heads, depth and vocab kept, the MLP scaled with the width)."""
+    if cfg.width is None or cfg.width == layout.d_model:
+        return layout
+    from hyla.space.presets import Scale, at_scale
+
+    if cfg.width % layout.num_heads:
+        raise ConfigError(f"recall_probe.width: {cfg.width} must be a multiple of the layout's num_heads "
+                          f"{layout.num_heads} (the probe keeps the heads and narrows them)")
+    mlp = max(8, round(layout.mlp_hidden * cfg.width / layout.d_model / 8) * 8)
+    scale = Scale(f"probe{cfg.width}", layout.n_layers, cfg.width, layout.num_heads, mlp, layout.vocab_size)
+    return at_scale(layout, scale, name=layout.name)
 
 
-class _Probe:
-    """One probe run (one seed): trains each learning rate from the same initialisation, keeps the best."""
-
-    def __init__(self, layout: Layout, cfg: RecallProbeConfig, seed: int, init_std: float, dev: torch.device,
-                 progress: bool) -> None:
-        self.layout, self.cfg, self.seed, self.init_std, self.dev, self.progress = \
-            layout, cfg, seed, init_std, dev, progress
-        self.levels = cfg.levels(layout.vocab_size)
-        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-        self._eval: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def eval_sets(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if n not in self._eval:  # odd seeds: never a training batch
-            self._eval[n] = [g.generate(n, 2 * (self.seed * 7919 + i) + 1) for i, g in enumerate(self.levels)]
-        return self._eval[n]
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, n: int) -> list[float]:
-        model.eval()
-        out = []
-        for x, y in self.eval_sets(n):
-            accs = []
-            for s in range(0, n, 64):
-                with self.autocast:
-                    logits = model(x[s:s + 64].to(self.dev))[0]
-                accs.append(position_accuracy(logits.argmax(-1).cpu(), y[s:s + 64]))
-            out.append(float(torch.cat(accs).nanmean()))
-        model.train()
-        return out
-
-    def _build(self, lr: float, graph: bool) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
-        from hyla.proxy_train.model import HylaLM  # the mixers import fla: only where a model is built
-
-        cfg = self.cfg
-        torch.manual_seed(self.seed)
-        model = HylaLM(self.layout)
-        model.reset_parameters(std=self.init_std)
-        groups = model.param_groups(cfg.weight_decay)
-        handle = None
-        if cfg.prev_token:
-            prev = _PrevTokenEmbedding(self.layout.vocab_size, self.layout.d_model, self.init_std)
-            model.add_module("prev_token_embedding", prev)
-            handle = model.embeddings.register_forward_hook(prev.hook)
-            groups[0]["params"].append(prev.weight)
-        model = model.to(self.dev)
-        if graph:  # a tensor lr, updated in place, is what a captured optimizer step reads
-            opt = torch.optim.AdamW(groups, lr=torch.tensor(lr, device=self.dev), betas=(0.9, 0.98),
-                                    capturable=True, foreach=True)
-        else:
-            opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), fused=self.dev.type == "cuda")
-        return model, opt, handle
-
-    def _set_lr(self, opt: torch.optim.Optimizer, value: float) -> None:
-        for g in opt.param_groups:
-            if torch.is_tensor(g["lr"]):
-                g["lr"].fill_(value)
-            else:
-                g["lr"] = value
-
-    def _step(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              capturing: bool = False) -> torch.Tensor:
-        """Forward, loss on the answers, backward, clipping, AdamW: one training step (or its capture)."""
-        ac = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda",
-                            cache_enabled=not capturing)
-        with ac:
-            logits = model(x)[0]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=self.dev.type == "cuda")
-        opt.step()
-        return loss.detach()
-
-    def train_one(self, lr: float) -> dict[str, Any]:
-        from hyla.proxy_train.mixers.common import kernel_path
-
-        with kernel_path(self.cfg.kernels) if self.dev.type == "cuda" else nullcontext():
-            return self._train_one(lr)
-
-    def _train_one(self, lr: float) -> dict[str, Any]:
-        cfg, dev = self.cfg, self.dev
-        want_graph = cfg.cuda_graph and dev.type == "cuda" and cfg.kernels == "torch"
-        model, opt, handle = self._build(lr, want_graph)
-        ramp = max(1, round(cfg.curriculum * cfg.steps))
-        n_levels = len(self.levels)
-        graph: torch.cuda.CUDAGraph | None = None
-        static: tuple[torch.Tensor, torch.Tensor] | None = None
-        loss: torch.Tensor | None = None
-        curve: list[list[float]] = []
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, disable=not self.progress, desc=f"recall probe lr {lr:g}", leave=False)
-        step = 0
-        model.train()
-        for step in range(cfg.steps):
-            n_allowed = min(n_levels, 1 + (n_levels - 1) * step // ramp) if cfg.curriculum else n_levels
-            x, y = _level_batch(self.levels, n_allowed, cfg.batch_size, step, self.seed)
-            self._set_lr(opt, wsd_lr(step, cfg.steps, lr, cfg.warmup, cfg.decay_fraction, 0.1))
-            if graph is not None:
-                static[0].copy_(x, non_blocking=True)
-                static[1].copy_(y, non_blocking=True)
-                graph.replay()
-            else:
-                opt.zero_grad(set_to_none=True)
-                loss = self._step(model, opt, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
-                if want_graph and step == 2:  # three eager steps warm up the optimizer state, then capture
-                    graph, static, loss = self._capture(model, opt, x, y)
-            bar.update(1)
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                if loss is not None and not torch.isfinite(loss):
-                    return {"lr": lr, "score": 0.0, "levels": [0.0] * n_levels, "steps": step + 1,
-                            "diverged": True, "curve": curve, "cuda_graph": graph is not None}
-                accs = self.evaluate(model, min(64, cfg.eval_examples))
-                curve.append([step + 1, sum(accs) / len(accs)])
-                bar.set_postfix(acc=f"{curve[-1][1]:.3f}")
-                if n_allowed == n_levels and min(accs) >= cfg.stop_at:
-                    break
-        bar.close()
-        diverged = loss is not None and not bool(torch.isfinite(loss))
-        accs = [0.0] * n_levels if diverged else self.evaluate(model, cfg.eval_examples)
-        if handle is not None:
-            handle.remove()
-        score = sum(accs) / len(accs)
-        curve.append([step + 1, score])
-        return {"lr": lr, "score": score, "levels": accs, "steps": step + 1, "diverged": diverged, "curve": curve,
-                "cuda_graph": graph is not None}
-
-    def _capture(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[torch.cuda.CUDAGraph | None, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
-        """Capture one training step; (None, None, None) if the model cannot be captured (eager steps go on)."""
-        static = (x.to(self.dev).clone(), y.to(self.dev).clone())
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(self.dev)
-        opt.zero_grad(set_to_none=True)
-        try:
-            with torch.cuda.graph(graph):
-                loss = self._step(model, opt, *static, capturing=True)
-        except Exception:  # noqa: BLE001 - a mixer with a host sync cannot be captured: stay eager
-            opt.zero_grad(set_to_none=True)
-            return None, None, None
-        return graph, static, loss
+def best_of_lrs(runs: list[dict[str, Any]], levels: list[MQAR], wall_s: float) -> dict[str, Any]:
+    """One seed's probe result from its runs at every lr (`run_probes` results): the best score counts."""
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    if not ok:
+        raise torch.OutOfMemoryError(runs[0].get("fail_reason", "out of memory"))
+    best = max(ok, key=lambda r: r["score"])
+    return {"recall": best["score"], "lr": best["lr"],
+            "levels": {g.level: acc for g, acc in zip(levels, best["levels"])},
+            "per_lr": [{k: r[k] for k in ("lr", "score", "steps", "diverged", "curve", "cuda_graph")} for r in ok],
+            "wall_s": wall_s}
 
 
-def run_probe(layout: Layout, cfg: RecallProbeConfig, seed: int, init_std: float, dev: torch.device,
-              progress: bool = False) -> dict[str, Any]:
-    """Train and score the recall probe of ``layout`` for one seed.
+def run_probe_seeds(layout: Layout, cfg: RecallProbeConfig, seeds: list[int], init_std: float | None,
+                    dev: torch.device, progress: bool = False) -> list[dict[str, Any]]:
+    """The recall probe of ``layout`` for every seed (each the best of ``cfg.lrs``), trained side by side
+    (`hyla.proxy_train.probe_runner.run_probes`).
 
     Returns:
-        ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of the best LR),
-        ``lr`` (the best LR), ``per_lr`` (every LR's score, steps run and learning curve) and ``wall_s``.
+        One dict per seed: ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of
+        the best LR), ``lr`` (the best LR), ``per_lr`` (every LR's score, steps run and learning curve) and
+        ``wall_s`` (of the whole call).
+
+    Raises:
+        torch.OutOfMemoryError: a seed whose every lr ran out of memory.
     """
+    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
+
     t0 = time.perf_counter()
-    probe = _Probe(layout, cfg, seed, init_std, dev, progress)
-    runs = [probe.train_one(lr) for lr in cfg.lrs]
-    best = max(runs, key=lambda r: r["score"])
-    return {"recall": best["score"], "lr": best["lr"],
-            "levels": {g.level: acc for g, acc in zip(probe.levels, best["levels"])},
-            "per_lr": [{k: r[k] for k in ("lr", "score", "steps", "diverged", "curve", "cuda_graph")} for r in runs],
-            "wall_s": time.perf_counter() - t0}
+    jobs = [ProbeJob(layout, seed, lr) for seed in seeds for lr in cfg.lrs]
+    runs = run_probes(jobs, cfg, dev, init_std, progress)
+    levels = cfg.levels(layout.vocab_size)
+    wall = time.perf_counter() - t0
+    return [best_of_lrs([r for r in runs if r["seed"] == seed], levels, wall) for seed in seeds]
+
+
+def run_probe(layout: Layout, cfg: RecallProbeConfig, seed: int, init_std: float | None, dev: torch.device,
+              progress: bool = False) -> dict[str, Any]:
+    """Train and score the recall probe of ``layout`` for one seed (see `run_probe_seeds`)."""
+    return run_probe_seeds(layout, cfg, [seed], init_std, dev, progress)[0]

@@ -121,6 +121,8 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
         per_seed.append(fields_)
         if fields_["status"] != "ok":
             break  # a failed seed fails the trial; the seeds before it are kept in seed_values
+    if config.recall_probe is not None and all(f["status"] == "ok" for f in per_seed):
+        _probe_seeds(layout, config, seeds, per_seed, dev, progress)
     peak = _peak_mem(dev)
     result = ProxyResult(**base, **aggregate_seeds(per_seed, seeds), peak_mem_bytes=peak,
                          wall_s=time.perf_counter() - t0)
@@ -160,9 +162,22 @@ def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[st
     return out
 
 
+def _failure(e: BaseException) -> dict[str, Any]:
+    """A trial's failure as result fields (OOM and other errors are statuses, not crashes of the worker)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return dict(status="oom", fail_reason=str(e).splitlines()[0][:300] if str(e) else "out of memory")
+    return dict(status="failed", fail_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
+
+
+def _release(dev: torch.device) -> None:
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _train_seed(layout: Layout, cfg: ProxyConfig, dev: torch.device, data: ProxyData,
                 progress: bool) -> dict[str, Any]:
-    """One seed: the LM run (unless ``train_lm`` is off), then the recall probe (if configured)."""
+    """One seed's LM run (nothing when ``train_lm`` is off)."""
     fields_: dict[str, Any] = {"status": "ok"}
     try:
         if cfg.train_lm:
@@ -172,21 +187,28 @@ def _train_seed(layout: Layout, cfg: ProxyConfig, dev: torch.device, data: Proxy
             finally:
                 loop.release()
                 del loop
-        if cfg.recall_probe is not None and fields_["status"] == "ok":
-            from hyla.proxy_train.recall_probe import run_probe
+    except Exception as e:  # noqa: BLE001 - a failing trial is a result, not a crash of the worker
+        fields_ = _failure(e)
+    finally:
+        _release(dev)
+    return fields_
 
-            probe = run_probe(layout, cfg.recall_probe, cfg.seed, cfg.init_std_for(layout.d_model), dev, progress)
+
+def _probe_seeds(layout: Layout, config: ProxyConfig, seeds: list[int], per_seed: list[dict[str, Any]],
+                 dev: torch.device, progress: bool) -> None:
+    """The recall probe of every seed, trained side by side; fills ``recall``/``recall_tasks``/``probe`` in
+    ``per_seed`` (or the first seed's status on a failure)."""
+    from hyla.proxy_train.recall_probe import run_probe_seeds
+
+    try:
+        probes = run_probe_seeds(layout, config.recall_probe, seeds, config.init_std, dev, progress)
+        for fields_, probe in zip(per_seed, probes, strict=True):
             fields_.update(recall=probe["recall"], recall_tasks=probe["levels"],
                            probe={k: probe[k] for k in ("lr", "per_lr", "wall_s")})
-    except torch.OutOfMemoryError as e:
-        fields_ = dict(status="oom", fail_reason=str(e).splitlines()[0][:300] if str(e) else "out of memory")
-    except Exception as e:  # a failing trial is a result, not a crash of the worker
-        fields_ = dict(status="failed", fail_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500])
+    except Exception as e:  # noqa: BLE001 - a failing trial is a result, not a crash of the worker
+        per_seed[0] = {**per_seed[0], **_failure(e)}
     finally:
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    return fields_
+        _release(dev)
 
 
 class _Loop:

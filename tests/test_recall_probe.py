@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.recall_probe import RecallProbeConfig, _level_batch, _PrevTokenEmbedding, run_probe, wsd_lr
+from hyla.proxy_train.probe_runner import LevelPool, ProbeJob, run_probes, schedule
+from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, run_probe, wsd_lr
 from hyla.proxy_train.train import ProxyConfig, aggregate_seeds, run_proxy
 from hyla.space.layout import Layout
 
@@ -53,14 +54,39 @@ def test_wsd_schedule_warms_holds_and_decays() -> None:
     assert 0.1 < lrs[-1] < 0.11 and all(a > b for a, b in zip(lrs[82:], lrs[83:]))  # one step short of the floor
 
 
-def test_curriculum_batches_admit_levels_in_order() -> None:
-    levels = RecallProbeConfig(**PROBE).levels(512)
-    x1, y1 = _level_batch(levels, 1, 6, step=0, seed=0)
-    assert ((y1 != -100).sum(-1) == 1).all()  # only the 1-pair level
-    x2, y2 = _level_batch(levels, 2, 6, step=0, seed=0)
-    assert sorted((y2 != -100).sum(-1).tolist()) == [1, 1, 1, 2, 2, 2]
-    assert torch.equal(_level_batch(levels, 2, 6, 5, 3)[0], _level_batch(levels, 2, 6, 5, 3)[0])  # seeded
-    assert not torch.equal(_level_batch(levels, 2, 6, 5, 3)[0], _level_batch(levels, 2, 6, 6, 3)[0])
+def test_curriculum_schedule_admits_levels_in_order() -> None:
+    cfg = RecallProbeConfig(**{**PROBE, "batch_size": 6, "curriculum": 0.5})
+    rows = schedule(cfg, n_levels=2, rows=10, seed=0, steps=6)
+    assert rows.shape == (6, 6) and (rows[:3] < 10).all()  # the first half: only level 0 (rows 0-9)
+    assert sorted((rows[3] // 10).tolist()) == [0, 0, 0, 1, 1, 1]  # then both levels, evenly
+    assert (schedule(cfg, 2, 10, 3, 6) == schedule(cfg, 2, 10, 3, 6)).all()  # seeded
+    assert not (schedule(cfg, 2, 10, 3, 6) == schedule(cfg, 2, 10, 4, 6)).all()
+    pool = LevelPool(cfg, 512, torch.device("cpu"))
+    assert ((pool.y[rows[0]] != -100).sum(-1) == 1).all()  # level 0 = the 1-pair level
+    assert pool.eval_x.shape == (2, 8, 16) and pool.check_x.shape == (16, 16)
+
+
+def test_probe_layout_keeps_the_pattern_at_the_probe_width() -> None:
+    lay = Layout(layers=("gla", "gla+a1", "attn", "gdn"), d_model=64, vocab_size=512, mlp_hidden=176, num_heads=4)
+    narrow = probe_layout(lay, RecallProbeConfig(**{**PROBE, "width": 32}))
+    assert narrow.d_model == 32 and narrow.num_heads == 4 and narrow.mlp_hidden == 88
+    assert [(s.mixer, s.attn_heads) for s in narrow.layers] == [(s.mixer, s.attn_heads) for s in lay.layers]
+    assert probe_layout(lay, RecallProbeConfig(**PROBE)) is lay
+    with pytest.raises(ConfigError, match="recall_probe.width"):
+        probe_layout(lay, RecallProbeConfig(**{**PROBE, "width": 30}))
+
+
+def test_probes_side_by_side_equal_probes_alone() -> None:
+    """A probe's result depends on its seed only, not on which probes share the call."""
+    cfg = RecallProbeConfig(**{**PROBE, "steps": 5, "eval_every": 2, "pool_rows": 32})
+    cpu = torch.device("cpu")
+    jobs = [ProbeJob(_layout(), 0, 1e-3, "a"), ProbeJob(_layout(("attn", "attn")), 1, 3e-3, "b")]
+    seen = []
+    together = run_probes(jobs, cfg, cpu, 0.1, on_result=lambda j, r: seen.append(j.key))
+    alone = run_probes(jobs[1:], cfg, cpu, 0.1)
+    assert seen == ["a", "b"] and together[1]["levels"] == alone[0]["levels"]
+    assert together[1]["curve"] == alone[0]["curve"] and together[0]["steps"] == 5
+    assert [c[0] for c in together[0]["curve"]] == [2, 4, 5]  # checks every 2 steps, then the final score
 
 
 def test_prev_token_embedding_adds_the_previous_token() -> None:

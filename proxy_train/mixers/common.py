@@ -49,6 +49,27 @@ KERNELS = ("auto", "fla", "torch")
 _KERNELS: ContextVar[str] = ContextVar("hyla_kernels", default="auto")
 
 
+_SCAN_CHUNK: ContextVar[int | None] = ContextVar("hyla_scan_chunk", default=None)
+
+
+@contextmanager
+def scan_chunk(length: int | None) -> Iterator[None]:
+    """Run the PyTorch chunked scans inside this block with chunks of ``length`` (None = each scan's default).
+
+    Longer chunks mean fewer sequential steps (fewer, larger kernels: what a launch-bound GPU probe wants) and
+    larger (C, C) intra-chunk tensors; the result is the same up to rounding."""
+    token = _SCAN_CHUNK.set(length)
+    try:
+        yield
+    finally:
+        _SCAN_CHUNK.reset(token)
+
+
+def chunk_length(given: int | None, default: int) -> int:
+    """The chunk a scan uses: ``given``, else the `scan_chunk` in effect, else ``default``."""
+    return given or _SCAN_CHUNK.get() or default
+
+
 @contextmanager
 def kernel_path(name: str) -> Iterator[None]:
     """Run the linear mixers inside this block with ``name`` (one of ``KERNELS``) on CUDA."""
@@ -134,7 +155,7 @@ def rms_norm_gated(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor | None
 
 def chunk_gated_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor,
                             scale: float, initial_state: torch.Tensor | None = None,
-                            chunk: int = CPU_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gated linear attention with a per-key-channel decay, chunked (fla ``naive_recurrent_gla`` math).
 
     Recurrence: ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, ``o_t = (scale q_t)^T S_t``. Within a chunk the
@@ -152,7 +173,7 @@ def chunk_gated_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = max(1, min(chunk, T))
+    C = max(1, min(chunk_length(chunk, CPU_CHUNK), T))
     n = -(-T // C)
     pad = n * C - T
     q, k, v = (t.float() for t in (q, k, v))
@@ -181,7 +202,7 @@ def chunk_gated_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
 
 
 def chunk_diag_scan(x: torch.Tensor, log_g: torch.Tensor, initial_state: torch.Tensor | None = None,
-                    chunk: int = CPU_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise gated scan ``h_t = exp(g_t) * h_{t-1} + x_t`` (HGRN), chunked like the function above.
 
     Args:
@@ -192,7 +213,7 @@ def chunk_diag_scan(x: torch.Tensor, log_g: torch.Tensor, initial_state: torch.T
         ``(h, h_T)`` in fp32: all states ``(B, T, D)`` and the last ``(B, D)``.
     """
     B, T, D = x.shape
-    C = max(1, min(chunk, T))
+    C = max(1, min(chunk_length(chunk, CPU_CHUNK), T))
     n = -(-T // C)
     pad = n * C - T
     x, g = x.float(), log_g.float()

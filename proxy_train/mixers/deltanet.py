@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from fla.layers import DeltaNet
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
+from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_length, rms_norm, rms_norm_gated
 
 #: Chunk length of the CPU delta-rule scan; the triangular solve is (C, C) per head and chunk.
 DELTA_CHUNK = 32
@@ -35,7 +35,7 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
                      log_g: torch.Tensor | None, scale: float, initial_state: torch.Tensor | None = None,
-                     chunk: int = DELTA_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                     chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(Gated) delta rule, chunked WY form; the math of fla's ``naive_chunk_gated_delta_rule``.
 
     Recurrence per head: ``S = exp(g_t) S``; ``v'_t = beta_t (v_t - S^T k_t)``; ``S += k_t v'_t^T``;
@@ -57,7 +57,7 @@ def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = max(1, min(chunk, T))
+    C = max(1, min(chunk_length(chunk, DELTA_CHUNK), T))
     n = -(-T // C)
     pad = n * C - T
     q, k, v, beta = (t.float() for t in (q, k, v, beta))

@@ -29,7 +29,7 @@ from fla.layers import Mamba2
 from fla.modules.layernorm_gated import rms_norm_ref
 
 from hyla.config import ConfigError
-from hyla.proxy_train.mixers.common import FlaMixer, State, short_conv, use_fla
+from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_length, short_conv, use_fla
 
 #: Chunk length of the scan: the intra-chunk scores are (C, C) per head.
 SSD_CHUNK = 32
@@ -37,7 +37,7 @@ SSD_CHUNK = 32
 
 def chunk_scalar_decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor,
                             initial_state: torch.Tensor | None = None,
-                            chunk: int = SSD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear attention with a scalar decay per head and step: ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t``.
 
     Args:
@@ -49,7 +49,7 @@ def chunk_scalar_decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = max(1, min(chunk, T))
+    C = max(1, min(chunk_length(chunk, SSD_CHUNK), T))
     n = -(-T // C)
     pad = n * C - T
     q, k, v, g = (t.float() for t in (q, k, v, log_g))
