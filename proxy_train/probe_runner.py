@@ -22,8 +22,10 @@ initialisation, rows and schedule are fixed by its seed.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from torch import nn
 from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
 from hyla.space.layout import Layout
 
+#: Probes built per round while others train (building one is ~1 s of host work: eager warm-up and capture).
+ADMIT_PER_ROUND = 2
 #: Rows per forward when scoring (all levels share one length, so their examples go through together).
 EVAL_ROWS = 512
 
@@ -289,11 +293,14 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     chunk = cfg.eval_every or cfg.steps
     bar = tqdm(total=len(jobs), disable=not progress, desc="recall probes", leave=False)
     with kernel_path(cfg.kernels) if dev.type == "cuda" else nullcontext(), scan_chunk(cfg.scan_chunk):
+        threads = ThreadPoolExecutor(max_workers=min(limit, 16)) if dev.type == "cuda" else None
         while queue or active:
             if stop is not None and queue and stop():
                 queue.clear()
-            while queue and len(active) < limit:
+            admitted = 0  # a few per round, so the probes already running train while the next ones build
+            while queue and len(active) < limit and (admitted < ADMIT_PER_ROUND or not active):
                 i = queue.popleft()
+                admitted += 1
                 try:
                     active[i] = _Run(jobs[i], cfg, pool, init_std, dev)
                 except torch.OutOfMemoryError as e:
@@ -304,18 +311,30 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
                     results[i] = {"lr": jobs[i].lr, "seed": jobs[i].seed, "status": "oom", "score": None,
                                   "fail_reason": str(e).splitlines()[0][:300] if str(e) else "out of memory"}
                     _finish(jobs[i], results[i], on_result, bar)
-            for run in active.values():
-                run.read_checks(keep=1)  # the previous chunk's check may still run while the next is enqueued
-                if not run.stopped:
-                    run.advance(chunk)
+            runs = list(active.values())
+            if threads is None:
+                for run in runs:
+                    _round(run, chunk)
+            else:  # graph launches release the GIL: one host thread per probe keeps every stream fed
+                contexts = [contextvars.copy_context() for _ in runs]  # kernel_path/scan_chunk for each thread
+                list(threads.map(lambda c, r: c.run(_round, r, chunk), contexts, runs))
             for i in [i for i, r in active.items() if r.stopped or r.steps >= r.total]:
                 run = active.pop(i)
                 run.read_checks(keep=0)
                 results[i] = {"status": "ok", **run.result()}
                 _finish(jobs[i], results[i], on_result, bar)
                 del run
+        if threads is not None:
+            threads.shutdown()
     bar.close()
     return results
+
+
+def _round(run: _Run, chunk: int) -> None:
+    """Read the probe's previous check (one may stay in flight), then enqueue its next ``chunk`` steps."""
+    run.read_checks(keep=1)
+    if not run.stopped:
+        run.advance(chunk)
 
 
 def _finish(job: ProbeJob, result: dict[str, Any], on_result: Callable[..., None] | None, bar: Any) -> None:
