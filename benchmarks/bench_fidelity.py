@@ -1,9 +1,11 @@
 """Proxy fidelity: is the recall score reproducible, graded, on trend and stable across budgets?
 
-Runs a set of layouts x seeds x budgets through the product's own proxy (``run_proxy`` with the recall probe of
-``hyla.proxy_train.recall_probe``) in P long-lived worker processes on one GPU (``common.WorkerPool``), appending
-one JSONL record per (layout, seed, budget, variant) as it finishes, so the run can be split over several
-10-minute commands (records already there are skipped). ``--analyze`` (also run after every run) computes:
+Runs a set of layouts x seeds x budgets through the product's own proxy code, appending one JSONL record per
+(layout, seed, budget, variant) as it finishes, so the run can be split over several 10-minute commands (records
+already there are skipped). A probe-only proxy (``train_lm: false``, e.g. ``benchmarks/fidelity_gpu.yaml``) runs
+in this process through ``hyla.proxy_train.probe_runner.run_probes``, every (layout, seed, lr) of a budget side
+by side on the device (the probe's ``concurrent``); a proxy with an LM part runs ``run_proxy`` in ``--p`` worker
+processes (``common.WorkerPool``). ``--analyze`` (also run after every run) computes:
 
 - **reproducible**: mean pairwise Spearman rho between the seeds' rankings of the layouts (target >= 0.8);
 - **graded**: the Transformer's accuracy on the easiest level (target >= 0.9) and whether the pure linear
@@ -20,7 +22,7 @@ Layout sets: ``calibration`` (the Transformer; gla, gdn, hgrn2 at pure, 24:1, 6:
 hgrn pure), ``grid`` (the paper's 31 layouts) or preset names. ``--variant "NAME:KEY=VALUE;KEY=VALUE"`` runs an
 ablation of the proxy (probe fields as ``recall_probe.KEY``) under its own name; records carry the variant.
 
-    python benchmarks/bench_fidelity.py --layouts calibration --seeds 0 1 2 --budgets 1 4 --p 8
+    python benchmarks/bench_fidelity.py --proxy benchmarks/fidelity_gpu.yaml --layouts calibration --budgets 1 4
     python benchmarks/bench_fidelity.py --analyze
     python benchmarks/bench_fidelity.py --device cpu --proxy tests_probe.yaml --layouts a.yaml b.yaml --p 2
 """

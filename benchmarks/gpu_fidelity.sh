@@ -5,6 +5,14 @@
 #   bash benchmarks/gpu_fidelity.sh SECONDS [bench_fidelity args...]     (carry: .whl)
 #
 # SECONDS caps bench_fidelity (no new probe starts after it; bench_fidelity resumes from the JSONL it is given).
+# The H200 runs in benchmarks/results/probe_h200/ (files written to $OUT, then copied there):
+#   calibration_t128_w64_600:  ... 280 --proxy benchmarks/fidelity_gpu.yaml --layouts calibration --budgets 1 4 \
+#       --variant "t128:recall_probe.seq_len=128;recall_probe.pairs=[2,4,8,16,32];recall_probe.scan_chunk=16;recall_probe.steps=600" \
+#       --jsonl $OUT/bench_fidelity_h200.jsonl --out $OUT/bench_fidelity_h200.json
+#   (the small preset's probe was then width 64, batch 32, lr 1e-3; ablations: add ;recall_probe.lrs=[0.003] or
+#    ;recall_probe.width=128, --layouts transformer gla-3:1 gdn-pure [gdn-3:1 deltanet-pure], --seeds 0)
+#   speed: python3 benchmarks/bench_probe_speed.py --layouts gla-pure transformer hgrn2-pure gdn-pure \
+#       --concurrent 1 16 --steps 60 --variant "t128:seq_len=128;pairs=[2,4,8,16,32];scan_chunk=16"
 set -euo pipefail
 REPO=$(pwd)
 OUT=${OUT:-/tmp/hyla_out}
