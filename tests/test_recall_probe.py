@@ -132,3 +132,13 @@ def test_aggregate_keeps_the_failed_seed_status() -> None:
     out = aggregate_seeds([ok, bad], [0, 1])
     assert out["status"] == "diverged" and out["fail_reason"].startswith("non-finite")
     assert out["seed_values"]["recall"] == [0.5] and out["sem"]["recall"] is None and out["tokens_seen"] == 14
+
+
+def test_probe_stops_once_every_level_is_solved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first check with every level at ``stop_at`` (and all levels admitted) ends the probe early."""
+    from hyla.proxy_train import probe_runner
+
+    monkeypatch.setattr(probe_runner._Run, "score", lambda self, x, y: torch.ones(len(self.pool.levels)))
+    cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
+    r = run_probes([ProbeJob(_layout(), 0, 1e-3)], cfg, torch.device("cpu"), 0.1)[0]
+    assert r["steps"] == 5 and r["curve"][0] == [5, 1.0] and r["score"] == 1.0
