@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError, check_keys, load_yaml, dump_yaml
-from hyla.space.mixers import HEADWISE_LETTERS, LINEAR_MIXERS, MIXER_LETTERS, get_mixer_kind
+from hyla.space.mixers import HEADWISE_LETTERS, LINEAR_MIXERS, MIXER_KINDS, MIXER_LETTERS, get_mixer_kind
 
 ATTN = "attn"
+#: Plot colour of softmax attention (red, it stands out); a linear kind's is `MixerKind.color`.
+ATTN_COLOR = "#d62728"
 ALL_MIXERS: tuple[str, ...] = (*LINEAR_MIXERS, ATTN)
 _LAYER_RE = re.compile(r"^(?P<mixer>[a-z0-9_]+)(\+a(?P<heads>\d+))?(@(?P<window>\d+))?$")
 
@@ -43,6 +45,14 @@ _LAYER_RE = re.compile(r"^(?P<mixer>[a-z0-9_]+)(\+a(?P<heads>\d+))?(@(?P<window>
 def _freeze(options: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
     items = dict(options or {})
     return tuple(sorted(items.items()))
+
+
+def mixer_color(mixer: str) -> str:
+    """Plot colour of a layer's mixer (``attn`` or a linear kind); grey for an unknown name."""
+    if mixer == ATTN:
+        return ATTN_COLOR
+    kind = MIXER_KINDS.get(mixer)
+    return kind.color if kind else "#999999"
 
 
 def letter_legend(strings: Iterable[str]) -> str:

@@ -1,16 +1,18 @@
-"""Linear mixer kinds: names, default options by width, option validation.
+"""Linear mixer kinds: everything about a kind in one `MixerKind` (name, letter, colour, fla layer, default
+options by width, option validation, closed-form sizes, fla's own model).
 
 This module is pure Python (no torch) so that the search space and cost accounting are cheap to import.
-The torch modules live in ``hyla.proxy_train.mixers``, keyed by the same names; every kind here wraps the
-flash-linear-attention (fla) layer named in ``fla_class`` and its options are that layer's constructor
-arguments (``hidden_size``/``layer_idx``/``mode`` are filled in by hyla).
+The torch modules live in ``hyla.proxy_train.mixers``, one module per kind named after it, whose class registers
+itself with ``@register_mixer("<name>")``; every kind here wraps the flash-linear-attention (fla) layer named in
+``fla_class`` and its options are that layer's constructor arguments (``hidden_size``/``layer_idx``/``mode`` are
+filled in by hyla).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hyla.config import ConfigError
@@ -21,31 +23,59 @@ def _heads(d_model: int, per: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class MixerKind:
-    """One linear mixer kind.
+class FlaModel:
+    """fla's own model for a layout whose linear layers are all of one kind (`hyla analysis export`'s ``fla/``).
 
     Attributes:
-        name: registry key (``gla``, ``gdn`` ...).
+        model_type: fla's ``model_type`` ("" when fla has no model for hyla's blocks of this kind).
+        fields: hyla option -> fla config field.
+        fixed: options that are no config field of fla's model: it always builds its layer with this value.
+        extra: config entries that make fla's model compute what hyla's blocks compute.
+        missing: why fla cannot express the kind ("" when ``model_type`` is set).
+    """
+
+    model_type: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    missing: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MixerKind:
+    """One linear mixer kind: everything hyla knows about it without torch.
+
+    Attributes:
+        name: registry key (``gla``, ``gdn`` ...); the torch class is ``@register_mixer(name)`` in
+            ``hyla.proxy_train.mixers.<name>``.
         letter: one letter for layer diagrams (a whole layer of this kind).
+        color: plot colour of the kind (report diagrams), ``#rrggbb``.
         fla_class: the fla layer class (in ``fla.layers``) whose parameters hyla's module owns.
         defaults: options at a given d_model (scaled like the paper's 340M configs).
         option_types: every option that may be overridden, with its type.
+        closed_form: exact sizes of the fla layer from d_model and the resolved options (see `formula`).
         check: extra validation of resolved options; returns an error text or None.
         width_options: options whose defaults are derived from d_model (heads, head dims, state sizes); a layout
             carried to another width (``hyla.space.presets.at_scale``) drops their overrides and takes the new
             width's defaults. All other options (expand ratios, short conv, gate rank ...) are carried as they are.
         headwise_letter: the letter of a head-wise layer of this kind (softmax heads beside it); "" = ``letter``
             in lower case.
+        fla_names: hyla option -> fla constructor argument, where the names differ (Mamba2's ``conv_kernel``).
+        fla_model: fla's model config for layouts of this kind (export).
     """
 
     name: str
     letter: str
+    color: str
     fla_class: str
     defaults: Callable[[int], dict[str, Any]]
     option_types: dict[str, type]
+    closed_form: Callable[[int, dict[str, Any]], MixerFormula]
     check: Callable[[int, dict[str, Any]], str | None] = lambda d, o: None
     width_options: tuple[str, ...] = ()
     headwise_letter: str = ""
+    fla_names: dict[str, str] = field(default_factory=dict)
+    fla_model: FlaModel = field(default_factory=FlaModel)
 
     @property
     def hw_letter(self) -> str:
@@ -77,18 +107,14 @@ class MixerKind:
         return opts
 
     def fla_kwargs(self, d_model: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Constructor kwargs of ``fla.layers.<fla_class>`` (minus ``hidden_size``/``layer_idx``).
-
-        Only Mamba2 renames an option: hyla's ``conv_size`` is fla's ``conv_kernel``.
-        """
+        """Constructor kwargs of ``fla.layers.<fla_class>`` (minus ``hidden_size``/``layer_idx``): the resolved
+        options, renamed by ``fla_names``."""
         opts = self.resolve_options(d_model, dict(overrides or {}))
-        if self.name == "mamba2":
-            opts["conv_kernel"] = opts.pop("conv_size")
-        return opts
+        return {self.fla_names.get(k, k): v for k, v in opts.items()}
 
     def formula(self, d_model: int, overrides: dict[str, Any] | None = None) -> MixerFormula:
         """Exact parameter and state sizes of this kind's fla layer at ``d_model`` (see `MixerFormula`)."""
-        return _FORMULAS[self.name](d_model, self.resolve_options(d_model, dict(overrides or {})))
+        return self.closed_form(d_model, self.resolve_options(d_model, dict(overrides or {})))
 
 
 def _divides(name: str, n: int, what: str, total: float) -> str | None:
@@ -229,47 +255,55 @@ def _mamba2_formula(d: int, o: dict[str, Any]) -> MixerFormula:
     return MixerFormula(dense + conv_dim + 3 * H + I, dense, I * N, True, conv_dim, w, H, N, o["head_dim"])
 
 
-_FORMULAS: dict[str, Callable[[int, dict[str, Any]], MixerFormula]] = {
-    "hgrn": _hgrn_formula, "retnet": _retnet_formula, "gla": _gla_formula, "hgrn2": _hgrn2_formula,
-    "deltanet": _deltanet_formula, "gdn": _gdn_formula, "mamba2": _mamba2_formula,
-}
-
 _CONV = {"use_short_conv": bool, "conv_size": int}
+_CONV_FIELDS = {"use_short_conv": "use_short_conv", "conv_size": "conv_size"}
+_KV_FIELDS = {"num_heads": "num_heads", "expand_k": "expand_k", "expand_v": "expand_v"}
+_NO_LOWER_BOUND = {"use_lower_bound": False}  # fla's HGRN models add learned per-layer lower bounds; hyla has none
 
 MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
-    MixerKind("hgrn", "R", "HGRNAttention",
-              lambda d: {"expand_ratio": 1, "use_short_conv": False, "conv_size": 4},
-              {"expand_ratio": int, **_CONV},
-              lambda d, o: None if o["expand_ratio"] >= 1 else "expand_ratio must be >= 1"),
-    MixerKind("retnet", "T", "MultiScaleRetention",
-              lambda d: {"num_heads": _heads(d, 256), "expand_k": 1.0, "expand_v": 2.0},
-              {"num_heads": int, "expand_k": float, "expand_v": float},
-              _check_retnet, ("num_heads",)),
-    MixerKind("gla", "G", "GatedLinearAttention",
-              lambda d: {"num_heads": _heads(d, 256), "expand_k": 0.5, "expand_v": 1.0, "use_short_conv": False,
-                         "conv_size": 4, "gate_low_rank_dim": 16},
-              {"num_heads": int, "expand_k": float, "expand_v": float, "gate_low_rank_dim": int, **_CONV},
-              _check_kv, ("num_heads",)),
-    MixerKind("hgrn2", "2", "HGRN2Attention",
-              lambda d: {"expand_ratio": min(128, d), "use_short_conv": False, "conv_size": 4},
-              {"expand_ratio": int, **_CONV},
-              _check_hgrn2, ("expand_ratio",), headwise_letter="h"),  # "2" has no lower case
-    MixerKind("deltanet", "D", "DeltaNet",
-              lambda d: {"num_heads": _heads(d, 128), "expand_k": 1.0, "expand_v": 1.0, "use_short_conv": True,
-                         "conv_size": 4, "use_beta": True},
-              {"num_heads": int, "expand_k": float, "expand_v": float, "use_beta": bool, **_CONV},
-              _check_kv, ("num_heads",)),
-    MixerKind("gdn", "N", "GatedDeltaNet",
-              lambda d: {"num_heads": _heads(d, 256), "head_dim": d // (2 * _heads(d, 256)), "expand_v": 2.0,
-                         "use_short_conv": True, "conv_size": 4},
-              {"num_heads": int, "head_dim": int, "expand_v": float, **_CONV},
-              _check_gdn, ("num_heads", "head_dim")),
-    MixerKind("mamba2", "M", "Mamba2",
-              lambda d: {"expand": 2, "head_dim": min(64, d), "num_heads": 2 * d // min(64, d),
-                         "state_size": min(128, d), "n_groups": 1, "conv_size": 4},
-              {"expand": int, "head_dim": int, "num_heads": int, "state_size": int, "n_groups": int,
-               "conv_size": int},
-              _check_mamba2, ("head_dim", "num_heads", "state_size")),
+    MixerKind(name="hgrn", letter="R", color="#9467bd", fla_class="HGRNAttention",
+              defaults=lambda d: {"expand_ratio": 1, "use_short_conv": False, "conv_size": 4},
+              option_types={"expand_ratio": int, **_CONV}, closed_form=_hgrn_formula,
+              check=lambda d, o: None if o["expand_ratio"] >= 1 else "expand_ratio must be >= 1",
+              fla_model=FlaModel("hgrn", {"expand_ratio": "expand_ratio", **_CONV_FIELDS}, extra=_NO_LOWER_BOUND)),
+    MixerKind(name="retnet", letter="T", color="#7f7f7f", fla_class="MultiScaleRetention",
+              defaults=lambda d: {"num_heads": _heads(d, 256), "expand_k": 1.0, "expand_v": 2.0},
+              option_types={"num_heads": int, "expand_k": float, "expand_v": float}, closed_form=_retnet_formula,
+              check=_check_retnet, width_options=("num_heads",), fla_model=FlaModel("retnet", _KV_FIELDS)),
+    MixerKind(name="gla", letter="G", color="#1f77b4", fla_class="GatedLinearAttention",
+              defaults=lambda d: {"num_heads": _heads(d, 256), "expand_k": 0.5, "expand_v": 1.0,
+                                  "use_short_conv": False, "conv_size": 4, "gate_low_rank_dim": 16},
+              option_types={"num_heads": int, "expand_k": float, "expand_v": float, "gate_low_rank_dim": int,
+                            **_CONV},
+              closed_form=_gla_formula, check=_check_kv, width_options=("num_heads",),
+              fla_model=FlaModel("gla", {**_KV_FIELDS, **_CONV_FIELDS}, fixed={"gate_low_rank_dim": 16})),
+    MixerKind(name="hgrn2", letter="2", color="#8c564b", fla_class="HGRN2Attention",
+              defaults=lambda d: {"expand_ratio": min(128, d), "use_short_conv": False, "conv_size": 4},
+              option_types={"expand_ratio": int, **_CONV}, closed_form=_hgrn2_formula,
+              check=_check_hgrn2, width_options=("expand_ratio",), headwise_letter="h",  # "2" has no lower case
+              fla_model=FlaModel("hgrn2", {"expand_ratio": "expand_ratio", **_CONV_FIELDS}, extra=_NO_LOWER_BOUND)),
+    MixerKind(name="deltanet", letter="D", color="#2ca02c", fla_class="DeltaNet",
+              defaults=lambda d: {"num_heads": _heads(d, 128), "expand_k": 1.0, "expand_v": 1.0,
+                                  "use_short_conv": True, "conv_size": 4, "use_beta": True},
+              option_types={"num_heads": int, "expand_k": float, "expand_v": float, "use_beta": bool, **_CONV},
+              closed_form=_deltanet_formula, check=_check_kv, width_options=("num_heads",),
+              fla_model=FlaModel("delta_net", {**_KV_FIELDS, "use_beta": "use_beta", **_CONV_FIELDS})),
+    MixerKind(name="gdn", letter="N", color="#17becf", fla_class="GatedDeltaNet",
+              defaults=lambda d: {"num_heads": _heads(d, 256), "head_dim": d // (2 * _heads(d, 256)),
+                                  "expand_v": 2.0, "use_short_conv": True, "conv_size": 4},
+              option_types={"num_heads": int, "head_dim": int, "expand_v": float, **_CONV},
+              closed_form=_gdn_formula, check=_check_gdn, width_options=("num_heads", "head_dim"),
+              fla_model=FlaModel("gated_deltanet", {"num_heads": "num_heads", "head_dim": "head_dim",
+                                                    "expand_v": "expand_v", **_CONV_FIELDS})),
+    MixerKind(name="mamba2", letter="M", color="#bcbd22", fla_class="Mamba2",
+              defaults=lambda d: {"expand": 2, "head_dim": min(64, d), "num_heads": 2 * d // min(64, d),
+                                  "state_size": min(128, d), "n_groups": 1, "conv_size": 4},
+              option_types={"expand": int, "head_dim": int, "num_heads": int, "state_size": int, "n_groups": int,
+                            "conv_size": int},
+              closed_form=_mamba2_formula, check=_check_mamba2, width_options=("head_dim", "num_heads", "state_size"),
+              fla_names={"conv_size": "conv_kernel"},
+              fla_model=FlaModel(missing="fla's mamba2 model has no MLP in its blocks and no attention layers, so a "
+                                         "hyla block (mixer + SwiGLU) cannot be expressed in it")),
 ]}
 
 #: Linear mixer kinds, in the order the study lists them.
