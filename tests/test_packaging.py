@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import venv
 import zipfile
@@ -32,10 +34,27 @@ def test_pyproject_lists_every_subpackage() -> None:
 
 
 def _venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh venv that installs hyla itself but sees this interpreter's packages (torch, fla ...).
+
+    ``system_site_packages`` only reaches the *base* interpreter; when pytest runs inside a venv (CI, the README's
+    commands) torch lives in that venv, so its site-packages are appended through a ``.pth`` file. Plain paths in a
+    ``.pth`` are appended after the new venv's own site-packages, and the outer venv's own ``.pth`` files (its
+    editable hyla) are not run, so hyla still comes from the new venv.
+    """
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=False)
+    inner = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
+    outer = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
+    (inner / "_outer_site.pth").write_text("".join(f"{p}\n" for p in outer))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return env_dir, env
+
+
+def _source_copy(tmp_path: Path) -> Path:
+    """The project's sources in ``tmp_path`` (building a wheel in place would leave ``build/`` in the repo)."""
+    skip = shutil.ignore_patterns(".git", ".ci-venv", "build", "dist", "*.egg-info", "hyla_runs", ".whl*", ".rayx",
+                                  "__pycache__", ".pytest_cache", "results")
+    return Path(shutil.copytree(ROOT, tmp_path / "src", ignore=skip))
 
 
 def _imported_files(py: Path, cwd: Path, env: dict[str, str]) -> list[Path]:
@@ -47,7 +66,7 @@ def _imported_files(py: Path, cwd: Path, env: dict[str, str]) -> list[Path]:
 
 def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
+                    "-w", str(tmp_path / "dist"), str(_source_copy(tmp_path))], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("hyla-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("hyla/cli.py", "hyla/space/layout.py", "hyla/proxy_train/mixers/__init__.py",
