@@ -1,7 +1,7 @@
 """GPU check of every token mixer: fla's Triton path against hyla's pure-PyTorch path, then training throughput.
 
 Part 1, equivalence (one layer at the ``small`` scale, d_model 256): for every kind in
-``hyla.proxy_train.mixers.MIXER_CLASSES`` (7 linear kinds + ``attn``), the short-conv variants of GLA/HGRN/HGRN-2,
+``hyla.proxy_train.mixers.MIXER_NAMES`` (7 linear kinds + ``attn``), the short-conv variants of GLA/HGRN/HGRN-2,
 and one head-wise layer (``gla+a2``), build the module on CUDA and a weight-identical copy that runs the reference
 path (the linear mixers' ``_cpu_forward`` on the same CUDA tensors; modules without one, attention and head-wise,
 run the copy on the CPU). Compared, as max |a - b| / max |b| per tensor: the output, the input gradient, every
@@ -53,7 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hyla.proxy_train.mixers import MIXER_CLASSES, build_mixer
+from hyla.proxy_train.mixers import MIXER_NAMES, build_mixer
 from hyla.proxy_train.model import HylaLM
 from hyla.space.layout import Layout
 from hyla.space.presets import get_scale, resolve_preset
@@ -284,7 +284,7 @@ def merge(paths: list[str], out: str) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kinds", default=",".join([*MIXER_CLASSES, "headwise"]),
+    p.add_argument("--kinds", default=",".join([*MIXER_NAMES, "headwise"]),
                    help="comma-separated mixer kinds (registry names, plus 'headwise')")
     p.add_argument("--device", default="cuda")
     p.add_argument("--scale", default="small", help="preset scale of the layers/models (small = 24 x 256)")
@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.f32_precision == "ieee":  # read by Triton when a kernel is traced, so before the first compile
         os.environ["TRITON_F32_DEFAULT"] = "ieee"
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in MIXER_CLASSES and k != "headwise"]
+    unknown = [k for k in kinds if k not in MIXER_NAMES and k != "headwise"]
     if unknown:
-        raise SystemExit(f"gpu_equivalence: --kinds: unknown {unknown}; expected {[*MIXER_CLASSES, 'headwise']}")
+        raise SystemExit(f"gpu_equivalence: --kinds: unknown {unknown}; expected {[*MIXER_NAMES, 'headwise']}")
     results: dict[str, Any] = {"machine": machine_info(str(device)), "args": vars(args), "equivalence": {}, "throughput": {},
                                "triton_f32_default": os.environ.get("TRITON_F32_DEFAULT") or "tf32 (Triton default)"}
     if args.max_seconds > 0:

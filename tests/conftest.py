@@ -19,10 +19,9 @@ def tiny_layout(*layers: str, d_model: int = 32, vocab_size: int = 512, num_head
 
 def mixer_available(kind: str) -> bool:
     """Whether the torch module of mixer ``kind`` exists yet (helpers B/C add them one by one)."""
-    from hyla.proxy_train.mixers import MIXER_CLASSES
+    from hyla.proxy_train.mixers import mixer_module
 
-    module = MIXER_CLASSES[kind].split(":")[0]
-    return importlib.util.find_spec(module) is not None
+    return importlib.util.find_spec(mixer_module(kind)) is not None
 
 
 def skip_if_missing(kind: str) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
+from hyla.proxy_train.mixers.registry import register_mixer
 
 State = dict[str, Any]
 
@@ -47,6 +48,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+@register_mixer("attn")
 class SoftmaxAttention(nn.Module):
     """Causal multi-head softmax attention with RoPE, grouped KV heads and an optional sliding window.
 

@@ -265,8 +265,9 @@ def from_fla_cache(cache: Any, layer_idx: int, conv_names: tuple[str, ...], with
 class FlaMixer:
     """Mixin placed before the fla layer class: ``from_layout`` and the CUDA/CPU forward dispatch.
 
-    Subclasses set ``KIND`` (the ``hyla.space.mixers`` name), ``CONV_ORDER`` (suffixes of the conv caches in the
-    order of fla's ``conv_state`` tuple; empty when short conv is off) and implement ``_cpu_forward``.
+    ``@register_mixer(name)`` sets ``KIND`` (the ``hyla.space.mixers`` name); subclasses set ``CONV_ORDER``
+    (suffixes of the conv caches in the order of fla's ``conv_state`` tuple; empty when short conv is off) and
+    implement ``_cpu_forward``.
     """
 
     KIND: ClassVar[str] = ""
@@ -280,7 +281,7 @@ class FlaMixer:
         if spec.mixer != cls.KIND:
             raise ConfigError(f"layers[{index}].mixer: {spec.mixer!r} cannot build a {cls.__name__}; "
                               f"expected {cls.KIND!r}")
-        # fla_kwargs = resolved options under fla's constructor names (Mamba2 renames conv_size)
+        # fla_kwargs = resolved options under fla's constructor names (MixerKind.fla_names)
         opts = get_mixer_kind(cls.KIND).fla_kwargs(layout.d_model, spec.option_dict())
         if "norm_eps" not in opts and "norm_eps" in inspect.signature(cls).parameters:
             # the layout's eps inside the layer too, as fla's models pass their one config.norm_eps to both

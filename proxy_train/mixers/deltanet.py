@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from fla.layers import DeltaNet
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_length, rms_norm, rms_norm_gated
+from hyla.proxy_train.mixers.registry import register_mixer
 
 #: Chunk length of the CPU delta-rule scan; the triangular solve is (C, C) per head and chunk.
 DELTA_CHUNK = 32
@@ -91,10 +92,10 @@ def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
     return o.transpose(1, 2), S
 
 
+@register_mixer("deltanet")
 class DeltaNetMixer(FlaMixer, DeltaNet):
     """fla ``DeltaNet`` (same parameters / state_dict) with hyla's forward contract and a CPU path."""
 
-    KIND = "deltanet"
     CONV_ORDER = ("q", "k", "v")
 
     def _cpu_forward(self, x: torch.Tensor, state: State | None,

@@ -21,6 +21,7 @@ from fla.layers import GatedDeltaNet
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
 from hyla.proxy_train.mixers.deltanet import chunk_delta_rule, l2norm
+from hyla.proxy_train.mixers.registry import register_mixer
 
 
 def gdn_log_decay(a: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | None) -> torch.Tensor:
@@ -31,10 +32,10 @@ def gdn_log_decay(a: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | 
     return -A_log.float().exp() * F.softplus(a)
 
 
+@register_mixer("gdn")
 class GatedDeltaNetMixer(FlaMixer, GatedDeltaNet):
     """fla ``GatedDeltaNet`` (same parameters / state_dict) with hyla's forward contract and a CPU path."""
 
-    KIND = "gdn"
     CONV_ORDER = ("q", "k", "v")
 
     def _cpu_forward(self, x: torch.Tensor, state: State | None,

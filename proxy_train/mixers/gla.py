@@ -18,6 +18,7 @@ from fla.layers import GatedLinearAttention
 from fla.modules.activations import ACT2FN
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_gated_linear_attn, rms_norm, rms_norm_gated
+from hyla.proxy_train.mixers.registry import register_mixer
 
 _GATES = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
 
@@ -50,13 +51,13 @@ def _torch_gate(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tenso
     raise NotImplementedError(f"{type(module).__name__}: the CPU path supports output gates {list(_GATES)}")
 
 
+@register_mixer("gla")
 class GLAMixer(FlaMixer, GatedLinearAttention):
     """fla's GatedLinearAttention with hyla's ``forward(x, state, use_cache)`` and a pure-PyTorch CPU path.
 
     State: ``{"recurrent": fp32 [B, H, V, K], "conv_q", "conv_k", "conv_v" (short conv only)}``.
     """
 
-    KIND = "gla"
     CONV_ORDER = ("q", "k", "v")
 
     def _cpu_forward(self, x: torch.Tensor, state: State | None,

@@ -45,11 +45,13 @@ from torch import nn
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
 from hyla.proxy_train.mixers.attention import SoftmaxAttention
+from hyla.proxy_train.mixers.registry import mixer_class, register_mixer
 
 State = dict[str, Any]
 _LIN, _ATTN = "lin.", "attn."
 
 
+@register_mixer("headwise")
 class HeadwiseHybrid(nn.Module):
     """A linear mixer plus a k-head softmax-attention branch, merged by per-branch RMSNorms.
 
@@ -76,8 +78,6 @@ class HeadwiseHybrid(nn.Module):
     @classmethod
     def from_layout(cls, layout: Layout, index: int) -> HeadwiseHybrid:
         """Layer ``index`` of ``layout``, which must be a linear kind with ``attn_heads > 0``."""
-        from hyla.proxy_train.mixers import mixer_class  # the registry imports this module lazily
-
         spec = layout.layers[index]
         if spec.is_attention or spec.attn_heads < 1:
             raise ConfigError(f"layers[{index}]: {spec.to_obj()!r} is not a head-wise layer; expected a linear "

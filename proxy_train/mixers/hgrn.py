@@ -15,15 +15,16 @@ import torch.nn.functional as F
 from fla.layers import HGRNAttention
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_diag_scan, rms_norm_gated
+from hyla.proxy_train.mixers.registry import register_mixer
 
 
+@register_mixer("hgrn")
 class HGRNMixer(FlaMixer, HGRNAttention):
     """fla's HGRNAttention with hyla's ``forward(x, state, use_cache)`` and a pure-PyTorch CPU path.
 
     State: ``{"recurrent": [B, D] model dtype, "conv_i", "conv_f" (short conv only)}``.
     """
 
-    KIND = "hgrn"
     CONV_ORDER = ("i", "f")
 
     def _cpu_forward(self, x: torch.Tensor, state: State | None,

@@ -17,18 +17,19 @@ from fla.layers import HGRN2Attention
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_gated_linear_attn, rms_norm
 from hyla.proxy_train.mixers.gla import split_heads
+from hyla.proxy_train.mixers.registry import register_mixer
 
 #: eps that fla's ``rms_norm_linear`` uses in HGRN2Attention (the layer does not pass ``g_norm.eps``).
 FLA_RMS_NORM_LINEAR_EPS = 1e-5
 
 
+@register_mixer("hgrn2")
 class HGRN2Mixer(FlaMixer, HGRN2Attention):
     """fla's HGRN2Attention with hyla's ``forward(x, state, use_cache)`` and a pure-PyTorch CPU path.
 
     State: ``{"recurrent": fp32 [B, H, V, K], "conv_q", "conv_f", "conv_i" (short conv only)}``.
     """
 
-    KIND = "hgrn2"
     CONV_ORDER = ("q", "f", "i")
 
     def _cpu_forward(self, x: torch.Tensor, state: State | None,

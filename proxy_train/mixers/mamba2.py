@@ -30,6 +30,7 @@ from fla.modules.layernorm_gated import rms_norm_ref
 
 from hyla.config import ConfigError
 from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_length, short_conv, use_fla
+from hyla.proxy_train.mixers.registry import register_mixer
 
 #: Chunk length of the scan: the intra-chunk scores are (C, C) per head.
 SSD_CHUNK = 32
@@ -80,13 +81,13 @@ def _fla_fast_path() -> bool:
     return bool(fla_mamba2.is_fast_path_available)
 
 
+@register_mixer("mamba2")
 class Mamba2Mixer(FlaMixer, Mamba2):
     """fla ``Mamba2`` (same parameters / state_dict) with hyla's forward contract and a device-agnostic path.
 
-    ``from_layout`` is the shared one: ``MixerKind.fla_kwargs`` renames hyla's ``conv_size`` to ``conv_kernel``.
+    ``from_layout`` is the shared one: ``MixerKind.fla_names`` renames hyla's ``conv_size`` to ``conv_kernel``.
     """
 
-    KIND = "mamba2"
     CONV_ORDER = ("xbc",)
 
     @property

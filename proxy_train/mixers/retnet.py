@@ -17,6 +17,7 @@ from fla.layers import MultiScaleRetention
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_gated_linear_attn
 from hyla.proxy_train.mixers.gla import output_gate_norm, split_heads
+from hyla.proxy_train.mixers.registry import register_mixer
 
 #: Longest sequence run through the parallel form (its (T, T) decay mask per head grows quadratically).
 PARALLEL_MAX_T = 512
@@ -60,13 +61,13 @@ def parallel_retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_de
     return (scores @ vf).transpose(1, 2)
 
 
+@register_mixer("retnet")
 class RetNetMixer(FlaMixer, MultiScaleRetention):
     """fla's MultiScaleRetention with hyla's ``forward(x, state, use_cache)`` and a pure-PyTorch CPU path.
 
     State: ``{"recurrent": fp32 [B, H, K, V], "pos": int}`` (plus ``conv_q/k/v`` if built with short convs).
     """
 
-    KIND = "retnet"
     CONV_ORDER = ("q", "k", "v")
     TRACK_POS = True
 

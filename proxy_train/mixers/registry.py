@@ -1,0 +1,61 @@
+"""The mixer registry: each torch mixer class registers itself with ``@register_mixer(name)``.
+
+Keys are ``attn`` (`SoftmaxAttention`), every linear kind of ``hyla.space.mixers.MIXER_KINDS`` and ``headwise``
+(the wrapper of a linear layer with softmax heads). A key's class lives in the module named after it
+(``hyla.proxy_train.mixers.<name>``; ``attn`` in ``attention``), imported on first use, so that importing the
+package does not import fla.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from hyla.space.layout import ATTN
+from hyla.space.mixers import LINEAR_MIXERS
+
+#: registry key of the head-wise hybrid (a linear layer with softmax heads beside it)
+HEADWISE = "headwise"
+#: every key a class may register under: the layer mixers build_mixer accepts, then the head-wise wrapper
+MIXER_NAMES: tuple[str, ...] = (ATTN, *LINEAR_MIXERS)
+_MODULES: dict[str, str] = {ATTN: "attention"}  # keys whose module is not named after them
+_PACKAGE = __name__.rpartition(".")[0]
+_CLASSES: dict[str, type] = {}
+
+C = TypeVar("C", bound=type)
+
+
+def register_mixer(name: str) -> Callable[[C], C]:
+    """Class decorator: register the class as the module of mixer ``name`` and set its ``KIND`` to ``name``."""
+    if name not in (*MIXER_NAMES, HEADWISE):
+        raise ValueError(f"register_mixer: unknown mixer {name!r}; add its MixerKind to hyla.space.mixers first "
+                         f"(known: {', '.join(MIXER_NAMES)}, {HEADWISE})")
+
+    def register(cls: C) -> C:
+        old = _CLASSES.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"register_mixer: {name!r} is already {old.__module__}.{old.__qualname__}; "
+                             f"refusing {cls.__module__}.{cls.__qualname__}")
+        cls.KIND = name
+        _CLASSES[name] = cls
+        return cls
+
+    return register
+
+
+def mixer_module(name: str) -> str:
+    """The module that registers mixer ``name`` (``hyla.proxy_train.mixers.gla`` ...)."""
+    return f"{_PACKAGE}.{_MODULES.get(name, name)}"
+
+
+def mixer_class(name: str) -> type:
+    """The class registered for ``name`` (its module is imported on first use)."""
+    if name not in _CLASSES:
+        if name not in (*MIXER_NAMES, HEADWISE):
+            raise KeyError(f"unknown mixer {name!r}; expected one of {', '.join(MIXER_NAMES)}")
+        importlib.import_module(mixer_module(name))
+        if name not in _CLASSES:
+            raise LookupError(f"{mixer_module(name)} registers no class for {name!r} "
+                              f"(decorate it with @register_mixer({name!r}))")
+    return _CLASSES[name]
