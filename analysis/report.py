@@ -19,11 +19,8 @@ from hyla.config import ConfigError
 from hyla.analysis.pareto import PICKS, pick, pick_description
 from hyla.analysis.significance import front_pair_tests
 from hyla.analysis.study_data import StudyData, TrialRecord
-from hyla.space.layout import Layout, letter_legend
+from hyla.space.layout import Layout, letter_legend, mixer_color
 
-#: Diagram colours: softmax attention stands out (red); linear kinds get calm distinct colours.
-COLORS: dict[str, str] = {"attn": "#d62728", "gla": "#1f77b4", "hgrn": "#9467bd", "hgrn2": "#8c564b",
-                          "retnet": "#7f7f7f", "deltanet": "#2ca02c", "gdn": "#17becf", "mamba2": "#bcbd22"}
 _SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
   const body = th.closest('table').tBodies[0];
@@ -52,7 +49,9 @@ td.sig{color:#070} td.ns{color:#a60}
 
 
 def layer_diagram(layout: Layout, cell: int = 18, height: int = 48) -> str:
-    """Inline SVG: one column per layer; a head-wise layer is split into its heads (softmax heads red)."""
+    """Inline SVG: one column per layer; a head-wise layer is split into its heads (softmax heads red).
+
+    Colours: `hyla.space.layout.mixer_color` (a linear kind's `MixerKind.color`)."""
     parts = []
     for i, spec in enumerate(layout.layers):
         x = i * (cell + 2)
@@ -62,10 +61,10 @@ def layer_diagram(layout: Layout, cell: int = 18, height: int = 48) -> str:
             for k in range(layout.num_heads):
                 kind = "attn" if k < spec.attn_heads else spec.mixer
                 parts.append(f'<rect x="{x}" y="{k * h:.2f}" width="{cell}" height="{h - 1:.2f}" '
-                             f'fill="{COLORS.get(kind, "#999")}"><title>{html.escape(tip)}</title></rect>')
+                             f'fill="{mixer_color(kind)}"><title>{html.escape(tip)}</title></rect>')
         else:
             parts.append(f'<rect x="{x}" y="0" width="{cell}" height="{height}" '
-                         f'fill="{COLORS.get(spec.mixer, "#999")}"><title>{html.escape(tip)}</title></rect>')
+                         f'fill="{mixer_color(spec.mixer)}"><title>{html.escape(tip)}</title></rect>')
         if spec.window is not None:  # a sliding window: mark the softmax part with a hatch line
             parts.append(f'<line x1="{x}" y1="{height + 3}" x2="{x + cell}" y2="{height + 3}" stroke="#000" '
                          'stroke-dasharray="2,2"/>')
@@ -76,7 +75,7 @@ def layer_diagram(layout: Layout, cell: int = 18, height: int = 48) -> str:
 
 
 def _legend(kinds: set[str]) -> str:
-    items = "".join(f'<span><i style="background:{COLORS.get(k, "#999")}"></i>{html.escape(k)}</span>'
+    items = "".join(f'<span><i style="background:{mixer_color(k)}"></i>{html.escape(k)}</span>'
                     for k in sorted(kinds))
     return f'<div class="legend">{items}<span>(split columns: head-wise layers; dashed: sliding window)</span></div>'
 

@@ -12,6 +12,7 @@ from hyla.analysis.plots import pareto_figure, write_html, write_png
 from hyla.analysis.report import layer_diagram, render_report, write_report
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
+from hyla.space.mixers import get_mixer_kind
 from test_analysis_fixtures import LAYOUTS, NOISE_ROWS, build_noise_study, build_study, tiny_layout
 
 NO_CHROMIUM = "no chromium binary (apt-get install chromium); the lead's .ci/run installs it"
@@ -91,6 +92,7 @@ def test_layer_diagram_splits_headwise_layers() -> None:
     svg = layer_diagram(tiny_layout(["gla", "gla+a1@64", "attn"]))
     assert svg.count("<rect") == 1 + 2 + 1  # head-wise layer: one cell per head (num_heads = 2)
     assert svg.count("#d62728") == 2  # one softmax head + one attention layer
+    assert svg.count(get_mixer_kind("gla").color) == 2  # the gla layer + the linear head (colour of its MixerKind)
     assert "stroke-dasharray" in svg  # the window mark
 
 
