@@ -34,26 +34,7 @@ from hyla.analysis.export_weights import (RunWeights, copy_tokenizer, load_run_w
                                           write_fla_model, write_hyla_model)
 from hyla.analysis.study_data import StudyData, TrialRecord
 from hyla.space.layout import Layout
-
-#: hyla mixer kind -> (fla model_type, {hyla option: fla config field}, {option: value fla's model always uses}).
-#: Options in the third map are not config fields of fla's model: the model builds its layer with that value.
-FLA_MODELS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
-    "gla": ("gla", {"num_heads": "num_heads", "expand_k": "expand_k", "expand_v": "expand_v",
-                    "use_short_conv": "use_short_conv", "conv_size": "conv_size"}, {"gate_low_rank_dim": 16}),
-    "hgrn": ("hgrn", {"expand_ratio": "expand_ratio", "use_short_conv": "use_short_conv",
-                      "conv_size": "conv_size"}, {}),
-    "hgrn2": ("hgrn2", {"expand_ratio": "expand_ratio", "use_short_conv": "use_short_conv",
-                        "conv_size": "conv_size"}, {}),
-    "retnet": ("retnet", {"num_heads": "num_heads", "expand_k": "expand_k", "expand_v": "expand_v"}, {}),
-    "deltanet": ("delta_net", {"num_heads": "num_heads", "expand_k": "expand_k", "expand_v": "expand_v",
-                               "use_beta": "use_beta", "use_short_conv": "use_short_conv",
-                               "conv_size": "conv_size"}, {}),
-    "gdn": ("gated_deltanet", {"num_heads": "num_heads", "head_dim": "head_dim", "expand_v": "expand_v",
-                               "use_short_conv": "use_short_conv", "conv_size": "conv_size"}, {}),
-}
-_NO_FLA = {"mamba2": "fla's mamba2 model has no MLP in its blocks and no attention layers, so a hyla block "
-                     "(mixer + SwiGLU) cannot be expressed in it"}
-
+from hyla.space.mixers import get_mixer_kind
 
 #: what an earlier export may have left that a new one must not pair with other files
 _STALE = ("config.json", "generation_config.json", "model.safetensors", "fla_config_unsupported.txt",
@@ -94,14 +75,14 @@ def fla_config(layout: Layout) -> tuple[dict[str, Any] | None, str | None]:
     if len(kinds) > 1:
         why.append(f"mixed linear mixers ({', '.join(kinds)}); an fla model has one linear mixer kind")
     for k in kinds:
-        if k in _NO_FLA:
-            why.append(_NO_FLA[k])
+        if get_mixer_kind(k).fla_model.missing:
+            why.append(get_mixer_kind(k).fla_model.missing)
     if kinds and not why:
         opts = [layout.mixer_options(i) for i, s in enumerate(layout.layers) if s.mixer == kinds[0]]
         if any(o != opts[0] for o in opts):
             why.append(f"the {kinds[0]} layers use different options; an fla config has one set for all layers")
         else:
-            for name, fixed in FLA_MODELS[kinds[0]][2].items():
+            for name, fixed in get_mixer_kind(kinds[0]).fla_model.fixed.items():
                 if opts[0].get(name) != fixed:
                     why.append(f"{kinds[0]} option {name}={opts[0].get(name)} is not a field of fla's config "
                                f"(its model always uses {fixed})")
@@ -113,12 +94,10 @@ def fla_config(layout: Layout) -> tuple[dict[str, Any] | None, str | None]:
     if not kinds:  # pure Transformer
         return {"model_type": "transformer", **common, "num_heads": layout.num_heads,
                 "num_kv_heads": layout.kv_heads, "window_size": None, "rope_theta": layout.rope_theta}, None
-    model_type, fields, _ = FLA_MODELS[kinds[0]]
+    fla = get_mixer_kind(kinds[0]).fla_model  # the kind's fla model: its model_type, config fields, extra entries
     opts = layout.mixer_options(next(i for i, s in enumerate(layout.layers) if s.mixer == kinds[0]))
-    cfg = {"model_type": model_type, **common, **{fields[k]: v for k, v in opts.items() if k in fields}}
-    if kinds[0] in ("hgrn", "hgrn2"):
-        # fla's HGRN models add learned per-layer lower bounds; hyla's blocks have none (same math without them)
-        cfg["use_lower_bound"] = False
+    cfg = {"model_type": fla.model_type, **common, **{fla.fields[k]: v for k, v in opts.items() if k in fla.fields},
+           **fla.extra}
     if layout.attention_layers:
         cfg["attn"] = {"layers": list(layout.attention_layers), "num_heads": layout.num_heads,
                        "num_kv_heads": layout.kv_heads, "window_size": None, "rope_theta": layout.rope_theta,
