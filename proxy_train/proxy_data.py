@@ -15,7 +15,7 @@ from hyla.proxy_train.data import TextConfig, get_tokenizer, load_documents, pac
 from hyla.space.layout import Layout
 
 if TYPE_CHECKING:
-    from hyla.proxy_train.train import ProxyConfig
+    from hyla.proxy_train.proxy_config import ProxyConfig
 
 #: Per-process caches so repeated trials in one worker do not re-read or re-tokenize the corpus.
 _DOCS_CACHE: dict[TextConfig, tuple[list[str], list[str]]] = {}
