@@ -247,6 +247,33 @@ def peak_flops(device_name: str | None) -> float | None:
     return None
 
 
+def recall_tasks(spec: RunSpec, vocab_size: int, tok: Any, haystack: list[str]) -> list[Any]:
+    """The eval recall tasks at every context; raises ConfigError for unknown tasks or contexts they do not fit.
+
+    Used by `train_full` (to refuse a bad spec before any training) and by the workers' final evaluation.
+    """
+    from hyla.proxy_train.tasks.mqar import MQAR
+    from hyla.proxy_train.tasks.ruler import NeedleTask
+
+    tasks = []
+    for mult in spec.eval.recall_multiples:
+        length = spec.seq_len * mult
+        for name in spec.eval.recall_tasks:
+            if name == "mqar":  # Zoology's density: one pair per 16 tokens, at most the 64 keys of task_vocab 128
+                tasks.append(MQAR(vocab_size=vocab_size, seq_len=length, num_kv_pairs=max(1, min(64, length // 16))))
+            elif name.startswith("ruler_"):
+                try:
+                    tasks.append(NeedleTask(tokenizer=tok, haystack_docs=tuple(haystack[:64]), seq_len=length,
+                                            kind=name.removeprefix("ruler_")))
+                except ConfigError as e:
+                    raise ConfigError(f"eval.recall_tasks: {name} at context {length} (seq_len x {mult}): {e}") \
+                        from None
+            else:
+                raise ConfigError(f"eval.recall_tasks: unknown task {name!r}; expected mqar or ruler_<kind> "
+                                  "(single, multikey, multivalue, multiquery)")
+    return tasks
+
+
 def find_latest_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
     """The complete checkpoint with the highest step under ``run_dir`` (any attempt), with its metadata.
 
@@ -309,8 +336,6 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     if tok.vocab_size > layout.vocab_size:
         raise ConfigError(f"tokenizer: {spec.tokenizer!r} has {tok.vocab_size} ids but layout vocab_size is "
                           f"{layout.vocab_size}; use a layout with vocab_size >= {tok.vocab_size}")
-    from hyla.proxy_train.fullscale_loop import recall_tasks
-
     recall_tasks(spec, layout.vocab_size, tok, [])  # bad recall tasks/lengths fail here, before any training
     run_dir = spec.run_dir()
     result_path = run_dir / "result.json"
@@ -330,7 +355,7 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from hyla.proxy_train.fullscale_loop import train_loop_per_worker
+    from hyla.proxy_train.fullscale_loop import train_loop_per_worker  # lazy: torch; the loop imports this module
 
     _init_ray(address, spec.num_workers)
     if latest is not None:

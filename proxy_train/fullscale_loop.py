@@ -22,8 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from hyla.config import ConfigError
-from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops
+from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
 
 
 class ShardStream:
@@ -263,30 +262,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- final evaluation
-
-
-def recall_tasks(spec: RunSpec, vocab_size: int, tok: Any, haystack: list[str]) -> list[Any]:
-    from hyla.proxy_train.tasks.mqar import MQAR
-    from hyla.proxy_train.tasks.ruler import NeedleTask
-
-    """The eval recall tasks at every context; raises ConfigError for unknown tasks or contexts they do not fit."""
-    tasks = []
-    for mult in spec.eval.recall_multiples:
-        length = spec.seq_len * mult
-        for name in spec.eval.recall_tasks:
-            if name == "mqar":  # Zoology's density: one pair per 16 tokens, at most the 64 keys of task_vocab 128
-                tasks.append(MQAR(vocab_size=vocab_size, seq_len=length, num_kv_pairs=max(1, min(64, length // 16))))
-            elif name.startswith("ruler_"):
-                try:
-                    tasks.append(NeedleTask(tokenizer=tok, haystack_docs=tuple(haystack[:64]), seq_len=length,
-                                            kind=name.removeprefix("ruler_")))
-                except ConfigError as e:
-                    raise ConfigError(f"eval.recall_tasks: {name} at context {length} (seq_len x {mult}): {e}") \
-                        from None
-            else:
-                raise ConfigError(f"eval.recall_tasks: unknown task {name!r}; expected mqar or ruler_<kind> "
-                                  "(single, multikey, multivalue, multiquery)")
-    return tasks
 
 
 @torch.no_grad()
