@@ -72,6 +72,35 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
+def search_pareto_html(cfg: Any, console: Any) -> None:
+    """Write ``pareto.html`` into a finished search's run directory (`hyla search run`; hyla.cli hands it over).
+
+    Args:
+        cfg: the search's ``StudyConfig``.
+        console: a rich console for the one-line outcome. Optional: a missing plotting stack or any plotting
+            error is printed as a note, never raised (it must not fail a finished search).
+    """
+    try:
+        from hyla.analysis.plots import pareto_figure, write_html
+        from hyla.analysis.study_data import load_study
+    except ImportError as e:
+        console.print(f"(Pareto HTML skipped: hyla.analysis.plots not available: {e})")
+        return
+    axes = [o for o in ("memory_bytes", "kv_bytes", "params") if o in cfg.objectives][:1]
+    axes += [o for o in ("recall", "lm_loss", "tokens_per_s") if o in cfg.objectives][:1]
+    if len(axes) < 2:
+        axes = list(cfg.objectives[:2])
+    if len(axes) < 2:
+        console.print("(Pareto HTML skipped: it needs two objectives)")
+        return
+    try:
+        data = load_study(cfg.storage_url(), cfg.name)
+        path = write_html(pareto_figure(data, axes=tuple(axes)), cfg.run_path / "pareto.html")
+        console.print(f"Pareto plot: {path}")
+    except Exception as e:  # a plotting problem must not fail a finished search
+        console.print(f"(Pareto HTML skipped: {type(e).__name__}: {e})")
+
+
 def _load(args: argparse.Namespace) -> Any:
     from hyla.analysis.study_data import load_study
 

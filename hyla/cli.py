@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 from hyla.config import ConfigError
 
@@ -22,6 +23,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "analysis": ("hyla.analysis.cli", "Pareto plots, study reports, exported configs, calibration"),
     "train": ("hyla.proxy_train.fullscale_cli", "full-scale (340M / 1.3B) training of a layout on Ray Train"),
 }
+
+
+def _pareto_html(cfg: Any, console: Any) -> None:
+    """`hyla search run`'s Pareto HTML (analysis code).
+
+    Handed to the search command as ``args.pareto_html``: search never imports analysis (the packages import
+    only downwards, tests/test_import_graph.py).
+    """
+    from hyla.analysis.cli import search_pareto_html
+
+    search_pareto_html(cfg, console)
 
 
 def version() -> str:
@@ -46,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # subcommand not built (yet)
         mod.add_parser(sub, name, help_text)
+    parser.set_defaults(pareto_html=_pareto_html)  # every subcommand's args carry it; `search run` calls it
     return parser
 
 

@@ -60,7 +60,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _load(args, n_trials=args.n_trials, seed_grid=args.seed_grid)
     console = _console()
     summary = run_search(cfg, console=console)
-    _report(cfg, summary, console, plot=not args.no_plot)
+    _report(cfg, summary, console)
+    if not args.no_plot:
+        _plot(args, cfg, console)
     return 0
 
 
@@ -82,11 +84,11 @@ def _promote(args: argparse.Namespace) -> int:
         console.print(f"all {len(cfg.rungs)} rung(s) have run; re-checking full-run specs of the last rung")
         nxt = len(cfg.rungs) - 1
     summary = run_search(cfg, rungs=[nxt], console=console)
-    _report(cfg, summary, console, plot=False)
+    _report(cfg, summary, console)
     return 0
 
 
-def _report(cfg: Any, summary: Any, console: Any, plot: bool) -> None:
+def _report(cfg: Any, summary: Any, console: Any) -> None:
     from rich.table import Table
 
     from hyla.search.study import objective_table_rows
@@ -103,8 +105,6 @@ def _report(cfg: Any, summary: Any, console: Any, plot: bool) -> None:
     _print_table(console, table, rows)
     for p in summary.full_run_specs:
         console.print(f"full-run spec: {p}")
-    if plot:
-        _plot(cfg, console)
 
 
 def _print_table(console: Any, table: Any, rows: list[list[str]]) -> None:
@@ -117,27 +117,16 @@ def _print_table(console: Any, table: Any, rows: list[list[str]]) -> None:
         console.print(legend, style="dim", highlight=False, soft_wrap=True)
 
 
-def _plot(cfg: Any, console: Any) -> None:
-    """Pareto HTML via hyla.analysis (optional: skipped with a note when absent or when it fails)."""
-    try:
-        from hyla.analysis.plots import pareto_figure, write_html
-        from hyla.analysis.study_data import load_study
-    except ImportError as e:
-        console.print(f"(Pareto HTML skipped: hyla.analysis.plots not available: {e})")
+def _plot(args: argparse.Namespace, cfg: Any, console: Any) -> None:
+    """Pareto HTML of the study: analysis code, which `hyla` (hyla.cli) hands in as ``args.pareto_html``.
+
+    Search never imports analysis (analysis reads search's storage: tests/test_import_graph.py).
+    """
+    pareto_html = getattr(args, "pareto_html", None)
+    if pareto_html is None:
+        console.print("(Pareto HTML skipped: no plotter; `hyla search run` through the `hyla` command writes it)")
         return
-    axes = [o for o in ("memory_bytes", "kv_bytes", "params") if o in cfg.objectives][:1]
-    axes += [o for o in ("recall", "lm_loss", "tokens_per_s") if o in cfg.objectives][:1]
-    if len(axes) < 2:
-        axes = list(cfg.objectives[:2])
-    if len(axes) < 2:
-        console.print("(Pareto HTML skipped: it needs two objectives)")
-        return
-    try:
-        data = load_study(cfg.storage_url(), cfg.name)
-        path = write_html(pareto_figure(data, axes=tuple(axes)), cfg.run_path / "pareto.html")
-        console.print(f"Pareto plot: {path}")
-    except Exception as e:  # a plotting problem must not fail a finished search
-        console.print(f"(Pareto HTML skipped: {type(e).__name__}: {e})")
+    pareto_html(cfg, console)
 
 
 def _promote_settings(cfg: Any, study: Any, rung: int) -> dict[str, Any]:

@@ -64,3 +64,23 @@ def test_export_pick_says_which_front_the_knee_is_from(journal: Path, tmp_path: 
     assert f"(knee: {desc}) -> " in capsys.readouterr().out.splitlines()[0]
     info = json.loads((tmp_path / "ex" / "trial.json").read_text())
     assert info["pick"] == {"name": "knee", "meaning": desc}
+
+
+def test_search_run_gets_its_pareto_html_from_the_top_level(journal: Path, tmp_path: Path) -> None:
+    """`hyla search run` writes pareto.html with analysis code that hyla.cli hands it (search never imports it)."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from hyla import cli
+
+    args = cli.build_parser().parse_args(["search", "run", "study.yaml"])
+    assert args.pareto_html is cli._pareto_html
+    run = tmp_path / "run"
+    cfg = SimpleNamespace(objectives=["lm_loss", "recall", "memory_bytes"], name="toy", run_path=run,
+                          storage_url=lambda: str(journal))
+    console = Console(file=io.StringIO(), width=200)
+    args.pareto_html(cfg, console)
+    assert (run / "pareto.html").is_file()
+    assert console.file.getvalue().strip() == f"Pareto plot: {run / 'pareto.html'}"
