@@ -219,8 +219,7 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
     soon as all its learning rates are done. Past ``--max-seconds`` no new probe starts."""
     import torch
 
-    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
-    from hyla.proxy_train.recall_probe import best_of_lrs
+    from hyla.proxy_train.probe_runner import ProbeJob, best_of_lrs, run_probes
     from hyla.space.cost import inference_memory
 
     dev = torch.device(args.device)

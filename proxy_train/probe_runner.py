@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
+from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
 
 #: Probes built per round while others train (building one is ~1 s of host work: eager warm-up and capture).
@@ -341,3 +342,42 @@ def _finish(job: ProbeJob, result: dict[str, Any], on_result: Callable[..., None
     bar.update(1)
     if on_result is not None:
         on_result(job, result)
+
+
+def best_of_lrs(runs: list[dict[str, Any]], levels: list[MQAR], wall_s: float) -> dict[str, Any]:
+    """One seed's probe result from its runs at every lr (`run_probes` results): the best score counts."""
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    if not ok:
+        raise torch.OutOfMemoryError(runs[0].get("fail_reason", "out of memory"))
+    best = max(ok, key=lambda r: r["score"])
+    return {"recall": best["score"], "lr": best["lr"],
+            "levels": {g.level: acc for g, acc in zip(levels, best["levels"])},
+            "per_lr": [{k: r[k] for k in ("lr", "score", "steps", "diverged", "curve", "cuda_graph")} for r in ok],
+            "wall_s": wall_s}
+
+
+def run_probe_seeds(layout: Layout, cfg: RecallProbeConfig, seeds: list[int], init_std: float | None,
+                    dev: torch.device, progress: bool = False) -> list[dict[str, Any]]:
+    """The recall probe of ``layout`` for every seed (each the best of ``cfg.lrs``), trained side by side
+    (`hyla.proxy_train.probe_runner.run_probes`).
+
+    Returns:
+        One dict per seed: ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of
+        the best LR), ``lr`` (the best LR), ``per_lr`` (every LR's score, steps run and learning curve) and
+        ``wall_s`` (of the whole call).
+
+    Raises:
+        torch.OutOfMemoryError: a seed whose every lr ran out of memory.
+    """
+    t0 = time.perf_counter()
+    jobs = [ProbeJob(layout, seed, lr) for seed in seeds for lr in cfg.lrs]
+    runs = run_probes(jobs, cfg, dev, init_std, progress)
+    levels = cfg.levels(layout.vocab_size)
+    wall = time.perf_counter() - t0
+    return [best_of_lrs([r for r in runs if r["seed"] == seed], levels, wall) for seed in seeds]
+
+
+def run_probe(layout: Layout, cfg: RecallProbeConfig, seed: int, init_std: float | None, dev: torch.device,
+              progress: bool = False) -> dict[str, Any]:
+    """Train and score the recall probe of ``layout`` for one seed (see `run_probe_seeds`)."""
+    return run_probe_seeds(layout, cfg, [seed], init_std, dev, progress)[0]

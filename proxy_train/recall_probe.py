@@ -25,14 +25,13 @@ parts of that outcome that are not the architecture's, with the levers the field
 
 The model is the layout's own pattern of mixers and attention placement at its depth, optionally narrowed to
 ``width`` (a narrower model is faster and its fixed-size states fill at fewer pairs), so placement stays part of
-what is scored. ``run_probe_seeds`` is called by ``hyla.proxy_train.train.run_proxy`` with all seeds of a trial;
-``hyla.proxy_train.probe_runner.run_probes`` trains them (and each seed's LRs) side by side on one device.
+what is scored. ``hyla.proxy_train.probe_runner`` trains probes side by side on one device (``run_probe_seeds``:
+every seed and LR of a trial, called by ``hyla.proxy_train.train.run_proxy``).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,44 +183,3 @@ def probe_layout(layout: Layout, cfg: RecallProbeConfig) -> Layout:
     mlp = max(8, round(layout.mlp_hidden * cfg.width / layout.d_model / 8) * 8)
     scale = Scale(f"probe{cfg.width}", layout.n_layers, cfg.width, layout.num_heads, mlp, layout.vocab_size)
     return at_scale(layout, scale, name=layout.name)
-
-
-def best_of_lrs(runs: list[dict[str, Any]], levels: list[MQAR], wall_s: float) -> dict[str, Any]:
-    """One seed's probe result from its runs at every lr (`run_probes` results): the best score counts."""
-    ok = [r for r in runs if r.get("status", "ok") == "ok"]
-    if not ok:
-        raise torch.OutOfMemoryError(runs[0].get("fail_reason", "out of memory"))
-    best = max(ok, key=lambda r: r["score"])
-    return {"recall": best["score"], "lr": best["lr"],
-            "levels": {g.level: acc for g, acc in zip(levels, best["levels"])},
-            "per_lr": [{k: r[k] for k in ("lr", "score", "steps", "diverged", "curve", "cuda_graph")} for r in ok],
-            "wall_s": wall_s}
-
-
-def run_probe_seeds(layout: Layout, cfg: RecallProbeConfig, seeds: list[int], init_std: float | None,
-                    dev: torch.device, progress: bool = False) -> list[dict[str, Any]]:
-    """The recall probe of ``layout`` for every seed (each the best of ``cfg.lrs``), trained side by side
-    (`hyla.proxy_train.probe_runner.run_probes`).
-
-    Returns:
-        One dict per seed: ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of
-        the best LR), ``lr`` (the best LR), ``per_lr`` (every LR's score, steps run and learning curve) and
-        ``wall_s`` (of the whole call).
-
-    Raises:
-        torch.OutOfMemoryError: a seed whose every lr ran out of memory.
-    """
-    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
-
-    t0 = time.perf_counter()
-    jobs = [ProbeJob(layout, seed, lr) for seed in seeds for lr in cfg.lrs]
-    runs = run_probes(jobs, cfg, dev, init_std, progress)
-    levels = cfg.levels(layout.vocab_size)
-    wall = time.perf_counter() - t0
-    return [best_of_lrs([r for r in runs if r["seed"] == seed], levels, wall) for seed in seeds]
-
-
-def run_probe(layout: Layout, cfg: RecallProbeConfig, seed: int, init_std: float | None, dev: torch.device,
-              progress: bool = False) -> dict[str, Any]:
-    """Train and score the recall probe of ``layout`` for one seed (see `run_probe_seeds`)."""
-    return run_probe_seeds(layout, cfg, [seed], init_std, dev, progress)[0]

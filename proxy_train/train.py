@@ -198,7 +198,7 @@ def _probe_seeds(layout: Layout, config: ProxyConfig, seeds: list[int], per_seed
                  dev: torch.device, progress: bool) -> None:
     """The recall probe of every seed, trained side by side; fills ``recall``/``recall_tasks``/``probe`` in
     ``per_seed`` (or the first seed's status on a failure)."""
-    from hyla.proxy_train.recall_probe import run_probe_seeds
+    from hyla.proxy_train.probe_runner import run_probe_seeds
 
     try:
         probes = run_probe_seeds(layout, config.recall_probe, seeds, config.init_std, dev, progress)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.probe_runner import LevelPool, ProbeJob, run_probes, schedule
-from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, run_probe, wsd_lr
+from hyla.proxy_train.probe_runner import LevelPool, ProbeJob, run_probe, run_probes, schedule
+from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
 from hyla.proxy_train.train import ProxyConfig, aggregate_seeds, run_proxy
 from hyla.space.layout import Layout
 
