@@ -40,9 +40,23 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_grid import config_key, layout_traits, read_jsonl, spearman  # noqa: E402
-from common import (RESULTS_DIR, Deadline, WorkerPool, add_common_args, check_device, load_layouts, log,  # noqa: E402
-                    machine_info, main_guard, parse_sets, proxy_config, read_json, setup_env, write_json)
+from bench_grid import config_key, layout_traits, read_jsonl, spearman
+from common import (
+    RESULTS_DIR,
+    Deadline,
+    WorkerPool,
+    add_common_args,
+    check_device,
+    load_layouts,
+    log,
+    machine_info,
+    main_guard,
+    parse_sets,
+    proxy_config,
+    read_json,
+    setup_env,
+    write_json,
+)
 
 NAME = "bench_fidelity"
 CALIBRATION = ["transformer"] + [f"{m}-{r}" for m in ("gla", "gdn", "hgrn2") for r in ("pure", "24:1", "6:1", "3:1")] \
@@ -218,7 +232,6 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
     process, side by side on the device (``recall_probe.concurrent`` at a time); a record per (layout, seed) as
     soon as all its learning rates are done. Past ``--max-seconds`` no new probe starts."""
     import torch
-
     from hyla.proxy_train.probe_runner import ProbeJob, best_of_lrs, run_probes
     from hyla.space.cost import inference_memory
 
@@ -236,7 +249,8 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
         t_group = time.time()
 
         def done(pj: Any, result: dict[str, Any], group: list[dict[str, Any]] = group,
-                 pending: dict[int, list[dict[str, Any]]] = pending, probe: Any = probe, t0: float = t_group) -> None:
+                 pending: dict[int, list[dict[str, Any]]] = pending, probe: Any = probe, t0: float = t_group,
+                 cfg: Any = cfg) -> None:
             i = pj.key
             pending[i].append(result)
             if len(pending[i]) < len(probe.lrs):

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, proxy_config,  # noqa: E402
-                    setup_env, write_json)
+from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, proxy_config, setup_env, write_json
 
 LAYOUTS = ["transformer", "gla-pure", "gdn-pure", "hgrn2-pure", "deltanet-pure", "retnet-pure", "hgrn-pure",
            "gla-6:1"]
@@ -32,7 +31,6 @@ def time_call(layouts: list[Any], probe: Any, k: int, device: str) -> dict[str, 
     import dataclasses
 
     import torch
-
     from hyla.proxy_train.probe_runner import ProbeJob, run_probes
 
     dev = torch.device(device)

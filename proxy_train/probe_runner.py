@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextvars
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
+from torch import nn
 
 #: Probes built per round while others train (building one is ~1 s of host work: eager warm-up and capture).
 ADMIT_PER_ROUND = 2
@@ -282,9 +281,8 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     vocab = {j.layout.vocab_size for j in jobs}
     if len(vocab) > 1:
         raise ValueError(f"run_probes: jobs of one call must share a vocab size, got {sorted(vocab)}")
-    from tqdm.auto import tqdm
-
     from hyla.proxy_train.mixers.common import kernel_path, scan_chunk
+    from tqdm.auto import tqdm
 
     pool = LevelPool(cfg, vocab.pop(), dev)
     limit = (cfg.concurrent or len(jobs)) if dev.type == "cuda" else 1

@@ -33,15 +33,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hyla.proxy_train.tasks.mqar import MQAR
+from hyla.space.layout import Layout
 from torch import nn
 
 from hyla.config import ConfigError
-from hyla.proxy_train.tasks.mqar import MQAR
-from hyla.space.layout import Layout
 
 
 @dataclass(frozen=True, kw_only=True)
