@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hyla.config import ConfigError
+from hyla.metrics import human_bytes  # noqa: F401  (re-exported: the one byte formatter lives in hyla.metrics)
 from hyla.space.layout import Layout, LayerSpec
 from hyla.space.mixers import MixerFormula, get_mixer_kind
 
@@ -230,15 +231,6 @@ def flops_per_token(layout: Layout, seq_len: int, chunk: int = CHUNK_SIZE) -> fl
             dense += f.dense_params
             recur += 3 * _linear_mixer_term(f, chunk)
     return 6.0 * dense + 6.0 * layout.vocab_size * d + attn + recur
-
-
-def human_bytes(n: float) -> str:
-    """``98304`` -> ``'96.0 KiB'`` (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def human_count(n: float) -> str:
