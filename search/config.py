@@ -20,16 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
+from hyla.metrics import METRICS
 
-#: objective name -> optimisation direction
-OBJECTIVES: dict[str, str] = {
-    "lm_loss": "minimize",       # held-out LM loss of the proxy
-    "recall": "maximize",        # recall-suite score of the proxy
-    "kv_bytes": "minimize",      # softmax KV cache per sequence at `context`
-    "memory_bytes": "minimize",  # KV + recurrent + conv state per sequence at `context`
-    "params": "minimize",        # total parameters
-    "tokens_per_s": "maximize",  # proxy training throughput
-}
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 FULL_SCALES = ("340m", "1.3b")
 
@@ -103,7 +95,7 @@ class StudyConfig:
             ``hyla_runs/<name>`` in the current directory; relative to the YAML file's directory when given there).
         storage: None = a journal file ``run_dir/study.journal``; else an Optuna RDB URL (sqlite/postgresql/...).
         space: inline SearchSpace mapping or a path to a space YAML.
-        objectives: names from OBJECTIVES, the order of the trial values.
+        objectives: metric names from `hyla.metrics.METRICS`, the order of the trial values.
         context: sequence length at which kv_bytes/memory_bytes are measured.
         sampler, seed: the Optuna sampler of rung 0 (later rungs only replay promoted layouts).
         n_trials: rung-0 trials to finish (completed + failed).
@@ -141,7 +133,11 @@ class StudyConfig:
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return [METRICS[o].direction for o in self.objectives]
+
+    def objective_attrs(self) -> list[dict[str, str]]:
+        """The ``objectives`` study user attr: ``[{"name": ..., "direction": ...}]`` in objective order."""
+        return [{"name": o, "direction": METRICS[o].direction} for o in self.objectives]
 
     def study_name(self, rung: int) -> str:
         return f"{self.name}/rung{rung}"
@@ -207,10 +203,10 @@ def validate(cfg: StudyConfig) -> None:
     if not cfg.name or "/" in cfg.name:
         raise ConfigError(f"{w}: name: {cfg.name!r} must be a non-empty string without '/'")
     if not cfg.objectives:
-        raise ConfigError(f"{w}: objectives: empty; expected a subset of {', '.join(OBJECTIVES)}")
+        raise ConfigError(f"{w}: objectives: empty; expected a subset of {', '.join(METRICS)}")
     for o in cfg.objectives:
-        if o not in OBJECTIVES:
-            raise ConfigError(f"{w}: objectives: unknown objective {o!r}; expected a subset of {', '.join(OBJECTIVES)}")
+        if o not in METRICS:
+            raise ConfigError(f"{w}: objectives: unknown objective {o!r}; expected a subset of {', '.join(METRICS)}")
     if len(set(cfg.objectives)) != len(cfg.objectives):
         raise ConfigError(f"{w}: objectives: {cfg.objectives} lists an objective twice")
     for name, lo in (("context", 1), ("n_trials", 0), ("retries", 0)):

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 
 from hyla.config import ConfigError, dump_yaml
-from hyla.search.config import OBJECTIVES, StudyConfig, check_ray_address
+from hyla.search.config import StudyConfig, check_ray_address
 from hyla.search.storage import open_storage
 
 
@@ -36,7 +36,7 @@ class Prepared:
     def study_attrs(self, rung: int) -> dict[str, Any]:
         """Study user attrs per the storage contract (config, objectives, space_key) plus the rung."""
         return {"config": self.cfg.to_dict(), "space_key": self.space.key(), "rung": rung,
-                "objectives": [{"name": o, "direction": OBJECTIVES[o]} for o in self.cfg.objectives],
+                "objectives": self.cfg.objective_attrs(),
                 "proxy": self.proxies[rung]}
 
     def sampler(self, rung: int) -> optuna.samplers.BaseSampler:
@@ -158,7 +158,7 @@ def _refuse_name_clash(cfg: StudyConfig, storage: Any, space: Any) -> None:
     """An existing study of this name with another space/objectives is refused before study.yaml is rewritten."""
     from hyla.search.storage import check_compatible, existing_study_attrs
 
-    attrs = {"space_key": space.key(), "objectives": [{"name": o, "direction": OBJECTIVES[o]} for o in cfg.objectives]}
+    attrs = {"space_key": space.key(), "objectives": cfg.objective_attrs()}
     for rung in range(len(cfg.rungs)):
         have = existing_study_attrs(storage, cfg.study_name(rung))
         if have is not None:

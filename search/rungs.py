@@ -8,6 +8,9 @@ its own Optuna study and the promotion set of a rung is chosen here from its fin
   so the promoted set spreads along the trade-off instead of clustering.
 - ``topk``: the best ``k`` by one objective.
 
+Exact dominance and the non-dominated sort (`dominates`, `sort_fronts`, `non_dominated_fronts`) are
+`hyla.metrics`' (analysis.pareto uses the same); the noise-aware relation below is built on them.
+
 Feasible trials (all constraint values <= 0) are preferred: infeasible ones are promoted only when there are not
 enough feasible ones, ranked by total constraint violation.
 
@@ -37,72 +40,27 @@ so this is a guard against promoting on noise, not a significance test; raise ``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
 from hyla.config import ConfigError
+from hyla.metrics import better, dominates, non_dominated_fronts, oriented, sort_fronts  # noqa: F401 (re-export)
 
 RULES: tuple[str, ...] = ("pareto", "topk")
-
-
-def _oriented(values: Sequence[float], directions: Sequence[str]) -> tuple[float, ...]:
-    """Values turned into 'smaller is better' so dominance is one comparison."""
-    return tuple(v if d == "minimize" else -v for v, d in zip(values, directions))
-
-
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """True when ``a`` is at least as good as ``b`` in every objective and strictly better in one."""
-    oa, ob = _oriented(a, directions), _oriented(b, directions)
-    return all(x <= y for x, y in zip(oa, ob)) and any(x < y for x, y in zip(oa, ob))
 
 
 def dominates_beyond_noise(a: Sequence[float], b: Sequence[float], sem_a: Sequence[float], sem_b: Sequence[float],
                            directions: Sequence[str], z: float = 2.0) -> bool:
     """True when ``a``'s interval ``v ± z*sem`` is no worse than ``b``'s in every objective, better in one.
 
-    Oriented so that smaller is better: ``hi_a <= lo_b`` everywhere and ``hi_a < lo_b`` somewhere. With all sems 0
-    this is `dominates`.
+    Oriented so that smaller is better: ``hi_a <= lo_b`` everywhere and ``hi_a < lo_b`` somewhere (`hyla.metrics`'
+    `better` on the interval ends). With all sems 0 this is `dominates`.
     """
-    hi_a = [v + z * s for v, s in zip(_oriented(a, directions), sem_a)]
-    lo_b = [v - z * s for v, s in zip(_oriented(b, directions), sem_b)]
-    return all(x <= y for x, y in zip(hi_a, lo_b)) and any(x < y for x, y in zip(hi_a, lo_b))
-
-
-def sort_fronts(n: int, better: Callable[[int, int], bool]) -> list[list[int]]:
-    """Fast non-dominated sort (Deb et al. 2002) of ``n`` items under a strict partial order ``better(i, j)``.
-
-    Returns:
-        Fronts of item indices, best front first; the first front in index order, later ones sorted.
-    """
-    dominated_by: list[list[int]] = [[] for _ in range(n)]
-    counts = [0] * n
-    for i in range(n):
-        for j in range(i + 1, n):
-            if better(i, j):
-                dominated_by[i].append(j)
-                counts[j] += 1
-            elif better(j, i):
-                dominated_by[j].append(i)
-                counts[i] += 1
-    fronts: list[list[int]] = []
-    current = [i for i in range(n) if counts[i] == 0]
-    while current:
-        fronts.append(current)
-        nxt = []
-        for i in current:
-            for j in dominated_by[i]:
-                counts[j] -= 1
-                if counts[j] == 0:
-                    nxt.append(j)
-        current = sorted(nxt)
-    return fronts
-
-
-def non_dominated_fronts(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[list[int]]:
-    """Exact non-dominated fronts of point indices, best front first."""
-    return sort_fronts(len(points), lambda i, j: dominates(points[i], points[j], directions))
+    hi_a = [v + z * s for v, s in zip(oriented(a, directions), sem_a)]
+    lo_b = [v - z * s for v, s in zip(oriented(b, directions), sem_b)]
+    return better(hi_a, lo_b)
 
 
 def noise_fronts(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], directions: Sequence[str],

@@ -24,6 +24,7 @@ import ray
 from optuna.trial import FrozenTrial, TrialState
 
 from hyla.config import ConfigError, dump_yaml
+from hyla.metrics import METRICS, format_value
 from hyla.search.config import StudyConfig
 from hyla.search.rungs import select_promoted
 from hyla.search.prepare import Prepared, prepare
@@ -71,19 +72,22 @@ def counted(trials: list[FrozenTrial]) -> int:
 
 
 def objective_values(prep: Prepared, layout: Any, result: dict[str, Any]) -> list[float]:
-    """Trial values in objective order; memory/params from the exact cost formulas at the study's context."""
+    """Trial values in objective order; exact metrics (memory, params) from the cost formulas at the study's context,
+    the others from the proxy result's field (`hyla.metrics`)."""
     from hyla.space.cost import inference_memory, param_count
 
+    costs: dict[str, Any] = {}
     out: list[float] = []
-    mem = None
     for name in prep.cfg.objectives:
-        if name in ("kv_bytes", "memory_bytes"):
-            mem = mem or inference_memory(layout, prep.cfg.context)
-            v = mem.kv_bytes if name == "kv_bytes" else mem.total_bytes
-        elif name == "params":
-            v = param_count(layout).total
+        metric = METRICS[name]
+        if metric.cost is not None:
+            report, attr = metric.cost
+            if report not in costs:
+                costs[report] = (inference_memory(layout, prep.cfg.context) if report == "memory"
+                                 else param_count(layout))
+            v = getattr(costs[report], attr)
         else:
-            v = result.get({"lm_loss": "lm_val_loss"}.get(name, name))
+            v = result.get(metric.field)
         if v is None or not math.isfinite(float(v)):
             raise ValueError(f"objective {name} is {v!r} in the proxy result")
         out.append(float(v))
@@ -94,13 +98,7 @@ def result_sems(prep: Prepared, result: dict[str, Any]) -> list[float | None]:
     """Standard error of each trial value (objective order): the proxy's seed spread for its measured scores,
     0 for exact costs (memory, params), None where unknown (one seed, throughput)."""
     sem = result.get("sem") or {}
-    out: list[float | None] = []
-    for name in prep.cfg.objectives:
-        if name in ("kv_bytes", "memory_bytes", "params"):
-            out.append(0.0)
-        else:
-            out.append(sem.get({"lm_loss": "lm_val_loss"}.get(name, name)))
-    return out
+    return [0.0 if METRICS[name].exact else sem.get(METRICS[name].field) for name in prep.cfg.objectives]
 
 
 def _recover_stale(study: optuna.Study) -> int:
@@ -372,19 +370,7 @@ def objective_table_rows(trials: list[FrozenTrial], objectives: list[str]) -> li
     for t in sorted(trials, key=lambda t: t.number):
         layout = t.user_attrs.get("layout")
         lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
-        vals = [_fmt(n, v) + (f" ± {s:.2g}" if s > 0 else "")
+        vals = [format_value(n, v) + (f" ± {s:.2g}" if s > 0 else "")
                 for n, v, s in zip(objectives, t.values or [], objective_sems(t))]
         rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), str(n_seeds(t)), *vals])
     return rows
-
-
-def _fmt(name: str, v: float) -> str:
-    if name in ("kv_bytes", "memory_bytes"):
-        for unit in ("B", "KiB", "MiB", "GiB"):
-            if abs(v) < 1024 or unit == "GiB":
-                return f"{v:.1f} {unit}" if unit != "B" else f"{int(v)} B"
-            v /= 1024
-    if name == "params":
-        return f"{v / 1e6:.3f}M"
-    return f"{v:.4g}"
-
