@@ -15,43 +15,28 @@ import math
 from collections.abc import Sequence
 
 from hyla.config import ConfigError
+from hyla.metrics import DIRECTIONS, check_directions, dominates, non_dominated_fronts  # noqa: F401 (re-export)
 from hyla.analysis.study_data import StudyData, TrialRecord
 
 #: Named picks for `pick()` / `hyla analysis export --pick`.
 PICKS: tuple[str, ...] = ("knee", "best-recall", "min-kv", "best-loss")
-DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
 #: Single-metric picks: (metric ranked, tie-break metric).
 _BY_METRIC: dict[str, tuple[str, str]] = {"best-recall": ("recall", "memory_bytes"), "min-kv": ("kv_bytes", "recall"),
                                           "best-loss": ("lm_loss", "memory_bytes")}
 
 
 def _signs(directions: Sequence[str]) -> list[float]:
-    out = []
-    for d in directions:
-        if d not in DIRECTIONS:
-            raise ConfigError(f"direction: {d!r} is not allowed; expected one of {', '.join(DIRECTIONS)}")
-        out.append(1.0 if d == "minimize" else -1.0)
-    return out
-
-
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """True when point ``a`` is at least as good as ``b`` everywhere and strictly better somewhere."""
-    signs = _signs(directions)
-    better = False
-    for x, y, s in zip(a, b, signs):
-        if s * x > s * y:
-            return False
-        if s * x < s * y:
-            better = True
-    return better
+    check_directions(directions)
+    return [1.0 if d == "minimize" else -1.0 for d in directions]
 
 
 def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
-    """Indices of the non-dominated points (duplicates of a front point are all kept), in input order."""
+    """Indices of the non-dominated points (duplicates of a front point are all kept), in input order: the first
+    front of `hyla.metrics.non_dominated_fronts` (the same dominance the search's rungs use)."""
     if any(len(p) != len(directions) for p in points):
         raise ConfigError(f"pareto: every point needs {len(directions)} values (one per direction)")
-    return [i for i, p in enumerate(points)
-            if not any(dominates(q, p, directions) for j, q in enumerate(points) if j != i)]
+    fronts = non_dominated_fronts(points, directions)
+    return fronts[0] if fronts else []
 
 
 def knee_index(points: Sequence[Sequence[float]], directions: Sequence[str], method: str = "utopia") -> int:

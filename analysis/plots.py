@@ -25,16 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError
+from hyla.metrics import METRICS
 from hyla.analysis.pareto import non_dominated, pick, pick_description
 from hyla.analysis.study_data import StudyData, TrialRecord
 
 #: The three standard views: recall vs memory is the headline trade-off.
 STANDARD_VIEWS: tuple[tuple[str, str], ...] = (("memory_bytes", "recall"), ("memory_bytes", "lm_loss"),
                                                ("lm_loss", "recall"))
-_LABELS = {"lm_loss": "LM val loss", "recall": "recall (mean accuracy over levels)", "kv_bytes": "KV cache bytes / seq",
-           "memory_bytes": "KV + state bytes / seq", "params": "parameters", "tokens_per_s": "tokens / s"}
 _BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-headless-shell", "/usr/bin/chromium-browser",
              "/usr/bin/google-chrome")
+
+
+def _label(name: str) -> str:
+    """Axis label of a metric (`hyla.metrics`); an unregistered name is its own label."""
+    m = METRICS.get(name)
+    return m.label if m is not None else name
 
 
 def _go() -> Any:
@@ -186,7 +191,7 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
             t.visible = i == 0
             fig.add_trace(t)
         per_rung.append((rung, len(traces), failed))
-    base = title or f"{data.name}: " + " vs ".join(_LABELS.get(a, a) for a in reversed(axes[:2]))
+    base = title or f"{data.name}: " + " vs ".join(_label(a) for a in reversed(axes[:2]))
 
     def head(rung: int, failed: int) -> str:
         note = noise_note([r for r in data.select(rung=rung) if r.complete], axes, z)
@@ -202,9 +207,9 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
         fig.update_layout(scene={"xaxis_title": axes[0] + arrow[axes[0]], "yaxis_title": axes[1] + arrow[axes[1]],
                                  "zaxis_title": axes[2] + arrow[axes[2]]})
     else:
-        fig.update_xaxes(title=_LABELS.get(axes[0], axes[0]) + arrow[axes[0]])
-        fig.update_yaxes(title=_LABELS.get(axes[1], axes[1]) + arrow[axes[1]])
-        if axes[0].endswith("bytes") or axes[0] == "params":
+        fig.update_xaxes(title=_label(axes[0]) + arrow[axes[0]])
+        fig.update_yaxes(title=_label(axes[1]) + arrow[axes[1]])
+        if axes[0] in METRICS and METRICS[axes[0]].unit in ("bytes", "params"):
             fig.update_xaxes(type="log")  # memory spans orders of magnitude (KV grows with context)
     if len(rungs) > 1:
         total = sum(n for _, n, _ in per_rung)

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from hyla.config import ConfigError
+from hyla.metrics import format_value
 from hyla.analysis.pareto import PICKS, pick, pick_description
 from hyla.analysis.significance import front_pair_tests
 from hyla.analysis.study_data import StudyData, TrialRecord
@@ -80,23 +81,10 @@ def _legend(kinds: set[str]) -> str:
     return f'<div class="legend">{items}<span>(split columns: head-wise layers; dashed: sliding window)</span></div>'
 
 
-def _fmt(name: str, v: float | None) -> str:
-    if v is None:
-        return ""
-    if name.endswith("bytes"):
-        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if abs(v) < 1024 or unit == "TiB":
-                return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-            v /= 1024
-    if name == "params":
-        return f"{v / 1e6:.3f}M"
-    return f"{v:.4g}"
-
-
 def _mean_sem(t: TrialRecord, m: str) -> str:
     """``mean ± sem`` when the metric has a spread over seeds, else the mean alone."""
     v, s = t.metric(m), t.sem(m)
-    return _fmt(m, v) + (f" ± {s:.2g}" if v is not None and s else "")
+    return format_value(m, v) + (f" ± {s:.2g}" if v is not None and s else "")
 
 
 def _trial_table(data: StudyData) -> str:
@@ -172,7 +160,7 @@ def _best_layouts(data: StudyData) -> str:
         assert t.layout is not None
         kinds |= {s.mixer for s in t.layout.layers} | ({"attn"} if any(s.attn_heads for s in t.layout.layers)
                                                        else set())
-        vals = ", ".join(f"{m} {_fmt(m, t.metric(m))}" for m in data.metric_names() if t.metric(m) is not None)
+        vals = ", ".join(f"{m} {format_value(m, t.metric(m))}" for m in data.metric_names() if t.metric(m) is not None)
         out.append(f'<div class="diagram"><b>{how}</b>: trial {t.number} (rung {t.rung}) '
                    f"<code>{html.escape(t.layout_string)}</code>{' — ' + html.escape(t.preset) if t.preset else ''}"
                    f"<br><small>{html.escape(pick_description(data, how))}: {html.escape(vals)}</small><br>"

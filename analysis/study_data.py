@@ -21,20 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError, load_yaml
+from hyla.metrics import METRICS, is_exact, result_field
 from hyla.space.layout import Layout
 
-#: Known metrics: objective name -> (key in the ProxyResult dict, direction). Objectives in a study override
-#: the direction; these defaults let plots/picks use metrics that were not objectives of the study.
-METRICS: dict[str, tuple[str, str]] = {
-    "lm_loss": ("lm_val_loss", "minimize"),
-    "recall": ("recall", "maximize"),
-    "kv_bytes": ("kv_bytes", "minimize"),
-    "memory_bytes": ("state_bytes", "minimize"),
-    "params": ("params", "minimize"),
-    "tokens_per_s": ("tokens_per_s", "maximize"),
-}
-#: Metrics computed exactly from the layout (no seed noise): their sem is 0.
-DETERMINISTIC: tuple[str, ...] = ("memory_bytes", "kv_bytes", "params")
 _RUNG_RE = re.compile(r"^(?P<base>.+)/rung(?P<rung>\d+)$")
 
 
@@ -83,11 +72,11 @@ class TrialRecord:
         0.0 for exact metrics (memory, KV bytes, params); else the trial's ``objective_sem``, the result's
         ``sem``, or one computed from ``seed_values`` (>= 2 seeds); None when unknown (one seed, old studies).
         """
-        if name in DETERMINISTIC:
+        if is_exact(name):
             return 0.0
         if self.objective_sem.get(name) is not None:
             return self.objective_sem[name]
-        key = METRICS.get(name, (name, ""))[0]
+        key = result_field(name)
         sems = self.result.get("sem")
         if isinstance(sems, dict):
             v = _number(sems.get(key, sems.get(name)))
@@ -102,7 +91,7 @@ class TrialRecord:
         """One value per seed (the result's ``seed_values``); a single-seed trial gives ``[metric]`` or ``[]``."""
         per_seed = self.result.get("seed_values")
         if isinstance(per_seed, dict):
-            key = METRICS.get(name, (name, ""))[0]
+            key = result_field(name)
             raw = per_seed.get(key, per_seed.get(name))
             if isinstance(raw, list) and raw:
                 vals = [_number(v) for v in raw]
@@ -115,7 +104,7 @@ class TrialRecord:
         """An objective value by name; falls back to the recorded ProxyResult for non-objective metrics."""
         if name in self.values:
             return self.values[name]
-        key = METRICS.get(name, (name, ""))[0]
+        key = result_field(name)
         return _number(self.result.get(key, self.result.get(name)))
 
 
@@ -146,12 +135,12 @@ class StudyData:
         return sorted({t.rung for t in self.trials})
 
     def direction(self, metric: str) -> str:
-        """Direction of a metric: the study's objective direction, else hyla's default for that metric."""
+        """Direction of a metric: the study's objective direction, else the registry's (`hyla.metrics`)."""
         for o in self.objectives:
             if o.name == metric:
                 return o.direction
         if metric in METRICS:
-            return METRICS[metric][1]
+            return METRICS[metric].direction
         raise ConfigError(f"objective {metric!r}: unknown; allowed: {', '.join(self.metric_names())}")
 
     def metric_names(self) -> list[str]:
