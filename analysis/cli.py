@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError
+from hyla.metrics import COST_AXES, SCORE_AXES
 
 _STUDY_HELP = "storage URL, journal file, run directory or study YAML"
 
@@ -86,8 +87,8 @@ def search_pareto_html(cfg: Any, console: Any) -> None:
     except ImportError as e:
         console.print(f"(Pareto HTML skipped: hyla.analysis.plots not available: {e})")
         return
-    axes = [o for o in ("memory_bytes", "kv_bytes", "params") if o in cfg.objectives][:1]
-    axes += [o for o in ("recall", "lm_loss", "tokens_per_s") if o in cfg.objectives][:1]
+    axes = [o for o in COST_AXES if o in cfg.objectives][:1]
+    axes += [o for o in SCORE_AXES if o in cfg.objectives][:1]
     if len(axes) < 2:
         axes = list(cfg.objectives[:2])
     if len(axes) < 2:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from hyla.analysis.pareto import front_records
 from hyla.analysis.study_data import StudyData, TrialRecord
 from hyla.config import ConfigError
+from hyla.metrics import COST_AXES
 
-#: Cost axes a front is walked along, in order of preference.
-X_AXES: tuple[str, ...] = ("memory_bytes", "kv_bytes", "params")
+#: Cost axes a front is walked along, in order of preference (the registry's exact costs).
+X_AXES: tuple[str, ...] = COST_AXES
 
 
 @dataclass(frozen=True)

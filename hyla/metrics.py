@@ -96,6 +96,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("tokens_per_s", "maximize", "tokens / s", "tokens/s", "tokens_per_s", number,
            description="proxy training throughput"),
 )}
+#: preferred plot axes: x = the first exact cost a study has, y = the first proxy score
+COST_AXES: tuple[str, ...] = ("memory_bytes", "kv_bytes", "params")
+SCORE_AXES: tuple[str, ...] = ("recall", "lm_loss", "tokens_per_s")
 
 
 def get_metric(name: str, where: str = "metric") -> Metric:
