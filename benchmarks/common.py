@@ -5,15 +5,14 @@ The GPU machine has no Ray, so these scripts drive ``run_proxy`` in long-lived w
 one shared result queue. A worker imports torch/fla once and then runs any number of proxy trials, which is the
 whole point: Triton compiles and autotunes a kernel once per process, so only the first trial of a worker pays it.
 
-Time to the first completed step is measured on the real ``run_proxy``: it has no step callback, but its loop calls
-the module-level ``lr_at(step, cfg)`` once per parameter group at the start of every step, right after the
-previous step's ``float(loss)`` (which synchronises the GPU). `StepProbe` wraps that function and records the
-wall time of the first call for each step, so ``times[1]`` is the end of step 0 and ``times[k]`` the end of
-step ``k - 1``. If ``lr_at`` ever disappears the probe records nothing and the scripts say so (no made-up numbers).
+Time to the first completed step is measured on the real ``run_proxy`` through its ``on_step`` callback, called
+as every step begins, right after the previous step's ``float(loss)`` (which synchronises the GPU). `StepProbe`
+records the wall time of each step's first call, so ``times[1]`` is the end of step 0 and ``times[k]`` the end of
+step ``k - 1``.
 
-Start barrier. A job submitted with ``sync=True`` stops at its first ``lr_at`` call (data and model built, no step
-run yet), reports ``at_start`` and waits for `WorkerPool.release`: runs meant to share a device (packing) then
-begin their step 0 together, however long each took to set up.
+Start barrier. A job submitted with ``sync=True`` stops at its first ``on_step`` call (data and model built, no
+step run yet), reports ``at_start`` and waits for `WorkerPool.release`: runs meant to share a device (packing)
+then begin their step 0 together, however long each took to set up.
 
 Call `setup_env` before anything imports triton or fla (it sets the compile caches the workers share).
 """
@@ -178,36 +177,16 @@ def load_layouts(names: list[str], scale: str) -> list[Any]:
 # ------------------------------------------------------------------------------------------------ worker side
 
 class StepProbe:
-    """Records the wall time at which each training step of ``run_proxy`` begins (see the module docstring)."""
+    """Records the wall time at which each training step of ``run_proxy`` begins: pass it as ``on_step``."""
 
     def __init__(self, before_first_step: Any = None) -> None:
         self.times: dict[int, float] = {}
-        self._orig: Any = None
-        self.active = False
         self.before_first_step = before_first_step  # called once, before step 0 is timed (the start barrier)
 
-    def __enter__(self) -> StepProbe:
-        import hyla.proxy_train.train as train
-
-        self._orig = getattr(train, "lr_at", None)
-        if self._orig is None:
-            return self
-        orig, times = self._orig, self.times
-
-        def lr_at(step: int, cfg: Any) -> float:
-            if not times and self.before_first_step is not None:
-                self.before_first_step()
-            times.setdefault(int(step), time.time())  # first param group only
-            return orig(step, cfg)
-
-        train.lr_at = lr_at
-        self.active = True
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._orig is not None:
-            import hyla.proxy_train.train as train
-            train.lr_at = self._orig
+    def __call__(self, step: int) -> None:
+        if not self.times and self.before_first_step is not None:
+            self.before_first_step()
+        self.times.setdefault(int(step), time.time())  # the first seed's steps
 
     def step_starts(self) -> list[float]:
         """Start times of steps 0, 1, 2, ... (only the contiguous prefix that was recorded)."""
@@ -229,13 +208,13 @@ def run_job(job: dict[str, Any], before_first_step: Any = None) -> dict[str, Any
     t_recv = time.time()
     layout = Layout.from_dict(job["layout"])
     config = ProxyConfig.from_dict(job["config"])
-    with StepProbe(before_first_step) as probe:
-        result = run_proxy(layout, config, out_dir=job.get("out_dir"), progress=False, device=job["device"],
-                           overwrite=bool(job.get("out_dir")))
+    probe = StepProbe(before_first_step)
+    result = run_proxy(layout, config, out_dir=job.get("out_dir"), progress=False, device=job["device"],
+                       overwrite=bool(job.get("out_dir")), on_step=probe)
     t_end = time.time()
     starts = probe.step_starts()
     return {"id": job["id"], "result": result.to_dict(), "t_submit": job["t_submit"], "t_recv": t_recv,
-            "t_end": t_end, "step_starts": starts, "probe": probe.active,
+            "t_end": t_end, "step_starts": starts, "probe": bool(starts),
             "t_first_step": starts[1] if len(starts) > 1 else None, "pid": os.getpid()}
 
 

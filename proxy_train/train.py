@@ -27,6 +27,7 @@ import math
 import statistics
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def _peak_mem(device: torch.device) -> int:
 
 
 def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = None, progress: bool = True,
-              device: str | None = None, overwrite: bool = False) -> ProxyResult:
+              device: str | None = None, overwrite: bool = False,
+              on_step: Callable[[int], None] | None = None) -> ProxyResult:
     """Train ``layout`` under ``config`` and score it.
 
     Args:
@@ -84,6 +86,8 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
         progress: show a progress bar.
         device: overrides ``config.device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
         overwrite: allow replacing an existing finished result in ``out_dir``.
+        on_step: called with the step index as each LM training step begins (its batch drawn; the previous
+            step's loss already read back, which synchronises the device), for every seed; for timing.
 
     Returns:
         The `ProxyResult`; divergence, OOM and runtime failures are statuses, not exceptions.
@@ -117,7 +121,7 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
     per_seed = []
     for i, seed in enumerate(seeds):
         cfg = dataclasses.replace(config, seed=seed)
-        fields_ = _train_seed(layout, cfg, dev, data if i == 0 else prepare_data(layout, cfg), progress)
+        fields_ = _train_seed(layout, cfg, dev, data if i == 0 else prepare_data(layout, cfg), progress, on_step)
         per_seed.append(fields_)
         if fields_["status"] != "ok":
             break  # a failed seed fails the trial; the seeds before it are kept in seed_values
@@ -176,12 +180,12 @@ def _release(dev: torch.device) -> None:
 
 
 def _train_seed(layout: Layout, cfg: ProxyConfig, dev: torch.device, data: ProxyData,
-                progress: bool) -> dict[str, Any]:
+                progress: bool, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """One seed's LM run (nothing when ``train_lm`` is off)."""
     fields_: dict[str, Any] = {"status": "ok"}
     try:
         if cfg.train_lm:
-            loop = _Loop(layout, cfg, dev, data, progress)
+            loop = _Loop(layout, cfg, dev, data, progress, on_step)
             try:
                 fields_ = loop.run()
             finally:
@@ -215,8 +219,9 @@ class _Loop:
     """The training/evaluation loop state (kept in an object so OOM handling can drop every tensor)."""
 
     def __init__(self, layout: Layout, cfg: ProxyConfig, dev: torch.device, data: ProxyData,
-                 progress: bool) -> None:
+                 progress: bool, on_step: Callable[[int], None] | None = None) -> None:
         self.layout, self.cfg, self.dev, self.data, self.progress = layout, cfg, dev, data, progress
+        self.on_step = on_step
         self.model: Any = None
         self.fwd: Any = None
         self.opt: torch.optim.Optimizer | None = None
@@ -251,6 +256,8 @@ class _Loop:
             lm_x, lm_y, rc_x, rc_y = self.data.train_batch(step, with_recall)
             x = torch.cat([lm_x, rc_x]) if rc_x is not None else lm_x
             x = x.to(dev, non_blocking=True)
+            if self.on_step is not None:
+                self.on_step(step)
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             with self.autocast:

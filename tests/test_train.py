@@ -51,7 +51,9 @@ def test_tiny_run_ok_with_all_fields(layout, tmp_path) -> None:
 
 
 def test_same_seed_same_loss(layout) -> None:
-    a, b = (run_proxy(layout, _cfg(steps=3), progress=False) for _ in range(2))
+    seen: list[int] = []
+    a, b = (run_proxy(layout, _cfg(steps=3), progress=False, on_step=seen.append) for _ in range(2))
+    assert seen == [0, 1, 2, 0, 1, 2]  # on_step: every step as it begins, run after run
     c = run_proxy(layout, _cfg(steps=3, seed=1), progress=False)
     assert a.train_loss == b.train_loss and a.lm_val_loss == b.lm_val_loss and a.recall == b.recall
     assert c.train_loss != a.train_loss
