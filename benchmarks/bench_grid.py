@@ -73,29 +73,14 @@ def layout_traits(layout: Any) -> dict[str, Any]:
             "n_layers": layout.n_layers}
 
 
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):  # ties share their average rank
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman's rho (Pearson on average ranks); None for fewer than 3 points or a constant side."""
-    if len(xs) != len(ys) or len(xs) < 3:
+    """Spearman's rho (``scipy.stats.spearmanr``: Pearson on average ranks, as ``hyla analysis calibrate``); None
+    for fewer than 3 points or a constant side."""
+    if len(xs) != len(ys) or len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
-    rx, ry = _ranks(list(xs)), _ranks(list(ys))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return None if vx == 0 or vy == 0 else cov / math.sqrt(vx * vy)
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(xs, ys).statistic)
 
 
 def _mean(xs: list[float]) -> float | None:
