@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
+from hyla.proxy_train.tasks.common import position_accuracy
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
 from torch import nn
@@ -89,14 +90,12 @@ def schedule(cfg: RecallProbeConfig, n_levels: int, rows: int, seed: int, steps:
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> torch.Tensor:
-    """Per-example share of answers right (the position accuracy of ``tasks.common``), on the device."""
+    """Per-example share of answers right (`tasks.common.position_accuracy`), on the device."""
     out = []
     for s in range(0, x.shape[0], EVAL_ROWS):
         with autocast:
             pred = model(x[s:s + EVAL_ROWS])[0].argmax(-1)
-        t = y[s:s + EVAL_ROWS]
-        mask = t != -100
-        out.append(((pred == t) & mask).sum(-1).float() / mask.sum(-1).clamp(min=1).float())
+        out.append(position_accuracy(pred, y[s:s + EVAL_ROWS]))
     return torch.cat(out)
 
 
@@ -215,7 +214,7 @@ class _Run:
     def score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Accuracy per level (mean over that level's examples), on the device."""
         self.model.eval()
-        acc = _accuracy(self.model, x, y, self.autocast).view(len(self.pool.levels), -1).mean(1)
+        acc = _accuracy(self.model, x, y, self.autocast).view(len(self.pool.levels), -1).nanmean(1)
         self.model.train()
         return acc
 
