@@ -63,6 +63,7 @@ def main() -> int:
     env = setup_env()
     import dataclasses
 
+    from hyla.config import from_mapping
     from hyla.proxy_train.recall_probe import RecallProbeConfig
 
     base = proxy_config(args.proxy).recall_probe
@@ -72,7 +73,7 @@ def main() -> int:
     variants = [v.partition(":") for v in args.variant] or [("default", ":", "")]
     for name, _, sets in variants:
         fields = {**dataclasses.asdict(base), **parse_sets([kv for kv in sets.split(";") if kv]), "steps": args.steps}
-        probe = RecallProbeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        probe = from_mapping(RecallProbeConfig, fields, "bench_probe_speed --variant")
         time_call(layouts[:1], dataclasses.replace(probe, steps=5), 1, args.device)  # imports, allocator
         for k in args.concurrent:
             row = {"variant": name, "probe": {k2: v for k2, v in fields.items() if v != getattr(base, k2, None)},
