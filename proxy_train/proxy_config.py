@@ -41,7 +41,8 @@ Presets (``ProxyConfig.load("tiny")``):
   stop; 16 probes side by side per GPU), not rows mixed into the LM run: mixed recall at this scale left the
   Transformer on the plateau (H100 paper grid, ``benchmarks/grid_proxy.yaml``: 0.065 after 450 steps) while
   DeltaNet, with its short convolution, solved it. What the H200 showed (``benchmarks/results/probe_h200/``): at
-  width 64 and lr 1e-3 no layout solved even 2 pairs in 600 steps; lr 3e-3 or width 128 took the Transformer to
+  width 64 and lr 1e-3 no layout solved even 2 pairs in 600 steps (2 seeds of 13 layouts, 1 of 3); in one-seed
+  ablations lr 3e-3 or width 128 took the Transformer to
   0.999 in 400 steps, and pure DeltaNet solved every level at width 128, lr 3e-3 in 1100 steps, while GLA/GDN 3:1
   hybrids and pure GDN stayed at chance after 1200 steps at lr 3e-3. Hence width 128, two LRs and 1500 steps;
   this recipe as a whole has not been calibrated yet (README, "GPU notes").
