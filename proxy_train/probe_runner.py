@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
+from hyla.proxy_train.replicas import ReplicaStack, replica_losses
 from hyla.proxy_train.tasks.common import position_accuracy
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
@@ -89,58 +89,46 @@ def schedule(cfg: RecallProbeConfig, n_levels: int, rows: int, seed: int, steps:
     return level * rows + rng.integers(0, rows, (steps, cfg.batch_size))
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> torch.Tensor:
-    """Per-example share of answers right (`tasks.common.position_accuracy`), on the device."""
-    out = []
-    for s in range(0, x.shape[0], EVAL_ROWS):
-        with autocast:
-            pred = model(x[s:s + EVAL_ROWS])[0].argmax(-1)
-        out.append(position_accuracy(pred, y[s:s + EVAL_ROWS]))
-    return torch.cat(out)
+class _Stack:
+    """The probes of one layout in flight, stacked into one model (`ReplicaStack`): their tables, stream and
+    (on CUDA) captured step. Replica r is ``jobs[r]``: its seed's initialisation and rows, its lr schedule."""
 
-
-class _Run:
-    """One probe in flight: its model, optimizer, tables, stream and (on CUDA) captured step."""
-
-    def __init__(self, job: ProbeJob, cfg: RecallProbeConfig, pool: LevelPool, init_std: float | None,
+    def __init__(self, jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, pool: LevelPool, init_std: float | None,
                  dev: torch.device) -> None:
-        from hyla.proxy_train.model import HylaLM  # the mixers import fla: only where a model is built
-
-        self.job, self.cfg, self.pool, self.dev = job, cfg, pool, dev
+        self.jobs, self.cfg, self.pool, self.dev = list(jobs), cfg, pool, dev
         self.t0 = time.perf_counter()
         self.total = cfg.steps
-        lay = probe_layout(job.layout, cfg)
-        torch.manual_seed(job.seed)  # the same initialisation for every lr of a seed
-        model = HylaLM(lay)
+        lay = probe_layout(jobs[0].layout, cfg)
         std = init_std if init_std is not None else 0.02 * (1024 / lay.d_model) ** 0.5
-        model.reset_parameters(std=std)
-        groups = model.param_groups(cfg.weight_decay)
-        if cfg.prev_token:
+
+        def add_prev_token(model: nn.Module) -> None:
             prev = _PrevTokenEmbedding(lay.vocab_size, lay.d_model, std)
             model.add_module("prev_token_embedding", prev)
             model.embeddings.register_forward_hook(prev.hook)
-            groups[0]["params"].append(prev.weight)
-        self.model = model.to(dev).train()
+
         cuda = dev.type == "cuda"
+        self.model = ReplicaStack(lay, [j.seed for j in jobs], std, cfg.weight_decay, dev,
+                                  [add_prev_token] if cfg.prev_token else [],
+                                  vectorise=not cuda or cfg.kernels == "torch")
         self.graphed = cuda and cfg.cuda_graph and cfg.kernels == "torch"
         self.stream = torch.cuda.Stream(dev) if cuda else None
-        self.rows = torch.as_tensor(schedule(cfg, len(pool.levels), pool.rows, job.seed, self.total), device=dev)
-        self.lrs = [wsd_lr(s, self.total, job.lr, cfg.warmup, cfg.decay_fraction, 0.1) for s in range(self.total)]
-        self.lr_table = torch.tensor(self.lrs, device=dev)
-        self.lr = torch.tensor(self.lrs[0], device=dev)
+        n = len(jobs)
+        rows = np.stack([schedule(cfg, len(pool.levels), pool.rows, j.seed, self.total) for j in jobs], 1)
+        self.rows = torch.as_tensor(rows, device=dev)  # (steps, R, batch)
+        lrs = [[wsd_lr(s, self.total, j.lr, cfg.warmup, cfg.decay_fraction, 0.1) for j in jobs]
+               for s in range(self.total)]
+        self.lr_table = torch.tensor(lrs, device=dev)  # (steps, R)
         self.step_t = torch.zeros(1, dtype=torch.long, device=dev)
-        self.opt = torch.optim.AdamW(groups, lr=self.lr if self.graphed else self.lrs[0], betas=(0.9, 0.98),
-                                     capturable=self.graphed, foreach=cuda)
-        if self.graphed:
-            for g in self.opt.param_groups:  # one lr tensor, written inside the graph, read by every group
-                g["lr"] = self.lr
+        self.active = torch.ones(n, device=dev)  # 0 once a replica is solved or diverged: its lr is 0 from then
+        self.stop_step = torch.full((n,), self.total, dtype=torch.long, device=dev)
+        self.diverged = torch.zeros(n, dtype=torch.bool, device=dev)
         self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.loss: torch.Tensor | None = None
+        self.loss = torch.zeros(n, device=dev)
         self.steps = 0  # steps enqueued
-        self.checks: deque[tuple[int, torch.Tensor, Any]] = deque()  # (step, per-example accuracy, event)
-        self.curve: list[list[float]] = []
-        self.stopped = self.diverged = False
+        self.checks: deque[tuple[int, torch.Tensor, Any]] = deque()  # (step, host copy of the check, event)
+        self.curves: list[list[list[float]]] = [[] for _ in jobs]
+        self.stopped = False  # every replica solved or diverged (as read by the host)
         with self._on_stream():
             if self.graphed:
                 self._capture()
@@ -149,89 +137,103 @@ class _Run:
         return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
 
     def _step(self, capturing: bool = False) -> torch.Tensor:
-        """One training step, all on the device: gather the step's rows, set its lr, forward, backward, AdamW."""
-        idx = self.rows.index_select(0, self.step_t).squeeze(0)
-        x, y = self.pool.x.index_select(0, idx), self.pool.y.index_select(0, idx)
-        if self.graphed:
-            self.lr.copy_(self.lr_table.index_select(0, self.step_t).squeeze(0))
-        ac = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda",
-                            cache_enabled=not capturing)
-        with ac:
-            logits = self.model(x)[0]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=self.dev.type == "cuda")
-        self.opt.step()
+        """One training step of every replica, all on the device: gather rows, lrs, forward, backward, AdamW."""
+        n, batch = len(self.jobs), self.cfg.batch_size
+        idx = self.rows.index_select(0, self.step_t).flatten()
+        x = self.pool.x.index_select(0, idx).view(n, batch, -1)
+        y = self.pool.y.index_select(0, idx).view(n, batch, -1)
+        lr = self.lr_table.index_select(0, self.step_t).squeeze(0) * self.active
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda",
+                            cache_enabled=not capturing):
+            logits = self.model(x)
+        losses = replica_losses(logits, y)
+        losses.sum().backward()
+        self.model.clip_and_step(lr)
         self.step_t.add_(1)
-        return loss.detach()
+        return losses.detach()
 
     def _capture(self) -> None:
-        """Warm up on this probe's stream, then capture one step. The warm-up steps train on the first rows at
+        """Warm up on this stack's stream, then capture one step. The warm-up steps train on the first rows at
         warm-up lrs; their updates are kept (3 of the ``steps`` already run) and the step counter goes on."""
         self.stream.wait_stream(torch.cuda.current_stream(self.dev))
-        for _ in range(3):
-            self.opt.zero_grad(set_to_none=True)
+        for _ in range(min(3, self.total - 1)):
+            self.model.zero_grad()
             self.loss = self._step()
             self.steps += 1
-        self.opt.zero_grad(set_to_none=True)
+        self.model.zero_grad()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, stream=self.stream):
                 self.loss = self._step(capturing=True)
         except Exception:  # noqa: BLE001 - a mixer with a host sync cannot be captured: stay eager
             self.graphed = False
-            self.opt.zero_grad(set_to_none=True)
-            for g in self.opt.param_groups:
-                g["lr"] = float(self.lr)
+            self.model.zero_grad()
             return
         # capture ran nothing, but the counter's add_ did not run either: the next replay is step `steps`
         self.graph = graph
 
     def advance(self, n: int) -> None:
-        """Enqueue up to ``n`` more steps, then (if steps remain) an accuracy check on the probe's stream."""
+        """Enqueue up to ``n`` more steps, then (if steps remain) a check on the stack's stream."""
         n = min(n, self.total - self.steps)
         with self._on_stream():
             for _ in range(n):
                 if self.graph is not None:
                     self.graph.replay()
                 else:
-                    if not self.graphed:
-                        for g in self.opt.param_groups:
-                            g["lr"] = self.lrs[self.steps]
-                    self.opt.zero_grad(set_to_none=True)
+                    self.model.zero_grad()
                     self.loss = self._step()
                 self.steps += 1
             if self.steps < self.total and self.cfg.eval_every:
-                acc = self.score(self.pool.check_x, self.pool.check_y)
-                loss = self.loss.reshape(1).float() if self.loss is not None else torch.zeros(1, device=self.dev)
-                host = torch.cat([acc, loss]).to("cpu", non_blocking=True)
-                event = torch.cuda.Event() if self.stream is not None else None
-                if event is not None:
-                    event.record(self.stream)
-                self.checks.append((self.steps, host, event))
+                self.checks.append(self._check())
+
+    def _check(self) -> tuple[int, torch.Tensor, Any]:
+        """Score the check examples and stop, on the device, every replica that solved every level (once all
+        levels are admitted) or whose loss is not finite: its lr is 0 from the next step on, so where it stops
+        depends on its own run only. Returns the step, a host copy (accuracies, activity before and after) and
+        an event marking when the copy is ready."""
+        acc = self.score(self.pool.check_x, self.pool.check_y)  # (R, levels)
+        ramp = max(1, round(self.cfg.curriculum * self.total))
+        admitted = not self.cfg.curriculum or self.steps >= ramp
+        bad = ~torch.isfinite(self.loss)
+        done = (bad | (acc.min(1).values >= self.cfg.stop_at)) if admitted else bad
+        was = self.active.clone()
+        newly = done & (was > 0)
+        self.stop_step.masked_fill_(newly, self.steps)
+        self.diverged.logical_or_(bad & (was > 0))
+        self.active.masked_fill_(newly, 0.0)
+        host = torch.cat([acc.flatten(), was, self.active]).to("cpu", non_blocking=True)
+        event = None
+        if self.stream is not None:
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return self.steps, host, event
 
     @torch.no_grad()
     def score(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Accuracy per level (mean over that level's examples), on the device."""
-        self.model.eval()
-        acc = _accuracy(self.model, x, y, self.autocast).view(len(self.pool.levels), -1).nanmean(1)
-        self.model.train()
-        return acc
+        """Accuracy per replica and level, ``(R, levels)`` (mean over the level's examples), on the device."""
+        self.model.train(False)
+        n, out = len(self.jobs), []
+        rows = max(8, EVAL_ROWS // n)
+        for s in range(0, x.shape[0], rows):
+            with self.autocast:
+                pred = self.model(x[s:s + rows].unsqueeze(0).expand(n, -1, -1)).argmax(-1)
+            out.append(position_accuracy(pred, y[s:s + rows]))
+        self.model.train(True)
+        return torch.cat(out, 1).view(n, len(self.pool.levels), -1).nanmean(2)
 
     def read_checks(self, keep: int) -> None:
-        """Read finished checks, oldest first, until at most ``keep`` are in flight; stop on success/divergence."""
+        """Read finished checks, oldest first, until at most ``keep`` are in flight; note when all have stopped."""
+        n, n_levels = len(self.jobs), len(self.pool.levels)
         while len(self.checks) > keep or (self.checks and self._ready(self.checks[0][2])):
             step, host, event = self.checks.popleft()
             if event is not None:
                 event.synchronize()
-            accs, loss = host[:-1].tolist(), float(host[-1])
-            if not np.isfinite(loss):
-                self.diverged = self.stopped = True
-                return
-            self.curve.append([step, sum(accs) / len(accs)])
-            ramp = max(1, round(self.cfg.curriculum * self.total))
-            all_admitted = not self.cfg.curriculum or step >= ramp
-            if all_admitted and min(accs) >= self.cfg.stop_at:
+            acc = host[:n * n_levels].view(n, n_levels).mean(1).tolist()
+            was, now = host[n * n_levels:n * n_levels + n].tolist(), host[n * n_levels + n:]
+            for r in range(n):
+                if was[r]:
+                    self.curves[r].append([step, acc[r]])
+            if not bool(now.any()):
                 self.stopped = True
                 return
 
@@ -239,19 +241,22 @@ class _Run:
     def _ready(event: Any) -> bool:
         return event is None or event.query()
 
-    def result(self) -> dict[str, Any]:
-        """Final score on the held-out examples of every level (synchronises this probe's stream)."""
-        n_levels = len(self.pool.levels)
+    def results(self) -> list[dict[str, Any]]:
+        """Final scores on the held-out examples of every level (synchronises this stack's stream)."""
         with self._on_stream():
-            if self.diverged or (self.loss is not None and not bool(torch.isfinite(self.loss))):
-                accs, self.diverged = [0.0] * n_levels, True
-            else:
-                accs = self.score(self.pool.eval_x.flatten(0, 1), self.pool.eval_y.flatten(0, 1)).tolist()
-        score = sum(accs) / n_levels
-        self.curve.append([self.steps, score])
-        return {"lr": self.job.lr, "seed": self.job.seed, "score": score, "levels": accs, "steps": self.steps,
-                "diverged": self.diverged, "curve": self.curve, "cuda_graph": self.graph is not None,
-                "wall_s": time.perf_counter() - self.t0}
+            self.diverged.logical_or_(~torch.isfinite(self.loss) & (self.active > 0))
+            accs = self.score(self.pool.eval_x.flatten(0, 1), self.pool.eval_y.flatten(0, 1)).tolist()
+            steps = torch.minimum(self.stop_step, torch.tensor(self.steps, device=self.dev)).tolist()
+            diverged = self.diverged.tolist()
+        out = []
+        for r, job in enumerate(self.jobs):
+            levels = [0.0] * len(accs[r]) if diverged[r] else accs[r]
+            score = sum(levels) / len(levels)
+            out.append({"lr": job.lr, "seed": job.seed, "score": score, "levels": levels, "steps": steps[r],
+                        "diverged": diverged[r], "curve": [*self.curves[r], [steps[r], score]],
+                        "cuda_graph": self.graph is not None, "stacked": len(self.jobs),
+                        "wall_s": time.perf_counter() - self.t0})
+        return out
 
 
 def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.device, init_std: float | None = None,
@@ -284,55 +289,68 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     from tqdm.auto import tqdm
 
     pool = LevelPool(cfg, vocab.pop(), dev)
-    limit = (cfg.concurrent or len(jobs)) if dev.type == "cuda" else 1
+    cuda = dev.type == "cuda"
+    limit = (cfg.concurrent or len(jobs)) if cuda else 1
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    queue = deque(range(len(jobs)))
-    active: dict[int, _Run] = {}
+    queue = deque(_stacks(jobs, limit if cuda and cfg.kernels == "torch" else 1 if cuda else len(jobs)))
+    active: list[tuple[list[int], _Stack]] = []
     chunk = cfg.eval_every or cfg.steps
     bar = tqdm(total=len(jobs), disable=not progress, desc="recall probes", leave=False)
-    with kernel_path(cfg.kernels) if dev.type == "cuda" else nullcontext(), scan_chunk(cfg.scan_chunk):
-        threads = ThreadPoolExecutor(max_workers=min(limit, 16)) if dev.type == "cuda" else None
+    with kernel_path(cfg.kernels) if cuda else nullcontext(), scan_chunk(cfg.scan_chunk):
+        threads = ThreadPoolExecutor(max_workers=min(limit, 16)) if cuda else None
         while queue or active:
             if stop is not None and queue and stop():
                 queue.clear()
-            admitted = 0  # a few per round, so the probes already running train while the next ones build
-            while queue and len(active) < limit and (admitted < ADMIT_PER_ROUND or not active):
-                i = queue.popleft()
+            admitted = 0  # a few per round, so the stacks already running train while the next ones build
+            while queue and (admitted < ADMIT_PER_ROUND or not active) and (
+                    not active or sum(len(ix) for ix, _ in active) + len(queue[0]) <= limit):
+                ix = queue.popleft()
                 admitted += 1
                 try:
-                    active[i] = _Run(jobs[i], cfg, pool, init_std, dev)
+                    active.append((ix, _Stack([jobs[i] for i in ix], cfg, pool, init_std, dev)))
                 except torch.OutOfMemoryError as e:
-                    if active:  # the device is full: wait for a probe to finish, then retry this one
-                        queue.appendleft(i)
-                        limit = len(active)
+                    if active:  # the device is full: wait for a stack to finish, then retry this one
+                        queue.appendleft(ix)
+                        limit = sum(len(a) for a, _ in active)
                         break
-                    results[i] = {"lr": jobs[i].lr, "seed": jobs[i].seed, "status": "oom", "score": None,
-                                  "fail_reason": str(e).splitlines()[0][:300] if str(e) else "out of memory"}
-                    _finish(jobs[i], results[i], on_result, bar)
-            runs = list(active.values())
+                    for i in ix:
+                        results[i] = {"lr": jobs[i].lr, "seed": jobs[i].seed, "status": "oom", "score": None,
+                                      "fail_reason": str(e).splitlines()[0][:300] if str(e) else "out of memory"}
+                        _finish(jobs[i], results[i], on_result, bar)
+            stacks = [st for _, st in active]
             if threads is None:
-                for run in runs:
-                    _round(run, chunk)
-            else:  # graph launches release the GIL: one host thread per probe keeps every stream fed
-                contexts = [contextvars.copy_context() for _ in runs]  # kernel_path/scan_chunk for each thread
-                list(threads.map(lambda c, r: c.run(_round, r, chunk), contexts, runs))
-            for i in [i for i, r in active.items() if r.stopped or r.steps >= r.total]:
-                run = active.pop(i)
-                run.read_checks(keep=0)
-                results[i] = {"status": "ok", **run.result()}
-                _finish(jobs[i], results[i], on_result, bar)
-                del run
+                for st in stacks:
+                    _round(st, chunk)
+            else:  # graph launches release the GIL: one host thread per stack keeps every stream fed
+                contexts = [contextvars.copy_context() for _ in stacks]  # kernel_path/scan_chunk for each thread
+                list(threads.map(lambda c, st: c.run(_round, st, chunk), contexts, stacks))
+            for entry in [e for e in active if e[1].stopped or e[1].steps >= e[1].total]:
+                active.remove(entry)
+                ix, st = entry
+                st.read_checks(keep=0)
+                for i, res in zip(ix, st.results()):
+                    results[i] = {"status": "ok", **res}
+                    _finish(jobs[i], results[i], on_result, bar)
+                del st, entry
         if threads is not None:
             threads.shutdown()
     bar.close()
     return results
 
 
-def _round(run: _Run, chunk: int) -> None:
-    """Read the probe's previous check (one may stay in flight), then enqueue its next ``chunk`` steps."""
-    run.read_checks(keep=1)
-    if not run.stopped:
-        run.advance(chunk)
+def _stacks(jobs: Sequence[ProbeJob], size: int) -> list[list[int]]:
+    """Job indices grouped into stacks of at most ``size``: jobs of one layout (any seed or lr) share a stack."""
+    by_layout: dict[Layout, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_layout.setdefault(job.layout, []).append(i)
+    return [ix[s:s + size] for ix in by_layout.values() for s in range(0, len(ix), max(1, size))]
+
+
+def _round(stack: _Stack, chunk: int) -> None:
+    """Read the stack's previous check (one may stay in flight), then enqueue its next ``chunk`` steps."""
+    stack.read_checks(keep=1)
+    if not stack.stopped:
+        stack.advance(chunk)
 
 
 def _finish(job: ProbeJob, result: dict[str, Any], on_result: Callable[..., None] | None, bar: Any) -> None:

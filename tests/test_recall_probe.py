@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hyla.config import ConfigError
 from hyla.proxy_train.probe_runner import LevelPool, ProbeJob, run_probe, run_probes, schedule
@@ -138,7 +139,68 @@ def test_probe_stops_once_every_level_is_solved(monkeypatch: pytest.MonkeyPatch)
     """The first check with every level at ``stop_at`` (and all levels admitted) ends the probe early."""
     from hyla.proxy_train import probe_runner
 
-    monkeypatch.setattr(probe_runner._Run, "score", lambda self, x, y: torch.ones(len(self.pool.levels)))
+    monkeypatch.setattr(probe_runner._Stack, "score", lambda self, x, y: torch.ones(len(self.jobs), len(self.pool.levels)))
     cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
     r = run_probes([ProbeJob(_layout(), 0, 1e-3)], cfg, torch.device("cpu"), 0.1)[0]
     assert r["steps"] == 5 and r["curve"][0] == [5, 1.0] and r["score"] == 1.0
+
+
+def test_stacked_probes_equal_probes_alone() -> None:
+    """Seeds and lrs of one layout train as one stacked model; each replica's result is its lone run's."""
+    cfg = RecallProbeConfig(**{**PROBE, "steps": 5, "eval_every": 2, "pool_rows": 32})
+    cpu = torch.device("cpu")
+    jobs = [ProbeJob(_layout(), 0, 1e-3), ProbeJob(_layout(), 1, 3e-3), ProbeJob(_layout(), 0, 3e-3)]
+    together = run_probes(jobs, cfg, cpu, 0.1)
+    assert [r["stacked"] for r in together] == [3, 3, 3]
+    for job, stacked in zip(jobs, together):
+        alone = run_probes([job], cfg, cpu, 0.1)[0]
+        assert alone["stacked"] == 1 and alone["steps"] == stacked["steps"]
+        assert stacked["levels"] == pytest.approx(alone["levels"], abs=1e-6)
+        assert [c[0] for c in stacked["curve"]] == [c[0] for c in alone["curve"]]
+
+
+def test_replica_adamw_matches_torch_adamw() -> None:
+    """The stacked optimizer (per-replica clipping and lr) takes torch.optim.AdamW's steps, replica by replica.
+    (No attention layer: the stack's math-path attention and a lone model's flash path differ in the last bits,
+    which Adam's normalisation can amplify for gradients near zero.)"""
+    from hyla.proxy_train.model import HylaLM
+    from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+
+    lay, cpu = _layout(("gla", "gla")), torch.device("cpu")
+    stack = ReplicaStack(lay, [3, 4], 0.1, 0.1, cpu)
+    lrs = torch.tensor([1e-2, 3e-2])
+    x = torch.randint(0, lay.vocab_size, (2, 2, 8))
+    y = torch.randint(0, lay.vocab_size, (2, 2, 8))
+    for _ in range(3):
+        stack.zero_grad()
+        replica_losses(stack(x), y).sum().backward()
+        stack.clip_and_step(lrs, max_norm=0.5)
+    for r, seed in enumerate([3, 4]):
+        torch.manual_seed(seed)
+        model = HylaLM(lay)
+        model.reset_parameters(std=0.1)
+        opt = torch.optim.AdamW(model.param_groups(0.1), lr=float(lrs[r]), betas=(0.9, 0.98), eps=1e-8)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x[r])[0].flatten(0, 1), y[r].flatten()).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(stack.params[name][r], p, rtol=1e-4, atol=1e-5)  # 0.1 % of one step at lr 1e-2
+
+
+def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Early stopping is per replica: the solved one keeps its weights from the check on, the other trains on."""
+    from hyla.proxy_train import probe_runner
+
+    def score(self: probe_runner._Stack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros(len(self.jobs), len(self.pool.levels))
+        acc[0] = 1.0
+        return acc
+
+    monkeypatch.setattr(probe_runner._Stack, "score", score)
+    cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
+    jobs = [ProbeJob(_layout(), 0, 1e-3), ProbeJob(_layout(), 1, 1e-3)]
+    solved, other = run_probes(jobs, cfg, torch.device("cpu"), 0.1)
+    assert solved["steps"] == 5 and solved["score"] == 1.0 and len(solved["curve"]) == 2
+    assert other["steps"] == 20 and [c[0] for c in other["curve"]] == [5, 10, 15, 20]

@@ -1,0 +1,136 @@
+"""Several copies of one small model trained as one: parameters stacked on a leading replica axis, one
+vectorised (``torch.func.vmap``) forward and backward, and AdamW with a learning rate per replica.
+
+Why: a recall probe is a 24-layer model of width ~128 on short sequences, so its step is thousands of tiny
+kernels and the GPU waits on launches, not on arithmetic. Stacking R probes of one layout (its seeds and
+learning rates) turns every kernel into one kernel over R times the data, so R probes cost about what one costs.
+Each replica stays an independent model: its own initialisation (its seed), its own batches, its own gradient
+clipping and its own learning rate; nothing but the kernels is shared.
+
+The optimizer is written here (about twenty lines of ``torch._foreach_*``) because ``torch.optim.AdamW`` takes
+one learning rate per parameter group, not one per slice of a tensor. It follows ``torch.optim.AdamW``
+(decoupled weight decay, bias correction) and keeps every quantity on the device, so a step can be captured in
+a CUDA graph. A replica whose learning rate is 0 (stopped or diverged) no longer moves.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hyla.space.layout import Layout
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+class ReplicaStack:
+    """R replicas of ``layout``, replica r initialised from ``seeds[r]`` exactly as a lone model would be.
+
+    Args:
+        layout: the model each replica is (built with ``HylaLM``).
+        seeds: one seed per replica (``torch.manual_seed`` before building it; equal seeds give equal models).
+        init_std: Linear/Embedding initialisation std (``HylaLM.reset_parameters``).
+        weight_decay: AdamW decay of matrices (never norms, biases, gates or fla's no-decay parameters).
+        dev: device.
+        extra: ``(name, build)`` pairs: ``build(model)`` adds a probe-only module to each freshly built replica
+            (e.g. the recall probe's previous-token embedding); its parameters are stacked and trained too.
+        vectorise: stack through ``vmap``; False requires R = 1 (for fla's Triton kernels, which have no
+            batching rule).
+    """
+
+    def __init__(self, layout: Layout, seeds: Sequence[int], init_std: float, weight_decay: float,
+                 dev: torch.device, extra: Sequence[Any] = (), vectorise: bool = True) -> None:
+        from hyla.proxy_train.model import HylaLM  # the mixers import fla: only where a model is built
+
+        if not vectorise and len(seeds) != 1:
+            raise ValueError(f"ReplicaStack: {len(seeds)} replicas need vectorise=True")
+        models = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = HylaLM(layout)
+            model.reset_parameters(std=init_std)
+            for build in extra:
+                build(model)
+            models.append(model.to(dev))
+        self.n, self.dev, self.vectorise = len(seeds), dev, vectorise
+        names = [n for n, p in models[0].named_parameters() if p.requires_grad]
+        params, buffers = stack_module_state(models)
+        self.params: dict[str, torch.Tensor] = {n: params[n] for n in names}
+        self.buffers: dict[str, torch.Tensor] = buffers
+        self.model: nn.Module = copy.deepcopy(models[0]).to("meta")  # the structure; weights come from params
+        lone = dict(models[0].named_parameters())
+        self.decay = [lone[n].dim() >= 2 and not getattr(lone[n], "_no_weight_decay", False) for n in self.params]
+        self.weight_decay = weight_decay
+        self.exp_avg = [torch.zeros_like(p) for p in self.params.values()]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params.values()]
+        self.step_count = torch.zeros((), device=dev)
+        # one (R, 1, ..., 1) view per parameter shape rank, to broadcast per-replica scalars
+        self._ranks = [p.dim() for p in self.params.values()]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The stacked parameters, ``(R, *shape)`` each."""
+        return list(self.params.values())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(R, B, T)`` token ids -> ``(R, B, T, vocab)`` logits, replica r on ``x[r]``."""
+        def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.model, (params, buffers), (ids,))[0]
+
+        if not self.vectorise:
+            lone = ({n: p[0] for n, p in self.params.items()}, {n: b[0] for n, b in self.buffers.items()})
+            return functional_call(self.model, lone, (x[0],))[0].unsqueeze(0)
+        # PyTorch's CPU flash attention has no vmap batching rule (vmap would loop over replicas): use the math path
+        backend = sdpa_kernel(SDPBackend.MATH) if self.dev.type == "cpu" else nullcontext()
+        with backend:
+            return vmap(one)(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def _per_replica(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """``(R,)`` -> one view per parameter that broadcasts over it."""
+        return [values.view(self.n, *([1] * (rank - 1))) for rank in self._ranks]
+
+    @torch.no_grad()
+    def clip_and_step(self, lr: torch.Tensor, max_norm: float = 1.0, betas: tuple[float, float] = (0.9, 0.98),
+                      eps: float = 1e-8) -> None:
+        """Clip each replica's gradient to ``max_norm`` (its own global norm), then one AdamW step with
+        learning rate ``lr[r]`` for replica r (``lr``: ``(R,)`` on the device). Gradients are left in place."""
+        params = self.parameters()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        norms = torch.cat([g.reshape(self.n, -1).float() for g in grads], 1).norm(dim=1)
+        torch._foreach_mul_(grads, self._per_replica((max_norm / (norms + 1e-6)).clamp(max=1.0).to(grads[0].dtype)))
+        b1, b2 = betas
+        self.step_count.add_(1)
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - b1)
+        torch._foreach_mul_(self.exp_avg_sq, b2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - b2)
+        bias1 = 1 - b1 ** self.step_count
+        bias2_sqrt = (1 - b2 ** self.step_count).sqrt()
+        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, eps)
+        update = torch._foreach_div(self.exp_avg, denom)
+        torch._foreach_mul_(update, self._per_replica(lr / bias1))
+        if self.weight_decay:
+            decayed = [p for p, d in zip(params, self.decay) if d]
+            keep = 1 - lr * self.weight_decay
+            torch._foreach_mul_(decayed, [k for k, d in zip(self._per_replica(keep), self.decay) if d])
+        torch._foreach_sub_(params, update)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+
+def replica_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per replica over the targets that are not -100: ``(R, B, T, V)``, ``(R, B, T)`` ->
+    ``(R,)``. Their sum's gradient is each replica's own loss gradient."""
+    ce = F.cross_entropy(logits.float().flatten(0, 2), targets.flatten(), ignore_index=-100, reduction="none")
+    counted = (targets != -100).flatten(1).sum(1).clamp(min=1)
+    return ce.view(targets.shape[0], -1).sum(1) / counted
