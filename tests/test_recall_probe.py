@@ -161,8 +161,8 @@ def test_stacked_probes_equal_probes_alone() -> None:
 
 def test_replica_adamw_matches_torch_adamw() -> None:
     """The stacked optimizer (per-replica clipping and lr) takes torch.optim.AdamW's steps, replica by replica.
-    (No attention layer: the stack's math-path attention and a lone model's flash path differ in the last bits,
-    which Adam's normalisation can amplify for gradients near zero.)"""
+    The vectorised forward differs from a lone model's in the last bits, which Adam's normalisation amplifies
+    where a gradient is near 0: eps 1e-3 keeps every update a smooth function of the gradient."""
     from hyla.proxy_train.model import HylaLM
     from hyla.proxy_train.replicas import ReplicaStack, replica_losses
 
@@ -174,19 +174,19 @@ def test_replica_adamw_matches_torch_adamw() -> None:
     for _ in range(3):
         stack.zero_grad()
         replica_losses(stack(x), y).sum().backward()
-        stack.clip_and_step(lrs, max_norm=0.5)
+        stack.clip_and_step(lrs, max_norm=0.5, eps=1e-3)
     for r, seed in enumerate([3, 4]):
         torch.manual_seed(seed)
         model = HylaLM(lay)
         model.reset_parameters(std=0.1)
-        opt = torch.optim.AdamW(model.param_groups(0.1), lr=float(lrs[r]), betas=(0.9, 0.98), eps=1e-8)
+        opt = torch.optim.AdamW(model.param_groups(0.1), lr=float(lrs[r]), betas=(0.9, 0.98), eps=1e-3)
         for _ in range(3):
             opt.zero_grad()
             F.cross_entropy(model(x[r])[0].flatten(0, 1), y[r].flatten()).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
             opt.step()
         for name, p in model.named_parameters():
-            torch.testing.assert_close(stack.params[name][r], p, rtol=1e-4, atol=1e-5)  # 0.1 % of one step at lr 1e-2
+            torch.testing.assert_close(stack.params[name][r], p, rtol=1e-4, atol=1e-5)  # a wrong step would be ~1e-3 off
 
 
 def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
