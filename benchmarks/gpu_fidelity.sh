@@ -26,5 +26,19 @@ shift
 cd /tmp  # the repo root's hyla/ would shadow the installed package
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee "$OUT/nvidia_smi.txt"
 set +e
+if [ -n "${PROBE_SPEED:-}" ]; then  # e.g. PROBE_SPEED="--layouts gdn-3:1 --concurrent 1 6 12 --steps 60"
+  python3 - <<'PY' 2>&1 | tee "$OUT/vmap_check.log"
+import torch, warnings
+torch._C._functorch._set_vmap_fallback_warning_enabled(True)
+q = torch.randn(6, 4, 2, 128, 32, device="cuda", dtype=torch.bfloat16)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    torch.func.vmap(lambda a: torch.nn.functional.scaled_dot_product_attention(a, a, a, is_causal=True))(q)
+print("sdpa under vmap on cuda: fallback warnings:", [str(x.message)[:100] for x in w])
+PY
+  # shellcheck disable=SC2086
+  python3 "$REPO/benchmarks/bench_probe_speed.py" $PROBE_SPEED --out "$OUT/bench_probe_speed.json" 2>&1 \
+    | tee "$OUT/bench_probe_speed.log"
+fi
 python3 "$REPO/benchmarks/bench_fidelity.py" --max-seconds "$cap" "$@" 2>&1 | tee "$OUT/bench_fidelity.log"
 echo "bench_fidelity exit ${PIPESTATUS[0]}"
