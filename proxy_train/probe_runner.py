@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextvars
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +122,8 @@ class _Stack:
         self.active = torch.ones(n, device=dev)  # 0 once a replica is solved or diverged: its lr is 0 from then
         self.stop_step = torch.full((n,), self.total, dtype=torch.long, device=dev)
         self.diverged = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda)
+        self.bf16 = cuda and cfg.bf16
+        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss = torch.zeros(n, device=dev)
         self.steps = 0  # steps enqueued
@@ -143,8 +144,7 @@ class _Stack:
         x = self.pool.x.index_select(0, idx).view(n, batch, -1)
         y = self.pool.y.index_select(0, idx).view(n, batch, -1)
         lr = self.lr_table.index_select(0, self.step_t).squeeze(0) * self.active
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda",
-                            cache_enabled=not capturing):
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=not capturing):
             logits = self.model(x)
         losses = replica_losses(logits, y)
         losses.sum().backward()
@@ -296,7 +296,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     active: list[tuple[list[int], _Stack]] = []
     chunk = cfg.eval_every or cfg.steps
     bar = tqdm(total=len(jobs), disable=not progress, desc="recall probes", leave=False)
-    with kernel_path(cfg.kernels) if cuda else nullcontext(), scan_chunk(cfg.scan_chunk):
+    with kernel_path(cfg.kernels) if cuda else nullcontext(), scan_chunk(cfg.scan_chunk), _tf32():
         threads = ThreadPoolExecutor(max_workers=min(limit, 16)) if cuda else None
         while queue or active:
             if stop is not None and queue and stop():
@@ -336,6 +336,17 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
             threads.shutdown()
     bar.close()
     return results
+
+
+@contextmanager
+def _tf32() -> Iterator[None]:
+    """TF32 matmuls where a probe runs in fp32 (``bf16: false``); the caller's setting is restored."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _stacks(jobs: Sequence[ProbeJob], size: int) -> list[list[int]]:

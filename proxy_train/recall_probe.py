@@ -76,6 +76,7 @@ class RecallProbeConfig:
         pool_seed: seed of those examples and of the held-out examples (the same exam for every layout and seed).
         scan_chunk: chunk length of the PyTorch scans (``mixers.common.scan_chunk``); None = each scan's
             default. Longer chunks: fewer, larger kernels, more memory per probe.
+        bf16: on CUDA, bf16 autocast; false = fp32 with TF32 matmuls (no casts: fewer kernels per step).
     """
 
     seq_len: int = 256
@@ -99,6 +100,7 @@ class RecallProbeConfig:
     pool_rows: int = 16384
     pool_seed: int = 0
     scan_chunk: int | None = None
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         w = "recall_probe"
