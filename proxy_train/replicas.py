@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -84,9 +83,10 @@ class ReplicaStack:
         if not self.vectorise:
             lone = ({n: p[0] for n, p in self.params.items()}, {n: b[0] for n, b in self.buffers.items()})
             return functional_call(self.model, lone, (x[0],))[0].unsqueeze(0)
-        # PyTorch's CPU flash attention has no vmap batching rule (vmap would loop over replicas): use the math path
-        backend = sdpa_kernel(SDPBackend.MATH) if self.dev.type == "cpu" else nullcontext()
-        with backend:
+        # Under vmap: CPU flash attention has no batching rule (it would loop over replicas), and CUDA's
+        # memory-efficient kernel (fp32) fails its backward's alignment check; flash (bf16) or math work.
+        backends = [SDPBackend.MATH] if self.dev.type == "cpu" else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+        with sdpa_kernel(backends):
             return vmap(one)(self.params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
