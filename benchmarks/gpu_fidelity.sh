@@ -23,6 +23,11 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --
 rm -rf "$REPO/build"
 cap=$1
 shift
+args=()
+for a in "$@"; do  # paths relative to the repo (e.g. --proxy benchmarks/fidelity_gpu.yaml) survive the cd below
+  if [ -e "$REPO/$a" ]; then args+=("$REPO/$a"); else args+=("$a"); fi
+done
+set -- "${args[@]}"
 cd /tmp  # the repo root's hyla/ would shadow the installed package
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv | tee "$OUT/nvidia_smi.txt"
 set +e

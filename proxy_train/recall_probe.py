@@ -70,8 +70,9 @@ class RecallProbeConfig:
             per-kernel launch cost. Falls back to eager steps if capture fails.
         width: train the layout's pattern at this d_model (`probe_layout`: mixers, attention placement and
             head shares kept, depth kept); None = the layout's own width.
-        concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe_runner``; each on
-            its own stream); 0 = all probes of a call. CPU runs them one after another.
+        concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe_runner``: the
+            seeds and lrs of one layout as one stacked model, each stack on its own stream); 0 = all probes of a
+            call. CPU runs one stack after another.
         pool_rows: training examples generated per level (shared by the probes of a call; each draws its own rows).
         pool_seed: seed of those examples and of the held-out examples (the same exam for every layout and seed).
         scan_chunk: chunk length of the PyTorch scans (``mixers.common.scan_chunk``); None = each scan's
