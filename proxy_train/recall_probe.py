@@ -31,11 +31,11 @@ every seed and LR of a trial, called by ``hyla.proxy_train.train.run_proxy``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from hyla.proxy_train.lr_schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
 from torch import nn
@@ -142,20 +142,6 @@ class RecallProbeConfig:
                               f"{vocab_size}; lower task_vocab or the largest pairs")
         return [MQAR(vocab_size=vocab_size, seq_len=self.seq_len, num_kv_pairs=p, task_vocab=self.symbols)
                 for p in self.pairs]
-
-
-def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, min_ratio: float) -> float:
-    """Warmup-stable-decay: linear warm-up, constant ``lr``, a cosine to ``lr * min_ratio`` over the last
-    ``decay_fraction`` of the post-warm-up steps."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    span = max(1, total - warmup)
-    decay_steps = max(1, round(span * decay_fraction))
-    progress = (step - warmup - (span - decay_steps)) / decay_steps
-    if progress <= 0:
-        return lr
-    floor = lr * min_ratio
-    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class _PrevTokenEmbedding(nn.Module):

@@ -1,0 +1,55 @@
+"""The one learning-rate schedule of every hyla training loop: warm-up, hold, cosine down to a floor (issue 17).
+
+Three loops use it, each with its own settings:
+
+- proxy LM runs (`proxy_config.lr_at`): ``lr``, ``warmup``, ``decay_fraction`` and ``min_lr_ratio`` of the
+  ``ProxyConfig`` (warmup-stable-decay; ``decay_fraction: 1.0`` = a cosine over every post-warm-up step);
+- recall probes (`probe_runner`, through ``recall_probe.wsd_lr``): each job's lr, the probe's ``warmup`` and
+  ``decay_fraction``, floor 10 % of the lr;
+- full runs (`fullscale_loop.lr_lambda`): ``lr = 1`` (torch's ``LambdaLR`` multiplies the optimizer's lr by the
+  value) and ``decay_fraction = 1`` (warm-up, then a cosine over all the remaining steps to ``min_lr_ratio``).
+
+Pure Python (no torch), so a schedule can be tabulated anywhere, e.g. into a device tensor before a CUDA graph
+is captured. ``tests/test_lr_schedule.py`` pins every loop's values to the floats the three schedules gave
+before they were merged.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["wsd_lr"]
+
+
+def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, min_ratio: float) -> float:
+    """The learning rate at ``step`` (0-based) of a ``total``-step run: warm-up, stable, then cosine decay.
+
+    - Warm-up: steps ``0 .. warmup-1`` take ``lr * (step + 1) / warmup`` (the last warm-up step reaches ``lr``).
+    - Stable: ``lr`` until the decay starts. Of the ``span = max(1, total - warmup)`` post-warm-up steps the last
+      ``decay = max(1, round(span * decay_fraction))`` decay; with ``decay_fraction = 1`` there is no stable
+      phase beyond step ``warmup`` itself (which is ``lr``, the top of the cosine).
+    - Decay: ``floor + (lr - floor) * (1 + cos(pi * p)) / 2`` with ``floor = lr * min_ratio`` and
+      ``p = (step - start) / decay``, ``start = warmup + span - decay`` (``total - decay`` when ``total >
+      warmup``); ``p`` reaches 1 at step ``total``, one past the last step, so the last step's lr is a little
+      above the floor; steps past the end stay at the floor.
+
+    Args:
+        step: optimizer step, 0-based.
+        total: steps in the run (``total <= warmup`` is allowed: the decay then takes one step).
+        lr: peak learning rate (1.0 to get a multiplier, as ``LambdaLR`` wants).
+        warmup: linear warm-up steps (0 = start at ``lr``).
+        decay_fraction: share of the post-warm-up steps that decay, in (0, 1].
+        min_ratio: the floor as a fraction of ``lr``, in [0, 1].
+
+    Returns:
+        The learning rate (a float: the same arithmetic in every caller, so values match bit for bit).
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(1, total - warmup)
+    decay_steps = max(1, round(span * decay_fraction))
+    progress = (step - warmup - (span - decay_steps)) / decay_steps
+    if progress <= 0:
+        return lr
+    floor = lr * min_ratio
+    return floor + 0.5 * (lr - floor) * (1.0 + math.cos(math.pi * min(1.0, progress)))
