@@ -9,10 +9,10 @@ checkpoint, the log lines and, at the end, the evaluation and the HF model (`fin
 from __future__ import annotations
 
 import json
-import math
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
+from hyla.proxy_train.lr_schedule import wsd_lr
 
 
 class ShardStream:
@@ -51,14 +52,14 @@ class ShardStream:
         return self.windows[rows].long()
 
 
-def lr_lambda(spec: RunSpec):
-    """Linear warm-up to 1, then cosine down to ``min_lr_ratio`` at the last step."""
+def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
+    """The LR multiplier of a full run for torch's ``LambdaLR``: `lr_schedule.wsd_lr` with peak 1 and
+    ``decay_fraction`` 1 (linear warm-up to 1, then a cosine over every later step down to ``min_lr_ratio``).
+
+    A plain function, not a ``functools.partial``: ``LambdaLR.state_dict`` saves callable objects' attributes,
+    so a partial would change what checkpoints hold."""
     def f(step: int) -> float:
-        if step < spec.warmup_steps:
-            return (step + 1) / spec.warmup_steps
-        span = max(1, spec.total_steps - spec.warmup_steps)
-        progress = min(1.0, (step - spec.warmup_steps) / span)
-        return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return wsd_lr(step, spec.total_steps, 1.0, spec.warmup_steps, 1.0, spec.min_lr_ratio)
     return f
 
 

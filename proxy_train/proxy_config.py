@@ -61,7 +61,8 @@ from typing import Any
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.recall_probe import RecallProbeConfig, wsd_lr
+from hyla.proxy_train.lr_schedule import wsd_lr
+from hyla.proxy_train.recall_probe import RecallProbeConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup": 2,
@@ -308,6 +309,7 @@ class ProxyResult:
 
 
 def lr_at(step: int, cfg: ProxyConfig) -> float:
-    """Linear warm-up to ``lr``, constant, then a cosine to ``lr * min_lr_ratio`` over the last
-    ``decay_fraction`` of the post-warm-up steps (reached at the last step)."""
+    """The LR of a proxy LM run at ``step``: `lr_schedule.wsd_lr` with the config's ``lr``, ``warmup``,
+    ``decay_fraction`` and ``min_lr_ratio`` (linear warm-up, constant, then a cosine towards ``lr * min_lr_ratio``
+    over the last ``decay_fraction`` of the post-warm-up steps)."""
     return wsd_lr(step, cfg.total_steps, cfg.lr, cfg.warmup, cfg.decay_fraction, cfg.min_lr_ratio)
