@@ -11,6 +11,10 @@ cluster may have no room for the replacement, and its slot then stays idle until
 the retried trial forever. Python exceptions inside a proxy are not deaths: ``run_proxy`` turns
 divergence/OOM/errors into a result status itself, and anything that still escapes comes back as a "failed" result.
 
+Benchmarks drive the same actors (``benchmarks/common.py``): `WorkerPool.submit_timed` runs a proxy like
+`WorkerPool.submit` and also returns when it ran (start, end, the start of every LM step), and it can hold the run
+before its step 0 (``before_first_step``, e.g. a start barrier so that runs sharing a GPU train together).
+
 Fault injection (used by the tests, harmless otherwise): when ``HYLA_FAULT_EXIT_FILE`` is set in a worker's
 environment, each run increments the counter in that file and calls ``os._exit(3)`` while the count is below
 ``HYLA_FAULT_EXIT_TIMES`` (default 1) - a real process death, exactly as the OOM-killer would cause.
@@ -22,6 +26,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +66,70 @@ def _fault_hook() -> None:
         os._exit(3)
 
 
-class _ProxyWorkerImpl:
-    """Runs proxies in one warm process. Wrapped by ``ray.remote`` as `ProxyWorker`."""
+class _StepTimes:
+    """``on_step`` of `run_proxy`: the wall time at which each LM step first begins (the first seed's steps), and
+    an optional call just before step 0 (data and model built, nothing trained yet)."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_first_step: Callable[[], None] | None = None) -> None:
+        self.times: dict[int, float] = {}
+        self.before_first_step = before_first_step
+
+    def __call__(self, step: int) -> None:
+        if not self.times and self.before_first_step is not None:
+            self.before_first_step()
+        self.times.setdefault(int(step), time.time())
+
+    def starts(self) -> list[float]:
+        """Start times of steps 0, 1, 2, ... (the contiguous prefix recorded); ``starts[k]`` ends step ``k - 1``."""
+        out: list[float] = []
+        while len(out) in self.times:
+            out.append(self.times[len(out)])
+        return out
+
+
+class _ProxyWorkerImpl:
+    """Runs proxies in one warm process. Wrapped by ``ray.remote`` as `ProxyWorker`.
+
+    Args:
+        device: ``run_proxy``'s device for every trial; None = the proxy config's device when this process sees a
+            GPU, else ``cpu``.
+    """
+
+    def __init__(self, device: str | None = None) -> None:
         # Import the trainer once per process, not once per trial.
         from hyla.proxy_train.train import ProxyConfig, run_proxy
 
         self._config_cls = ProxyConfig
         self._run_proxy = run_proxy
         self._configs: dict[str, Any] = {}
+        self._device = device
         self.trials_run = 0
 
     def run(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> dict[str, Any]:
         """Train one proxy (``proxy`` = resolved ProxyConfig dict); always returns a result dict."""
+        return self._run(layout, proxy, out_dir, None)
+
+    def run_timed(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None,
+                  before_first_step: Callable[[], None] | None = None) -> dict[str, Any]:
+        """`run`, and when it happened (wall clock of this worker's host).
+
+        Args:
+            before_first_step: called once in this worker just before the first LM step (data and model built);
+                the run waits for it to return. None = no call.
+
+        Returns:
+            ``{"result": <run's dict>, "t_start": <call received>, "t_end": <result ready>, "step_starts": [<start
+            of step 0>, <start of step 1>, ...] (the first seed; step k ends where step k + 1 starts; empty when
+            no LM step ran), "pid": <worker process id>}``.
+        """
+        t_start = time.time()
+        steps = _StepTimes(before_first_step)
+        result = self._run(layout, proxy, out_dir, steps)
+        return {"result": result, "t_start": t_start, "t_end": time.time(), "step_starts": steps.starts(),
+                "pid": os.getpid()}
+
+    def _run(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None,
+             on_step: Callable[[int], None] | None) -> dict[str, Any]:
         import json
 
         from hyla.space.layout import Layout
@@ -85,13 +140,13 @@ class _ProxyWorkerImpl:
         try:
             if key not in self._configs:
                 self._configs[key] = self._config_cls.from_dict(proxy, where="proxy config")
-            device = None
+            device = self._device
             import torch
 
-            if not torch.cuda.is_available():
+            if device is None and not torch.cuda.is_available():
                 device = "cpu"
             result = self._run_proxy(Layout.from_dict(layout), self._configs[key], out_dir=out_dir,
-                                     progress=False, device=device)
+                                     progress=False, device=device, on_step=on_step)
             return result.to_dict()
         except ConfigError as e:  # bad input (proxy config vs layout): the driver stops the search
             return {"status": "config_error", "fail_reason": str(e)}
@@ -122,8 +177,11 @@ class WorkerPool:
     """
 
     def __init__(self, num_workers: int, num_cpus: float, num_gpus: float,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, device: str | None = None) -> None:
+        """``num_cpus``/``num_gpus``: Ray resources of each actor (a fraction of a GPU packs several on one);
+        ``env``: extra environment of the actors; ``device``: every trial's device (`_ProxyWorkerImpl`)."""
         self.num_cpus = num_cpus
+        self.device = device
         # No GPU in the cluster -> CPU-only actors even if the config asks for GPUs.
         cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
         self.num_gpus = num_gpus if cluster_gpus > 0 else 0.0
@@ -141,7 +199,7 @@ class WorkerPool:
         opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_restarts": 0}
         if self.env:
             opts["runtime_env"] = {"env_vars": self.env}
-        self.actors[slot] = ProxyWorker.options(**opts).remote()
+        self.actors[slot] = ProxyWorker.options(**opts).remote(self.device)
         self.nodes[slot] = None
         self.starting[self.actors[slot].ready.remote()] = slot
 
@@ -191,6 +249,12 @@ class WorkerPool:
 
     def submit(self, slot: int, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> ray.ObjectRef:
         return self.actors[slot].run.remote(layout, proxy, out_dir)
+
+    def submit_timed(self, slot: int, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None,
+                     before_first_step: Callable[[], None] | None = None) -> ray.ObjectRef:
+        """`submit` through `_ProxyWorkerImpl.run_timed`: the answer also says when the run and each of its LM
+        steps started (``before_first_step`` is pickled to the worker and called there before step 0)."""
+        return self.actors[slot].run_timed.remote(layout, proxy, out_dir, before_first_step)
 
     def shutdown(self) -> None:
         for a in self.actors:
