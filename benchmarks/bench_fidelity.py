@@ -4,8 +4,9 @@ Runs a set of layouts x seeds x budgets through the product's own proxy code, ap
 (layout, seed, budget, variant) as it finishes, so the run can be split over several 10-minute commands (records
 already there are skipped). A probe-only proxy (``train_lm: false``, e.g. ``benchmarks/fidelity_gpu.yaml``) runs
 in this process through ``hyla.proxy_train.probe_runner.run_probes``, every (layout, seed, lr) of a budget side
-by side on the device (the probe's ``concurrent``); a proxy with an LM part runs ``run_proxy`` in ``--p`` worker
-processes (``common.WorkerPool``). ``--analyze`` (also run after every run) computes:
+by side on the device (the probe's ``concurrent``); a proxy with an LM part runs ``run_proxy`` on ``--p`` of the
+product's Ray workers (``hyla.search.workers``, through ``common.run_jobs``). ``--analyze`` (also run after every
+run) computes:
 
 - **reproducible**: mean pairwise Spearman rho between the seeds' rankings of the layouts (target >= 0.8);
 - **graded**: the Transformer's accuracy on the easiest level (target >= 0.9) and whether the pure linear
@@ -44,9 +45,9 @@ from bench_grid import config_key, layout_traits, read_jsonl, spearman
 from common import (
     RESULTS_DIR,
     Deadline,
-    WorkerPool,
     add_common_args,
     check_device,
+    close_workers,
     load_layouts,
     log,
     machine_info,
@@ -54,7 +55,10 @@ from common import (
     parse_sets,
     proxy_config,
     read_json,
+    run_jobs,
     setup_env,
+    start_workers,
+    wait_ready,
     write_json,
 )
 
@@ -276,34 +280,27 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
 
 def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Deadline,
              session: dict[str, Any]) -> None:
-    """Proxies with an LM part: ``run_proxy`` in ``--p`` worker processes (``common.WorkerPool``)."""
-    pool = WorkerPool(min(args.p, len(todo)), args.device)
-    busy: dict[int, dict[str, Any]] = {}
+    """Proxies with an LM part: ``run_proxy`` on ``--p`` of the product's Ray workers (``common.run_jobs``); a
+    worker that dies fails only its own job (a fresh worker takes its place)."""
+    pool = None
     try:
-        pool.wait_ready(deadline)
+        pool = start_workers(min(args.p, len(todo)), args.device)
+        if wait_ready(pool, deadline) is None:
+            log("cap reached while workers started")
+            return
         log(f"workers ready after {deadline.elapsed():.0f} s")
-        while todo or busy:
-            for wid in range(len(pool)):
-                if wid not in busy and todo and pool.alive(wid) and not deadline.expired():
-                    job = busy[wid] = todo.pop(0)
-                    pool.submit(wid, f"{job['layout'].key()}:{job['ckey']}", job["layout"], job["config"])
-            if not busy:
-                break
-            msg = pool.get(deadline, wait=10.0)
-            if msg is None:
-                if deadline.expired():
-                    log(f"cap reached with {len(busy)} jobs running (they re-run next time)")
-                    break
-                dead = [w for w in busy if not pool.alive(w)]
-                if not dead:
-                    continue
-                msg = ("error", dead[0], None, {"error": f"worker died (exit {pool.exitcode(dead[0])})"})
-            if msg[0] in ("ready", "at_start"):
-                continue
-            job = busy.pop(msg[1])
-            _append(args.jsonl, make_record(job["layout"], job, msg), job, session, len(todo))
+        jobs = [{**job, "id": f"{job['layout'].key()}:{job['ckey']}"} for job in todo]
+        left = [len(jobs)]
+
+        def finished(msg: tuple[str, int, Any, Any], job: dict[str, Any]) -> None:
+            left[0] -= 1
+            _append(args.jsonl, make_record(job["layout"], job, msg), job, session, left[0])
+
+        unfinished = run_jobs(pool, jobs, deadline, finished)
+        if unfinished:
+            log(f"cap reached with {len(unfinished)} jobs unfinished (they run next time)")
     finally:
-        pool.close(grace=5.0)
+        close_workers(pool)
 
 
 def write_summary(args: argparse.Namespace, variants: dict[str, Any], session: dict[str, Any] | None) -> None:

@@ -1,11 +1,12 @@
 """Paper grid: score the paper's 31 layouts with the ``small`` proxy on one GPU, P processes at once, resumably.
 
 Layouts come from ``hyla.space.presets.paper_grid(--scale)`` (6 mixers x {24:1, 12:1, 6:1, 3:1, pure} + the
-Transformer) or ``--layouts``. P long-lived workers (``common.WorkerPool``) take one layout at a time; every finished
-layout is appended to ``--jsonl`` at once, and layouts already there (same layout, same proxy config, status ok or
+Transformer) or ``--layouts``. P long-lived workers (the product's Ray actors, ``hyla.search.workers``, through
+``common.run_jobs``; 1/P of the GPU each) take one layout at a time; every finished layout is appended to ``--jsonl`` at once, and layouts already there (same layout, same proxy config, status ok or
 diverged) are skipped, so the grid can be split over several 10-minute commands. Near ``--max-seconds`` no new
 layout is started when the slowest finished one would not fit; at the cap, running trials are stopped and simply
-re-run next time. ``--budget-tokens`` (or ``--steps``) shrinks the proxy. The summary JSON (``--out``) holds the
+re-run next time. A worker that dies takes only its own layout down (recorded as failed, ``--retry-failed`` runs
+it again); a fresh worker takes its place. ``--budget-tokens`` (or ``--steps``) shrinks the proxy. The summary JSON (``--out``) holds the
 per-layout results (LM loss, recall, tokens/s, wall), summed trial seconds, the GPU wall of every session and the
 findings below.
 
@@ -41,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (check_device, RESULTS_DIR, Deadline, WorkerPool, add_common_args, load_layouts, log,  # noqa: E402
-                    machine_info, main_guard, parse_sets, proxy_config, read_json, setup_env, write_json)
+from common import (check_device, RESULTS_DIR, Deadline, add_common_args, close_workers, load_layouts, log,  # noqa: E402
+                    machine_info, main_guard, parse_sets, proxy_config, read_json, run_jobs, setup_env,
+                    start_workers, wait_ready, write_json)
 
 NAME = "bench_grid"
 WORST_EXPECTED = ("hgrn", "retnet")
@@ -263,47 +265,35 @@ def run_grid(args: argparse.Namespace) -> int:
         log("grid complete")
         return 0
     Path(args.jsonl).parent.mkdir(parents=True, exist_ok=True)
-    pool = WorkerPool(min(args.p, len(todo)), args.device)
-    busy: dict[int, Any] = {}
-    slowest = 0.0  # longest finished trial: no trial starts that would not fit before the cap
+    slowest = [0.0]  # longest finished trial: no trial starts that would not fit before the cap
+
+    def finished(msg: tuple[str, int, Any, Any], job: dict[str, Any]) -> None:
+        lay = job["layout"]
+        rec = make_record(lay, ckey, msg)
+        with open(args.jsonl, "a") as f:  # one writer (this process), one line per layout
+            f.write(json.dumps(rec, default=str) + "\n")
+        slowest[0] = max(slowest[0], time.time() - msg[3]["t_submit"] if msg[0] == "result" else 0.0)
+        session["finished"] += 1
+        session["elapsed_s"] = deadline.elapsed()
+        write_summary(args, layouts, ckey, config, session, machine)
+        log(f"w{msg[1]}: {lay.name} {rec['status']} lm {rec.get('lm_val_loss')} recall {rec.get('recall')} "
+            f"({rec.get('wall_s') or 0:.0f} s)" + (f" {rec['fail_reason']}" if rec["status"] == "failed" else ""))
+
+    pool = None
     try:
-        if not pool.wait_ready(deadline):
+        pool = start_workers(min(args.p, len(todo)), args.device)
+        if wait_ready(pool, deadline) is None:
             log("cap reached while workers started")
             return 0
-        while todo or busy:
-            for wid in range(len(pool)):
-                if wid not in busy and todo and pool.alive(wid) and deadline.left() > slowest:
-                    lay = todo.pop(0)
-                    busy[wid] = lay
-                    pool.submit(wid, lay.key(), lay, config)
-                    log(f"w{wid}: {lay.name}")
-            if not busy:
-                log(f"stopping: {len(todo)} layouts left (none would finish before the cap, or no live worker)")
-                break
-            msg = pool.get(deadline, wait=10.0)
-            if msg is None and deadline.expired():
-                log(f"cap reached with {len(busy)} trials running (they re-run next time)")
-                break
-            dead = [w for w in busy if not pool.alive(w)]
-            if msg is None and not dead:
-                continue
-            if msg is None:  # a crashed process (e.g. a CUDA fault) takes only its own trial down
-                wid = dead[0]
-                msg = ("error", wid, None, {"error": f"worker process died (exit code {pool.exitcode(wid)})"})
-            if msg[0] == "ready":
-                continue
-            lay = busy.pop(msg[1])
-            rec = make_record(lay, ckey, msg)
-            with open(args.jsonl, "a") as f:  # one writer (this process), one line per layout
-                f.write(json.dumps(rec, default=str) + "\n")
-            slowest = max(slowest, time.time() - msg[3]["t_submit"] if msg[0] == "result" else 0.0)
-            session["finished"] += 1
-            session["elapsed_s"] = deadline.elapsed()
-            write_summary(args, layouts, ckey, config, session, machine)
-            log(f"w{msg[1]}: {lay.name} {rec['status']} lm {rec.get('lm_val_loss')} recall {rec.get('recall')} "
-                f"({rec.get('wall_s') or 0:.0f} s)")
+        jobs = [{"id": lay.key(), "layout": lay, "config": config} for lay in todo]
+        left = run_jobs(pool, jobs, deadline, finished, can_start=lambda: deadline.left() > slowest[0],
+                        on_start=lambda slot, job: log(f"w{slot}: {job['layout'].name}"))
+        if left and deadline.expired():
+            log(f"cap reached with {len(left)} layouts unfinished (they run next time)")
+        elif left:
+            log(f"stopping: {len(left)} layouts left (none would finish before the cap)")
     finally:
-        pool.close(grace=5.0)
+        close_workers(pool)
         session["elapsed_s"] = deadline.elapsed()
         summary = write_summary(args, layouts, ckey, config, session, machine)
     log(f"wrote {args.out}: {summary['n_done']}/{summary['n_layouts']} layouts"

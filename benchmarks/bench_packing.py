@@ -1,13 +1,16 @@
 """Packing: aggregate training tokens/s of P concurrent proxies on one GPU (P = 1, 2, 4, 8), vs one proxy alone.
 
 Small proxies are launch-bound (a few % MFU, see /work/shared/GPU.md), so several processes sharing one GPU should
-multiply the throughput. We start max(P) long-lived workers once, warm every one of them with a short run of the
-same proxy (compilation and autotuning are per process), then for each P submit the measured proxy (fixed steps)
-to the first P workers; each run waits at a start barrier (``common.WorkerPool.release``) once its data and model
-are built, so the P runs begin training together however uneven their set-up was.
+multiply the throughput. What is measured is the product's own packing: the proxy workers of ``hyla search run``
+(``hyla.search.workers.WorkerPool``, Ray actors granted 1/max(P) of the GPU each, as a search with
+``gpus_per_worker: 1/P`` packs them), started once by ``common.start_workers``. Every worker is warmed with a short
+run of the same proxy (compilation and autotuning are per process); then for each P the measured proxy (fixed
+steps) goes to P of the workers, and each run waits at a start barrier (`StartBarrier`, through the pool's
+``before_first_step`` hook) once its data and model are built, so the P runs begin training together however
+uneven their set-up was. Ray's own cost (submitting a trial, returning its result) falls outside the window below.
 
-The aggregate is measured where all P runs train at once: from the per-step timestamps of each run (see
-``common.StepProbe``) we take the window from the latest "end of step 0" to the earliest "start of the last step",
+The aggregate is measured where all P runs train at once: from the per-step timestamps of each run
+(``WorkerPool.submit_timed``) we take the window from the latest "end of step 0" to the earliest "start of the last step",
 count the tokens of the steps inside it (a step cut by an edge pro rata), and divide by its length
 (``overlap_tokens_per_s``).
 Step 0 is excluded (first batch, lazy allocations). ``sum_tokens_per_s`` (the sum of each run's own training
@@ -23,14 +26,17 @@ Resumable: P values already measured in ``--out`` with the same layout and confi
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (check_device, Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
-                    parse_sets, proxy_config, read_json, setup_env, write_json)
+from common import (check_device, Deadline, add_common_args, close_workers, load_layouts, log, machine_info,  # noqa: E402
+                    main_guard, parse_sets, proxy_config, read_json, run_jobs, setup_env, start_workers, wait_ready,
+                    write_json)
 
 NAME = "bench_packing"
 TARGET_SPEEDUP = 3.0
@@ -58,25 +64,59 @@ def overlap_throughput(step_starts: list[list[float]], tokens_per_step: int) -> 
             "tokens_per_s": steps * tokens_per_step / (hi - lo), "note": None}
 
 
-def measure_round(pool: WorkerPool, p: int, layout: Any, config: Any, deadline: Deadline) -> dict[str, Any]:
-    """Submit one run to each of the first ``p`` workers and collect them; the runs wait at the start barrier until
-    every one of them has built its data and model, so their training steps begin together."""
-    for wid in range(p):
-        pool.submit(wid, f"p{p}w{wid}", layout, config, sync=True)
+class StartBarrier:
+    """Holds the runs of one round at their step 0 until each of the ``parties`` has arrived or ended without
+    arriving (a run that fails before the barrier no longer holds the others). A Ray actor (`_barrier`)."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties, self.count = parties, 0
+        self.event = asyncio.Event()
+
+    async def arrive(self) -> None:
+        self.count += 1
+        if self.count >= self.parties:
+            self.event.set()
+        await self.event.wait()
+
+    async def leave(self) -> None:
+        self.count += 1
+        if self.count >= self.parties:
+            self.event.set()
+
+
+def _barrier(parties: int) -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(StartBarrier).remote(parties)
+
+
+def _arrive(barrier: Any) -> None:
+    """``before_first_step`` of a measured run (called in the worker)."""
+    import ray
+
+    ray.get(barrier.arrive.remote())
+
+
+def measure_round(pool: Any, p: int, layout: Any, config: Any, deadline: Deadline) -> dict[str, Any]:
+    """Run the proxy on ``p`` workers at once and collect them; the runs wait at the start barrier until every one
+    of them has built its data and model, so their training steps begin together."""
+    import ray
+
+    if len(pool.ready_slots()) < p:  # a worker died in an earlier round: wait for its replacement
+        wait_ready(pool, deadline)
+    barrier = _barrier(p)
+    jobs = [{"id": f"p{p}w{i}", "layout": layout, "config": config,
+             "before_first_step": functools.partial(_arrive, barrier)} for i in range(p)]
     runs: dict[int, dict[str, Any]] = {}
-    waiting: set[int] = set()
-    while len(runs) < p:
-        msg = pool.get(deadline)
-        if msg is None:
-            break
-        kind, wid, _, payload = msg
-        if kind == "at_start":
-            waiting.add(wid)
-        else:  # finished or failed (a run that fails before the barrier no longer holds the others)
-            runs[wid] = payload if kind == "result" else {"error": payload["error"]}
-        if waiting and len(waiting) + len(runs) == p:
-            pool.release(waiting)
-            waiting = set()
+
+    def finished(msg: tuple[str, int, Any, Any], job: dict[str, Any]) -> None:
+        kind, slot, _, payload = msg
+        runs[slot] = payload if kind == "result" else {"error": payload["error"]}
+        if kind != "result" or not payload["step_starts"]:  # never reached the barrier
+            barrier.leave.remote()
+
+    run_jobs(pool, jobs, deadline, finished)
+    ray.kill(barrier)
     ok = [r for r in runs.values() if "result" in r and r["result"]["status"] == "ok"]
     rec: dict[str, Any] = {
         "p": p, "complete": len(ok) == p,
@@ -161,17 +201,19 @@ def main() -> int:
         save()
         log(f"nothing to do; {args.out} already has P = {', '.join(rounds)}")
         return 0
-    pool = WorkerPool(max(todo), args.device)
+    pool = None
     try:
-        if not pool.wait_ready(deadline):
+        pool = start_workers(max(todo), args.device)
+        ready = wait_ready(pool, deadline)
+        if ready is None:
             log("cap reached while workers started")
             return 0
-        report["workers"] = [pool.ready[i] for i in range(len(pool))]
-        log(f"{len(pool)} workers ready")
+        report["workers"] = [{"ready_s": ready[i], **pool.nodes[i]} for i in sorted(ready)]
+        log(f"{len(ready)} workers ready ({pool.num_gpus:g} GPU each)")
         if args.warm_steps > 0:
             warm = proxy_config(args.proxy, steps=args.warm_steps, sets=sets)
-            log(f"warming {len(pool)} workers ({args.warm_steps} steps each, concurrently)")
-            round_ = measure_round(pool, len(pool), layout, warm, deadline)
+            log(f"warming {len(ready)} workers ({args.warm_steps} steps each, concurrently)")
+            round_ = measure_round(pool, len(ready), layout, warm, deadline)
             report["warmup"] = {"statuses": round_["statuses"], "wall_s": round_["run_wall_s"]}
             log(f"  warm-up walls: {[round(w, 1) for w in round_['run_wall_s']]} s")
         for p in todo:
@@ -188,7 +230,7 @@ def main() -> int:
             save()
         report["complete"] = all(str(p) in rounds for p in ps)
     finally:
-        pool.close()
+        close_workers(pool)
         save()
     s = report["summary"]
     log(f"wrote {args.out}: single {s['single_tokens_per_s']} tok/s, best P={s['best_p']} x{s['best_speedup']}, "

@@ -1,11 +1,14 @@
 """Warm start: how long after submission does a trial's first training step complete in a long-lived worker?
 
-One worker process (``--mode warm``, the default) runs K proxy trials back to back: same shapes, different layouts of
+One of the product's Ray proxy workers (``hyla.search.workers``, as ``hyla search run`` uses them; ``--mode warm``,
+the default) runs K proxy trials back to back: same shapes, different layouts of
 the same mixer kind (default ``gla-6:1``, ``gla-3:1``, ``gla-12:1`` at ``small`` scale, short step budget). Trial 1
 pays Triton compilation and autotuning; later trials reuse the process's compiled kernels (and the on-disk cache
 under ``TRITON_CACHE_DIR``). Per trial we record the seconds from submission to the end of the first optimizer step
-of the real ``run_proxy`` (see ``common.StepProbe``), the whole trial wall and its result. Target: trials >= 2 start
-within 5 s. ``--mode cold`` spawns a fresh process per trial for comparison (only the disk cache helps then).
+of the real ``run_proxy`` (``WorkerPool.submit_timed``, see ``common``), the whole trial wall and its result. Target:
+trials >= 2 start within 5 s. ``--mode cold`` starts a fresh worker (a new actor, so a new process) per trial for
+comparison (only the disk cache helps then). The worker's start-up imports torch and the proxy trainer, not fla:
+trial 1 pays fla's import too.
 
 The JSON is rewritten after every trial, so a run cut short by ``--max-seconds`` keeps what it measured.
 
@@ -22,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (check_device, Deadline, WorkerPool, add_common_args, load_layouts, log, machine_info, main_guard,  # noqa: E402
-                    parse_sets, proxy_config, setup_env, write_json)
+from common import (check_device, Deadline, add_common_args, close_workers, load_layouts, log, machine_info,  # noqa: E402
+                    main_guard, parse_sets, proxy_config, run_jobs, setup_env, start_workers, wait_ready, write_json)
 
 NAME = "bench_warm_start"
 TARGET_S = 5.0  # trials after the first should reach their first completed step this fast
@@ -91,29 +94,30 @@ def main() -> int:
         for i, lay in enumerate(layouts):
             if pool is None or args.mode == "cold":
                 if pool is not None:
-                    pool.close()
-                pool = WorkerPool(1, args.device)
-                if not pool.wait_ready(deadline):
+                    pool.shutdown()  # its process ends; Ray stays up
+                pool = start_workers(1, args.device)
+                ready = wait_ready(pool, deadline)
+                if ready is None:
                     log("cap reached while the worker started")
                     break
-                report["workers"].append(pool.ready[0])
-                log(f"worker ready after {pool.ready[0]['ready_s']:.1f} s (imports {pool.ready[0]['import_s']:.1f} s)")
+                report["workers"].append({"ready_s": ready[0], **(pool.nodes[0] or {})})
+                log(f"worker ready after {ready[0]:.1f} s (pid {pool.nodes[0]['pid']})")
             log(f"trial {i + 1}/{len(layouts)}: {lay.name} ({config.total_steps} steps)")
-            pool.submit(0, f"t{i}", lay, config)
-            msg = pool.get(deadline)
-            if msg is None:
-                log("cap reached (or worker died) during the trial; writing partial results")
+            msgs: list[tuple[str, int, Any, Any]] = []
+            run_jobs(pool, [{"id": f"t{i}", "layout": lay, "config": config}], deadline,
+                     lambda msg, job, out=msgs: out.append(msg))
+            if not msgs:
+                log("cap reached during the trial; writing partial results")
                 break
-            rec = trial_record(lay.name, msg)
+            rec = trial_record(lay.name, msgs[0])
             report["trials"].append(rec)
             log(f"  {rec['status']}: first step after {rec.get('first_step_s')} s, "
-                f"trial {rec.get('trial_wall_s', float('nan')):.1f} s")
+                f"trial {rec.get('trial_wall_s', float('nan')):.1f} s" + (f" ({rec['error']})" if "error" in rec else ""))
             save()
         else:
             report["complete"] = True
     finally:
-        if pool is not None:
-            pool.close()
+        close_workers(pool)
         save()
     s = report["summary"]
     log(f"wrote {args.out}: first trial {s['first_trial_start_s']} s, later max {s['later_max_start_s']} s, "

@@ -1,33 +1,36 @@
-"""Shared plumbing of the search-throughput benchmarks (warm start, packing, paper grid).
+"""Shared plumbing of the benchmarks: arguments, result files, and proxy trials on the product's Ray workers.
 
-The GPU machine has no Ray, so these scripts drive ``run_proxy`` in long-lived worker processes of their own:
-`WorkerPool` spawns N processes (``spawn`` start method: CUDA cannot be forked), each with its own job queue and
-one shared result queue. A worker imports torch/fla once and then runs any number of proxy trials, which is the
-whole point: Triton compiles and autotunes a kernel once per process, so only the first trial of a worker pays it.
+Proxies run on the actors of ``hyla.search.workers`` (`WorkerPool`, the ones ``hyla search run`` uses), started by
+`start_workers` on a local Ray (``ensure_ray``): N long-lived workers split the machine's cores and, on CUDA, one
+GPU (``1/N`` of it each). A worker imports torch once and then runs any number of proxy trials, which is the whole
+point: Triton compiles and autotunes a kernel once per process, so only the first trial of a worker pays it.
 
-Time to the first completed step is measured on the real ``run_proxy`` through its ``on_step`` callback, called
-as every step begins, right after the previous step's ``float(loss)`` (which synchronises the GPU). `StepProbe`
-records the wall time of each step's first call, so ``times[1]`` is the end of step 0 and ``times[k]`` the end of
-step ``k - 1``.
+`run_jobs` hands a list of trials to the free workers, oldest first, and reports each finished one as a message
+``(kind, slot, job_id, payload)``: ``("result", ...)`` with the ``ProxyResult`` dict under ``"result"`` plus when
+it ran, or ``("error", ...)`` with a one-line ``"error"`` (bad input, an escaped exception, a dead worker; a dead
+worker's actor is replaced and its slot takes trials again once the new one is up). Timing comes from
+`WorkerPool.submit_timed`: ``t_submit`` (driver), ``t_recv``/``t_end`` (worker) and ``step_starts``, the wall time
+at which each LM step of ``run_proxy`` began (its ``on_step`` callback, right after the previous step's
+``float(loss)``, which synchronises the GPU), so ``step_starts[1]`` is the end of step 0 (``t_first_step``).
 
-Start barrier. A job submitted with ``sync=True`` stops at its first ``on_step`` call (data and model built, no
-step run yet), reports ``at_start`` and waits for `WorkerPool.release`: runs meant to share a device (packing)
-then begin their step 0 together, however long each took to set up.
+A job's ``before_first_step`` (a picklable callable) runs in the worker once data and model are built, before
+step 0: runs meant to share a device (packing) wait there at a start barrier.
 
-Call `setup_env` before anything imports triton or fla (it sets the compile caches the workers share).
+Call `setup_env` before anything imports triton or fla and before `start_workers` (the local Ray, and so every
+worker, inherits the compile caches it sets).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
-import queue
 import socket
 import sys
 import time
-import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,156 +177,126 @@ def load_layouts(names: list[str], scale: str) -> list[Any]:
     return [load_layout(n, default_scale=scale) for n in names]
 
 
-# ------------------------------------------------------------------------------------------------ worker side
+# ------------------------------------------------------------------------------------------------ Ray workers
 
-class StepProbe:
-    """Records the wall time at which each training step of ``run_proxy`` begins: pass it as ``on_step``."""
+def start_workers(n: int, device: str) -> Any:
+    """``n`` proxy workers of the product (`hyla.search.workers.WorkerPool`) on a local Ray started here: each
+    gets ``cpu_count // n`` cores and, for a CUDA ``device``, ``1/n`` of a GPU (several workers share one GPU)."""
+    from hyla.search.workers import WorkerPool, ensure_ray
 
-    def __init__(self, before_first_step: Any = None) -> None:
-        self.times: dict[int, float] = {}
-        self.before_first_step = before_first_step  # called once, before step 0 is timed (the start barrier)
+    cuda = device.startswith("cuda")
+    gpus = 0
+    if cuda:
+        import torch
 
-    def __call__(self, step: int) -> None:
-        if not self.times and self.before_first_step is not None:
-            self.before_first_step()
-        self.times.setdefault(int(step), time.time())  # the first seed's steps
-
-    def step_starts(self) -> list[float]:
-        """Start times of steps 0, 1, 2, ... (only the contiguous prefix that was recorded)."""
-        out, k = [], 0
-        while k in self.times:
-            out.append(self.times[k])
-            k += 1
-        return out
+        gpus = torch.cuda.device_count()  # told to Ray: its own detection may miss a carried-in CUDA
+    cpus = max(1, (os.cpu_count() or 1) // n)
+    ensure_ray(None, num_cpus=cpus * n, num_gpus=gpus)
+    share = math.floor(10_000 / n) / 10_000 if cuda else 0.0  # Ray counts 1e-4 GPU: n shares must fit in 1
+    return WorkerPool(n, cpus, share, device=device)
 
 
-def run_job(job: dict[str, Any], before_first_step: Any = None) -> dict[str, Any]:
-    """Run one proxy trial described by ``job`` and return its result plus timing marks (worker side).
+def wait_ready(pool: Any, deadline: Deadline) -> dict[int, float] | None:
+    """Block until every worker of ``pool`` is up (torch and the proxy trainer imported); the seconds each took
+    from the pool's creation, by slot, or None at the deadline."""
+    import ray
 
-    ``before_first_step``: called once when the trial is about to run its step 0 (the start barrier).
-    """
-    from hyla.proxy_train.train import ProxyConfig, run_proxy
-    from hyla.space.layout import Layout
-
-    t_recv = time.time()
-    layout = Layout.from_dict(job["layout"])
-    config = ProxyConfig.from_dict(job["config"])
-    probe = StepProbe(before_first_step)
-    result = run_proxy(layout, config, out_dir=job.get("out_dir"), progress=False, device=job["device"],
-                       overwrite=bool(job.get("out_dir")), on_step=probe)
-    t_end = time.time()
-    starts = probe.step_starts()
-    return {"id": job["id"], "result": result.to_dict(), "t_submit": job["t_submit"], "t_recv": t_recv,
-            "t_end": t_end, "step_starts": starts, "probe": bool(starts),
-            "t_first_step": starts[1] if len(starts) > 1 else None, "pid": os.getpid()}
+    ready: dict[int, float] = {s: 0.0 for s in pool.ready_slots()}
+    while pool.starting:
+        done, _ = ray.wait(list(pool.starting), num_returns=1, timeout=max(0.05, deadline.left()))
+        if not done:
+            return None
+        slot = pool.started(done[0])  # a failed start is retried; three in a row raise ConfigError
+        if slot is not None:
+            ready[slot] = time.monotonic() - pool.created
+    return ready
 
 
-def _worker_main(wid: int, jobs: Any, results: Any, device: str) -> None:
-    """Worker loop: announce readiness once imports are done, then run jobs until a None arrives."""
-    t0 = time.time()
-    import torch  # noqa: F401  (pay the import before reporting ready)
+def close_workers(pool: Any) -> None:
+    """Kill the pool's actors (a trial still running at the cap is simply lost) and stop the local Ray."""
+    import ray
 
-    import hyla.proxy_train.train  # noqa: F401  (the import the first trial would otherwise pay)
+    if pool is not None:
+        pool.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _message(slot: int, job: dict[str, Any], t_submit: float, ref: Any) -> tuple[str, int, Any, dict[str, Any]]:
+    """The message of one finished trial (see the module docstring); raises RayActorError for a dead worker."""
+    import ray
+
     try:
-        import fla  # noqa: F401  (run_proxy imports it lazily: 10-30 s of Triton decorators, once per process)
-    except ImportError:
-        pass
-    if device.startswith("cuda"):
-        torch.cuda.init()
-    results.put(("ready", wid, None, {"import_s": time.time() - t0, "pid": os.getpid()}))
+        out = ray.get(ref)
+    except ray.exceptions.RayActorError:
+        raise
+    except ray.exceptions.RayError as e:
+        return ("error", slot, job["id"], {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"})
+    result = out["result"]
+    if "layout_key" not in result:  # the worker's own failure dicts (config_error, an escaped exception)
+        return ("error", slot, job["id"], {"error": f"{result['status']}: {result.get('fail_reason')}"})
+    starts = out["step_starts"]
+    return ("result", slot, job["id"], {
+        "result": result, "t_submit": t_submit, "t_recv": out["t_start"], "t_end": out["t_end"],
+        "step_starts": starts, "probe": bool(starts), "t_first_step": starts[1] if len(starts) > 1 else None,
+        "pid": out["pid"]})
+
+
+def run_jobs(pool: Any, jobs: list[dict[str, Any]], deadline: Deadline,
+             on_message: Callable[[tuple[str, int, Any, dict[str, Any]], dict[str, Any]], None],
+             can_start: Callable[[], bool] | None = None,
+             on_start: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``jobs`` on the pool's workers, in order, one per free worker; ``on_message(msg, job)`` per finished job.
+
+    Args:
+        pool: from `start_workers`.
+        jobs: dicts with ``id``, ``layout`` (a Layout), ``config`` (a ProxyConfig) and optionally ``out_dir`` and
+            ``before_first_step`` (see the module docstring); other keys are the caller's.
+        deadline: no job starts after it, and the call returns at it even with jobs running.
+        can_start: asked before each start; False = start nothing more (e.g. the next job would not fit).
+        on_start: called with (slot, job) as each job is handed to a worker.
+
+    Returns:
+        The jobs that did not finish: never started, or still running at the deadline (kill them with
+        `close_workers`).
+    """
+    import ray
+
+    todo = list(jobs)
+    free = list(pool.ready_slots())  # the pool is idle between calls
+    running: dict[Any, tuple[int, dict[str, Any], float]] = {}
     while True:
-        job = jobs.get()
-        if job is None:
-            return
-        def wait_for_release(job_id: str = job["id"]) -> None:
-            results.put(("at_start", wid, job_id, {}))
-            jobs.get()  # the release token of WorkerPool.release
-
+        while free and todo and not deadline.expired() and (can_start is None or can_start()):
+            slot, job = free.pop(0), todo.pop(0)
+            t = time.time()
+            ref = pool.submit_timed(slot, job["layout"].to_dict(), job["config"].to_dict(), job.get("out_dir"),
+                                    job.get("before_first_step"))
+            running[ref] = (slot, job, t)
+            if on_start is not None:
+                on_start(slot, job)
+        starting = list(pool.starting) if todo and not deadline.expired() else []
+        if not running and not (starting and not free):
+            break
+        done, _ = ray.wait([*running, *starting], num_returns=1, timeout=min(10.0, max(0.05, deadline.left())))
+        if not done:
+            if deadline.expired():
+                break
+            continue
+        if done[0] in pool.starting:  # a replacement worker is up (or failed to start and was restarted)
+            slot = pool.started(done[0])
+            if slot is not None:
+                free.append(slot)
+            continue
+        slot, job, t_submit = running.pop(done[0])
         try:
-            out = run_job(job, wait_for_release if job.get("sync") else None)
-            results.put(("result", wid, job["id"], out))
-        except BaseException as e:  # noqa: BLE001 - ConfigError etc.: report it, keep the worker alive
-            results.put(("error", wid, job["id"], {"error": f"{type(e).__name__}: {e}",
-                                                    "traceback": traceback.format_exc()[-2000:]}))
-
-
-class WorkerPool:
-    """N long-lived proxy workers (spawned processes), each with its own job queue and one shared result queue."""
-
-    def __init__(self, n: int, device: str) -> None:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        self.device = device
-        self.results = ctx.Queue()
-        self.queues = [ctx.Queue() for _ in range(n)]
-        self.procs = [ctx.Process(target=_worker_main, args=(i, q, self.results, device), daemon=True)
-                      for i, q in enumerate(self.queues)]
-        self.t_start = time.time()
-        for p in self.procs:
-            p.start()
-        self.ready: dict[int, dict[str, Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self.procs)
-
-    def wait_ready(self, deadline: Deadline) -> bool:
-        """Block until every worker has imported its libraries (False if the deadline hit first)."""
-        while len(self.ready) < len(self.procs):
-            msg = self.get(deadline)
-            if msg is None:
-                return False
-            kind, wid, _, payload = msg
-            if kind == "ready":
-                payload["ready_s"] = time.time() - self.t_start
-                self.ready[wid] = payload
-        return True
-
-    def submit(self, wid: int, job_id: str, layout: Any, config: Any, out_dir: str | None = None,
-               sync: bool = False) -> None:
-        """Send one trial to worker ``wid`` (stamped with the submission time); ``sync``: hold it at the start
-        barrier (an ``at_start`` message) until `release`."""
-        self.queues[wid].put({"id": job_id, "layout": layout.to_dict(), "config": config.to_dict(),
-                              "device": self.device, "out_dir": out_dir, "t_submit": time.time(), "sync": sync})
-
-    def release(self, wids: Any) -> None:
-        """Let the ``sync`` trials waiting at the start barrier on workers ``wids`` begin their step 0."""
-        for wid in wids:
-            self.queues[wid].put({"release": True})
-
-    def get(self, deadline: Deadline, wait: float | None = None, poll: float = 1.0
-            ) -> tuple[str, int, Any, Any] | None:
-        """Next message ``(kind, worker, job_id, payload)``; None at the deadline, after ``wait`` seconds (when
-        given) or once every worker has died."""
-        until = time.time() + wait if wait is not None else float("inf")
-        while not deadline.expired() and time.time() < until:
-            try:
-                return self.results.get(timeout=min(poll, max(0.05, deadline.left())))
-            except queue.Empty:
-                if not any(p.is_alive() for p in self.procs):
-                    return None
-        return None
-
-    def alive(self, wid: int) -> bool:
-        return self.procs[wid].is_alive()
-
-    def exitcode(self, wid: int) -> int | None:
-        return self.procs[wid].exitcode
-
-    def close(self, grace: float = 10.0) -> None:
-        """Ask workers to exit; terminate those still busy after ``grace`` seconds (cap reached mid-trial)."""
-        for q in self.queues:
-            try:
-                q.put(None)
-            except Exception:  # noqa: BLE001 - a dead worker's queue may be broken; terminate handles it
-                pass
-        end = time.time() + grace
-        for p in self.procs:
-            p.join(timeout=max(0.0, end - time.time()))
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+            msg = _message(slot, job, t_submit, done[0])
+            free.append(slot)
+        except ray.exceptions.RayActorError as e:  # the process died (segfault, OOM killer, CUDA fault ...)
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            msg = ("error", slot, job["id"], {"error": f"worker died: {first}"})
+            pool.replace(slot)
+        on_message(msg, job)
+    return todo + [job for _, job, _ in running.values()]
 
 
 def add_common_args(ap: Any, name: str) -> None:

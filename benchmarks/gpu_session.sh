@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_session.sh stage-whl         # carry .whl: fla, optuna, ... -> /tmp/site (no tilelang)
 #   bash benchmarks/gpu_session.sh stage-ray         # carry .rayx: Ray (stripped tarball) + its missing deps -> /tmp/site
 #   bash benchmarks/gpu_session.sh stage-hyla        # hyla itself (no deps) -> /tmp/site, benchmarks -> /tmp/hyla_bench
-#   bash benchmarks/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call
+#   bash benchmarks/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call;
+#                                                    # after stage-ray: its proxies run on hyla's Ray workers
 #   bash benchmarks/gpu_session.sh tests ARGS        # pytest on the GPU-marked tests (-m gpu), log to $OUT
 #   bash benchmarks/gpu_session.sh tests-start ARGS  # the same in the background, log next to the grid's
 #   bash benchmarks/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT

@@ -1,7 +1,8 @@
 """CPU runs of the GPU throughput benchmarks (warm start, packing, paper grid) and the grid's analysis.
 
 The scripts run end to end as subprocesses with ``--device cpu``, the tiny proxy, 4-layer d=32 layouts and 3-4
-steps; the pure helpers (overlap throughput, Spearman, findings) are checked on hand-made numbers.
+steps, their proxies on the product's Ray workers (``hyla.search.workers``) on a local Ray; the pure helpers
+(overlap throughput, Spearman, findings) are checked on hand-made numbers.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return out
 
 
-def _run(script: str, *args: str, triton: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TRITON_CACHE_DIR": str(triton)}
+def _run(script: str, *args: str, triton: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_CACHE_DIR": str(triton), **(env or {})}
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                           env=env, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -78,6 +79,19 @@ def test_grid_runs_resumes_and_analyzes(layouts: dict[str, str], tmp_path: Path)
     proc = _run("bench_grid.py", "--analyze", "--jsonl", str(jsonl), "--out", str(out), triton=tmp_path / "tc")
     findings = json.loads((tmp_path / "g_findings.json").read_text())["findings"]
     assert findings["n_ok"] == 3 and "recall rises with attention share" in proc.stdout
+
+
+def test_grid_survives_a_worker_death(layouts: dict[str, str], tmp_path: Path) -> None:
+    # the first trial's worker process dies (os._exit, as the OOM killer would); a fresh actor runs the next one
+    jsonl, out = tmp_path / "g.jsonl", tmp_path / "g.json"
+    args = [*FAST, "--steps", "3", "--p", "1", "--order", "given", "--layouts", layouts["gla-pure@t4"],
+            layouts["gla-1:1@t4"], "--jsonl", str(jsonl), "--out", str(out)]
+    _run("bench_grid.py", *args, triton=tmp_path / "tc", env={"HYLA_FAULT_EXIT_FILE": str(tmp_path / "fault")})
+    recs = {r["layout_name"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
+    assert recs["gla-pure@t4"]["status"] == "failed" and "worker died" in recs["gla-pure@t4"]["fail_reason"]
+    assert recs["gla-1:1@t4"]["status"] == "ok"
+    proc = _run("bench_grid.py", *args, "--retry-failed", triton=tmp_path / "tc")  # the failed layout runs again
+    assert "1 done; 1 to run" in proc.stdout and json.loads(out.read_text())["complete"]
 
 
 def test_packing_and_warm_start(layouts: dict[str, str], tmp_path: Path) -> None:
