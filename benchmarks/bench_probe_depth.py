@@ -1,0 +1,86 @@
+"""Does depth decide when a hybrid learns recall? The recall probe of the same layouts at several depths.
+
+On an H200 the `small` probe (24 layers, width 128, T 128) left the hybrids (GDN 3:1, GLA 3:1) on the 1/pairs
+plateau for 1500-2500 steps at every LR while the Transformer solved MQAR in 400. This runs the probe (the
+product's ``run_probes``; seeds and LRs of a layout stacked) on layouts built by the product's presets at a
+chosen depth and width (``presets.hybrid`` / ``transformer`` on an ad hoc ``Scale``: the paper's placement), so
+depth can be varied with everything else fixed. Small enough for a CPU.
+
+    python benchmarks/bench_probe_depth.py --depths 8 24 --layouts transformer retnet-3:1 gla-3:1 \\
+        --lrs 0.001 0.003 --steps 600 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, log, machine_info, main_guard, write_json
+
+
+def build(name: str, depth: int, width: int, heads: int, vocab: int) -> Any:
+    """``transformer``, ``MIXER-pure`` or ``MIXER-R:1`` at ``depth`` x ``width`` (the presets' placement)."""
+    from hyla.space.presets import Scale, hybrid, transformer
+
+    scale = Scale(f"d{depth}w{width}", depth, width, heads, 2 * width, vocab)
+    if name == "transformer":
+        return transformer(scale)
+    mixer, _, ratio = name.partition("-")
+    return hybrid(mixer, None if ratio == "pure" else int(ratio.split(":")[0]), scale)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--depths", type=int, nargs="+", default=[8, 24])
+    ap.add_argument("--layouts", nargs="+", default=["transformer", "retnet-3:1", "gla-3:1"])
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=256)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--pairs", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_depth.json"))
+    args = ap.parse_args()
+    import torch
+    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
+    from hyla.proxy_train.recall_probe import RecallProbeConfig
+
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = RecallProbeConfig(seq_len=args.seq_len, pairs=tuple(args.pairs), steps=args.steps,
+                            batch_size=args.batch_size, lrs=tuple(args.lrs), eval_every=50, eval_examples=128,
+                            pool_rows=4096, warmup=20)
+    out: dict[str, Any] = {"benchmark": "bench_probe_depth", "machine": machine_info(args.device),
+                           "probe": {k: getattr(cfg, k) for k in ("seq_len", "pairs", "steps", "batch_size", "lrs",
+                                                                  "curriculum", "warmup", "prev_token")},
+                           "width": args.width, "runs": []}
+    t0 = time.time()
+    for depth in args.depths:
+        layouts = {name: build(name, depth, args.width, args.heads, args.vocab) for name in args.layouts}
+        jobs = [ProbeJob(lay, seed, lr, (name, depth)) for name, lay in layouts.items() for seed in args.seeds
+                for lr in args.lrs]
+
+        def done(job: ProbeJob, r: dict[str, Any]) -> None:
+            name, d = job.key
+            row = {"layout": name, "depth": d, "seed": job.seed, "lr": job.lr, "score": r["score"],
+                   "levels": r["levels"], "steps": r["steps"], "curve": r["curve"], "elapsed_s": time.time() - t0}
+            out["runs"].append(row)
+            write_json(args.out, out)
+            log(f"depth {d} {name} seed {job.seed} lr {job.lr:g}: {r['score']:.3f} "
+                f"{[round(x, 2) for x in r['levels']]} steps {r['steps']}")
+
+        run_probes(jobs, cfg, torch.device(args.device), None, on_result=done)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    main_guard(main)
