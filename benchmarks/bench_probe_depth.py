@@ -23,12 +23,16 @@ from common import RESULTS_DIR, log, machine_info, main_guard, write_json
 
 
 def build(name: str, depth: int, width: int, heads: int, vocab: int) -> Any:
-    """``transformer``, ``MIXER-pure`` or ``MIXER-R:1`` at ``depth`` x ``width`` (the presets' placement)."""
-    from hyla.space.presets import Scale, hybrid, transformer
+    """``transformer``, ``MIXER-pure``, ``MIXER-R:1`` (the presets' placement) or ``MIXER-atI,J,...`` (attention
+    at those layer indices) at ``depth`` x ``width``."""
+    from hyla.space.presets import Scale, attention_at, hybrid, transformer
 
     scale = Scale(f"d{depth}w{width}", depth, width, heads, 2 * width, vocab)
     if name == "transformer":
         return transformer(scale)
+    if "-at" in name:
+        mixer, _, indices = name.partition("-at")
+        return attention_at(hybrid(mixer, None, scale), [int(i) for i in indices.split(",")], name=name)
     mixer, _, ratio = name.partition("-")
     return hybrid(mixer, None if ratio == "pure" else int(ratio.split(":")[0]), scale)
 
