@@ -33,7 +33,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from hyla.proxy_train.recall_probe import RecallProbeConfig, _PrevTokenEmbedding, probe_layout, wsd_lr
+from hyla.proxy_train.recall_probe import (
+    RecallProbeConfig,
+    _PrevTokenEmbedding,
+    probe_layout,
+    wsd_lr,
+    zero_residual_outputs,
+)
 from hyla.proxy_train.replicas import ReplicaStack, replica_losses
 from hyla.proxy_train.tasks.common import position_accuracy
 from hyla.proxy_train.tasks.mqar import MQAR
@@ -108,7 +114,8 @@ class _Stack:
 
         cuda = dev.type == "cuda"
         self.model = ReplicaStack(lay, [j.seed for j in jobs], std, cfg.weight_decay, dev,
-                                  [add_prev_token] if cfg.prev_token else [],
+                                  [lambda m: zero_residual_outputs(m, cfg.zero_init),
+                                   *([add_prev_token] if cfg.prev_token else [])],
                                   vectorise=not cuda or cfg.kernels == "torch")
         self.graphed = cuda and cfg.cuda_graph and cfg.kernels == "torch"
         self.stream = torch.cuda.Stream(dev) if cuda else None

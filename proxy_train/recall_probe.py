@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from hyla.proxy_train.lr_schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
 from hyla.proxy_train.tasks.mqar import MQAR
-from hyla.space.layout import Layout
+from hyla.space.layout import ATTN, Layout
 from torch import nn
 
 from hyla.config import ConfigError
@@ -58,6 +58,8 @@ class RecallProbeConfig:
         decay_fraction: share of the last steps with a cosine decay to 10 % (warmup-stable-decay).
         weight_decay: AdamW decay on matrices.
         prev_token: add a learned previous-token embedding (the same help for every layout).
+        zero_init: residual output projections that start at zero (`zero_residual_outputs`): ``none``,
+            ``linear`` (the purely linear layers' mixers: a hybrid starts as its attention layers alone) or ``all``.
         curriculum: share of the steps over which harder levels are admitted (0 = all levels from the start).
         eval_examples: held-out examples per level for the final score.
         eval_every: check the levels every this many steps and stop when all reach ``stop_at`` (0 = never).
@@ -90,6 +92,7 @@ class RecallProbeConfig:
     decay_fraction: float = 0.2
     weight_decay: float = 0.0
     prev_token: bool = True
+    zero_init: str = field(default="none", metadata={"choices": ("none", "linear", "all")})
     curriculum: float = 0.25
     eval_examples: int = 256
     eval_every: int = 100
@@ -155,6 +158,27 @@ class _PrevTokenEmbedding(nn.Module):
         ids = inputs[0]
         prev = F.pad(ids[:, :-1], (1, 0), value=0)  # position 0 sees token 0 ("nothing before")
         return output + F.embedding(prev, self.weight).to(output.dtype)
+
+
+@torch.no_grad()
+def zero_residual_outputs(model: nn.Module, which: str) -> None:
+    """Zero the residual output projections (``o_proj``/``out_proj`` of the mixer, ``down_proj`` of the MLP) of
+    ``model``'s blocks: ``linear`` = the mixers of linear layers only, ``all`` = every mixer and MLP, ``none`` =
+    nothing. A zeroed branch adds nothing at the start and grows from its first gradient step (as in ReZero or
+    modded-nanogpt's zero-initialised projections). On CPU, a 24-layer RetNet hybrid left the MQAR plateau within
+    500 steps with ``linear`` and not within 600 without it (one seed; ``benchmarks/results/probe_depth_cpu``)."""
+    if which == "none":
+        return
+    from hyla.proxy_train.model import _RESIDUAL_PROJ
+
+    for block in model.blocks:
+        spec = model.layout.layers[block.index]
+        linear = spec.mixer != ATTN and not spec.attn_heads  # a head-wise layer keeps its attention heads' output
+        for name, module in block.named_modules():
+            if name.rsplit(".", 1)[-1] not in _RESIDUAL_PROJ or not isinstance(module, nn.Linear):
+                continue
+            if which == "all" or (linear and name.startswith("mixer")):
+                module.weight.zero_()
 
 
 def probe_layout(layout: Layout, cfg: RecallProbeConfig) -> Layout:

@@ -30,7 +30,7 @@ def _proxy(**kw: object) -> ProxyConfig:
 @pytest.mark.parametrize(("field", "value", "match"), [
     ("pairs", [4, 2], "recall_probe.pairs"), ("seq_len", 6, "recall_probe.seq_len"),
     ("lrs", [], "recall_probe.lrs"), ("task_vocab", 3, "recall_probe.task_vocab"),
-    ("kernels", "cuda", "kernels"), ("stop_at", 0.0, "recall_probe.stop_at"),
+    ("kernels", "cuda", "kernels"), ("stop_at", 0.0, "recall_probe.stop_at"), ("zero_init", "mlp", "zero_init"),
 ])
 def test_probe_config_refuses_bad_fields(field: str, value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -204,3 +204,18 @@ def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.Monk
     solved, other = run_probes(jobs, cfg, torch.device("cpu"), 0.1)
     assert solved["steps"] == 5 and solved["score"] == 1.0 and len(solved["curve"]) == 2
     assert other["steps"] == 20 and [c[0] for c in other["curve"]] == [5, 10, 15, 20]
+
+
+@pytest.mark.parametrize(("which", "zeroed"), [("none", set()), ("linear", {"blocks.0.mixer.o_proj.weight"}),
+                                               ("all", {"blocks.0.mixer.o_proj.weight", "blocks.1.mixer.o_proj.weight",
+                                                        "blocks.0.mlp.down_proj.weight",
+                                                        "blocks.1.mlp.down_proj.weight"})])
+def test_zero_init_zeroes_the_chosen_residual_outputs(which: str, zeroed: set[str]) -> None:
+    from hyla.proxy_train.model import HylaLM
+    from hyla.proxy_train.recall_probe import zero_residual_outputs
+
+    model = HylaLM(_layout(("gla", "attn")))
+    zero_residual_outputs(model, which)
+    assert {n for n, p in model.named_parameters() if p.dim() == 2 and not p.any()} == zeroed
+    cfg = RecallProbeConfig(**{**PROBE, "zero_init": which, "steps": 2})
+    assert run_probes([ProbeJob(_layout(), 0, 1e-3)], cfg, torch.device("cpu"), 0.1)[0]["status"] == "ok"
