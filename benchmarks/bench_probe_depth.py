@@ -7,7 +7,7 @@ chosen depth and width (``presets.hybrid`` / ``transformer`` on an ad hoc ``Scal
 depth can be varied with everything else fixed. Small enough for a CPU.
 
     python benchmarks/bench_probe_depth.py --depths 8 24 --layouts transformer retnet-3:1 gla-3:1 \\
-        --lrs 0.001 0.003 --steps 600 --device cpu
+        --lrs 0.001 0.003 --steps 600 --zero-init none linear --device cpu
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--zero-init", nargs="+", default=["none"], choices=("none", "linear", "all"),
+                    help="recall_probe.zero_init values to compare")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_depth.json"))
     args = ap.parse_args()
@@ -59,29 +61,34 @@ def main() -> int:
 
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = RecallProbeConfig(seq_len=args.seq_len, pairs=tuple(args.pairs), steps=args.steps,
-                            batch_size=args.batch_size, lrs=tuple(args.lrs), eval_every=50, eval_examples=128,
-                            pool_rows=4096, warmup=20)
+    import dataclasses
+
+    base = RecallProbeConfig(seq_len=args.seq_len, pairs=tuple(args.pairs), steps=args.steps,
+                             batch_size=args.batch_size, lrs=tuple(args.lrs), eval_every=50, eval_examples=128,
+                             pool_rows=4096, warmup=20)
     out: dict[str, Any] = {"benchmark": "bench_probe_depth", "machine": machine_info(args.device),
-                           "probe": {k: getattr(cfg, k) for k in ("seq_len", "pairs", "steps", "batch_size", "lrs",
+                           "probe": {k: getattr(base, k) for k in ("seq_len", "pairs", "steps", "batch_size", "lrs",
                                                                   "curriculum", "warmup", "prev_token")},
                            "width": args.width, "runs": []}
     t0 = time.time()
     for depth in args.depths:
-        layouts = {name: build(name, depth, args.width, args.heads, args.vocab) for name in args.layouts}
-        jobs = [ProbeJob(lay, seed, lr, (name, depth)) for name, lay in layouts.items() for seed in args.seeds
-                for lr in args.lrs]
+        for zero_init in args.zero_init:
+            cfg = dataclasses.replace(base, zero_init=zero_init)
+            layouts = {name: build(name, depth, args.width, args.heads, args.vocab) for name in args.layouts}
+            jobs = [ProbeJob(lay, seed, lr, (name, depth, zero_init)) for name, lay in layouts.items()
+                    for seed in args.seeds for lr in args.lrs]
 
-        def done(job: ProbeJob, r: dict[str, Any]) -> None:
-            name, d = job.key
-            row = {"layout": name, "depth": d, "seed": job.seed, "lr": job.lr, "score": r["score"],
-                   "levels": r["levels"], "steps": r["steps"], "curve": r["curve"], "elapsed_s": time.time() - t0}
-            out["runs"].append(row)
-            write_json(args.out, out)
-            log(f"depth {d} {name} seed {job.seed} lr {job.lr:g}: {r['score']:.3f} "
-                f"{[round(x, 2) for x in r['levels']]} steps {r['steps']}")
+            def done(job: ProbeJob, r: dict[str, Any]) -> None:
+                name, d, zi = job.key
+                row = {"layout": name, "depth": d, "zero_init": zi, "seed": job.seed, "lr": job.lr,
+                       "score": r["score"], "levels": r["levels"], "steps": r["steps"], "curve": r["curve"],
+                       "elapsed_s": time.time() - t0}
+                out["runs"].append(row)
+                write_json(args.out, out)
+                log(f"depth {d} zero_init {zi} {name} seed {job.seed} lr {job.lr:g}: {r['score']:.3f} "
+                    f"{[round(x, 2) for x in r['levels']]} steps {r['steps']}")
 
-        run_probes(jobs, cfg, torch.device(args.device), None, on_result=done)
+            run_probes(jobs, cfg, torch.device(args.device), None, on_result=done)
     log(f"wrote {args.out}")
     return 0
 
