@@ -25,7 +25,7 @@ packing = importlib.import_module("bench_packing")
 warm = importlib.import_module("bench_warm_start")
 
 FAST = ["--device", "cpu", "--proxy", "tiny", "--set", "recall_eval_examples=2", "--set", "eval_batches=1",
-        "--set", "text={source: stdlib, max_docs: 40}", "--max-seconds", "240"]
+        "--set", "text={source: stdlib, max_docs: 40}", "--max-seconds", "540"]  # a cap, not a target: Ray workers start slowly on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def _run(script: str, *args: str, triton: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TRITON_CACHE_DIR": str(triton), **(env or {})}
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                          env=env, timeout=400, cwd=ROOT)
+                          env=env, timeout=660, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -57,7 +57,8 @@ def test_grid_runs_resumes_and_analyzes(layouts: dict[str, str], tmp_path: Path)
     jsonl, out = tmp_path / "g.jsonl", tmp_path / "g.json"
     args = [*FAST, "--steps", "3", "--p", "2", "--layouts", *layouts.values(), "--jsonl", str(jsonl),
             "--out", str(out)]
-    _run("bench_grid.py", *args, triton=tmp_path / "tc")
+    proc = _run("bench_grid.py", *args, triton=tmp_path / "tc")
+    assert jsonl.exists(), proc.stdout[-3000:]  # no record: the cap came before any trial finished
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert sorted(r["layout_name"] for r in recs) == sorted(layouts)
     assert all(r["status"] == "ok" and r["recall"] is not None and r["lm_val_loss"] > 0 for r in recs)
