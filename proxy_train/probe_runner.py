@@ -303,7 +303,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     active: list[tuple[list[int], _Stack]] = []
     chunk = cfg.eval_every or cfg.steps
     bar = tqdm(total=len(jobs), disable=not progress, desc="recall probes", leave=False)
-    with kernel_path(cfg.kernels) if cuda else nullcontext(), scan_chunk(cfg.scan_chunk), _tf32():
+    with kernel_path(cfg.kernels) if cuda else nullcontext(), scan_chunk(cfg.scan_chunk), _tf32(not cfg.bf16):
         threads = ThreadPoolExecutor(max_workers=min(limit, 16)) if cuda else None
         while queue or active:
             if stop is not None and queue and stop():
@@ -346,10 +346,12 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
 
 
 @contextmanager
-def _tf32() -> Iterator[None]:
-    """TF32 matmuls where a probe runs in fp32 (``bf16: false``); the caller's setting is restored."""
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls while ``enabled`` (probes in fp32, ``bf16: false``); the caller's setting is restored. With bf16
+    the scans' fp32 matmuls keep the caller's precision."""
     before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
+    if enabled:
+        torch.set_float32_matmul_precision("high")
     try:
         yield
     finally:

@@ -219,3 +219,18 @@ def test_zero_init_zeroes_the_chosen_residual_outputs(which: str, zeroed: set[st
     assert {n for n, p in model.named_parameters() if p.dim() == 2 and not p.any()} == zeroed
     cfg = RecallProbeConfig(**{**PROBE, "zero_init": which, "steps": 2})
     assert run_probes([ProbeJob(_layout(), 0, 1e-3)], cfg, torch.device("cpu"), 0.1)[0]["status"] == "ok"
+
+
+def test_tf32_only_while_probes_run_in_fp32() -> None:
+    from hyla.proxy_train.probe_runner import _tf32
+
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with _tf32(False):
+            assert torch.get_float32_matmul_precision() == "highest"  # bf16 probes: the scans' fp32 stays fp32
+        with _tf32(True):
+            assert torch.get_float32_matmul_precision() == "high"
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
