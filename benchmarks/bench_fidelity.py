@@ -272,7 +272,7 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
             _append(args.jsonl, rec, job, session, left[0])
 
         pjobs = [ProbeJob(j["layout"], j["seed"], lr, i) for i, j in enumerate(group) for lr in probe.lrs]
-        run_probes(pjobs, probe, dev, cfg.init_std, on_result=done, stop=deadline.expired)
+        run_probes(pjobs, probe, dev, cfg.init_std, on_result=done, stop=deadline.expired, log=log)
         if deadline.expired():
             log(f"cap reached: {left[0]} jobs not started (they run next time)")
             break

@@ -88,7 +88,7 @@ def main() -> int:
                 log(f"depth {d} zero_init {zi} {name} seed {job.seed} lr {job.lr:g}: {r['score']:.3f} "
                     f"{[round(x, 2) for x in r['levels']]} steps {r['steps']}")
 
-            run_probes(jobs, cfg, torch.device(args.device), None, on_result=done)
+            run_probes(jobs, cfg, torch.device(args.device), None, on_result=done, log=log)
     log(f"wrote {args.out}")
     return 0
 

@@ -22,11 +22,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, proxy_config, setup_env, write_json
 
 
+def compile_counters() -> dict[str, Any]:
+    """torch.compile's counters so far in this process (graphs compiled, graph breaks, recompiles)."""
+    from torch._dynamo.utils import counters
+
+    return {k: {str(kk)[:200]: v for kk, v in counters[k].items()} for k in ("stats", "graph_break", "recompiles")
+            if counters.get(k)}
+
+
 def measure(layout: Any, probe: Any, r: int, steps: int, dev: Any, profile: bool) -> dict[str, Any]:
     """Build a stack of ``r`` replicas of ``layout`` and time ``steps`` steps (one check-free advance)."""
     import torch
     from hyla.proxy_train.mixers.common import kernel_path, scan_chunk
-    from hyla.proxy_train.probe_runner import LevelPool, ProbeJob, _Stack
+    from hyla.proxy_train.probe_runner import ProbeJob, _Stack
+    from hyla.proxy_train.recall_probe import LevelPool
 
     pool = LevelPool(probe, layout.vocab_size, dev)
     jobs = [ProbeJob(layout, seed, probe.lrs[seed % len(probe.lrs)]) for seed in range(r)]
@@ -45,6 +54,7 @@ def measure(layout: Any, probe: Any, r: int, steps: int, dev: Any, profile: bool
         step_s = (time.perf_counter() - t0) / steps
         row: dict[str, Any] = {"layout": layout.name, "stack": r, "build_s": build, "step_ms": 1e3 * step_s,
                                "probe_steps_per_s": r / step_s, "cuda_graph": stack.graph is not None,
+                               "capture_error": stack.capture_error, "compile": dict(compile_counters()),
                                "peak_mem_bytes": int(torch.cuda.max_memory_allocated(dev))}
         if profile:
             from torch.profiler import ProfilerActivity

@@ -137,7 +137,7 @@ class HylaLM(nn.Module):
             raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
         if states is not None and len(states) != len(self.blocks):
             raise ValueError(f"states has {len(states)} entries; the model has {len(self.blocks)} layers")
-        x = self.embeddings(input_ids)
+        x = self.embed(input_ids)
         new_states: list[LayerState] = []
         for i, block in enumerate(self.blocks):
             state = states[i] if states is not None else None
@@ -146,8 +146,15 @@ class HylaLM(nn.Module):
             else:
                 x, s = block(x, state, use_cache)
             new_states.append(s)
-        logits = self.lm_head(self.norm(x))
-        return logits, (new_states if use_cache else None)
+        return self.logits(x), (new_states if use_cache else None)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D): the input of the first block (forward hooks on ``embeddings`` apply)."""
+        return self.embeddings(input_ids)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) output of the last block -> (B, T, vocab)."""
+        return self.lm_head(self.norm(x))
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: decay matrices (and the embedding), never norms, biases, 1-D gates or fla's

@@ -34,9 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 from hyla.proxy_train.recall_probe import (
+    LevelPool,
     RecallProbeConfig,
     _PrevTokenEmbedding,
     probe_layout,
+    schedule,
     wsd_lr,
     zero_residual_outputs,
 )
@@ -63,38 +65,6 @@ class ProbeJob:
     key: Any = None
 
 
-class LevelPool:
-    """The training rows of every level (``pool_rows`` each, seeded by ``pool_seed``) on the device, plus one
-    fixed held-out set per level for the checks and the final score."""
-
-    def __init__(self, cfg: RecallProbeConfig, vocab_size: int, dev: torch.device) -> None:
-        self.levels = cfg.levels(vocab_size)
-        self.rows = cfg.pool_rows
-        xs, ys = zip(*(g.generate(self.rows, 2 * (cfg.pool_seed * 1_000_003 + i))  # even seeds: training
-                       for i, g in enumerate(self.levels)))
-        self.x, self.y = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
-        ex, ey = zip(*(g.generate(cfg.eval_examples, 2 * (cfg.pool_seed * 7919 + i) + 1)  # odd: never trained on
-                       for i, g in enumerate(self.levels)))
-        self.eval_x, self.eval_y = torch.stack(ex).to(dev), torch.stack(ey).to(dev)  # (levels, n, T)
-        n_check = min(64, cfg.eval_examples)
-        self.check_x = self.eval_x[:, :n_check].flatten(0, 1)
-        self.check_y = self.eval_y[:, :n_check].flatten(0, 1)
-
-
-def schedule(cfg: RecallProbeConfig, n_levels: int, rows: int, seed: int, steps: int) -> np.ndarray:
-    """Row indices into a `LevelPool` for every step, ``(steps, batch_size)``.
-
-    Each step's rows are split evenly over the levels admitted so far (curriculum: one more level every
-    ``curriculum * steps / (levels - 1)`` steps, easiest first), rows drawn at random by ``seed``.
-    """
-    rng = np.random.default_rng([seed, 0x9E3779B9])
-    ramp = max(1, round(cfg.curriculum * steps))
-    step = np.arange(steps)[:, None]
-    allowed = np.minimum(n_levels, 1 + (n_levels - 1) * step // ramp) if cfg.curriculum else np.full_like(step, n_levels)
-    level = np.arange(cfg.batch_size)[None, :] % allowed
-    return level * rows + rng.integers(0, rows, (steps, cfg.batch_size))
-
-
 class _Stack:
     """The probes of one layout in flight, stacked into one model (`ReplicaStack`): their tables, stream and
     (on CUDA) captured step. Replica r is ``jobs[r]``: its seed's initialisation and rows, its lr schedule."""
@@ -116,7 +86,8 @@ class _Stack:
         self.model = ReplicaStack(lay, [j.seed for j in jobs], std, cfg.weight_decay, dev,
                                   [lambda m: zero_residual_outputs(m, cfg.zero_init),
                                    *([add_prev_token] if cfg.prev_token else [])],
-                                  vectorise=not cuda or cfg.kernels == "torch")
+                                  vectorise=not cuda or cfg.kernels == "torch",
+                                  compile_blocks=cuda and cfg.compile and cfg.kernels == "torch")
         self.graphed = cuda and cfg.cuda_graph and cfg.kernels == "torch"
         self.stream = torch.cuda.Stream(dev) if cuda else None
         n = len(jobs)
@@ -132,6 +103,8 @@ class _Stack:
         self.bf16 = cuda and cfg.bf16
         self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_error: str | None = None  # why the step could not be captured (it then runs eagerly)
+        self.on_check: Callable[[str], None] | None = None  # gets a line per check read (`run_probes`' ``log``)
         self.loss = torch.zeros(n, device=dev)
         self.steps = 0  # steps enqueued
         self.checks: deque[tuple[int, torch.Tensor, Any]] = deque()  # (step, host copy of the check, event)
@@ -144,14 +117,16 @@ class _Stack:
     def _on_stream(self) -> Any:
         return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
 
-    def _step(self, capturing: bool = False) -> torch.Tensor:
+    def _step(self) -> torch.Tensor:
         """One training step of every replica, all on the device: gather rows, lrs, forward, backward, AdamW."""
         n, batch = len(self.jobs), self.cfg.batch_size
         idx = self.rows.index_select(0, self.step_t).flatten()
         x = self.pool.x.index_select(0, idx).view(n, batch, -1)
         y = self.pool.y.index_select(0, idx).view(n, batch, -1)
         lr = self.lr_table.index_select(0, self.step_t).squeeze(0) * self.active
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=not capturing):
+        # no autocast weight cache: a capture cannot keep it, and compiled blocks would recompile for the
+        # capture if the warm-up steps had it (torch.compile guards on autocast's state)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             logits = self.model(x)
         losses = replica_losses(logits, y)
         losses.sum().backward()
@@ -171,9 +146,10 @@ class _Stack:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, stream=self.stream):
-                self.loss = self._step(capturing=True)
-        except Exception:  # noqa: BLE001 - a mixer with a host sync cannot be captured: stay eager
+                self.loss = self._step()
+        except Exception as e:  # noqa: BLE001 - a mixer with a host sync cannot be captured: stay eager
             self.graphed = False
+            self.capture_error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             self.model.zero_grad()
             return
         # capture ran nothing, but the counter's add_ did not run either: the next replay is step `steps`
@@ -240,6 +216,9 @@ class _Stack:
             for r in range(n):
                 if was[r]:
                     self.curves[r].append([step, acc[r]])
+            if self.on_check is not None:
+                self.on_check(f"{self.jobs[0].layout.name} step {step}: "
+                              + " ".join(f"{a:.3f}" if w else "stopped" for a, w in zip(acc, was)))
             if not bool(now.any()):
                 self.stopped = True
                 return
@@ -268,7 +247,8 @@ class _Stack:
 
 def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.device, init_std: float | None = None,
                progress: bool = False, on_result: Callable[[ProbeJob, dict[str, Any]], None] | None = None,
-               stop: Callable[[], bool] | None = None) -> list[dict[str, Any] | None]:
+               stop: Callable[[], bool] | None = None,
+               log: Callable[[str], None] | None = None) -> list[dict[str, Any] | None]:
     """Train and score every job's probe, up to ``cfg.concurrent`` at a time on ``dev`` (module docstring).
 
     Args:
@@ -280,6 +260,8 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
         on_result: called with each job and its result as soon as it finishes (e.g. to append a record).
         stop: polled between rounds; once it returns True no further probe starts (those running finish), and
             the jobs never started get no result.
+        log: called with one line per stack and check read (layout, step, each replica's mean check accuracy):
+            progress of long runs, e.g. into a benchmark's log.
 
     Returns:
         One result per job, in order: ``score`` (mean accuracy over the levels), ``levels`` (accuracy per level,
@@ -315,6 +297,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
                 admitted += 1
                 try:
                     active.append((ix, _Stack([jobs[i] for i in ix], cfg, pool, init_std, dev)))
+                    active[-1][1].on_check = log
                 except torch.OutOfMemoryError as e:
                     if active:  # the device is full: wait for a stack to finish, then retry this one
                         queue.appendleft(ix)

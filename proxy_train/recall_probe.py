@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hyla.proxy_train.lr_schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
@@ -70,6 +71,9 @@ class RecallProbeConfig:
         cuda_graph: on CUDA with ``kernels: torch``, capture the training step (batch gather, lr, forward,
             backward, clipping, AdamW) in one CUDA graph after 3 eager warm-up steps; replays remove the
             per-kernel launch cost. Falls back to eager steps if capture fails.
+        compile: on CUDA with ``kernels: torch``, train through ``torch.compile`` of each distinct block
+            (``ReplicaStack(compile_blocks=True)``: one compile per layer spec and process, reused by every
+            layout that has the spec; Inductor fuses the scans' elementwise work). Checks and scores stay eager.
         width: train the layout's pattern at this d_model (`probe_layout`: mixers, attention placement and
             head shares kept, depth kept); None = the layout's own width.
         concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe_runner``: the
@@ -99,6 +103,7 @@ class RecallProbeConfig:
     stop_at: float = 0.99
     kernels: str = field(default="torch", metadata={"choices": ("auto", "fla", "torch")})
     cuda_graph: bool = True
+    compile: bool = True
     width: int | None = None
     concurrent: int = 16
     pool_rows: int = 16384
@@ -158,6 +163,38 @@ class _PrevTokenEmbedding(nn.Module):
         ids = inputs[0]
         prev = F.pad(ids[:, :-1], (1, 0), value=0)  # position 0 sees token 0 ("nothing before")
         return output + F.embedding(prev, self.weight).to(output.dtype)
+
+
+class LevelPool:
+    """The training rows of every level (``pool_rows`` each, seeded by ``pool_seed``) on the device, plus one
+    fixed held-out set per level for the checks and the final score."""
+
+    def __init__(self, cfg: RecallProbeConfig, vocab_size: int, dev: torch.device) -> None:
+        self.levels = cfg.levels(vocab_size)
+        self.rows = cfg.pool_rows
+        xs, ys = zip(*(g.generate(self.rows, 2 * (cfg.pool_seed * 1_000_003 + i))  # even seeds: training
+                       for i, g in enumerate(self.levels)))
+        self.x, self.y = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
+        ex, ey = zip(*(g.generate(cfg.eval_examples, 2 * (cfg.pool_seed * 7919 + i) + 1)  # odd: never trained on
+                       for i, g in enumerate(self.levels)))
+        self.eval_x, self.eval_y = torch.stack(ex).to(dev), torch.stack(ey).to(dev)  # (levels, n, T)
+        n_check = min(64, cfg.eval_examples)
+        self.check_x = self.eval_x[:, :n_check].flatten(0, 1)
+        self.check_y = self.eval_y[:, :n_check].flatten(0, 1)
+
+
+def schedule(cfg: RecallProbeConfig, n_levels: int, rows: int, seed: int, steps: int) -> np.ndarray:
+    """Row indices into a `LevelPool` for every step, ``(steps, batch_size)``.
+
+    Each step's rows are split evenly over the levels admitted so far (curriculum: one more level every
+    ``curriculum * steps / (levels - 1)`` steps, easiest first), rows drawn at random by ``seed``.
+    """
+    rng = np.random.default_rng([seed, 0x9E3779B9])
+    ramp = max(1, round(cfg.curriculum * steps))
+    step = np.arange(steps)[:, None]
+    allowed = np.minimum(n_levels, 1 + (n_levels - 1) * step // ramp) if cfg.curriculum else np.full_like(step, n_levels)
+    level = np.arange(cfg.batch_size)[None, :] % allowed
+    return level * rows + rng.integers(0, rows, (steps, cfg.batch_size))
 
 
 @torch.no_grad()

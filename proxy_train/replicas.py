@@ -7,6 +7,11 @@ learning rates) turns every kernel into one kernel over R times the data, so R p
 Each replica stays an independent model: its own initialisation (its seed), its own batches, its own gradient
 clipping and its own learning rate; nothing but the kernels is shared.
 
+With ``compile_blocks`` the stacked forward runs block by block, each block's vmapped forward through
+``torch.compile`` (regional compilation): blocks of one layer spec share one compiled function (a layout has a
+handful of distinct specs, a 24-layer model compiles 1-3 blocks), and Inductor fuses the scans' elementwise work,
+casts and copies, which dominate a probe step's time on a GPU (``benchmarks/bench_stack_step.py --profile``).
+
 The optimizer is written here (about twenty lines of ``torch._foreach_*``) because ``torch.optim.AdamW`` takes
 one learning rate per parameter group, not one per slice of a tensor. It follows ``torch.optim.AdamW``
 (decoupled weight decay, bias correction) and keeps every quantity on the device, so a step can be captured in
@@ -40,10 +45,13 @@ class ReplicaStack:
             (e.g. the recall probe's previous-token embedding); its parameters are stacked and trained too.
         vectorise: stack through ``vmap``; False requires R = 1 (for fla's Triton kernels, which have no
             batching rule).
+        compile_blocks: training forwards run each block's vmapped forward through ``torch.compile``, one
+            compiled function per distinct layer spec (module docstring); evaluation (no grad) stays eager.
     """
 
     def __init__(self, layout: Layout, seeds: Sequence[int], init_std: float, weight_decay: float,
-                 dev: torch.device, extra: Sequence[Any] = (), vectorise: bool = True) -> None:
+                 dev: torch.device, extra: Sequence[Any] = (), vectorise: bool = True,
+                 compile_blocks: bool = False) -> None:
         from hyla.proxy_train.model import HylaLM  # the mixers import fla: only where a model is built
 
         if not vectorise and len(seeds) != 1:
@@ -70,6 +78,7 @@ class ReplicaStack:
         self.step_count = torch.zeros((), device=dev)
         # one (R, 1, ..., 1) view per parameter shape rank, to broadcast per-replica scalars
         self._ranks = [p.dim() for p in self.params.values()]
+        self._blocks = _CompiledBlocks(self.model, self.params, self.buffers) if compile_blocks and vectorise else None
 
     def parameters(self) -> list[torch.Tensor]:
         """The stacked parameters, ``(R, *shape)`` each."""
@@ -87,6 +96,8 @@ class ReplicaStack:
         # memory-efficient kernel (fp32) fails its backward's alignment check; flash (bf16) or math work.
         backends = [SDPBackend.MATH] if self.dev.type == "cpu" else [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
         with sdpa_kernel(backends):
+            if self._blocks is not None and torch.is_grad_enabled():
+                return self._blocks(x)
             return vmap(one)(self.params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
@@ -126,6 +137,57 @@ class ReplicaStack:
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
+
+
+class _Call(nn.Module):
+    """``lm.<method>(*args)`` as a module's forward, so that `functional_call` can run one part of ``lm``."""
+
+    def __init__(self, lm: nn.Module, method: str) -> None:
+        super().__init__()
+        self.lm, self.method = lm, method
+
+    def forward(self, *args: Any) -> Any:
+        return getattr(self.lm, self.method)(*args)
+
+
+class _CompiledBlocks:
+    """The stacked forward block by block: vmapped ``embed``, then every block through the compiled vmapped
+    forward of its layer spec, then vmapped ``logits``. Parameters are read from the stack's tensors at each call
+    (the optimizer updates them in place)."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
+        self.ends = [_Call(model, "embed"), _Call(model, "logits")]
+        self.ends_state = ({f"lm.{n}": p for n, p in params.items() if not n.startswith("blocks.")},
+                           {f"lm.{n}": b for n, b in buffers.items() if not n.startswith("blocks.")})
+        self.blocks: list[tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        compiled: dict[Any, Any] = {}
+        # every compiled block shares torch.func's vmap wrapper code object, whose compile cache holds
+        # `recompile_limit` entries (8): room for every spec and stack size of a long run
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        for i, block in enumerate(model.blocks):
+            spec = model.layout.layers[block.index]
+            if spec not in compiled:
+                compiled[spec] = torch.compile(_vmapped(block), dynamic=False)
+            prefix = f"blocks.{i}."
+            self.blocks.append((compiled[spec], {n[len(prefix):]: p for n, p in params.items() if n.startswith(prefix)},
+                                {n[len(prefix):]: b for n, b in buffers.items() if n.startswith(prefix)}))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        embed, logits = (_vmapped(end) for end in self.ends)
+        h = embed(*self.ends_state, x)
+        for fn, params, buffers in self.blocks:
+            h = fn(params, buffers, h)
+        return logits(*self.ends_state, h)
+
+
+def _vmapped(module: nn.Module) -> Any:
+    """``(params, buffers, x) -> out`` over a leading replica axis: ``module`` (a structure) with replica r's
+    tensors on ``x[r]``; a block's output pair keeps its hidden states only."""
+    def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, (params, buffers), (x,))
+        return out[0] if isinstance(out, tuple) else out
+
+    return vmap(one)
 
 
 def replica_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

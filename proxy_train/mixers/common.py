@@ -67,7 +67,12 @@ def scan_chunk(length: int | None) -> Iterator[None]:
 
 def chunk_length(given: int | None, default: int) -> int:
     """The chunk a scan uses: ``given``, else the `scan_chunk` in effect, else ``default``."""
-    return given or _SCAN_CHUNK.get() or default
+    return given or _scan_chunk_in_effect() or default
+
+
+@torch.compiler.assume_constant_result  # torch.compile cannot trace ContextVar.get: read once, at trace time
+def _scan_chunk_in_effect() -> int | None:
+    return _SCAN_CHUNK.get()
 
 
 @contextmanager
@@ -84,7 +89,12 @@ def kernel_path(name: str) -> Iterator[None]:
 
 def use_fla(x: torch.Tensor) -> bool:
     """Whether fla's kernels run for ``x`` (CUDA, unless `kernel_path` chose ``torch``)."""
-    return x.is_cuda and _KERNELS.get() != "torch"
+    return x.is_cuda and _kernels_in_effect() != "torch"
+
+
+@torch.compiler.assume_constant_result  # as `_scan_chunk_in_effect`
+def _kernels_in_effect() -> str:
+    return _KERNELS.get()
 
 
 def state_nbytes(state: State | None) -> int:
