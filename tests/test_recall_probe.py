@@ -267,3 +267,38 @@ def test_tf32_only_while_probes_run_in_fp32() -> None:
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_stacked_probe_steps_on_cuda_match_cpu(compiled: bool) -> None:
+    """The probe's CUDA path (our torch mixers under vmap, optionally compiled blocks, fp32 without TF32) trains a
+    stack of every linear kind like the CPU: the same losses over 10 AdamW steps. The GPU probe's hybrids stayed
+    on the MQAR plateau where CPU runs left it, so this checks the path itself, step by step."""
+    from hyla.proxy_train.mixers.common import kernel_path, scan_chunk
+    from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+
+    lay = _layout(("gla", "attn", "gdn", "retnet", "hgrn2", "deltanet", "hgrn"))
+    x = torch.randint(0, lay.vocab_size, (2, 4, 64))
+    y = torch.where(torch.rand(2, 4, 64) < 0.3, torch.randint(0, lay.vocab_size, (2, 4, 64)), -100)
+    curves = []
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        for dev, comp in ((torch.device("cpu"), False), (torch.device("cuda"), compiled)):
+            stack = ReplicaStack(lay, [0, 1], 0.1, 0.0, dev, compile_blocks=comp)
+            losses = []
+            with kernel_path("torch"), scan_chunk(16):
+                for _ in range(10):
+                    stack.zero_grad()
+                    loss = replica_losses(stack(x.to(dev)), y.to(dev))
+                    loss.sum().backward()
+                    stack.clip_and_step(torch.tensor([1e-2, 3e-3], device=dev))
+                    losses.append(loss.detach().cpu())
+            curves.append(torch.stack(losses))
+    finally:
+        torch.set_float32_matmul_precision(before)
+    cpu, cuda = curves
+    assert cpu[-1].sum() < cpu[0].sum()
+    torch.testing.assert_close(cuda, cpu, rtol=2e-3, atol=2e-3)
