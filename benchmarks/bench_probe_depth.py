@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--curriculum", type=float, default=0.25, help="recall_probe.curriculum")
+    ap.add_argument("--task-vocab", type=int, default=None, help="recall_probe.task_vocab (None: 4 x the largest pairs)")
     ap.add_argument("--zero-init", nargs="+", default=["none"], choices=("none", "linear", "all"),
                     help="recall_probe.zero_init values to compare")
     ap.add_argument("--device", default="cpu")
@@ -65,10 +67,11 @@ def main() -> int:
 
     base = RecallProbeConfig(seq_len=args.seq_len, pairs=tuple(args.pairs), steps=args.steps,
                              batch_size=args.batch_size, lrs=tuple(args.lrs), eval_every=50, eval_examples=128,
-                             pool_rows=4096, warmup=20)
+                             pool_rows=4096, warmup=20, curriculum=args.curriculum,
+                             task_vocab=args.task_vocab)
     out: dict[str, Any] = {"benchmark": "bench_probe_depth", "machine": machine_info(args.device),
                            "probe": {k: getattr(base, k) for k in ("seq_len", "pairs", "steps", "batch_size", "lrs",
-                                                                  "curriculum", "warmup", "prev_token")},
+                                                                  "curriculum", "warmup", "prev_token", "task_vocab")},
                            "width": args.width, "runs": []}
     t0 = time.time()
     for depth in args.depths:
