@@ -47,8 +47,9 @@ Presets (``ProxyConfig.load("tiny")``):
   0.999 in 400 steps, and pure DeltaNet solved every level at width 128, lr 3e-3 in 1100 steps, while GLA/GDN 3:1
   hybrids and pure GDN stayed at chance after 1200 steps at lr 3e-3. Hence width 128, two LRs and 1500 steps.
   With 2-32 pairs the hybrids stayed on the plateau on the H200 (every LR, with and without zero-init); on CPU
-  a depth-24 GLA 3:1 with zero-init solved 2-16 pairs at T = 128 in 400 steps but not 2-32 (one seed,
-  ``benchmarks/results/probe_depth_cpu``), hence 2-16 pairs and ``zero_init: all``. This recipe as a whole has
+  a depth-24 GLA 3:1 with zero-init solved 2-16 pairs at T = 128 in 400 steps but neither 2-32 nor 2-16 over
+  the 128 symbols of 32 pairs (one seed, ``benchmarks/results/probe_depth_cpu``), hence 2-16 pairs (64 symbols)
+  and ``zero_init: all``. This recipe as a whole has
   not been calibrated on a GPU yet (README, "GPU notes").
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
