@@ -70,7 +70,7 @@ class _Stack:
     (on CUDA) captured step. Replica r is ``jobs[r]``: its seed's initialisation and rows, its lr schedule."""
 
     def __init__(self, jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, pool: LevelPool, init_std: float | None,
-                 dev: torch.device) -> None:
+                 dev: torch.device, on_check: Callable[[str], None] | None = None) -> None:
         self.jobs, self.cfg, self.pool, self.dev = list(jobs), cfg, pool, dev
         self.t0 = time.perf_counter()
         self.total = cfg.steps
@@ -104,7 +104,7 @@ class _Stack:
         self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_error: str | None = None  # why the step could not be captured (it then runs eagerly)
-        self.on_check: Callable[[str], None] | None = None  # gets a line per check read (`run_probes`' ``log``)
+        self.on_check = on_check  # gets a line per check read (`run_probes`' ``log``)
         self.loss = torch.zeros(n, device=dev)
         self.steps = 0  # steps enqueued
         self.checks: deque[tuple[int, torch.Tensor, Any]] = deque()  # (step, host copy of the check, event)
@@ -296,8 +296,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
                 ix = queue.popleft()
                 admitted += 1
                 try:
-                    active.append((ix, _Stack([jobs[i] for i in ix], cfg, pool, init_std, dev)))
-                    active[-1][1].on_check = log
+                    active.append((ix, _Stack([jobs[i] for i in ix], cfg, pool, init_std, dev, log)))
                 except torch.OutOfMemoryError as e:
                     if active:  # the device is full: wait for a stack to finish, then retry this one
                         queue.appendleft(ix)

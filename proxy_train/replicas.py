@@ -78,6 +78,7 @@ class ReplicaStack:
         self.step_count = torch.zeros((), device=dev)
         # one (R, 1, ..., 1) view per parameter shape rank, to broadcast per-replica scalars
         self._ranks = [p.dim() for p in self.params.values()]
+        self._forward = _vmapped(self.model)
         self._blocks = _CompiledBlocks(self.model, self.params, self.buffers) if compile_blocks and vectorise else None
 
     def parameters(self) -> list[torch.Tensor]:
@@ -86,9 +87,6 @@ class ReplicaStack:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``(R, B, T)`` token ids -> ``(R, B, T, vocab)`` logits, replica r on ``x[r]``."""
-        def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.model, (params, buffers), (ids,))[0]
-
         if not self.vectorise:
             lone = ({n: p[0] for n, p in self.params.items()}, {n: b[0] for n, b in self.buffers.items()})
             return functional_call(self.model, lone, (x[0],))[0].unsqueeze(0)
@@ -98,7 +96,7 @@ class ReplicaStack:
         with sdpa_kernel(backends):
             if self._blocks is not None and torch.is_grad_enabled():
                 return self._blocks(x)
-            return vmap(one)(self.params, self.buffers, x)
+            return self._forward(self.params, self.buffers, x)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -156,7 +154,7 @@ class _CompiledBlocks:
     (the optimizer updates them in place)."""
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
-        self.ends = [_Call(model, "embed"), _Call(model, "logits")]
+        self.embed, self.logits = (_vmapped(_Call(model, method)) for method in ("embed", "logits"))
         self.ends_state = ({f"lm.{n}": p for n, p in params.items() if not n.startswith("blocks.")},
                            {f"lm.{n}": b for n, b in buffers.items() if not n.startswith("blocks.")})
         self.blocks: list[tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
@@ -173,16 +171,15 @@ class _CompiledBlocks:
                                 {n[len(prefix):]: b for n, b in buffers.items() if n.startswith(prefix)}))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        embed, logits = (_vmapped(end) for end in self.ends)
-        h = embed(*self.ends_state, x)
+        h = self.embed(*self.ends_state, x)
         for fn, params, buffers in self.blocks:
             h = fn(params, buffers, h)
-        return logits(*self.ends_state, h)
+        return self.logits(*self.ends_state, h)
 
 
 def _vmapped(module: nn.Module) -> Any:
     """``(params, buffers, x) -> out`` over a leading replica axis: ``module`` (a structure) with replica r's
-    tensors on ``x[r]``; a block's output pair keeps its hidden states only."""
+    tensors on ``x[r]``; of an output tuple (a block's or the LM's ``(out, states)``) only ``out``."""
     def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         out = functional_call(module, (params, buffers), (x,))
         return out[0] if isinstance(out, tuple) else out
