@@ -16,7 +16,8 @@ to ``RecallProbeConfig.concurrent`` probes in flight on one device:
   on the same held-out examples, so layouts are compared on one exam.
 
 On CPU (tests, laptops) the same code runs the probes one step at a time, eagerly; with ``cuda_graph: false`` or
-``kernels: fla`` the CUDA steps are eager too. Results do not depend on which probes share the device: a probe's
+``kernels: fla``/``auto`` (fla's layers, which vmap cannot batch: one probe per stack) the CUDA steps are eager
+too. Results do not depend on which probes share the device: a probe's
 initialisation, rows and schedule are fixed by its seed.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hyla.proxy_train.mixers.common import STACKABLE
 from hyla.proxy_train.recall_probe import (
     LevelPool,
     RecallProbeConfig,
@@ -82,13 +84,13 @@ class _Stack:
             model.add_module("prev_token_embedding", prev)
             model.embeddings.register_forward_hook(prev.hook)
 
-        cuda = dev.type == "cuda"
+        cuda, stacked = dev.type == "cuda", cfg.kernels in STACKABLE
         self.model = ReplicaStack(lay, [j.seed for j in jobs], std, cfg.weight_decay, dev,
                                   [lambda m: zero_residual_outputs(m, cfg.zero_init),
                                    *([add_prev_token] if cfg.prev_token else [])],
-                                  vectorise=not cuda or cfg.kernels == "torch",
+                                  vectorise=not cuda or stacked,
                                   compile_blocks=cuda and cfg.compile and cfg.kernels == "torch")
-        self.graphed = cuda and cfg.cuda_graph and cfg.kernels == "torch"
+        self.graphed = cuda and cfg.cuda_graph and stacked
         self.stream = torch.cuda.Stream(dev) if cuda else None
         n = len(jobs)
         rows = np.stack([schedule(cfg, len(pool.levels), pool.rows, j.seed, self.total) for j in jobs], 1)
@@ -281,7 +283,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     cuda = dev.type == "cuda"
     limit = (cfg.concurrent or len(jobs)) if cuda else 1
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    queue = deque(_stacks(jobs, limit if cuda and cfg.kernels == "torch" else 1 if cuda else len(jobs)))
+    queue = deque(_stacks(jobs, limit if cuda and cfg.kernels in STACKABLE else 1 if cuda else len(jobs)))
     active: list[tuple[list[int], _Stack]] = []
     chunk = cfg.eval_every or cfg.steps
     bar = tqdm(total=len(jobs), disable=not progress, desc="recall probes", leave=False)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hyla.proxy_train.lr_schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
+from hyla.proxy_train.mixers.common import KERNELS
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import ATTN, Layout
 from torch import nn
@@ -65,10 +66,11 @@ class RecallProbeConfig:
         eval_examples: held-out examples per level for the final score.
         eval_every: check the levels every this many steps and stop when all reach ``stop_at`` (0 = never).
         stop_at: early-stopping accuracy (Zoology stops at 0.99).
-        kernels: linear-mixer implementation on CUDA: ``torch`` (default: our PyTorch path; a probe model is
-            small and its sequences short, so it is launch-bound and fla's Triton compilation, minutes per
-            mixer kind in a fresh process, would dominate), ``fla`` or ``auto`` (fla's kernels).
-        cuda_graph: on CUDA with ``kernels: torch``, capture the training step (batch gather, lr, forward,
+        kernels: linear-mixer implementation on CUDA (``mixers.common.KERNELS``): ``torch`` (our forward and
+            PyTorch scans: no Triton compilation, tens of thousands of small kernels per stacked step),
+            ``cores`` (our forward, fla's scan kernels with the replica axis folded into the batch:
+            ``mixers.scans``), or ``fla``/``auto`` (fla's layers; no stacking). ``torch`` and ``cores`` stack.
+        cuda_graph: on CUDA with ``kernels: torch`` or ``cores``, capture the training step (batch gather, lr, forward,
             backward, clipping, AdamW) in one CUDA graph after 3 eager warm-up steps; replays remove the
             per-kernel launch cost. Falls back to eager steps if capture fails.
         compile: on CUDA with ``kernels: torch``, train through ``torch.compile`` of each distinct block
@@ -101,7 +103,7 @@ class RecallProbeConfig:
     eval_examples: int = 256
     eval_every: int = 100
     stop_at: float = 0.99
-    kernels: str = field(default="torch", metadata={"choices": ("auto", "fla", "torch")})
+    kernels: str = field(default="torch", metadata={"choices": KERNELS})
     cuda_graph: bool = True
     compile: bool = True
     width: int | None = None

@@ -13,10 +13,10 @@ from fla.ops.retention.naive import naive_retention
 
 from hyla.config import ConfigError
 from hyla.proxy_train.mixers import build_mixer, mixer_class
-from hyla.proxy_train.mixers.common import (chunk_diag_scan, chunk_gated_linear_attn, from_fla_cache,
-                                            short_conv, state_nbytes, to_fla_cache)
+from hyla.proxy_train.mixers.common import from_fla_cache, short_conv, state_nbytes, to_fla_cache
 from hyla.proxy_train.mixers.gla import GLAMixer
 from hyla.proxy_train.mixers.retnet import parallel_retention, retention_log_decay
+from hyla.proxy_train.mixers.scans import chunk_diag_scan, chunk_gated_linear_attn
 from hyla.space.cost import layer_memory, mixer_params
 from hyla.space.layout import Layout
 from hyla.space.mixers import get_mixer_kind

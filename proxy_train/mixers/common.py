@@ -38,14 +38,12 @@ from hyla.space.mixers import get_mixer_kind
 
 State = dict[str, Any]
 
-#: Chunk length of the chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small. Also on a
-#: GPU: at C 64 the recall probe's GLA ran at 2.5 steps/s and ran out of memory with 4 probes per H200
-#: (benchmarks/results/bench_probe_speed_h200_c64.json); inside a CUDA graph more, smaller kernels cost little.
-CPU_CHUNK = 16
-
-#: Which implementation a linear mixer runs on CUDA tensors: ``auto``/``fla`` = fla's Triton kernels, ``torch``
-#: = our PyTorch path (no Triton compilation: minutes saved for small, short proxies; capturable in a CUDA graph).
-KERNELS = ("auto", "fla", "torch")
+#: Which implementation a linear mixer runs on CUDA tensors: ``auto``/``fla`` = fla's layer (Triton kernels),
+#: ``torch`` = our forward with the PyTorch scans (no Triton compilation; vmappable), ``cores`` = our forward with
+#: fla's scan kernels folded over a vmapped replica axis (``mixers.scans``: stacked recall probes on a GPU).
+KERNELS = ("auto", "fla", "torch", "cores")
+#: The kernel paths that ``torch.func.vmap`` can batch (stacked replicas, ``proxy_train.replicas``).
+STACKABLE = ("torch", "cores")
 _KERNELS: ContextVar[str] = ContextVar("hyla_kernels", default="auto")
 
 
@@ -88,12 +86,13 @@ def kernel_path(name: str) -> Iterator[None]:
 
 
 def use_fla(x: torch.Tensor) -> bool:
-    """Whether fla's kernels run for ``x`` (CUDA, unless `kernel_path` chose ``torch``)."""
-    return x.is_cuda and _kernels_in_effect() != "torch"
+    """Whether fla's layer forward runs for ``x`` (CUDA, unless `kernel_path` chose ``torch`` or ``cores``)."""
+    return x.is_cuda and kernels_in_effect() not in ("torch", "cores")
 
 
 @torch.compiler.assume_constant_result  # as `_scan_chunk_in_effect`
-def _kernels_in_effect() -> str:
+def kernels_in_effect() -> str:
+    """The `kernel_path` in effect (``auto`` outside any)."""
     return _KERNELS.get()
 
 
@@ -161,87 +160,6 @@ def rms_norm_gated(x: torch.Tensor, g: torch.Tensor, weight: torch.Tensor | None
     gf = g.float()
     y = y * (gf * torch.sigmoid(gf) if activation in ("swish", "silu") else torch.sigmoid(gf))
     return y.to(x.dtype)
-
-
-def chunk_gated_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Tensor,
-                            scale: float, initial_state: torch.Tensor | None = None,
-                            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gated linear attention with a per-key-channel decay, chunked (fla ``naive_recurrent_gla`` math).
-
-    Recurrence: ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, ``o_t = (scale q_t)^T S_t``. Within a chunk the
-    pairwise decays ``exp(G_t - G_s)`` (``G`` = cumulative log gate, ``s <= t``) are formed explicitly, so every
-    exponent is <= 0 and nothing overflows however strong the gates; chunks are chained through ``S``.
-
-    Args:
-        q, k: ``(B, T, H, K)``; v: ``(B, T, H, V)``.
-        log_g: log forget gates, broadcastable to ``(B, T, H, K)`` (RetNet passes a constant per head).
-        scale: query scale.
-        initial_state: ``(B, H, K, V)`` or None.
-
-    Returns:
-        ``(o, S)``: ``o`` ``(B, T, H, V)`` in fp32, final state ``(B, H, K, V)`` fp32.
-    """
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    C = max(1, min(chunk_length(chunk, CPU_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
-    q, k, v = (t.float() for t in (q, k, v))
-    g = log_g.float().expand(B, T, H, K)
-    if pad:  # padded steps have k = v = 0 and g = 0 (no decay): they leave the state untouched
-        q, k, v, g = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v, g))
-    # (B, H, n, C, *)
-    q, k, v, g = (t.reshape(B, n, C, H, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v, g))
-    q = q * scale
-    gc = g.cumsum(dim=3)  # G_t within each chunk
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    diff = gc.unsqueeze(4) - gc.unsqueeze(3)  # (B, H, n, C_t, C_s, K): G_t - G_s
-    decay = torch.exp(diff.masked_fill(~causal[:, :, None], float("-inf")))
-    attn = torch.einsum("bhntk,bhnsk,bhntsk->bhnts", q, k, decay)
-    o_intra = attn @ v  # (B, H, n, C, V)
-    q_decay = q * gc.exp()  # reads the state left by the previous chunk
-    g_last = gc[:, :, :, -1:]  # (B, H, n, 1, K)
-    k_decay = k * torch.exp(g_last - gc)  # each key decayed to the chunk end
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    outs = []
-    for i in range(n):
-        outs.append(o_intra[:, :, i] + q_decay[:, :, i] @ S)
-        S = g_last[:, :, i, 0].exp().unsqueeze(-1) * S + k_decay[:, :, i].transpose(-1, -2) @ v[:, :, i]
-    o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T]
-    return o.transpose(1, 2), S
-
-
-def chunk_diag_scan(x: torch.Tensor, log_g: torch.Tensor, initial_state: torch.Tensor | None = None,
-                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise gated scan ``h_t = exp(g_t) * h_{t-1} + x_t`` (HGRN), chunked like the function above.
-
-    Args:
-        x, log_g: ``(B, T, D)``.
-        initial_state: ``(B, D)`` or None.
-
-    Returns:
-        ``(h, h_T)`` in fp32: all states ``(B, T, D)`` and the last ``(B, D)``.
-    """
-    B, T, D = x.shape
-    C = max(1, min(chunk_length(chunk, CPU_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
-    x, g = x.float(), log_g.float()
-    if pad:
-        x, g = (F.pad(t, (0, 0, 0, pad)) for t in (x, g))
-    x, g = x.reshape(B, n, C, D), g.reshape(B, n, C, D)
-    gc = g.cumsum(dim=2)
-    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((gc.unsqueeze(3) - gc.unsqueeze(2)).masked_fill(~causal[:, :, None], float("-inf")))
-    h_intra = torch.einsum("bntsd,bnsd->bntd", decay, x)
-    h = x.new_zeros(B, D) if initial_state is None else initial_state.float()
-    outs = []
-    for i in range(n):
-        hi = h_intra[:, i] + gc[:, i].exp() * h.unsqueeze(1)
-        outs.append(hi)
-        h = hi[:, -1]
-    out = torch.stack(outs, dim=1).reshape(B, n * C, D)[:, :T]
-    return out, out[:, -1] if T else h
 
 
 # -- the fla Cache bridge (CUDA path) ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ The delta rule (per head, state ``S`` of shape (K, V), fla ``ops/delta_rule/naiv
 
     v'_t = beta_t * (v_t - S_{t-1}^T k_t);   S_t = S_{t-1} + k_t v'_t^T;   o_t = S_t^T (q_t / sqrt(K))
 
-is evaluated chunk-wise in the WY form (:func:`chunk_delta_rule`, shared with Gated DeltaNet): within a chunk the
+is evaluated chunk-wise in the WY form (``mixers.scans.chunk_delta_rule``, shared with Gated DeltaNet): within a chunk the
 pseudo-values come from one triangular solve, and chunks are chained through ``S`` (training speed on CPU); a
 single decode step is the same function with a chunk of one token.
 State: ``{"recurrent": fp32 (B, H, K, V), "conv_q", "conv_k", "conv_v": (B, C, W)}`` (fla's layout and order).
@@ -21,75 +21,14 @@ import torch
 import torch.nn.functional as F
 from fla.layers import DeltaNet
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_length, rms_norm, rms_norm_gated
+from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
 from hyla.proxy_train.mixers.registry import register_mixer
-
-#: Chunk length of the CPU delta-rule scan; the triangular solve is (C, C) per head and chunk.
-DELTA_CHUNK = 32
-
+from hyla.proxy_train.mixers.scans import delta_scan
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """fla's ``l2norm`` (``x / sqrt(sum(x^2) + eps)`` over the last dim), in fp32."""
     xf = x.float()
     return xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)
-
-
-def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-                     log_g: torch.Tensor | None, scale: float, initial_state: torch.Tensor | None = None,
-                     chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Gated) delta rule, chunked WY form; the math of fla's ``naive_chunk_gated_delta_rule``.
-
-    Recurrence per head: ``S = exp(g_t) S``; ``v'_t = beta_t (v_t - S^T k_t)``; ``S += k_t v'_t^T``;
-    ``o_t = S^T (scale q_t)``. ``log_g=None`` is plain DeltaNet (no decay).
-
-    Within a chunk of length C (cumulative log gate ``G``, pairwise decay ``L_ts = exp(G_t - G_s)`` for s <= t,
-    all exponents <= 0 so nothing overflows), the pseudo-values solve the unit lower-triangular system
-    ``(I + strict_lower(diag(beta) K K^T * L)) U = beta V - diag(beta) (K * exp(G)) S_prev``, split as
-    ``U = u - w S_prev`` with ``u = A^{-1} beta V`` and ``w = A^{-1} (beta K exp(G))`` computed once per chunk.
-
-    Args:
-        q, k: ``(B, T, H, K)`` (already normalised); v: ``(B, T, H, V)``; beta: ``(B, T, H)``.
-        log_g: ``(B, T, H)`` log decays (<= 0) or None.
-        scale: query scale.
-        initial_state: ``(B, H, K, V)`` or None.
-
-    Returns:
-        ``(o, S)``: ``o`` ``(B, T, H, V)`` fp32, final state ``(B, H, K, V)`` fp32.
-    """
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    C = max(1, min(chunk_length(chunk, DELTA_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
-    q, k, v, beta = (t.float() for t in (q, k, v, beta))
-    g = torch.zeros_like(beta) if log_g is None else log_g.float()
-    if pad:  # padded steps: k = v = beta = 0 and no decay, so they leave the state untouched
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))
-        beta, g = F.pad(beta, (0, 0, 0, pad)), F.pad(g, (0, 0, 0, pad))
-    # (B, H, n, C, *)
-    q, k, v = (t.reshape(B, n, C, H, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))
-    beta, g = (t.reshape(B, n, C, H).permute(0, 3, 1, 2) for t in (beta, g))
-    q = q * scale
-    gc = g.cumsum(-1)  # (B, H, n, C)
-    tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    L = torch.exp((gc.unsqueeze(-1) - gc.unsqueeze(-2)).masked_fill(~tril, float("-inf")))  # (B, H, n, C, C)
-    k_beta = k * beta.unsqueeze(-1)
-    strict = (k_beta @ k.transpose(-1, -2) * L).tril(-1)
-    A = strict + torch.eye(C, device=q.device)
-    u = torch.linalg.solve_triangular(A, v * beta.unsqueeze(-1), upper=False, unitriangular=True)
-    w = torch.linalg.solve_triangular(A, k_beta * gc.exp().unsqueeze(-1), upper=False, unitriangular=True)
-    qk = q @ k.transpose(-1, -2) * L  # causal (diagonal included) intra-chunk scores, decayed
-    q_decay = q * gc.exp().unsqueeze(-1)
-    g_last = gc[..., -1:]  # (B, H, n, 1)
-    k_decay = k * torch.exp(g_last - gc).unsqueeze(-1)
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
-    outs = []
-    for i in range(n):
-        v_new = u[:, :, i] - w[:, :, i] @ S  # (B, H, C, V)
-        outs.append(q_decay[:, :, i] @ S + qk[:, :, i] @ v_new)
-        S = S * g_last[:, :, i].exp().unsqueeze(-1) + k_decay[:, :, i].transpose(-1, -2) @ v_new
-    o = torch.stack(outs, dim=2).reshape(B, H, n * C, V)[:, :, :T]
-    return o.transpose(1, 2), S
 
 
 @register_mixer("deltanet")
@@ -121,7 +60,7 @@ class DeltaNetMixer(FlaMixer, DeltaNet):
         if self.allow_neg_eigval:
             beta = beta * 2.0
         prev = state["recurrent"] if state else None
-        o, S = chunk_delta_rule(q, k, v, beta, None, self.head_k_dim ** -0.5, prev)
+        o, S = delta_scan(q, k, v, beta, None, self.head_k_dim ** -0.5, prev, want_state=use_cache)
         o = o.to(v.dtype)
         if self.use_gate:
             g = self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim)
@@ -134,4 +73,4 @@ class DeltaNetMixer(FlaMixer, DeltaNet):
         return y, {"recurrent": S, **new_state}
 
 
-__all__ = ["DeltaNetMixer", "chunk_delta_rule", "l2norm"]
+__all__ = ["DeltaNetMixer", "l2norm"]

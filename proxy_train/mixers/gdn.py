@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from fla.layers import GatedDeltaNet
 
 from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
-from hyla.proxy_train.mixers.deltanet import chunk_delta_rule, l2norm
+from hyla.proxy_train.mixers.deltanet import l2norm
+from hyla.proxy_train.mixers.scans import delta_scan
 from hyla.proxy_train.mixers.registry import register_mixer
 
 
@@ -55,7 +56,7 @@ class GatedDeltaNetMixer(FlaMixer, GatedDeltaNet):
             beta = beta * 2.0
         log_g = gdn_log_decay(self.a_proj(x), self.A_log, self.dt_bias)
         prev = state["recurrent"].transpose(-1, -2) if state else None  # fla keeps (V, K); the scan uses (K, V)
-        o, S = chunk_delta_rule(q, k, v, beta, log_g, self.head_k_dim ** -0.5, prev)
+        o, S = delta_scan(q, k, v, beta, log_g, self.head_k_dim ** -0.5, prev, want_state=use_cache)
         o = o.to(v.dtype)
         if self.use_gate:
             g = self.g_proj(x).view(B, T, HV, self.head_v_dim)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from fla.layers import GatedLinearAttention
 from fla.modules.activations import ACT2FN
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_gated_linear_attn, rms_norm, rms_norm_gated
+from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
+from hyla.proxy_train.mixers.scans import gla_scan
 from hyla.proxy_train.mixers.registry import register_mixer
 
 _GATES = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
@@ -78,7 +79,7 @@ class GLAMixer(FlaMixer, GatedLinearAttention):
         if self.feature_map_fn is not None:
             q, k = self.feature_map_fn(q), self.feature_map_fn(k)
         h0 = state["recurrent"].transpose(-1, -2) if state else None  # fla keeps [B, H, V, K]
-        o, S = chunk_gated_linear_attn(q, k, v, gk, self.head_k_dim ** -0.5, h0)
+        o, S = gla_scan(q, k, v, gk, self.head_k_dim ** -0.5, h0, want_state=use_cache)
         y = self.o_proj(output_gate_norm(self, o.to(x.dtype), x))
         if not use_cache:
             return y, None

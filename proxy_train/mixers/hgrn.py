@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from fla.layers import HGRNAttention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_diag_scan, rms_norm_gated
+from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm_gated
+from hyla.proxy_train.mixers.scans import chunk_diag_scan
 from hyla.proxy_train.mixers.registry import register_mixer
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from fla.layers import HGRN2Attention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_gated_linear_attn, rms_norm
+from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm
+from hyla.proxy_train.mixers.scans import gla_scan
 from hyla.proxy_train.mixers.gla import split_heads
 from hyla.proxy_train.mixers.registry import register_mixer
 
@@ -46,7 +47,7 @@ class HGRN2Mixer(FlaMixer, HGRN2Attention):
         q, k, g = (split_heads(t, self.head_f_dim) for t in (q, k, g))
         v = split_heads(i, self.head_i_dim)
         h0 = state["recurrent"].transpose(-1, -2) if state else None  # fla keeps [B, H, V, K]
-        o, S = chunk_gated_linear_attn(q, k, v, g, self.head_f_dim ** -0.5, h0)
+        o, S = gla_scan(q, k, v, g, self.head_f_dim ** -0.5, h0, want_state=use_cache)
         o = rms_norm(o.to(x.dtype).reshape(B, T, -1), self.g_norm.weight, FLA_RMS_NORM_LINEAR_EPS)
         y = self.o_proj(o.to(self.o_proj.weight.dtype))
         if not use_cache:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from fla.layers import MultiScaleRetention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_gated_linear_attn
+from hyla.proxy_train.mixers.common import FlaMixer, State
+from hyla.proxy_train.mixers.scans import chunk_gated_linear_attn
 from hyla.proxy_train.mixers.gla import output_gate_norm, split_heads
 from hyla.proxy_train.mixers.registry import register_mixer
 
