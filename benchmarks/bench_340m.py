@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from hyla.proxy_train.fullscale import peak_flops
 from hyla.proxy_train.fullscale_loop import build_model, lr_lambda  # noqa: F401  (same model path as training)
@@ -42,12 +41,10 @@ from common import log, machine_info  # noqa: E402  (shared benchmark helpers)
 OUT = Path(__file__).resolve().parent / "results" / "bench_340m.json"
 
 
-
-
-
 def _loss_fn(model: torch.nn.Module, fused_ce: bool):
-    """Returns ``f(batch) -> loss``; the fused path runs HylaLM's blocks and feeds the final hidden states and the
-    head weight to fla's fused linear cross-entropy (chunked, never materialising the logits)."""
+    """Returns ``f(batch) -> loss``; the fused path feeds ``HylaLM.hidden`` (the model's forward up to its head)
+    through the final norm, with the head weight, to fla's fused linear cross-entropy (chunked, never
+    materialising the logits)."""
     lm = model.model
     if not fused_ce:
         return lambda b: F.cross_entropy(model(input_ids=b[:, :-1]).logits.float().flatten(0, 1), b[:, 1:].flatten())
@@ -56,12 +53,7 @@ def _loss_fn(model: torch.nn.Module, fused_ce: bool):
     crit = FusedLinearCrossEntropyLoss()
 
     def f(b: torch.Tensor) -> torch.Tensor:
-        x = lm.embeddings(b[:, :-1])
-        for block in lm.blocks:  # as HylaLM.forward, minus the head
-            if lm.gradient_checkpointing:
-                x, _ = checkpoint(block, x, None, False, use_reentrant=False)
-            else:
-                x, _ = block(x, None, False)
+        x, _ = lm.hidden(b[:, :-1])
         return crit(lm.norm(x), b[:, 1:], lm.lm_head.weight)  # (B, T, d), (B, T), (vocab, d)
     return f
 

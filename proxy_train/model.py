@@ -133,6 +133,13 @@ class HylaLM(nn.Module):
         Returns:
             ``(logits (B, T, vocab), states)``; ``states`` is None unless ``use_cache``.
         """
+        x, new_states = self.hidden(input_ids, states, use_cache)
+        return self.logits(x), new_states
+
+    def hidden(self, input_ids: torch.Tensor, states: list[LayerState] | None = None,
+               use_cache: bool = False) -> tuple[torch.Tensor, list[LayerState] | None]:
+        """``forward`` up to the last block: ``(B, T, D)`` before the final norm and head (for losses that fuse
+        the head, e.g. fla's ``FusedLinearCrossEntropyLoss`` on ``norm(x)`` and ``lm_head.weight``), and states."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}")
         if states is not None and len(states) != len(self.blocks):
@@ -146,7 +153,7 @@ class HylaLM(nn.Module):
             else:
                 x, s = block(x, state, use_cache)
             new_states.append(s)
-        return self.logits(x), (new_states if use_cache else None)
+        return x, (new_states if use_cache else None)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D): the input of the first block (forward hooks on ``embeddings`` apply)."""
