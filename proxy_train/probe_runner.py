@@ -89,7 +89,7 @@ class _Stack:
                                   [lambda m: zero_residual_outputs(m, cfg.zero_init),
                                    *([add_prev_token] if cfg.prev_token else [])],
                                   vectorise=not cuda or stacked,
-                                  compile_blocks=cuda and cfg.compile and cfg.kernels == "torch")
+                                  compile_blocks=cuda and cfg.compile and stacked)
         self.graphed = cuda and cfg.cuda_graph and stacked
         self.stream = torch.cuda.Stream(dev) if cuda else None
         n = len(jobs)

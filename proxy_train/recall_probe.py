@@ -73,7 +73,7 @@ class RecallProbeConfig:
         cuda_graph: on CUDA with ``kernels: torch`` or ``cores``, capture the training step (batch gather, lr, forward,
             backward, clipping, AdamW) in one CUDA graph after 3 eager warm-up steps; replays remove the
             per-kernel launch cost. Falls back to eager steps if capture fails.
-        compile: on CUDA with ``kernels: torch``, train through ``torch.compile`` of each distinct block
+        compile: on CUDA with ``kernels: torch`` or ``cores``, train through ``torch.compile`` of each distinct block
             (``ReplicaStack(compile_blocks=True)``: one compile per layer spec and process, reused by every
             layout that has the spec; Inductor fuses the scans' elementwise work). Checks and scores stay eager.
         width: train the layout's pattern at this d_model (`probe_layout`: mixers, attention placement and

@@ -4,22 +4,25 @@
   :func:`chunk_delta_rule` (DeltaNet, Gated DeltaNet) are the pure-PyTorch scans of the mixers' own forward
   (``_cpu_forward``): any device, any initial state, exact fp32 math.
 - :func:`gla_scan` and :func:`delta_scan` are what the mixers call. Inside ``kernel_path("cores")`` (the recall
-  probe on a GPU) a training scan (no state in or out) runs fla's chunk kernel through an ``autograd.Function``
-  with a ``vmap`` rule: under ``torch.func.vmap`` (``proxy_train.replicas``: R probes of one layout as one
-  vmapped model) the replica axis is folded into the batch, so one kernel serves every replica. Triton kernels
-  have no batching rule of their own, which is why stacked probes ran the PyTorch scans (tens of thousands of
-  tiny kernels per step, ``benchmarks/bench_stack_step.py --profile``). Otherwise they are the scans above.
+  probe on a GPU) a training scan (no state in or out) runs fla's chunk kernel as a custom op (``hyla::gla_scan``,
+  ``hyla::delta_scan``, ``hyla::gated_delta_scan``) with a ``vmap`` rule: under ``torch.func.vmap``
+  (``proxy_train.replicas``: R probes of one layout as one vmapped model) the replica axis is folded into the
+  batch, so one kernel serves every replica. Triton kernels have no batching rule of their own, which is why
+  stacked probes ran the PyTorch scans (tens of thousands of tiny kernels per step,
+  ``benchmarks/bench_stack_step.py --profile``). Otherwise they are the scans above.
 
-The backward recomputes the kernel's forward under autograd (fla's public functions only, so any fla version
-that has them works). Where fla refuses a backward (GatedDeltaNet's on Hopper with 3.4 <= triton < 3.7.1 and
-no tilelang, fla issue #640), the gradient is that of the PyTorch scan, once warned. On the CPU the functions
-run the PyTorch scans, which is how the folding itself is tested without a GPU.
+Custom ops are opaque to ``torch.compile``, so compiled blocks (``replicas.ReplicaStack(compile_blocks=True)``)
+fuse the layers' own elementwise work around them. The backward is a second op that recomputes the kernel's
+forward under autograd (fla's public functions only). Where fla refuses a backward (GatedDeltaNet's on Hopper
+with 3.4 <= triton < 3.7.1 and no tilelang, fla issue #640), the gradient is that of the PyTorch scan, once
+warned. On the CPU the ops run the PyTorch scans, which is how the folding itself is tested without a GPU.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -218,15 +221,28 @@ def _torch_gated_delta(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
 _TORCH_BACKWARD: set[str] = set()
 
 
-def _grads(name: str, fns: list[Callable[..., torch.Tensor]], tensors: tuple[torch.Tensor, ...], scale: float,
-           grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+@contextmanager
+def _autograd_inside_op() -> Iterator[None]:
+    """Autograd inside a custom op's kernel, which the dispatcher runs with the autograd keys excluded: the
+    recomputing backward needs a graph. Only the autocast keys stay excluded (the inputs are already cast)."""
+    excluded = torch._C._dispatch_tls_local_exclude_set()
+    keep = torch._C.DispatchKeySet(torch._C.DispatchKey.Undefined)
+    for key in (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA):
+        if excluded.has(key):
+            keep = keep | torch._C.DispatchKeySet(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), keep), torch.enable_grad():
+        yield
+
+
+def _grads(name: str, fns: list[Callable[..., torch.Tensor]], tensors: Sequence[torch.Tensor], scale: float,
+           grad_out: torch.Tensor) -> list[torch.Tensor]:
     """Gradients of the scan at ``tensors`` for ``grad_out``, by recomputing its forward under autograd with the
     first of ``fns`` that works (a failure of all but the last is remembered for ``name`` and warned once)."""
     for i, fn in enumerate(fns):
         leaves = [t.detach().requires_grad_() for t in tensors]
         try:
-            with torch.enable_grad():
-                return torch.autograd.grad(fn(*leaves, scale), leaves, grad_out)
+            with _autograd_inside_op():
+                return [g.contiguous() for g in torch.autograd.grad(fn(*leaves, scale), leaves, grad_out)]
         except RuntimeError as e:
             if i == len(fns) - 1:
                 raise
@@ -236,47 +252,50 @@ def _grads(name: str, fns: list[Callable[..., torch.Tensor]], tensors: tuple[tor
     raise AssertionError("unreachable")
 
 
-def _fold(t: Any, dim: int | None, n: int) -> Any:
+def _fold(t: torch.Tensor, dim: int | None, n: int) -> torch.Tensor:
     """A vmapped argument as one physical batch: replica axis first, then merged with the batch axis."""
-    if not isinstance(t, torch.Tensor):
-        return t
     t = t.expand(n, *t.shape) if dim is None else t.movedim(dim, 0)
     return t.reshape(n * t.shape[1], *t.shape[2:])
 
 
-def _folded_scan(name: str, fla_fn: Callable[..., torch.Tensor],
-                 torch_fn: Callable[..., torch.Tensor]) -> type[torch.autograd.Function]:
-    """An ``autograd.Function`` ``apply(*tensors, scale) -> o`` running ``fla_fn`` on CUDA, ``torch_fn`` elsewhere,
-    whose vmap rule folds the replica axis into the batch (module docstring)."""
+def _scan_op(name: str, fla_fn: Callable[..., torch.Tensor], torch_fn: Callable[..., torch.Tensor]) -> Any:
+    """``hyla::<name>(xs, scale) -> o``: the scan of ``xs`` (q, k, v, ...) as a custom op (opaque to
+    torch.compile), running ``fla_fn`` on CUDA and ``torch_fn`` elsewhere; its vmap rule folds the replica axis
+    into the batch and its backward is the op ``hyla::<name>_grads`` (module docstring)."""
+    def forward(xs: list[torch.Tensor], scale: float) -> torch.Tensor:
+        return (fla_fn if xs[0].is_cuda else torch_fn)(*xs, scale).contiguous()
 
-    class FoldedScan(torch.autograd.Function):
-        @staticmethod
-        def forward(*args: Any) -> torch.Tensor:
-            return (fla_fn if args[0].is_cuda else torch_fn)(*args)
+    def grads(grad_out: torch.Tensor, xs: list[torch.Tensor], scale: float) -> list[torch.Tensor]:
+        fns = [fla_fn, torch_fn] if xs[0].is_cuda and name not in _TORCH_BACKWARD else [torch_fn]
+        return _grads(name, fns, xs, scale, grad_out)
 
-        @staticmethod
-        def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-            ctx.save_for_backward(*inputs[:-1])
-            ctx.scale = inputs[-1]
+    op = torch.library.custom_op(f"hyla::{name}", forward, mutates_args=(),
+                                 schema="(Tensor[] xs, float scale) -> Tensor")
+    grads_op = torch.library.custom_op(f"hyla::{name}_grads", grads, mutates_args=(),
+                                       schema="(Tensor grad_out, Tensor[] xs, float scale) -> Tensor[]")
+    op.register_fake(lambda xs, scale: xs[0].new_empty(*xs[0].shape[:-1], xs[2].shape[-1]))
+    grads_op.register_fake(lambda grad_out, xs, scale: [t.new_empty(t.shape) for t in xs])
 
-        @staticmethod
-        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-            tensors = ctx.saved_tensors
-            fns = [fla_fn, torch_fn] if tensors[0].is_cuda and name not in _TORCH_BACKWARD else [torch_fn]
-            return (*_grads(name, fns, tensors, ctx.scale, grad_out), None)
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs[0])
+        ctx.scale = inputs[1]
 
-        @staticmethod
-        def vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[torch.Tensor, int]:
-            out = FoldedScan.apply(*(_fold(a, d, info.batch_size) for a, d in zip(args, in_dims)))
-            return out.reshape(info.batch_size, -1, *out.shape[1:]), 0
+    op.register_autograd(lambda ctx, grad_out: (grads_op(grad_out, list(ctx.saved_tensors), ctx.scale), None),
+                         setup_context=setup_context)
 
-    FoldedScan.__name__ = FoldedScan.__qualname__ = name
-    return FoldedScan
+    def fold_replicas(info: Any, in_dims: tuple[Any, ...], xs: list[torch.Tensor],
+                      scale: float) -> tuple[torch.Tensor, int]:
+        n = info.batch_size
+        out = op([_fold(t, d, n) for t, d in zip(xs, in_dims[0])], scale)
+        return out.reshape(n, -1, *out.shape[1:]), 0
+
+    op.register_vmap(fold_replicas)
+    return op
 
 
-_GLA = _folded_scan("GLAScan", _fla_gla, _torch_gla)
-_DELTA = _folded_scan("DeltaScan", _fla_delta, _torch_delta)
-_GATED_DELTA = _folded_scan("GatedDeltaScan", _fla_gated_delta, _torch_gated_delta)
+_GLA = _scan_op("gla_scan", _fla_gla, _torch_gla)
+_DELTA = _scan_op("delta_scan", _fla_delta, _torch_delta)
+_GATED_DELTA = _scan_op("gated_delta_scan", _fla_gated_delta, _torch_gated_delta)
 
 
 def _folds(x: torch.Tensor, initial_state: torch.Tensor | None, want_state: bool) -> bool:
@@ -302,7 +321,7 @@ def gla_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_g: torch.Ten
         return chunk_gated_linear_attn(q, k, v, log_g, scale, initial_state)
     dt = _kernel_dtype(q)
     g = log_g.float().expand(*q.shape).contiguous()
-    return _GLA.apply(q.to(dt), k.to(dt), v.to(dt), g, scale), None
+    return _GLA([q.to(dt), k.to(dt), v.to(dt), g], scale), None
 
 
 def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, log_g: torch.Tensor | None,
@@ -314,5 +333,5 @@ def delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     dt = _kernel_dtype(q)
     q, k, v, beta = q.to(dt), k.to(dt), v.to(dt), beta.to(dt)
     if log_g is None:
-        return _DELTA.apply(q, k, v, beta, scale), None
-    return _GATED_DELTA.apply(q, k, v, log_g.float(), beta, scale), None
+        return _DELTA([q, k, v, beta], scale), None
+    return _GATED_DELTA([q, k, v, log_g.float(), beta], scale), None
