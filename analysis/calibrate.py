@@ -103,6 +103,16 @@ def _spearman_rows(x: Any, y: Any) -> Any:
         return (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
 
 
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho of two matched sequences (`_spearman_rows` on one row: average ranks for ties, as
+    scipy.stats.spearmanr); None for fewer than 3 pairs or a constant side, which have no ranking to compare."""
+    import numpy as np
+
+    if len(x) != len(y) or len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(_spearman_rows(np.asarray([x], dtype=float), np.asarray([y], dtype=float))[0])
+
+
 def _kendall_rows(x: Any, y: Any) -> Any:
     """Kendall's tau-b of each row pair (scipy.stats.kendalltau's default variant)."""
     import numpy as np

@@ -78,6 +78,18 @@ def test_vectorised_rank_stats_equal_scipy() -> None:
     assert lo == hi == pytest.approx(1.0)  # a monotone relation stays perfect in every resample
 
 
+def test_spearman_of_two_lists() -> None:
+    from hyla.analysis.calibrate import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [5, 5, 5]) is None and spearman([1, 2], [1, 2]) is None
+    # ties get average ranks: x ranks [1.5, 1.5, 3], y ranks [1, 2, 3] -> rho = sqrt(3)/2
+    assert spearman([0, 0, 1], [1, 2, 3]) == pytest.approx(3 ** 0.5 / 2)
+    assert spearman([0.1, 0.5, 0.2, 0.9, 0.4], [3, 1, 4, 1, 5]) == pytest.approx(
+        spearmanr([0.1, 0.5, 0.2, 0.9, 0.4], [3, 1, 4, 1, 5])[0])
+
+
 def test_calibrate_needs_three_matches(journal: Path, tmp_path: Path) -> None:
     csv, _ = _reference(tmp_path, journal, rows=2)
     with pytest.raises(ConfigError, match="only 2 layout"):
