@@ -14,7 +14,10 @@ run) computes:
 - **trends**: pooled Spearman rho between the number of attention layers and recall over the linear-mixer
   layouts (target >= 0.6) and, per mixer, whether every hybrid's mean beats the pure layout's;
 - **consistent**: Spearman rho between the budget-1 means and the budget-``--budgets[-1]`` means (target >= 0.8);
-- **fast**: the wall time of each session (the calibration set's target: <= 15 min on one H200).
+- **fast**: the wall time of each session (the calibration set's target: <= 15 min on one H200);
+- **paper_findings**: the paper's four qualitative findings from the seed means (``findings.py``: recall rises
+  with attention, LM loss flat across ratios, pure recall far worse, RetNet/HGRN hybrids worst; ``--flat-tol``,
+  ``--far-factor``), each ``holds`` True/False, or None when the layouts cannot tell (e.g. the calibration set).
 
 ``--metric lm_val_loss`` runs the same checks on the LM proxy's loss, and ``between_variants`` gives the Spearman
 rho between variants (e.g. two corpora) per budget: how far a ranking moves with the corpus.
@@ -22,9 +25,13 @@ rho between variants (e.g. two corpora) per budget: how far a ranking moves with
 Layout sets: ``calibration`` (the Transformer; gla, gdn, hgrn2 at pure, 24:1, 6:1, 3:1; deltanet, retnet and
 hgrn pure), ``grid`` (the paper's 31 layouts) or preset names. ``--variant "NAME:KEY=VALUE;KEY=VALUE"`` runs an
 ablation of the proxy (probe fields as ``recall_probe.KEY``) under its own name; records carry the variant.
+Within a budget and seed the expected-slowest layouts start first (``--order``), so the workers end together.
+Finished jobs (``ok``, or ``diverged``, which a re-run would repeat) are skipped; failed ones run again.
 
     python benchmarks/bench_fidelity.py --proxy benchmarks/fidelity_gpu.yaml --layouts calibration --budgets 1 4
     python benchmarks/bench_fidelity.py --analyze
+    python benchmarks/bench_fidelity.py --proxy benchmarks/grid_proxy.yaml --layouts grid --seeds 0 --budgets 1 \
+        --p 5 --jsonl benchmarks/results/grid.jsonl --out benchmarks/results/grid.json   # the paper grid (LM proxy)
     python benchmarks/bench_fidelity.py --device cpu --proxy tests_probe.yaml --layouts a.yaml b.yaml --p 2
 """
 
@@ -41,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_grid import config_key, layout_traits, read_jsonl, spearman
 from common import (
     RESULTS_DIR,
     Deadline,
     add_common_args,
     check_device,
     close_workers,
+    config_key,
     load_layouts,
     log,
     machine_info,
@@ -55,12 +62,17 @@ from common import (
     parse_sets,
     proxy_config,
     read_json,
+    read_jsonl,
     run_jobs,
     setup_env,
+    slowest_first,
     start_workers,
     wait_ready,
     write_json,
 )
+from findings import decidable, format_findings, layout_traits, paper_findings
+
+from hyla.analysis.calibrate import spearman
 
 NAME = "bench_fidelity"
 CALIBRATION = ["transformer"] + [f"{m}-{r}" for m in ("gla", "gdn", "hgrn2") for r in ("pure", "24:1", "6:1", "3:1")] \
@@ -133,9 +145,11 @@ def _means(records: list[dict[str, Any]], metric: str = "recall") -> dict[str, l
     return out
 
 
-def analyze(records: list[dict[str, Any]], variant: str, budgets: list[int], metric: str = "recall") -> dict[str, Any]:
+def analyze(records: list[dict[str, Any]], variant: str, budgets: list[int], metric: str = "recall",
+            flat_tol: float = 0.03, far_factor: float = 1.5) -> dict[str, Any]:
     """The fidelity checks of the module docstring for one variant (on ``metric``; the recall-specific checks,
-    Transformer's easiest level and the trend, keep their recall meaning)."""
+    Transformer's easiest level and the trend, keep their recall meaning; the paper's findings read both recall
+    and LM loss, whatever ``metric``)."""
     ok = [r for r in records if r.get("status") == "ok" and r.get("variant") == variant and r.get(metric) is not None]
     ok = [{**r, "recall": r[metric]} for r in ok]
     out: dict[str, Any] = {"variant": variant, "n_ok": len(ok), "targets": TARGETS}
@@ -179,7 +193,9 @@ def analyze(records: list[dict[str, Any]], variant: str, budgets: list[int], met
             "pure_linear_all_tie": (pm[-1] - pm[0] <= noise) if len(pm) > 1 else None,
             "trend_spearman": trend, "per_mixer": per_mixer,
             "every_pure_below_its_hybrids": all(v["every_hybrid_above_pure"] for v in per_mixer.values())
-            if per_mixer else None}
+            if per_mixer else None,
+            "paper_findings": paper_findings([r for r in records if r.get("variant") == variant
+                                              and r.get("budget") == budget], flat_tol, far_factor)}
     bs = sorted({r["budget"] for r in ok})
     if len(bs) >= 2:
         lo, hi = out[f"budget{bs[0]}"]["layouts"], out[f"budget{bs[-1]}"]["layouts"]
@@ -195,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     base = proxy_config(args.proxy, sets=parse_sets(args.sets))
     variants = dict(parse_variant(v) for v in args.variant) or {"default": {}}
     layouts = resolve_layouts(args.layouts, args.scale)
+    layouts = slowest_first(layouts) if args.order == "slowest-first" else layouts
     jobs = []
     for vname, over in variants.items():
         for budget in args.budgets:
@@ -203,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
                     cfg = variant_config(base, over, seed, budget)
                     jobs.append({"layout": lay, "seed": seed, "budget": budget, "variant": vname, "config": cfg,
                                  "ckey": config_key(cfg)})
-    done = {(r["layout_key"], r["config_key"]) for r in read_jsonl(args.jsonl) if r.get("status") == "ok"}
+    done = {(r["layout_key"], r["config_key"]) for r in read_jsonl(args.jsonl) if r.get("status") in ("ok", "diverged")}
     todo = [j for j in jobs if (j["layout"].key(), j["ckey"]) not in done]
     todo.sort(key=lambda j: j["budget"])  # rung-0 budget first: a capped run still has every seed of it
     deadline = Deadline(args.max_seconds)
@@ -312,7 +329,8 @@ def write_summary(args: argparse.Namespace, variants: dict[str, Any], session: d
                "variants": {k: v for k, v in variants.items()}, "jsonl": str(args.jsonl), "sessions": sessions,
                "gpu_seconds": sum(s["elapsed_s"] for s in sessions),
                "metric": args.metric,
-               "analysis": {v: analyze(records, v, args.budgets, args.metric) for v in names if v}}
+               "analysis": {v: analyze(records, v, args.budgets, args.metric, args.flat_tol, args.far_factor)
+                            for v in names if v}}
     summary["between_variants"] = between_variants(summary["analysis"])
     write_json(args.out, summary)
     for v, a in summary["analysis"].items():
@@ -323,6 +341,8 @@ def write_summary(args: argparse.Namespace, variants: dict[str, Any], session: d
                     f" pure below hybrids {b['every_pure_below_its_hybrids']}")
                 for n, t in sorted(b["layouts"].items(), key=lambda kv: -kv[1]["mean"]):
                     log(f"    {n:16s} {t['mean']:.3f} ± {t['sem'] or 0:.3f} (n {t['n']})")
+                if decidable(b["paper_findings"]):
+                    log(f"{v} {key} paper findings:\n" + format_findings(b["paper_findings"]))
         if "consistent" in a:
             log(f"{v} consistent: {a['consistent']}")
     for row in summary["between_variants"]:
@@ -357,6 +377,10 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;KEY=VALUE (repeatable ablations)")
     ap.add_argument("--p", type=int, default=8, help="concurrent proxy processes on the GPU")
     ap.add_argument("--metric", default="recall", choices=("recall", "lm_val_loss"), help="score analysed")
+    ap.add_argument("--order", choices=("slowest-first", "given"), default="slowest-first",
+                    help="layout order within a seed: expected-longest first (default) or as listed")
+    ap.add_argument("--flat-tol", type=float, default=0.03, help="paper finding 2: max relative LM-loss spread")
+    ap.add_argument("--far-factor", type=float, default=1.5, help="paper finding 3: hybrid/pure recall factor")
     ap.add_argument("--analyze", action="store_true", help="only analyse the JSONL")
     args = ap.parse_args()
     if args.analyze:

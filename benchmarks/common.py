@@ -23,6 +23,7 @@ worker, inherits the compile caches it sets).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: FLA_CACHE_MODE value we default to: looks up tuned kernel configs under FLA_CONFIG_DIR when some exist there
 #: and falls back to Triton autotuning (cached on disk through TRITON_CACHE_AUTOTUNING) when none match.
 FLA_CACHE_MODE_DEFAULT = "fuzzy"
+#: training tokens/s of one 24 x 256 proxy per layer kind on an H100 (three packed, results/small_proxies_h100.json;
+#: attention from ../shared/GPU.md): only the *order* matters, for scheduling the slowest layouts first
+KIND_TOKENS_PER_S = {"mamba2": 34e3, "deltanet": 35e3, "gdn": 80e3, "hgrn2": 109e3, "retnet": 145e3, "gla": 168e3,
+                     "hgrn": 244e3, "attn": 294e3}
 
 
 def log(msg: str) -> None:
@@ -108,6 +113,25 @@ def read_json(path: str | Path) -> Any:
     """The JSON at ``path``, or None when the file does not exist."""
     p = Path(path)
     return json.loads(p.read_text()) if p.exists() else None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file, [] when it does not exist (a torn last line from a killed command is skipped)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def config_key(config: Any) -> str:
+    """Short hash of a proxy config: records of another config (budget, seed, variant) are never mixed up."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def default_out(name: str) -> Path:
@@ -240,6 +264,17 @@ def _message(slot: int, job: dict[str, Any], t_submit: float, ref: Any) -> tuple
         "result": result, "t_submit": t_submit, "t_recv": out["t_start"], "t_end": out["t_end"],
         "step_starts": starts, "probe": bool(starts), "t_first_step": starts[1] if len(starts) > 1 else None,
         "pid": out["pid"]})
+
+
+def slowest_first(layouts: list[Any]) -> list[Any]:
+    """Longest expected trial first (LPT scheduling: the last trials to finish are short ones, so the workers end
+    together). A layout's cost is the mean per-token time of its layers' kinds; unknown kinds count as slowest."""
+    slowest = min(KIND_TOKENS_PER_S.values())
+
+    def cost(layout: Any) -> float:
+        return sum(1.0 / KIND_TOKENS_PER_S.get(spec.mixer, slowest) for spec in layout.layers) / layout.n_layers
+
+    return sorted(layouts, key=cost, reverse=True)  # stable: equal costs keep the given order
 
 
 def run_jobs(pool: Any, jobs: list[dict[str, Any]], deadline: Deadline,
