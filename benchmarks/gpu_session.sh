@@ -7,8 +7,9 @@
 #   bash benchmarks/gpu_session.sh stage-whl         # carry .whl: fla, optuna, ... -> /tmp/site (no tilelang)
 #   bash benchmarks/gpu_session.sh stage-ray         # carry .rayx: Ray (stripped tarball) + its missing deps -> /tmp/site
 #   bash benchmarks/gpu_session.sh stage-hyla        # hyla itself (no deps) -> /tmp/site, benchmarks -> /tmp/hyla_bench
-#   bash benchmarks/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call;
-#                                                    # after stage-ray: its proxies run on hyla's Ray workers
+#   bash benchmarks/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call:
+#                                                    # bench_fidelity.py --layouts grid --seeds 0 --budgets 1 ARGS
+#                                                    # (ARGS win); after stage-ray: an LM proxy runs on hyla's Ray workers
 #   bash benchmarks/gpu_session.sh tests ARGS        # pytest on the GPU-marked tests (-m gpu), log to $OUT
 #   bash benchmarks/gpu_session.sh tests-start ARGS  # the same in the background, log next to the grid's
 #   bash benchmarks/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT
@@ -45,12 +46,13 @@ case "${1:-}" in
   grid-start)
     shift
     mkdir -p "$GRID"
-    for f in bench_grid_h100.jsonl bench_grid_h100.json; do  # resume what earlier machines finished
+    for f in bench_fidelity_grid.jsonl bench_fidelity_grid.json; do  # resume what earlier machines finished
       [ -f "$GRID/$f" ] || [ ! -f "$REPO/benchmarks/results/$f" ] || cp "$REPO/benchmarks/results/$f" "$GRID/"
     done
     # from copies in /tmp: the next call replaces the checkout while this keeps running
-    setsid nohup python3 /tmp/hyla_bench/bench_grid.py --jsonl "$GRID/bench_grid_h100.jsonl" \
-      --out "$GRID/bench_grid_h100.json" "$@" > "$GRID/grid.log" 2>&1 < /dev/null &
+    setsid nohup python3 /tmp/hyla_bench/bench_fidelity.py --layouts grid --seeds 0 --budgets 1 \
+      --jsonl "$GRID/bench_fidelity_grid.jsonl" --out "$GRID/bench_fidelity_grid.json" "$@" \
+      > "$GRID/grid.log" 2>&1 < /dev/null &
     echo "grid started (pid $!)" ;;
   tests)
     shift
@@ -69,7 +71,7 @@ case "${1:-}" in
   grid-wait)
     limit=${2:-540}
     start=$(date +%s)
-    while pgrep -f hyla_bench/bench_grid.py > /dev/null && (( $(date +%s) - start < limit )); do sleep 5; done
+    while pgrep -f hyla_bench/bench_fidelity.py > /dev/null && (( $(date +%s) - start < limit )); do sleep 5; done
     mkdir -p "$OUT" && cp "$GRID"/* "$OUT"/ 2>/dev/null || true
     tail -n 15 "$GRID/grid.log" ;;
   *) echo "usage: gpu_session.sh env|stage-whl|stage-whl1|stage-whl2|stage-ray|stage-hyla|grid-start ARGS|tests ARGS|tests-start ARGS|grid-wait SECONDS" >&2

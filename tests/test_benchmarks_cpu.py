@@ -1,8 +1,8 @@
-"""CPU runs of the GPU throughput benchmarks (warm start, packing, paper grid) and the grid's analysis.
+"""CPU runs of the GPU benchmarks on the product's Ray workers (warm start, packing, bench_fidelity's LM path).
 
-The scripts run end to end as subprocesses with ``--device cpu``, the tiny proxy, 4-layer d=32 layouts and 3-4
+The scripts run end to end as subprocesses with ``--device cpu``, the tiny proxy, 4-layer d=32 layouts and 3-8
 steps, their proxies on the product's Ray workers (``hyla.search.workers``) on a local Ray; the pure helpers
-(overlap throughput, Spearman, findings) are checked on hand-made numbers.
+(overlap throughput, warm-start target, slowest-first order) are checked on hand-made numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 common = importlib.import_module("common")
-grid = importlib.import_module("bench_grid")
 packing = importlib.import_module("bench_packing")
 warm = importlib.import_module("bench_warm_start")
 
@@ -53,46 +52,35 @@ def _run(script: str, *args: str, triton: Path, env: dict[str, str] | None = Non
 
 # ------------------------------------------------------------------------------------------------ end to end
 
-def test_grid_runs_resumes_and_analyzes(layouts: dict[str, str], tmp_path: Path) -> None:
+def test_fidelity_lm_run_survives_a_worker_death_and_resumes(layouts: dict[str, str], tmp_path: Path) -> None:
+    # bench_fidelity with an LM proxy (the paper grid's path): run_proxy on the product's Ray workers
     jsonl, out = tmp_path / "g.jsonl", tmp_path / "g.json"
-    args = [*FAST, "--steps", "3", "--p", "2", "--layouts", *layouts.values(), "--jsonl", str(jsonl),
-            "--out", str(out)]
-    proc = _run("bench_grid.py", *args, triton=tmp_path / "tc")
-    assert jsonl.exists(), proc.stdout[-3000:]  # no record: the cap came before any trial finished
-    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert sorted(r["layout_name"] for r in recs) == sorted(layouts)
-    assert all(r["status"] == "ok" and r["recall"] is not None and r["lm_val_loss"] > 0 for r in recs)
-    shares = {r["layout_name"]: r["attn_share"] for r in recs}
-    assert shares == {"gla-3:1@t4": 0.25, "gla-pure@t4": 0.0, "gla-1:1@t4": 0.5}
-    assert all(r["mixer"] == "gla" and r["first_step_s"] is not None for r in recs)
-    summary = json.loads(out.read_text())
-    assert summary["complete"] and summary["n_done"] == 3 and summary["trial_seconds"] > 0
-    assert summary["machine"]["device"] == "cpu" and summary["machine"]["hostname"]
-    assert summary["sessions"][0]["env"]["TRITON_CACHE_AUTOTUNING"] == "1"
-    # second command: everything is done, nothing re-runs, the JSONL is untouched
-    proc = _run("bench_grid.py", *args, triton=tmp_path / "tc")
-    assert "3 done; 0 to run" in proc.stdout and len(jsonl.read_text().splitlines()) == 3
-    assert len(json.loads(out.read_text())["sessions"]) == 2
-    # a different budget is a different config: nothing is skipped
-    changed = [a if a != "3" else "4" for a in args] + ["--limit", "2", "--plan"]
-    proc = _run("bench_grid.py", *changed, triton=tmp_path / "tc")
-    assert "0 done; 2 to run" in proc.stdout and proc.stdout.count("to run: ") == 2
-    proc = _run("bench_grid.py", "--analyze", "--jsonl", str(jsonl), "--out", str(out), triton=tmp_path / "tc")
-    findings = json.loads((tmp_path / "g_findings.json").read_text())["findings"]
-    assert findings["n_ok"] == 3 and "recall rises with attention share" in proc.stdout
-
-
-def test_grid_survives_a_worker_death(layouts: dict[str, str], tmp_path: Path) -> None:
+    base = [*FAST, "--set", "steps=3", "--seeds", "0", "--budgets", "1", "--order", "given", "--jsonl", str(jsonl),
+            "--out", str(out), "--layouts", layouts["gla-pure@t4"], layouts["gla-1:1@t4"]]
     # the first trial's worker process dies (os._exit, as the OOM killer would); a fresh actor runs the next one
-    jsonl, out = tmp_path / "g.jsonl", tmp_path / "g.json"
-    args = [*FAST, "--steps", "3", "--p", "1", "--order", "given", "--layouts", layouts["gla-pure@t4"],
-            layouts["gla-1:1@t4"], "--jsonl", str(jsonl), "--out", str(out)]
-    _run("bench_grid.py", *args, triton=tmp_path / "tc", env={"HYLA_FAULT_EXIT_FILE": str(tmp_path / "fault")})
+    _run("bench_fidelity.py", *base, "--p", "1", triton=tmp_path / "tc",
+         env={"HYLA_FAULT_EXIT_FILE": str(tmp_path / "fault")})
     recs = {r["layout_name"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
     assert recs["gla-pure@t4"]["status"] == "failed" and "worker died" in recs["gla-pure@t4"]["fail_reason"]
     assert recs["gla-1:1@t4"]["status"] == "ok"
-    proc = _run("bench_grid.py", *args, "--retry-failed", triton=tmp_path / "tc")  # the failed layout runs again
-    assert "1 done; 1 to run" in proc.stdout and json.loads(out.read_text())["complete"]
+    # second command, one more layout: the failed job and the new one run, the finished one is skipped
+    proc = _run("bench_fidelity.py", *base, layouts["gla-3:1@t4"], "--p", "2", triton=tmp_path / "tc")
+    assert "3 jobs (3 layouts x 1 seeds x 1 budgets x 1 variants), 2 to run" in proc.stdout
+    ok = [r for r in map(json.loads, jsonl.read_text().splitlines()) if r["status"] == "ok"]
+    assert sorted(r["layout_name"] for r in ok) == sorted(layouts)
+    assert all(r["recall"] is not None and r["lm_val_loss"] > 0 for r in ok)
+    assert {r["layout_name"]: r["attn_share"] for r in ok} == {"gla-3:1@t4": 0.25, "gla-pure@t4": 0.0,
+                                                                 "gla-1:1@t4": 0.5}
+    summary = json.loads(out.read_text())
+    assert summary["machine"]["device"] == "cpu" and summary["sessions"][1]["env"]["TRITON_CACHE_AUTOTUNING"] == "1"
+    findings = summary["analysis"]["default"]["budget1"]["paper_findings"]
+    assert findings["n_layouts"] == 3 and findings["mixers"] == ["gla"]
+    assert findings["lm_loss_flat_across_ratios"]["per_mixer_rel_spread"]["gla"] > 0  # 3:1 vs 1:1, seed means
+    assert "2. LM loss nearly flat across ratios:" in proc.stdout  # decidable, so logged
+    # third command: everything is done, nothing runs, the JSONL is untouched
+    lines = jsonl.read_text()
+    proc = _run("bench_fidelity.py", *base, layouts["gla-3:1@t4"], "--p", "2", triton=tmp_path / "tc")
+    assert ", 0 to run" in proc.stdout and jsonl.read_text() == lines
 
 
 def test_packing_and_warm_start(layouts: dict[str, str], tmp_path: Path) -> None:
@@ -150,64 +138,10 @@ def test_warm_summary_target() -> None:
     assert not warm.summarize([{"first_step_s": 90.0}, {"first_step_s": None}])["meets_target"]
 
 
-def test_spearman() -> None:
-    assert grid.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert grid.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert grid.spearman([1, 2, 3], [5, 5, 5]) is None
-    # ties get average ranks: x ranks [1.5, 1.5, 3], y ranks [1, 2, 3] -> rho = sqrt(3)/2
-    assert grid.spearman([0, 0, 1], [1, 2, 3]) == pytest.approx(3 ** 0.5 / 2)
-
-
-SHARES = {"pure": 0.0, "24:1": 1 / 24, "12:1": 2 / 24, "6:1": 4 / 24, "3:1": 8 / 24}
-
-
-def _synthetic(recall_of, lm_of) -> list[dict]:
-    recs = []
-    for m in ("hgrn", "retnet", "gla", "hgrn2", "deltanet", "gdn"):
-        for label, share in SHARES.items():
-            recs.append({"layout_name": f"{m}-{label}", "layout_key": f"{m}{label}", "config_key": "c",
-                         "mixer": m, "attn_share": share, "status": "ok", "recall": recall_of(m, share),
-                         "lm_val_loss": lm_of(m, share)})
-    recs.append({"layout_name": "transformer", "layout_key": "t", "config_key": "c", "mixer": "transformer",
-                 "attn_share": 1.0, "status": "ok", "recall": 0.9, "lm_val_loss": 3.0})
-    recs.append({"layout_name": "broken", "layout_key": "b", "config_key": "c", "mixer": "gla", "attn_share": 0.5,
-                 "status": "failed", "recall": None, "lm_val_loss": None})
-    return recs
-
-
-def test_analyze_paper_like_grid_finds_all_four(tmp_path: Path) -> None:
-    weak = {"hgrn": 0.5, "retnet": 0.6}
-    recs = _synthetic(lambda m, s: (0.05 if s == 0 else weak.get(m, 1.0) * (0.3 + s)),
-                      lambda m, s: 3.0 + 0.01 * s + (0.02 if m == "hgrn" else 0.0))
-    f = grid.analyze(recs)
-    assert f["n_ok"] == 31 and f["transformer"]["recall"] == 0.9
-    assert f["recall_rises_with_attention"]["holds"] and f["recall_rises_with_attention"]["pooled_spearman"] > 0.5
-    assert f["lm_loss_flat_across_ratios"]["holds"]
-    assert f["pure_recall_far_worse"]["holds"] and f["pure_recall_far_worse"]["factor"] > 5
-    assert f["retnet_hgrn_hybrids_worst"]["holds"]
-    assert [m for m, _ in f["retnet_hgrn_hybrids_worst"]["ranking_worst_first"][:2]] == ["hgrn", "retnet"]
-    # the --analyze CLI reads the same records from a JSONL
-    jsonl = tmp_path / "syn.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"torn": ')
-    text = grid.format_findings(grid.analyze(list(grid.latest_by_layout(grid.read_jsonl(jsonl), None).values())))
-    assert "1. recall rises with attention share: True" in text and "4. RetNet/HGRN hybrids recall worst: True" in text
-
-
-def test_analyze_contrary_grid_rejects_all_four() -> None:
-    recs = _synthetic(lambda m, s: (0.8 if s == 0 else (0.9 - s) * (0.5 if m == "gla" else 1.0)),
-                      lambda m, s: 3.0 + 3.0 * s)
-    f = grid.analyze(recs)
-    assert f["recall_rises_with_attention"]["holds"] is False
-    assert f["lm_loss_flat_across_ratios"]["holds"] is False
-    assert f["pure_recall_far_worse"]["holds"] is False
-    assert f["retnet_hgrn_hybrids_worst"]["holds"] is False
-    assert grid.analyze([])["recall_rises_with_attention"]["holds"] is None
-
-
-def test_grid_schedules_slowest_layouts_first() -> None:
+def test_slowest_layouts_first() -> None:
     from hyla.space.presets import paper_grid
 
-    order = [lay.name for lay in grid.slowest_first(paper_grid("small"))]
+    order = [lay.name for lay in common.slowest_first(paper_grid("small"))]
     assert sorted(order) == sorted(lay.name for lay in paper_grid("small"))
     assert order[0] == "deltanet-pure@small" and order[-1] == "transformer@small"
     # within a mixer, more linear layers (of a slower kind than attention) come first
