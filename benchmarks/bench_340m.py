@@ -5,7 +5,7 @@ after ``--warmup`` untimed ones, and records tokens/s, MFU (FLOPs/token from ``h
 peak 989 TFLOP/s dense bf16 on H100/H200) and peak memory. Configurations (``--configs``, comma separated):
 
     eager      micro-batch ``--batch``, plain cross-entropy on materialised logits
-    fusedce    + fla's FusedLinearCrossEntropyLoss (no (B, T, 32000) logits tensor; CUDA only)
+    fusedce    + ``fused_loss`` (fla's FusedLinearCrossEntropyLoss, no (B, T, 32000) logits tensor; CUDA only)
     compile    + torch.compile of the non-fla parts (SwiGLU MLPs, norms; in place)
     bigbatch   + 2x micro-batch (with --checkpointing: activation recomputation to make it fit)
 
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hyla.proxy_train.fullscale import peak_flops
 from hyla.proxy_train.fullscale_loop import build_model, lr_lambda  # noqa: F401  (same model path as training)
@@ -41,34 +40,17 @@ from common import log, machine_info  # noqa: E402  (shared benchmark helpers)
 OUT = Path(__file__).resolve().parent / "results" / "bench_340m.json"
 
 
-def _loss_fn(model: torch.nn.Module, fused_ce: bool):
-    """Returns ``f(batch) -> loss``; the fused path feeds ``HylaLM.hidden`` (the model's forward up to its head)
-    through the final norm, with the head weight, to fla's fused linear cross-entropy (chunked, never
-    materialising the logits)."""
-    lm = model.model
-    if not fused_ce:
-        return lambda b: F.cross_entropy(model(input_ids=b[:, :-1]).logits.float().flatten(0, 1), b[:, 1:].flatten())
-    from fla.modules import FusedLinearCrossEntropyLoss
-
-    crit = FusedLinearCrossEntropyLoss()
-
-    def f(b: torch.Tensor) -> torch.Tensor:
-        x, _ = lm.hidden(b[:, :-1])
-        return crit(lm.norm(x), b[:, 1:], lm.lm_head.weight)  # (B, T, d), (B, T), (vocab, d)
-    return f
-
-
 def bench_one(layout_name: str, cfg: dict[str, Any], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from hyla.proxy_train.fullscale import RunSpec
 
     layout = load_layout(layout_name)
     spec = RunSpec(layout=layout.to_dict(), scale="custom", tokens=10**9, seq_len=args.seq_len,
                    global_batch_tokens=args.seq_len * cfg["batch"], micro_batch=cfg["batch"],
-                   compile=cfg["compile"], gradient_checkpointing=cfg["checkpointing"], use_gpu=device.type == "cuda")
+                   compile=cfg["compile"], gradient_checkpointing=cfg["checkpointing"], fused_loss=cfg["fused_ce"],
+                   use_gpu=device.type == "cuda")
     torch.manual_seed(0)
     model = build_model(spec).to(device).train()
     opt = torch.optim.AdamW(model.model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
-    loss_fn = _loss_fn(model, cfg["fused_ce"])
     batch = torch.randint(0, layout.vocab_size, (cfg["batch"], args.seq_len + 1), device=device)
     use_bf16 = device.type == "cuda"
     if device.type == "cuda":
@@ -76,7 +58,7 @@ def bench_one(layout_name: str, cfg: dict[str, Any], args: argparse.Namespace, d
 
     def step() -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = loss_fn(batch)
+            loss = model(input_ids=batch[:, :-1], shift_labels=batch[:, 1:]).loss  # as hyla train's loop
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -101,6 +101,7 @@ class RunSpec:
     bf16: bool = True  # bf16 autocast on CUDA (CPU runs in fp32)
     compile: bool = False  # torch.compile the non-fla parts (SwiGLU MLPs, norms) in place
     gradient_checkpointing: bool = False  # recompute blocks in backward (less activation memory)
+    fused_loss: bool = False  # CUDA: fla's fused linear cross-entropy (no (B, T, vocab) logits tensor)
     seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
 

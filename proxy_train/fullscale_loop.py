@@ -70,7 +70,8 @@ def build_model(spec: RunSpec) -> torch.nn.Module:
     from hyla.proxy_train.model import SwiGLU
 
     layout = spec.resolve_layout()
-    model = HylaForCausalLM(HylaConfig(layout=layout.to_dict(), gradient_checkpointing=spec.gradient_checkpointing))
+    model = HylaForCausalLM(HylaConfig(layout=layout.to_dict(), gradient_checkpointing=spec.gradient_checkpointing,
+                                       fuse_linear_cross_entropy=spec.fused_loss))
     if spec.compile:
         for module in model.modules():
             if isinstance(module, (SwiGLU, torch.nn.RMSNorm)):
@@ -222,8 +223,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sync = micro == spec.accum_steps - 1 or not hasattr(model, "no_sync")
             ctx_mgr = torch.enable_grad() if sync else model.no_sync()
             with ctx_mgr, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(input_ids=batch[:, :-1]).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+                loss = model(input_ids=batch[:, :-1], shift_labels=batch[:, 1:]).loss
             (loss / spec.accum_steps).backward()
             loss_sum += loss.detach() / spec.accum_steps
         if spec.grad_clip > 0:

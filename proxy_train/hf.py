@@ -92,7 +92,8 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor, past_key_values: HylaCache | None = None,
                 use_cache: bool | None = None, labels: torch.LongTensor | None = None,
                 attention_mask: torch.Tensor | None = None, return_dict: bool | None = None,
-                cache: HylaCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
+                cache: HylaCache | None = None, shift_labels: torch.LongTensor | None = None,
+                **kwargs: Any) -> CausalLMOutputWithPast:
         """Causal-LM forward.
 
         Args:
@@ -102,6 +103,9 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
                 and warns that ``past_key_values`` is deprecated); either one is read.
             use_cache: return an updated `HylaCache`.
             labels: (B, T) ids; the loss is next-token cross entropy (shifted here), -100 ignored.
+            shift_labels: (B, T) targets already aligned with the positions (transformers' name; no shift), in
+                place of ``labels``: a training loop's ``(input_ids, targets)`` windows.
+            With ``config.fuse_linear_cross_entropy`` on CUDA the loss never materialises the logits (None).
             attention_mask: accepted for API compatibility; padding is not supported, so it must be all ones.
         """
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -109,11 +113,21 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache = bool(use_cache) if use_cache is not None else False
         past_key_values = cache if cache is not None else past_key_values
         states = past_key_values.states if past_key_values is not None else None
-        logits, new_states = self.model(input_ids, states=states, use_cache=use_cache)
-        loss = None
-        if labels is not None:
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
+        hidden, new_states = self.model.hidden(input_ids, states=states, use_cache=use_cache)
+        targets = shift_labels if shift_labels is not None else labels[:, 1:] if labels is not None else None
+        loss, logits = None, None
+        if targets is not None and self.config.fuse_linear_cross_entropy and hidden.is_cuda:
+            from fla.modules import FusedLinearCrossEntropyLoss
+
+            h = self.model.norm(hidden)
+            h = h if shift_labels is not None else h[:, :-1]
+            loss = FusedLinearCrossEntropyLoss()(h, targets, self.model.lm_head.weight)
+        else:
+            logits = self.model.logits(hidden)
+            if targets is not None:
+                n = targets.shape[1]  # labels[:, 1:] is scored against the logits of positions :-1
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :n].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         cache = None
         if use_cache:
             seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + input_ids.shape[1]

@@ -30,16 +30,20 @@ class HylaConfig(PretrainedConfig):
     Args:
         layout: ``Layout.to_dict()`` (or a `Layout`); None only for transformers' internal default construction.
         gradient_checkpointing: recompute blocks in backward during training.
+        fuse_linear_cross_entropy: on CUDA, a forward with labels computes the loss with fla's
+            ``FusedLinearCrossEntropyLoss`` on the final hidden states and the head weight (chunked: the
+            ``(B, T, vocab)`` logits are never materialised; the output's ``logits`` is then None), as fla's models.
     """
 
     model_type = "hyla"
 
     def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool = False,
-                 **kwargs: Any) -> None:
+                 fuse_linear_cross_entropy: bool = False, **kwargs: Any) -> None:
         if isinstance(layout, Layout):
             layout = layout.to_dict()
         self.layout = dict(layout) if layout is not None else None
         self.gradient_checkpointing = gradient_checkpointing
+        self.fuse_linear_cross_entropy = fuse_linear_cross_entropy
         if self.layout is not None:
             # Mirror the standard names so generic transformers utilities find them.
             kwargs.setdefault("vocab_size", self.layout["vocab_size"])

@@ -113,6 +113,47 @@ def test_hf_round_trip_and_generate(tmp_path) -> None:
     assert torch.isfinite(loss) and loss > 0
 
 
+def test_hf_losses_from_labels_and_shift_labels() -> None:
+    """``labels`` (shifted inside, HF convention) and ``shift_labels`` (a training loop's aligned targets) give the
+    plain next-token cross entropy; off CUDA the fused-loss flag falls back to it and keeps the logits."""
+    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+
+    torch.manual_seed(0)
+    layout = _mixed_layout()
+    model = HylaForCausalLM(HylaConfig(layout=layout, fuse_linear_cross_entropy=True))
+    ids = torch.randint(0, 256, (2, 10))
+    logits, _ = model.model(ids[:, :-1])
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    by_shift = model(ids[:, :-1], shift_labels=ids[:, 1:])
+    torch.testing.assert_close(by_shift.loss, want)
+    torch.testing.assert_close(by_shift.logits, logits)
+    torch.testing.assert_close(model(ids, labels=ids).loss, want)  # position 9 has no target
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_linear_cross_entropy_matches_the_plain_loss_on_cuda() -> None:
+    """``fuse_linear_cross_entropy`` (``RunSpec.fused_loss``, hyla train): fla's chunked loss, no logits tensor,
+    equals the plain cross entropy under bf16 autocast: loss and gradients."""
+    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+
+    layout = _mixed_layout()
+    ids = torch.randint(0, 256, (4, 129), device="cuda")
+    runs = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = HylaForCausalLM(HylaConfig(layout=layout, fuse_linear_cross_entropy=fused)).cuda()
+        with torch.autocast("cuda", torch.bfloat16):
+            out = model(ids[:, :-1], shift_labels=ids[:, 1:])
+        out.loss.backward()
+        assert (out.logits is None) == fused
+        runs.append((out.loss.detach().float(), [p.grad.float() for p in model.parameters()]))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-2, atol=1e-2)
+    for a, b in zip(runs[1][1], runs[0][1]):
+        cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+        assert cos > 0.99 or b.norm() < 1e-6, float(cos)
+
+
 def _one_step(layout) -> None:
     torch.manual_seed(0)
     model = HylaLM(layout)
