@@ -68,6 +68,14 @@ def chunk_length(given: int | None, default: int) -> int:
     return given or _scan_chunk_in_effect() or default
 
 
+def chunking(length: int, given: int | None, default: int) -> tuple[int, int, int]:
+    """How a scan splits ``length`` steps: ``(chunk, chunks, padding)`` with the chunk of `chunk_length`
+    (at most ``length``, at least 1) and the padding that completes the last chunk."""
+    c = max(1, min(chunk_length(given, default), length))
+    n = -(-length // c)
+    return c, n, n * c - length
+
+
 @torch.compiler.assume_constant_result  # torch.compile cannot trace ContextVar.get: read once, at trace time
 def _scan_chunk_in_effect() -> int | None:
     return _SCAN_CHUNK.get()

@@ -29,7 +29,7 @@ from fla.layers import Mamba2
 from fla.modules.layernorm_gated import rms_norm_ref
 
 from hyla.config import ConfigError
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunk_length, short_conv, use_fla
+from hyla.proxy_train.mixers.common import FlaMixer, State, chunking, short_conv, use_fla
 from hyla.proxy_train.mixers.registry import register_mixer
 
 #: Chunk length of the scan: the intra-chunk scores are (C, C) per head.
@@ -50,9 +50,7 @@ def chunk_scalar_decay_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = max(1, min(chunk_length(chunk, SSD_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
+    C, n, pad = chunking(T, chunk, SSD_CHUNK)
     q, k, v, g = (t.float() for t in (q, k, v, log_g))
     if pad:  # padded steps: k = v = 0 and no decay, so the state is untouched
         q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hyla.proxy_train.mixers.common import chunk_length, kernels_in_effect
+from hyla.proxy_train.mixers.common import chunking, kernels_in_effect
 
 #: Chunk length of the chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small. Also on a
 #: GPU: at C 64 the recall probe's GLA ran at 2.5 steps/s and ran out of memory with 4 probes per H200
@@ -61,9 +61,7 @@ def chunk_gated_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = max(1, min(chunk_length(chunk, CPU_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
+    C, n, pad = chunking(T, chunk, CPU_CHUNK)
     q, k, v = (t.float() for t in (q, k, v))
     g = log_g.float().expand(B, T, H, K)
     if pad:  # padded steps have k = v = 0 and g = 0 (no decay): they leave the state untouched
@@ -101,9 +99,7 @@ def chunk_diag_scan(x: torch.Tensor, log_g: torch.Tensor, initial_state: torch.T
         ``(h, h_T)`` in fp32: all states ``(B, T, D)`` and the last ``(B, D)``.
     """
     B, T, D = x.shape
-    C = max(1, min(chunk_length(chunk, CPU_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
+    C, n, pad = chunking(T, chunk, CPU_CHUNK)
     x, g = x.float(), log_g.float()
     if pad:
         x, g = (F.pad(t, (0, 0, 0, pad)) for t in (x, g))
@@ -146,9 +142,7 @@ def chunk_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = max(1, min(chunk_length(chunk, DELTA_CHUNK), T))
-    n = -(-T // C)
-    pad = n * C - T
+    C, n, pad = chunking(T, chunk, DELTA_CHUNK)
     q, k, v, beta = (t.float() for t in (q, k, v, beta))
     g = torch.zeros_like(beta) if log_g is None else log_g.float()
     if pad:  # padded steps: k = v = beta = 0 and no decay, so they leave the state untouched
