@@ -36,7 +36,7 @@ Presets (``ProxyConfig.load("tiny")``):
 - ``small``: GPU proxy. 24 x 256 layouts; LM: T = 1024, batch 32, 1200 steps = 39M tokens (to scale, keep
   ``seq_len`` and change ``tokens`` or ``steps``; the schedule follows the step count), init std 0.04
   (width-scaled), peak lr for the first 80 % of the steps. Recall: the recall probe
-  (``hyla.proxy_train.recall_probe``: MQAR alone, the layout's 24-layer pattern narrowed to width 128, T = 128
+  (``hyla.proxy_train.recall_probe``: MQAR alone, the layout's 24-layer pattern narrowed to width 64, T = 128
   over 2-16 pairs, up to 1500 steps of 32 rows, best of lr 1e-3 and 3e-3, previous-token help, zero-initialised
   residual outputs, curriculum, early stop; 16 probes side by side per GPU), not rows mixed into the LM run: mixed
   recall at this scale left the
@@ -49,8 +49,11 @@ Presets (``ProxyConfig.load("tiny")``):
   With 2-32 pairs the hybrids stayed on the plateau on the H200 (every LR, with and without zero-init); on CPU
   a depth-24 GLA 3:1 with zero-init solved 2-16 pairs at T = 128 in 400 steps but neither 2-32 nor 2-16 over
   the 128 symbols of 32 pairs (one seed, ``benchmarks/results/probe_depth_cpu``), hence 2-16 pairs (64 symbols)
-  and ``zero_init: all``. This recipe as a whole has
-  not been calibrated on a GPU yet (README, "GPU notes").
+  and ``zero_init: all``. On the H200 that recipe at width 128 solved with the Transformer and GDN 3:1 (3 of 3
+  seeds by step 700) but left GLA 3:1 on the plateau for 1500 steps (3 seeds), as it did on CPU (fp32, step
+  400, seed 0); at width 64 GLA 3:1 solved in 2 of 3 seeds by step 700 on the H200 and by step 400 on CPU,
+  and a width-64 step is cheaper. Hence width 64. This recipe as a whole has not been calibrated on a GPU yet
+  (README, "GPU notes").
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
@@ -77,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "warmup": 100, "decay_fraction": 0.2, "text": {"source": "stdlib"}, "recall_suite": "none",
               "recall_mix": 0.0, "eval_batches": 16, "recall_eval_examples": 256, "eval_batch_size": 32,
               "recall_probe": {"seq_len": 128, "pairs": [2, 4, 8, 16], "steps": 1500, "batch_size": 32,
-                               "lrs": [1e-3, 3e-3], "eval_every": 100, "width": 128, "scan_chunk": 16,
+                               "lrs": [1e-3, 3e-3], "eval_every": 100, "width": 64, "scan_chunk": 16,
                                "concurrent": 16, "zero_init": "all"}},
 }
 
