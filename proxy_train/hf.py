@@ -42,17 +42,14 @@ class HylaCache:
         return len(self.states or ())
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Select batch rows (beam search): every tensor in every state is indexed along dim 0."""
+        """Select batch rows (beam search): every tensor in every state is indexed along dim 0 (states are flat
+        dicts; a head-wise layer's keys are prefixed ``lin.``/``attn.``)."""
         for state in self.states or ():
             if state is None:
                 continue
             for key, value in state.items():
                 if isinstance(value, torch.Tensor):
                     state[key] = value.index_select(0, beam_idx.to(value.device))
-                elif isinstance(value, dict):  # nested states (head-wise: {"lin": {...}, "attn": {...}})
-                    for k2, v2 in value.items():
-                        if isinstance(v2, torch.Tensor):
-                            value[k2] = v2.index_select(0, beam_idx.to(v2.device))
 
 
 class HylaForCausalLM(PreTrainedModel, GenerationMixin):

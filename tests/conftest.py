@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 
@@ -17,18 +16,6 @@ def tiny_layout(*layers: str, d_model: int = 32, vocab_size: int = 512, num_head
                   num_heads=num_heads, num_kv_heads=num_kv_heads, name=name)
 
 
-def mixer_available(kind: str) -> bool:
-    """Whether the torch module of mixer ``kind`` exists yet (helpers B/C add them one by one)."""
-    from hyla.proxy_train.mixers import mixer_module
-
-    return importlib.util.find_spec(mixer_module(kind)) is not None
-
-
-def skip_if_missing(kind: str) -> None:
-    if not mixer_available(kind):
-        pytest.skip(f"mixer module for {kind!r} ({kind}.py) is not written yet")
-
-
 @pytest.fixture
 def attn_layout() -> Layout:
     """Two whole softmax-attention layers (GQA off)."""
@@ -37,6 +24,5 @@ def attn_layout() -> Layout:
 
 @pytest.fixture(params=LINEAR_MIXERS)
 def linear_kind(request: pytest.FixtureRequest) -> str:
-    """Every linear mixer kind; skipped (with the reason) while its module is missing."""
-    skip_if_missing(request.param)
+    """Every linear mixer kind (a missing or broken module fails the tests that use it)."""
     return request.param

@@ -5,21 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import mixer_available, tiny_layout
+from conftest import tiny_layout
 from hyla.proxy_train.model import HylaLM, greedy_decode
 from hyla.space.cost import param_count
-from hyla.space.mixers import LINEAR_MIXERS
-
-
-def _first_linear() -> str:
-    for kind in ("gla", *LINEAR_MIXERS):
-        if mixer_available(kind):
-            return kind
-    pytest.skip("no linear mixer module is written yet")
 
 
 def _mixed_layout():
-    kind = _first_linear()
+    kind = "gla"
     return tiny_layout(kind, f"{kind}+a1", "attn", f"{kind}+a1@4", "attn@5", name="mixed")
 
 
@@ -152,6 +144,29 @@ def test_fused_linear_cross_entropy_matches_the_plain_loss_on_cuda() -> None:
     for a, b in zip(runs[1][1], runs[0][1]):
         cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
         assert cos > 0.99 or b.norm() < 1e-6, float(cos)
+
+
+def test_cache_reorder_selects_rows_of_every_state() -> None:
+    """``HylaCache.reorder_cache`` (beam search) on linear, attention and head-wise states: the cache of a
+    reordered batch equals the cache built from the reordered prompts."""
+    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+
+    torch.manual_seed(0)
+    model = HylaForCausalLM(HylaConfig(layout=_mixed_layout())).eval()
+    ids = torch.randint(0, 256, (3, 7))
+    order = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).past_key_values
+        cache.reorder_cache(order)
+        want = model(ids[order], use_cache=True).past_key_values
+    n_tensors = 0
+    for got_state, want_state in zip(cache.states, want.states):
+        assert got_state.keys() == want_state.keys()
+        for key, value in want_state.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(got_state[key], value)
+                n_tensors += 1
+    assert n_tensors >= 8  # every layer kind of the mixed layout kept a state
 
 
 def _one_step(layout) -> None:
