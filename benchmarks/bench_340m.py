@@ -11,7 +11,7 @@ peak 989 TFLOP/s dense bf16 on H100/H200) and peak memory. Configurations (``--c
 
 Results go to ``benchmarks/results/bench_340m.json`` after every configuration (machine: GPU, torch/triton/fla
 versions, date), so a run cut short keeps what it measured. ``--max-seconds`` caps the whole run with an alarm:
-Triton autotuning of a cold process takes minutes (see /work/shared/GPU.md); set ``TRITON_CACHE_DIR`` to reuse it.
+Triton autotuning of a cold process takes minutes (README, "GPU notes"); set ``TRITON_CACHE_DIR`` to reuse it.
 
     python benchmarks/bench_340m.py                       # on the GPU machine
     python benchmarks/bench_340m.py --layout gla-6:1@tiny --device cpu --seq-len 64 --steps 2   # smoke test

@@ -1,6 +1,6 @@
 """Packing: aggregate training tokens/s of P concurrent proxies on one GPU (P = 1, 2, 4, 8), vs one proxy alone.
 
-Small proxies are launch-bound (a few % MFU, see /work/shared/GPU.md), so several processes sharing one GPU should
+Small proxies are launch-bound (a few % MFU), so several processes sharing one GPU should
 multiply the throughput. What is measured is the product's own packing: the proxy workers of ``hyla search run``
 (``hyla.search.workers.WorkerPool``, Ray actors granted 1/max(P) of the GPU each, as a search with
 ``gpus_per_worker: 1/P`` packs them), started once by ``common.start_workers``. Every worker is warmed with a short

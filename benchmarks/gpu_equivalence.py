@@ -19,12 +19,12 @@ get) an fp32 case passes at <= max(1e-3, 2 x the error of the reference path its
 case that passes there has the same math as the reference, not just similar numerics. The WY/triangular-solve
 kernels of the delta rules amplify TF32 rounding most, and parameter gradients that sum over every token
 (``A_log``, ``dt_bias``) more than per-token outputs. ``--forward-only`` skips the backward (GatedDeltaNet's
-backward needs tilelang on Hopper with triton < 3.7.1, see /work/shared/GPU.md).
+backward needs tilelang on Hopper with triton < 3.7.1: README, "GPU notes").
 
 Part 2, throughput: forward+backward tokens/s of the 24 x 256 ``small`` preset per mixer
 (``<kind>-pure@small``, ``transformer@small``, and 24 head-wise ``gla+a2`` layers) at T=1024 under bf16
-autocast, plus the time of the warm-up steps (Triton autotuning/compilation dominates a cold process, see
-/work/shared/GPU.md: set ``TRITON_CACHE_DIR``) and peak memory.
+autocast, plus the time of the warm-up steps (Triton autotuning/compilation dominates a cold process, README
+"GPU notes": set ``TRITON_CACHE_DIR``) and peak memory.
 
 Every case is wrapped in try/except, and ``benchmarks/results/gpu_equivalence.json`` (machine: GPU name,
 torch/triton/fla versions, date) is rewritten after each case, so a run cut short by ``--max-seconds`` keeps what it

@@ -16,7 +16,7 @@
 #
 # Why the stages: a call carries at most 64 MiB. Ray's wheel is 76 MiB, so .rayx holds it unpacked, without its
 # Java jars, RLlib, Serve and dashboard web client, as an xz tarball (see README "GPU runs"); GatedDeltaNet on
-# Hopper with triton 3.6 needs tilelang (../shared/GPU.md), split over .whl1/.whl2 by tilelang_wheels.sh.
+# Hopper with triton 3.6 needs tilelang (fla issue #640; README "GPU notes"), split over .whl1/.whl2 by tilelang_wheels.sh.
 # .rayx comes from benchmarks/make_rayx.sh. Every step exports the environment the others rely on (PYTHONPATH,
 # the Triton/fla caches in /tmp); a background grid inherits it.
 set -euo pipefail

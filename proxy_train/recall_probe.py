@@ -1,6 +1,6 @@
 """The recall probe: MQAR trained on its own, over a difficulty sweep, scored as the area under accuracy vs pairs.
 
-Why a probe apart from the LM proxy (../shared/REFERENCE.md, "Recall proxies"): learning MQAR is a phase
+Why a probe apart from the LM proxy (Zoology, Arora et al. 2023; MAD, Poli et al. 2024): learning MQAR is a phase
 transition (an induction circuit forms after a plateau) whose timing depends on seed, depth and learning rate
 more than on the architecture. A recall score taken from a short LM run with a few recall rows mixed in
 therefore measures luck: on an H100 the paper grid's Transformer stayed on the plateau (0.065) while every

@@ -1,6 +1,7 @@
 """Shared pieces of the linear mixers: CPU short convolution, the fla Cache bridge, the forward dispatch.
 
-Contract of every linear mixer module (GLA, RetNet, HGRN, HGRN-2 here; DeltaNet, GDN, Mamba2 in sibling files):
+Contract of every linear mixer module (one per kind in this package: gla.py, retnet.py, hgrn.py, hgrn2.py,
+deltanet.py, gdn.py, mamba2.py; their chunked scans are in scans.py):
 
 - The class subclasses the fla layer (``class GLAMixer(FlaMixer, fla.layers.GatedLinearAttention)``), so its
   ``state_dict`` is fla's own and loads 1:1 into the plain fla class. ``from_layout(layout, index)`` builds it from
