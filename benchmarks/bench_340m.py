@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from hyla.proxy_train.fullscale import peak_flops
-from hyla.proxy_train.fullscale_loop import build_model, lr_lambda  # noqa: F401  (same model path as training)
+from hyla.proxy_train.fullscale_loop import build_model  # the model hyla train builds
 from hyla.space.cost import flops_per_token
 from hyla.space.presets import load_layout
 

@@ -40,7 +40,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: and falls back to Triton autotuning (cached on disk through TRITON_CACHE_AUTOTUNING) when none match.
 FLA_CACHE_MODE_DEFAULT = "fuzzy"
 #: training tokens/s of one 24 x 256 proxy per layer kind on an H100 (three packed, results/small_proxies_h100.json;
-#: attention 294k from a measurement made outside this repository): only the *order* matters, for scheduling the slowest layouts first
+#: attention 294k from a measurement made outside this repository): only the *order* matters, for scheduling
+#: the slowest layouts first
 KIND_TOKENS_PER_S = {"mamba2": 34e3, "deltanet": 35e3, "gdn": 80e3, "hgrn2": 109e3, "retnet": 145e3, "gla": 168e3,
                      "hgrn": 244e3, "attn": 294e3}
 
