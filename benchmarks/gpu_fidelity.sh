@@ -45,5 +45,5 @@ PY
   python3 "$REPO/benchmarks/bench_probe_speed.py" $PROBE_SPEED --out "$OUT/bench_probe_speed.json" 2>&1 \
     | tee "$OUT/bench_probe_speed.log"
 fi
-python3 "$REPO/benchmarks/bench_fidelity.py" --max-seconds "$cap" "$@" 2>&1 | tee "$OUT/bench_fidelity.log"
+python3 "$REPO/benchmarks/bench_fidelity.py" --max-seconds "$cap" "$@" 2>&1 | tee -a "$OUT/bench_fidelity.log"
 echo "bench_fidelity exit ${PIPESTATUS[0]}"
