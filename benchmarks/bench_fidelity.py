@@ -132,7 +132,8 @@ def make_record(layout: Any, job: dict[str, Any], msg: tuple[str, int, Any, Any]
     r = payload["result"]
     probe = (r.get("probe") or [{}])[0]
     return {**rec, "status": r["status"], "fail_reason": r.get("fail_reason"), "recall": r.get("recall"),
-            "recall_levels": r.get("recall_tasks"), "lm_val_loss": r.get("lm_val_loss"), "wall_s": r.get("wall_s"),
+            "recall_auc": probe.get("auc"), "probe_budget": job["config"].recall_probe.steps
+            if job["config"].recall_probe else None, "recall_levels": r.get("recall_tasks"), "lm_val_loss": r.get("lm_val_loss"), "wall_s": r.get("wall_s"),
             "best_lr": probe.get("lr"), "probe_steps": [p["steps"] for p in probe.get("per_lr", [])],
             "curve": [p["curve"] for p in probe.get("per_lr", [])], "state_bytes": r.get("state_bytes")}
 
@@ -320,12 +321,32 @@ def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Dea
         close_workers(pool)
 
 
+def backfill_auc(records: list[dict[str, Any]], args: argparse.Namespace, variants: dict[str, Any]) -> None:
+    """``recall_auc`` for records written before it was recorded: from their curve, with the step budget of
+    their variant's config (``--proxy`` plus the variant given again with ``--variant``)."""
+    from hyla.proxy_train.probe_runner import curve_auc
+
+    base = None
+    for r in records:
+        if r.get("recall_auc") is not None or not r.get("curve") or r.get("status") != "ok":
+            continue
+        total = r.get("probe_budget")
+        if total is None and r.get("variant") in variants:
+            base = base or proxy_config(args.proxy, sets=parse_sets(args.sets))
+            total = variant_config(base, variants[r["variant"]], r["seed"], r["budget"]).recall_probe.steps
+        if total:
+            best = max(r["curve"], key=lambda c: c[-1][1])  # per lr; the best final score counts (best_of_lrs)
+            r["recall_auc"] = curve_auc(best, total)
+
+
 def write_summary(args: argparse.Namespace, variants: dict[str, Any], session: dict[str, Any] | None) -> None:
     records = read_jsonl(args.jsonl)
+    backfill_auc(records, args, variants)
     old = read_json(args.out) or {}
     sessions = old.get("sessions", []) + ([session] if session else [])
     names = list(dict.fromkeys([*variants, *(r.get("variant") for r in records)]))
-    summary = {"benchmark": NAME, "machine": machine_info(args.device), "proxy": args.proxy,
+    machine = old["machine"] if session is None and old.get("machine") else machine_info(args.device)
+    summary = {"benchmark": NAME, "machine": machine, "proxy": args.proxy,  # --analyze keeps the runs' machine
                "variants": {k: v for k, v in variants.items()}, "jsonl": str(args.jsonl), "sessions": sessions,
                "gpu_seconds": sum(s["elapsed_s"] for s in sessions),
                "metric": args.metric,
@@ -376,7 +397,8 @@ def main() -> int:
     ap.add_argument("--budgets", type=int, nargs="+", default=[1, 4], help="step multipliers (rung 0 = 1)")
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;KEY=VALUE (repeatable ablations)")
     ap.add_argument("--p", type=int, default=8, help="concurrent proxy processes on the GPU")
-    ap.add_argument("--metric", default="recall", choices=("recall", "lm_val_loss"), help="score analysed")
+    ap.add_argument("--metric", default="recall", choices=("recall", "recall_auc", "lm_val_loss"),
+                    help="score analysed (recall_auc: area under the probe's learning curve)")
     ap.add_argument("--order", choices=("slowest-first", "given"), default="slowest-first",
                     help="layout order within a seed: expected-longest first (default) or as listed")
     ap.add_argument("--flat-tol", type=float, default=0.03, help="paper finding 2: max relative LM-loss spread")
@@ -384,7 +406,7 @@ def main() -> int:
     ap.add_argument("--analyze", action="store_true", help="only analyse the JSONL")
     args = ap.parse_args()
     if args.analyze:
-        write_summary(args, {}, None)
+        write_summary(args, dict(parse_variant(v) for v in args.variant), None)
         return 0
     return run(args)
 

@@ -240,8 +240,9 @@ class _Stack:
         for r, job in enumerate(self.jobs):
             levels = [0.0] * len(accs[r]) if diverged[r] else accs[r]
             score = sum(levels) / len(levels)
+            curve = [*self.curves[r], [steps[r], score]]
             out.append({"lr": job.lr, "seed": job.seed, "score": score, "levels": levels, "steps": steps[r],
-                        "diverged": diverged[r], "curve": [*self.curves[r], [steps[r], score]],
+                        "diverged": diverged[r], "curve": curve, "auc": curve_auc(curve, self.total),
                         "cuda_graph": self.graph is not None, "stacked": len(self.jobs),
                         "wall_s": time.perf_counter() - self.t0})
         return out
@@ -267,7 +268,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
 
     Returns:
         One result per job, in order: ``score`` (mean accuracy over the levels), ``levels`` (accuracy per level,
-        easiest first), ``steps`` run, ``diverged``, ``curve`` (``[step, mean check accuracy]``), ``cuda_graph``,
+        easiest first), ``steps`` run, ``diverged``, ``curve`` (``[step, mean check accuracy]``), ``auc`` (`curve_auc`), ``cuda_graph``,
         ``lr``, ``seed``, ``wall_s`` (from the probe's start), or ``status: oom`` with a reason; a job left
         unstarted by ``stop`` has None.
     """
@@ -363,15 +364,32 @@ def _finish(job: ProbeJob, result: dict[str, Any], on_result: Callable[..., None
         on_result(job, result)
 
 
+def curve_auc(curve: Sequence[Sequence[float]], total: int) -> float:
+    """Area under a probe's learning curve, as a share of its step budget: the trapezoid through ``(0, 0)`` and
+    the ``[step, accuracy]`` points (checks, then the final score at the step the probe stopped), the final score
+    held until ``total`` (an early-stopped probe keeps what it solved). In [0, 1]: 1 = solved from the start, the
+    final accuracy = solved only at the end; it grades how early the recall transition came, where the final
+    score only says whether it came."""
+    if total <= 0:
+        raise ValueError(f"curve_auc: total steps {total} must be positive")
+    area, prev_s, prev_a = 0.0, 0.0, 0.0
+    for step, acc in curve:
+        step = min(float(step), float(total))
+        area += (step - prev_s) * (acc + prev_a) / 2
+        prev_s, prev_a = step, acc
+    return (area + (total - prev_s) * prev_a) / total
+
+
 def best_of_lrs(runs: list[dict[str, Any]], levels: list[MQAR], wall_s: float) -> dict[str, Any]:
     """One seed's probe result from its runs at every lr (`run_probes` results): the best score counts."""
     ok = [r for r in runs if r.get("status", "ok") == "ok"]
     if not ok:
         raise torch.OutOfMemoryError(runs[0].get("fail_reason", "out of memory"))
     best = max(ok, key=lambda r: r["score"])
-    return {"recall": best["score"], "lr": best["lr"],
+    return {"recall": best["score"], "lr": best["lr"], "auc": best["auc"],
             "levels": {g.level: acc for g, acc in zip(levels, best["levels"])},
-            "per_lr": [{k: r[k] for k in ("lr", "score", "steps", "diverged", "curve", "cuda_graph")} for r in ok],
+            "per_lr": [{k: r[k] for k in ("lr", "score", "auc", "steps", "diverged", "curve", "cuda_graph")}
+                       for r in ok],
             "wall_s": wall_s}
 
 
@@ -382,7 +400,7 @@ def run_probe_seeds(layout: Layout, cfg: RecallProbeConfig, seeds: list[int], in
 
     Returns:
         One dict per seed: ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of
-        the best LR), ``lr`` (the best LR), ``per_lr`` (every LR's score, steps run and learning curve) and
+        the best LR), ``lr`` (the best LR), ``auc`` (the best LR's `curve_auc`), ``per_lr`` (every LR's score, steps run and learning curve) and
         ``wall_s`` (of the whole call).
 
     Raises:

@@ -208,7 +208,7 @@ def _probe_seeds(layout: Layout, config: ProxyConfig, seeds: list[int], per_seed
         probes = run_probe_seeds(layout, config.recall_probe, seeds, config.init_std, dev, progress)
         for fields_, probe in zip(per_seed, probes, strict=True):
             fields_.update(recall=probe["recall"], recall_tasks=probe["levels"],
-                           probe={k: probe[k] for k in ("lr", "per_lr", "wall_s")})
+                           probe={k: probe[k] for k in ("lr", "auc", "per_lr", "wall_s")})
     except Exception as e:  # noqa: BLE001 - a failing trial is a result, not a crash of the worker
         per_seed[0] = {**per_seed[0], **_failure(e)}
     finally:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hyla.proxy_train.probe_runner import curve_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -64,6 +65,7 @@ def test_cpu_run_end_to_end(tmp_path: Path) -> None:
     assert len(recs) == 8 and all(r["status"] == "ok" for r in recs)
     assert {(r["seed"], r["budget"]) for r in recs} == {(0, 1), (1, 1), (0, 2), (1, 2)}
     assert {r["probe_steps"][0] for r in recs} == {4, 8}
+    assert all(0 <= r["recall_auc"] <= 1 and r["probe_budget"] == 4 * r["budget"] for r in recs)
     summary = json.loads(out.read_text())
     assert summary["analysis"]["default"]["consistent"]["n"] == 2
     again = subprocess.run(cmd, check=True, cwd=tmp_path, timeout=600, capture_output=True, text=True)
@@ -150,3 +152,23 @@ def test_analyze_cli_reports_the_findings(tmp_path: Path) -> None:
     assert "4. RetNet/HGRN hybrids recall worst: True" in proc.stdout
     f = json.loads(out.read_text())["analysis"]["v"]["budget1"]["paper_findings"]
     assert f["n_layouts"] == 31 and f["pure_recall_far_worse"]["holds"] is True
+
+
+def test_analyze_backfills_the_curve_auc_from_the_variant(tmp_path: Path) -> None:
+    """Records from before ``recall_auc`` get it from their best lr's curve and their variant's step budget."""
+    jsonl, out = tmp_path / "old.jsonl", tmp_path / "old.json"
+    proxy = tmp_path / "p.yaml"
+    proxy.write_text((ROOT / "benchmarks" / "fidelity_cpu.yaml").read_text())
+    early, late = [[[50, 1.0], [50, 1.0]]], [[[100, 0.2], [150, 0.2], [150, 1.0]], [[200, 0.1], [200, 0.1]]]
+    recs = [{"layout_name": n, "mixer": "gla", "attn_share": 0.0, "n_attn": 0, "seed": s, "budget": 2,
+             "variant": "v", "status": "ok", "recall": 1.0, "curve": c, "recall_levels": {"easy": 1.0}}
+            for s in (0, 1) for n, c in (("fast", early), ("slow", late))]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fidelity.py"), "--analyze", "--device", "cpu",
+                    "--proxy", str(proxy), "--variant", "v:recall_probe.steps=100", "--metric", "recall_auc",
+                    "--budgets", "2", "--jsonl", str(jsonl), "--out", str(out)],
+                   check=True, cwd=tmp_path, timeout=300, capture_output=True, text=True)
+    table = json.loads(out.read_text())["analysis"]["v"]["budget2"]["layouts"]
+    assert table["fast"]["mean"] == pytest.approx(curve_auc(early[0], 200))
+    assert table["slow"]["mean"] == pytest.approx(curve_auc(late[0], 200))  # its best lr: final score 1.0
+    assert table["slow"]["mean"] < table["fast"]["mean"]

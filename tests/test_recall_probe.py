@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hyla.config import ConfigError
-from hyla.proxy_train.probe_runner import ProbeJob, run_probe, run_probes
+from hyla.proxy_train.probe_runner import ProbeJob, curve_auc, run_probe, run_probes
 from hyla.proxy_train.recall_probe import (LevelPool, RecallProbeConfig, _PrevTokenEmbedding, probe_layout, schedule,
                                            wsd_lr)
 from hyla.proxy_train.train import ProxyConfig, aggregate_seeds, run_proxy
@@ -107,6 +107,19 @@ def test_run_probe_scores_every_level_and_every_lr() -> None:
     assert [p["lr"] for p in r["per_lr"]] == [1e-3, 3e-3]
     assert r["recall"] == max(p["score"] for p in r["per_lr"]) and r["lr"] in (1e-3, 3e-3)
     assert all(p["curve"][-1][0] == p["steps"] for p in r["per_lr"])
+    assert all(p["auc"] == pytest.approx(curve_auc(p["curve"], cfg.steps)) for p in r["per_lr"])
+    assert r["auc"] == next(p["auc"] for p in r["per_lr"] if p["lr"] == r["lr"])
+
+
+def test_curve_auc_grades_how_early_recall_came() -> None:
+    """Trapezoid from (0, 0) through the points, the last value held to the budget; early beats late."""
+    assert curve_auc([[100, 1.0]], 100) == pytest.approx(0.5)
+    assert curve_auc([[50, 1.0]], 100) == pytest.approx(0.75)  # stopped early: solved is kept to the end
+    assert curve_auc([[50, 0.2], [100, 0.2]], 100) == pytest.approx((50 * 0.1 + 50 * 0.2) / 100)
+    early, late = curve_auc([[25, 0.2], [50, 1.0]], 200), curve_auc([[100, 0.2], [150, 1.0]], 200)
+    assert 0 < late < early < 1
+    with pytest.raises(ValueError, match="total"):
+        curve_auc([[1, 1.0]], 0)
 
 
 def test_run_proxy_reports_seed_spread() -> None:
@@ -144,6 +157,7 @@ def test_probe_stops_once_every_level_is_solved(monkeypatch: pytest.MonkeyPatch)
     cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
     r = run_probes([ProbeJob(_layout(), 0, 1e-3)], cfg, torch.device("cpu"), 0.1)[0]
     assert r["steps"] == 5 and r["curve"][0] == [5, 1.0] and r["score"] == 1.0
+    assert r["auc"] == pytest.approx((2.5 + 15) / 20)  # ramp to step 5, then solved for the other 15 steps
 
 
 def test_stacked_probes_equal_probes_alone() -> None:
