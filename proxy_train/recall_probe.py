@@ -78,6 +78,8 @@ class RecallProbeConfig:
             layout that has the spec; Inductor fuses the scans' elementwise work). Checks and scores stay eager.
         width: train the layout's pattern at this d_model (`probe_layout`: mixers, attention placement and
             head shares kept, depth kept); None = the layout's own width.
+        heads: the probe model's ``num_heads`` at ``width`` (None = the layout's, narrowed). Fewer, wider
+            attention heads (e.g. 1 x 64) give one attention layer more room to tell the task's symbols apart.
         concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe_runner``: the
             seeds and lrs of one layout as one stacked model, each stack on its own stream); 0 = all probes of a
             call. CPU runs one stack after another.
@@ -107,6 +109,7 @@ class RecallProbeConfig:
     cuda_graph: bool = True
     compile: bool = True
     width: int | None = None
+    heads: int | None = None
     concurrent: int = 16
     pool_rows: int = 16384
     pool_seed: int = 0
@@ -137,6 +140,8 @@ class RecallProbeConfig:
             raise ConfigError(f"{w}.scan_chunk: {self.scan_chunk} must be >= 1 or null")
         if self.width is not None and self.width < 8:
             raise ConfigError(f"{w}.width: {self.width} must be >= 8 or null (the layout's own width)")
+        if self.heads is not None and self.heads < 1:
+            raise ConfigError(f"{w}.heads: {self.heads} must be >= 1 or null (the layout's own heads)")
         if not 0.0 < self.stop_at <= 1.0:
             raise ConfigError(f"{w}.stop_at: {self.stop_at} must be in (0, 1]")
 
@@ -223,14 +228,15 @@ def zero_residual_outputs(model: nn.Module, which: str) -> None:
 def probe_layout(layout: Layout, cfg: RecallProbeConfig) -> Layout:
     """The model a probe trains: ``layout`` itself, or its pattern at ``cfg.width`` (`presets.at_scale`: the
     mixer per layer, attention placement, head-wise shares and windows kept; width-derived mixer options at the
-    new width's defaults; heads, depth and vocab kept, the MLP scaled with the width)."""
-    if cfg.width is None or cfg.width == layout.d_model:
+    new width's defaults; depth and vocab kept, heads kept unless ``cfg.heads``, the MLP scaled with the width)."""
+    width, heads = cfg.width or layout.d_model, cfg.heads or layout.num_heads
+    if width == layout.d_model and heads == layout.num_heads:
         return layout
     from hyla.space.presets import Scale, at_scale
 
-    if cfg.width % layout.num_heads:
-        raise ConfigError(f"recall_probe.width: {cfg.width} must be a multiple of the layout's num_heads "
-                          f"{layout.num_heads} (the probe keeps the heads and narrows them)")
-    mlp = max(8, round(layout.mlp_hidden * cfg.width / layout.d_model / 8) * 8)
-    scale = Scale(f"probe{cfg.width}", layout.n_layers, cfg.width, layout.num_heads, mlp, layout.vocab_size)
+    if width % heads:
+        raise ConfigError(f"recall_probe.width: {width} must be a multiple of the probe's num_heads {heads} "
+                          f"(recall_probe.heads, or the layout's)")
+    mlp = max(8, round(layout.mlp_hidden * width / layout.d_model / 8) * 8)
+    scale = Scale(f"probe{width}x{heads}", layout.n_layers, width, heads, mlp, layout.vocab_size)
     return at_scale(layout, scale, name=layout.name)

@@ -32,6 +32,7 @@ def _proxy(**kw: object) -> ProxyConfig:
     ("pairs", [4, 2], "recall_probe.pairs"), ("seq_len", 6, "recall_probe.seq_len"),
     ("lrs", [], "recall_probe.lrs"), ("task_vocab", 3, "recall_probe.task_vocab"),
     ("kernels", "cuda", "kernels"), ("stop_at", 0.0, "recall_probe.stop_at"), ("zero_init", "mlp", "zero_init"),
+    ("heads", 0, "recall_probe.heads"),
 ])
 def test_probe_config_refuses_bad_fields(field: str, value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -76,6 +77,11 @@ def test_probe_layout_keeps_the_pattern_at_the_probe_width() -> None:
     assert probe_layout(lay, RecallProbeConfig(**PROBE)) is lay
     with pytest.raises(ConfigError, match="recall_probe.width"):
         probe_layout(lay, RecallProbeConfig(**{**PROBE, "width": 30}))
+    plain = Layout(layers=("gla", "attn"), d_model=64, vocab_size=512, mlp_hidden=176, num_heads=4)
+    one = probe_layout(plain, RecallProbeConfig(**{**PROBE, "width": 64, "heads": 1}))  # 1 x 64, not 4 x 16
+    assert one.num_heads == 1 and one.d_model == 64 and [s.mixer for s in one.layers] == ["gla", "attn"]
+    with pytest.raises(ConfigError, match="heads"):  # 1 of 4 heads cannot keep its share among 2
+        probe_layout(lay, RecallProbeConfig(**{**PROBE, "width": 32, "heads": 2}))
 
 
 def test_probes_side_by_side_equal_probes_alone() -> None:
