@@ -267,7 +267,9 @@ class ProxyResult:
     ``recurrent_bytes`` = linear-mixer recurrent + short-conv states, ``state_bytes`` = their sum (all inference
     state). ``peak_mem_bytes`` is CUDA max allocated on GPU, the process peak RSS on CPU.
 
-    Noise: ``lm_val_loss``, ``recall``, ``train_loss`` and ``recall_tasks`` are means over ``seeds``;
+    ``recall_auc`` (recall probe only) is the area under the probe's learning curve (`probe_runner.curve_auc`).
+
+    Noise: ``lm_val_loss``, ``recall``, ``recall_auc``, ``train_loss`` and ``recall_tasks`` are means over ``seeds``;
     ``seed_values[metric]`` holds one value per seed and ``sem[metric]`` the standard error of the mean
     (sample std / sqrt(n); None with one seed, where the spread is unknown). ``probe`` has one entry per seed
     when recall comes from the recall probe (best LR, per-LR scores, learning curves).
@@ -277,6 +279,7 @@ class ProxyResult:
     fail_reason: str | None = None
     lm_val_loss: float | None = None
     recall: float | None = None
+    recall_auc: float | None = None
     recall_tasks: dict[str, float] = field(default_factory=dict)
     train_loss: float | None = None
     params: int = 0

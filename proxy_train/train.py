@@ -136,7 +136,7 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
 
 
 #: Per-seed metrics whose mean, per-seed values and standard error a `ProxyResult` reports.
-SEED_METRICS = ("lm_val_loss", "recall", "train_loss")
+SEED_METRICS = ("lm_val_loss", "recall", "recall_auc", "train_loss")
 
 
 def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -200,14 +200,14 @@ def _train_seed(layout: Layout, cfg: ProxyConfig, dev: torch.device, data: Proxy
 
 def _probe_seeds(layout: Layout, config: ProxyConfig, seeds: list[int], per_seed: list[dict[str, Any]],
                  dev: torch.device, progress: bool) -> None:
-    """The recall probe of every seed, trained side by side; fills ``recall``/``recall_tasks``/``probe`` in
-    ``per_seed`` (or the first seed's status on a failure)."""
+    """The recall probe of every seed, trained side by side; fills ``recall``, ``recall_auc``, ``recall_tasks``
+    and ``probe`` in ``per_seed`` (or the first seed's status on a failure)."""
     from hyla.proxy_train.probe_runner import run_probe_seeds
 
     try:
         probes = run_probe_seeds(layout, config.recall_probe, seeds, config.init_std, dev, progress)
         for fields_, probe in zip(per_seed, probes, strict=True):
-            fields_.update(recall=probe["recall"], recall_tasks=probe["levels"],
+            fields_.update(recall=probe["recall"], recall_auc=probe["auc"], recall_tasks=probe["levels"],
                            probe={k: probe[k] for k in ("lr", "auc", "per_lr", "wall_s")})
     except Exception as e:  # noqa: BLE001 - a failing trial is a result, not a crash of the worker
         per_seed[0] = {**per_seed[0], **_failure(e)}

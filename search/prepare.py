@@ -173,6 +173,11 @@ def prepare(cfg: StudyConfig) -> Prepared:
     """
     space = _load_space(cfg)
     proxies = [_load_proxy(cfg, r) for r in range(len(cfg.rungs))]
+    if "recall_auc" in cfg.objectives:
+        for r, proxy in enumerate(proxies):
+            if not proxy.get("recall_probe"):
+                raise ConfigError(f"{cfg.where}: objectives: recall_auc needs the recall probe, and rungs[{r}].proxy "
+                                  "has no recall_probe; add one (e.g. the small preset's) or use recall")
     seeds = _seed_layouts(cfg, space)
     for preset, lay in seeds:
         from hyla.space.search_space import layout_to_params

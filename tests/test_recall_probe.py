@@ -131,7 +131,8 @@ def test_curve_auc_grades_how_early_recall_came() -> None:
 def test_run_proxy_reports_seed_spread() -> None:
     r = run_proxy(_layout(), _proxy(seeds=3, seed=5), progress=False)
     assert r.status == "ok" and r.seeds == [5, 6, 7] and len(r.probe) == 3
-    for metric in ("recall", "lm_val_loss", "train_loss"):
+    assert r.seed_values["recall_auc"] == [p["auc"] for p in r.probe]
+    for metric in ("recall", "recall_auc", "lm_val_loss", "train_loss"):
         vals = r.seed_values[metric]
         assert len(vals) == 3
         assert getattr(r, metric) == pytest.approx(sum(vals) / 3)

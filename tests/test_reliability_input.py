@@ -166,6 +166,12 @@ def test_dataset_path_that_does_not_exist(tmp_path: Path, capsys: pytest.Capture
             "does not exist")
 
 
+def test_recall_auc_objective_without_a_recall_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = study(tmp_path, objectives=["recall_auc", "memory_bytes"])  # the tiny proxy mixes recall into the LM run
+    refused(["search", "run", str(path)], tmp_path, capsys, str(path), "recall_auc", "rungs[0].proxy",
+            "recall_probe")
+
+
 def test_tokenizer_without_local_copy_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
