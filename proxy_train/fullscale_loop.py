@@ -24,32 +24,7 @@ import torch.nn.functional as F
 
 from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
 from hyla.proxy_train.lr_schedule import wsd_lr
-
-
-class ShardStream:
-    """This worker's packed windows, walked in a seeded permutation per epoch.
-
-    The position is ``cursor`` (micro-batches consumed): sample ``i = cursor * micro_batch + j`` is row
-    ``perm(epoch)[i % n]`` with ``epoch = i // n``, so restoring ``cursor`` restores the exact stream.
-    """
-
-    def __init__(self, windows: torch.Tensor, micro_batch: int, seed: int, rank: int) -> None:
-        self.windows, self.micro_batch, self.seed, self.rank = windows, micro_batch, seed, rank
-        self.cursor = 0
-        self._perm_epoch, self._perm = -1, None
-
-    def _perm_for(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.windows), generator=g), epoch
-        return self._perm
-
-    def next_batch(self) -> torch.Tensor:
-        n = len(self.windows)
-        start = self.cursor * self.micro_batch
-        rows = [int(self._perm_for((start + j) // n)[(start + j) % n]) for j in range(self.micro_batch)]
-        self.cursor += 1
-        return self.windows[rows].long()
+from hyla.proxy_train.proxy_data import ShardStream
 
 
 def lr_lambda(spec: RunSpec) -> Callable[[int], float]:

@@ -17,6 +17,47 @@ from hyla.space.layout import Layout
 if TYPE_CHECKING:
     from hyla.proxy_train.proxy_config import ProxyConfig
 
+class ShardStream:
+    """Training rows walked in a seeded permutation per epoch: the one data order of proxies and full runs.
+
+    Sample ``i`` is row ``perm(epoch)[i % n]`` with ``epoch = i // n``; the permutation's seed is ``seed *
+    1_000_003 + rank * 7919 + epoch``. A full run draws ``micro_batch`` rows per step (`next_batch`) and
+    checkpoints ``cursor`` (micro-batches consumed), so restoring it restores the exact stream; a proxy draws
+    any number of rows per step (`take`: fewer LM rows while recall rows are mixed in) from rank 0.
+    """
+
+    def __init__(self, windows: torch.Tensor, micro_batch: int, seed: int, rank: int = 0) -> None:
+        self.windows, self.micro_batch, self.seed, self.rank = windows, micro_batch, seed, rank
+        self.position = 0  # samples drawn
+        self._perm_epoch, self._perm = -1, None
+
+    @property
+    def cursor(self) -> int:
+        """Micro-batches consumed (what a full run's checkpoint keeps)."""
+        return self.position // self.micro_batch
+
+    @cursor.setter
+    def cursor(self, value: int) -> None:
+        self.position = value * self.micro_batch
+
+    def _perm_for(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.windows), generator=g), epoch
+        return self._perm
+
+    def take(self, count: int) -> torch.Tensor:
+        """The next ``count`` rows of the stream."""
+        n, start = len(self.windows), self.position
+        rows = [int(self._perm_for((start + j) // n)[(start + j) % n]) for j in range(count)]
+        self.position += count
+        return self.windows[rows]
+
+    def next_batch(self) -> torch.Tensor:
+        """The next micro-batch, as int64 token ids."""
+        return self.take(self.micro_batch).long()
+
+
 #: Per-process caches so repeated trials in one worker do not re-read or re-tokenize the corpus.
 _DOCS_CACHE: dict[TextConfig, tuple[list[str], list[str]]] = {}
 _PACK_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
@@ -54,25 +95,13 @@ class ProxyData:
     def __init__(self, cfg: ProxyConfig, train: torch.Tensor, val: torch.Tensor, suite: Any) -> None:
         self.cfg, self.train, self.val, self.suite = cfg, train, val, suite
         self.eval_batch_size = cfg.eval_batch_size or cfg.batch_size
-        self._cursor = 0
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _rows(self, n: int) -> torch.Tensor:
-        idx = []
-        for _ in range(n):
-            epoch, pos = divmod(self._cursor, self.train.shape[0])
-            if epoch not in self._perms:
-                self._perms = {epoch: torch.randperm(self.train.shape[0], generator=torch.Generator().manual_seed(
-                    self.cfg.seed * 1_000_003 + epoch))}
-            idx.append(int(self._perms[epoch][pos]))
-            self._cursor += 1
-        return self.train[idx]
+        self.stream = ShardStream(train, cfg.batch_size, cfg.seed)
 
     def train_batch(self, step: int, with_recall: bool = True
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``(lm_inputs, lm_targets, recall_inputs, recall_targets)`` for ``step`` (recall None when off)."""
         n_recall = self.cfg.recall_rows if (with_recall and self.suite is not None) else 0
-        rows = self._rows(self.cfg.batch_size - n_recall)
+        rows = self.stream.take(self.cfg.batch_size - n_recall)
         if not n_recall:
             return rows[:, :-1], rows[:, 1:], None, None
         rx, ry = self.suite.train_batch(n_recall, step, self.cfg.seed)

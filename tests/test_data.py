@@ -169,3 +169,27 @@ def test_pack_shapes_and_counts() -> None:
         pack_tokens(["ab"], tok, seq_len=8)
     with pytest.raises(ConfigError, match="seq_len: 0"):
         pack_tokens(["ab"], tok, seq_len=0)
+
+
+def test_shard_stream_is_one_seeded_order_for_proxies_and_full_runs() -> None:
+    """Sample i is row perm(epoch)[i % n], whatever the draw sizes; a restored cursor resumes the exact stream."""
+    import torch
+    from hyla.proxy_train.proxy_data import ShardStream
+
+    windows = torch.arange(7 * 3).view(7, 3)
+
+    def expected(seed: int, rank: int, count: int) -> list[int]:
+        perms = [torch.randperm(7, generator=torch.Generator().manual_seed(seed * 1_000_003 + rank * 7919 + e))
+                 for e in range(count // 7 + 1)]
+        return [int(perms[i // 7][i % 7]) for i in range(count)]
+
+    full = ShardStream(windows, micro_batch=4, seed=3, rank=1)
+    drawn = [full.next_batch() for _ in range(5)]  # 20 samples: crosses two epoch boundaries
+    assert all(b.dtype == torch.int64 for b in drawn)
+    assert [int(r[0]) // 3 for b in drawn for r in b] == expected(3, 1, 20) and full.cursor == 5
+    proxy = ShardStream(windows, micro_batch=4, seed=3)
+    uneven = torch.cat([proxy.take(k) for k in (4, 3, 4, 1, 8)])  # fewer LM rows while recall rows mix in
+    assert [int(r[0]) // 3 for r in uneven] == expected(3, 0, 20)
+    resumed = ShardStream(windows, micro_batch=4, seed=3, rank=1)
+    resumed.cursor = 3
+    assert torch.equal(torch.cat([resumed.next_batch(), resumed.next_batch()]), torch.cat(drawn[3:]))
