@@ -324,7 +324,7 @@ def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Dea
 def backfill_auc(records: list[dict[str, Any]], args: argparse.Namespace, variants: dict[str, Any]) -> None:
     """``recall_auc`` for records written before it was recorded: from their curve, with the step budget of
     their variant's config (``--proxy`` plus the variant given again with ``--variant``)."""
-    from hyla.proxy_train.probe_runner import curve_auc
+    from hyla.proxy_train.recall_probe import curve_auc
 
     base = None
     for r in records:

@@ -31,7 +31,9 @@ every seed and LR of a trial, called by ``hyla.proxy_train.train.run_proxy``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -240,3 +242,32 @@ def probe_layout(layout: Layout, cfg: RecallProbeConfig) -> Layout:
     mlp = max(8, round(layout.mlp_hidden * width / layout.d_model / 8) * 8)
     scale = Scale(f"probe{width}x{heads}", layout.n_layers, width, heads, mlp, layout.vocab_size)
     return at_scale(layout, scale, name=layout.name)
+
+
+def curve_auc(curve: Sequence[Sequence[float]], total: int) -> float:
+    """Area under a probe's learning curve, as a share of its step budget: the trapezoid through ``(0, 0)`` and
+    the ``[step, accuracy]`` points (checks, then the final score at the step the probe stopped), the final score
+    held until ``total`` (an early-stopped probe keeps what it solved). In [0, 1]: 1 = solved from the start, the
+    final accuracy = solved only at the end; it grades how early the recall transition came, where the final
+    score only says whether it came."""
+    if total <= 0:
+        raise ValueError(f"curve_auc: total steps {total} must be positive")
+    area, prev_s, prev_a = 0.0, 0.0, 0.0
+    for step, acc in curve:
+        step = min(float(step), float(total))
+        area += (step - prev_s) * (acc + prev_a) / 2
+        prev_s, prev_a = step, acc
+    return (area + (total - prev_s) * prev_a) / total
+
+
+def best_of_lrs(runs: list[dict[str, Any]], levels: list[MQAR], wall_s: float) -> dict[str, Any]:
+    """One seed's probe result from its runs at every lr (`run_probes` results): the best score counts."""
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    if not ok:
+        raise torch.OutOfMemoryError(runs[0].get("fail_reason", "out of memory"))
+    best = max(ok, key=lambda r: r["score"])
+    return {"recall": best["score"], "lr": best["lr"], "auc": best["auc"],
+            "levels": {g.level: acc for g, acc in zip(levels, best["levels"])},
+            "per_lr": [{k: r[k] for k in ("lr", "score", "auc", "steps", "diverged", "curve", "cuda_graph")}
+                       for r in ok],
+            "wall_s": wall_s}

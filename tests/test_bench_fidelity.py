@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hyla.proxy_train.probe_runner import curve_auc
+from hyla.proxy_train.recall_probe import curve_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from hyla.config import ConfigError
-from hyla.proxy_train.probe_runner import ProbeJob, curve_auc, run_probe, run_probes
-from hyla.proxy_train.recall_probe import (LevelPool, RecallProbeConfig, _PrevTokenEmbedding, probe_layout, schedule,
-                                           wsd_lr)
+from hyla.proxy_train.probe_runner import ProbeJob, run_probe, run_probes
+from hyla.proxy_train.recall_probe import (LevelPool, RecallProbeConfig, _PrevTokenEmbedding, curve_auc, probe_layout,
+                                           schedule, wsd_lr)
 from hyla.proxy_train.train import ProxyConfig, aggregate_seeds, run_proxy
 from hyla.space.layout import Layout
 
