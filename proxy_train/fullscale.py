@@ -37,6 +37,7 @@ from typing import Any
 
 from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
 from hyla.proxy_train.data import TextConfig
+from hyla.proxy_train.lr_schedule import check_optimizer
 from hyla.space.layout import Layout
 
 #: default token budgets per scale (the paper: 20B tokens at 340M, 100B at 1.3B)
@@ -127,13 +128,8 @@ class RunSpec:
         if self.global_batch_tokens % per_step:
             raise ConfigError(f"global_batch_tokens: {self.global_batch_tokens} is not a multiple of seq_len x "
                               f"micro_batch x num_workers = {per_step}")
-        if self.lr <= 0 or self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"lr/warmup_steps/min_lr_ratio: {self.lr}, {self.warmup_steps}, {self.min_lr_ratio}; "
-                              "expected lr > 0, warmup >= 0, min_lr_ratio in [0, 1]")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"betas: {list(self.betas)} must be two numbers in [0, 1)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(f"weight_decay/grad_clip: {self.weight_decay}, {self.grad_clip} must be >= 0")
+        check_optimizer("", {name: getattr(self, name) for name in (
+            "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "betas")})
 
     # -- derived ------------------------------------------------------------------------------------------------
     @property

@@ -12,13 +12,41 @@ Three loops use it, each with its own settings:
 Pure Python (no torch), so a schedule can be tabulated anywhere, e.g. into a device tensor before a CUDA graph
 is captured. ``tests/test_lr_schedule.py`` pins every loop's values to the floats the three schedules gave
 before they were merged.
+
+`check_optimizer` is the one check of the schedule and AdamW settings that proxies and full runs share.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["wsd_lr"]
+from hyla.config import ConfigError
+
+__all__ = ["check_optimizer", "wsd_lr"]
+
+#: role -> (valid?, what is allowed); a field named ``warmup...`` has the warm-up role
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "warmup": (lambda v: v >= 0, "must be >= 0"),
+    "min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "decay_fraction": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+    "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "must be two numbers in [0, 1)"),
+}
+
+
+def check_optimizer(prefix: str, fields: Mapping[str, Any]) -> None:
+    """Refuse bad schedule/AdamW settings with one line naming the field: ``fields`` maps each field's name in
+    its config (``lr``, ``warmup`` or ``warmup_steps``, ``min_lr_ratio``, ``decay_fraction``, ``weight_decay``,
+    ``grad_clip``, ``betas``) to its value; ``prefix`` starts the message (e.g. ``"proxy config."``)."""
+    for name, value in fields.items():
+        valid, allowed = _RULES["warmup" if name.startswith("warmup") else name]
+        if not valid(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{prefix}{name}: {shown!r} {allowed}")
 
 
 def wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, min_ratio: float) -> float:

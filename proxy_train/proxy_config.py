@@ -61,7 +61,7 @@ from typing import Any
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.lr_schedule import wsd_lr
+from hyla.proxy_train.lr_schedule import check_optimizer, wsd_lr
 from hyla.proxy_train.recall_probe import RecallProbeConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -175,20 +175,12 @@ class ProxyConfig:
             raise ConfigError(f"{w}.steps: {self.steps} must be >= 1")
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError(f"{w}.tokens: {self.tokens} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"{w}.lr: {self.lr} must be > 0")
-        if not 0.0 < self.decay_fraction <= 1.0:
-            raise ConfigError(f"{w}.decay_fraction: {self.decay_fraction} must be in (0, 1]")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"{w}.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
-        if self.warmup < 0 or self.recall_phase_steps < 0:
-            raise ConfigError(f"{w}.warmup/recall_phase_steps: must be >= 0")
+        check_optimizer(f"{w}.", {name: getattr(self, name) for name in (
+            "lr", "warmup", "min_lr_ratio", "decay_fraction", "weight_decay", "grad_clip", "betas")})
+        if self.recall_phase_steps < 0:
+            raise ConfigError(f"{w}.recall_phase_steps: {self.recall_phase_steps} must be >= 0")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"{w}.init_std: {self.init_std} must be > 0 (or null for the width-scaled default)")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError(f"{w}.weight_decay/grad_clip: must be >= 0")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"{w}.betas: {self.betas} must be two numbers in [0, 1)")
         if not 0.0 <= self.recall_mix < 1.0:
             raise ConfigError(f"{w}.recall_mix: {self.recall_mix} must be in [0, 1) (some rows must be LM text)")
         if self.recall_mix > 0 and not self.has_recall:

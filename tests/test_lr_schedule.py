@@ -106,3 +106,22 @@ def test_decay_fraction_one_is_plain_cosine() -> None:
     for s in range(12):
         assert lr_schedule.wsd_lr(s, 10, 1.0, 3, 1.0, 0.1) == _old_lr_lambda(
             SimpleNamespace(total_steps=10, warmup_steps=3, min_lr_ratio=0.1))(s)
+
+
+@pytest.mark.parametrize(("field", "value", "proxy_name", "full_name"), [
+    ("lr", 0.0, "lr", "lr"), ("warmup", -1, "warmup", "warmup_steps"), ("min_lr_ratio", 1.5, "min_lr_ratio", "min_lr_ratio"),
+    ("weight_decay", -0.1, "weight_decay", "weight_decay"), ("grad_clip", -1.0, "grad_clip", "grad_clip"),
+    ("betas", (0.9, 1.0), "betas", "betas"), ("decay_fraction", 0.0, "decay_fraction", None),
+])
+def test_proxies_and_full_runs_refuse_the_same_optimizer_settings(field: str, value: object, proxy_name: str,
+                                                                 full_name: str | None) -> None:
+    """One check (`check_optimizer`) for both configs: one line naming the field as each config spells it."""
+    from hyla.config import ConfigError
+    from hyla.proxy_train.fullscale import RunSpec
+    from hyla.proxy_train.proxy_config import ProxyConfig
+
+    with pytest.raises(ConfigError, match=rf"^proxy config\.{proxy_name}: .* must "):
+        ProxyConfig.from_dict({"preset": "tiny", proxy_name: value})
+    if full_name is not None:  # full runs have no decay_fraction (a cosine over every post-warm-up step)
+        with pytest.raises(ConfigError, match=rf"^{full_name}: .* must "):
+            RunSpec.from_dict({"layout": "gla-6:1", full_name: value})
