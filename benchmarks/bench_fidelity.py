@@ -132,8 +132,9 @@ def make_record(layout: Any, job: dict[str, Any], msg: tuple[str, int, Any, Any]
     r = payload["result"]
     probe = (r.get("probe") or [{}])[0]
     return {**rec, "status": r["status"], "fail_reason": r.get("fail_reason"), "recall": r.get("recall"),
-            "recall_auc": probe.get("auc"), "probe_budget": job["config"].recall_probe.steps
-            if job["config"].recall_probe else None, "recall_levels": r.get("recall_tasks"), "lm_val_loss": r.get("lm_val_loss"), "wall_s": r.get("wall_s"),
+            "recall_auc": probe.get("auc"), "recall_levels": r.get("recall_tasks"),
+            "probe_budget": job["config"].recall_probe.steps if job["config"].recall_probe else None,
+            "lm_val_loss": r.get("lm_val_loss"), "wall_s": r.get("wall_s"),
             "best_lr": probe.get("lr"), "probe_steps": [p["steps"] for p in probe.get("per_lr", [])],
             "curve": [p["curve"] for p in probe.get("per_lr", [])], "state_bytes": r.get("state_bytes")}
 
@@ -330,11 +331,9 @@ def backfill_auc(records: list[dict[str, Any]], args: argparse.Namespace, varian
     for r in records:
         if r.get("recall_auc") is not None or not r.get("curve") or r.get("status") != "ok":
             continue
-        total = r.get("probe_budget")
-        if total is None and r.get("variant") in variants:
+        if r.get("variant") in variants:  # records with a probe_budget also have their recall_auc
             base = base or proxy_config(args.proxy, sets=parse_sets(args.sets))
             total = variant_config(base, variants[r["variant"]], r["seed"], r["budget"]).recall_probe.steps
-        if total:
             best = max(r["curve"], key=lambda c: c[-1][1])  # per lr; the best final score counts (best_of_lrs)
             r["recall_auc"] = curve_auc(best, total)
 

@@ -270,9 +270,9 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
 
     Returns:
         One result per job, in order: ``score`` (mean accuracy over the levels), ``levels`` (accuracy per level,
-        easiest first), ``steps`` run, ``diverged``, ``curve`` (``[step, mean check accuracy]``), ``auc`` (`curve_auc`), ``cuda_graph``,
-        ``lr``, ``seed``, ``wall_s`` (from the probe's start), or ``status: oom`` with a reason; a job left
-        unstarted by ``stop`` has None.
+        easiest first), ``steps`` run, ``diverged``, ``curve`` (``[step, mean check accuracy]``), ``auc``
+        (`curve_auc`), ``cuda_graph``, ``lr``, ``seed``, ``wall_s`` (from the probe's start), or ``status: oom``
+        with a reason; a job left unstarted by ``stop`` has None.
     """
     if not jobs:
         return []
@@ -373,8 +373,8 @@ def run_probe_seeds(layout: Layout, cfg: RecallProbeConfig, seeds: list[int], in
 
     Returns:
         One dict per seed: ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of
-        the best LR), ``lr`` (the best LR), ``auc`` (the best LR's `curve_auc`), ``per_lr`` (every LR's score, steps run and learning curve) and
-        ``wall_s`` (of the whole call).
+        the best LR), ``lr`` (the best LR), ``auc`` (the best LR's `curve_auc`), ``per_lr`` (every LR's score,
+        steps run and learning curve) and ``wall_s`` (of the whole call).
 
     Raises:
         torch.OutOfMemoryError: a seed whose every lr ran out of memory.

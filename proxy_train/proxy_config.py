@@ -42,10 +42,11 @@ Presets (``ProxyConfig.load("tiny")``):
   the plateau (H100 paper grid, ``benchmarks/grid_proxy.yaml``: 0.065 after 450 steps). Each part of the recipe
   was an ablation on the H200 or on CPU (README, "GPU notes" and "Recall probe"): width 128 kept GLA 3:1 on the
   plateau where width 64 solved it; 32 pairs (128 symbols) kept every hybrid there; lr 3e-3 helped no hybrid
-  in the runs made (hence one lr, which halves the cost); zero-init let deep hybrids leave the plateau. Calibrated on one
-  H200 (16 layouts x 3 seeds, ``benchmarks/results/probe_h200/calibration_w64_375_1500.*``): seed agreement
-  0.83, the Transformer 0.999, GDN/GLA 3:1 and GDN 6:1 solved, but the 24:1 hybrids (one attention layer) and
-  every HGRN-2 hybrid stay on the 1/pairs plateau with the pure layouts, so the trend target is missed.
+  in the runs made (hence one lr, which halves the cost); zero-init let deep hybrids leave the plateau.
+  Calibrated on one H200 (16 layouts x 3 seeds, ``benchmarks/results/probe_h200/calibration_w64_375_1500.*``):
+  seed agreement 0.83; the Transformer, GDN 3:1/6:1 and GLA 3:1 solved (0.996-0.999, s.e.m. <= 0.002); the
+  24:1 hybrids (one attention layer) and every HGRN-2 hybrid stay on the 1/pairs plateau (0.23-0.25) with the
+  pure layouts, so the trend target is missed.
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
@@ -259,7 +260,7 @@ class ProxyResult:
     ``recurrent_bytes`` = linear-mixer recurrent + short-conv states, ``state_bytes`` = their sum (all inference
     state). ``peak_mem_bytes`` is CUDA max allocated on GPU, the process peak RSS on CPU.
 
-    ``recall_auc`` (recall probe only) is the area under the probe's learning curve (`probe_runner.curve_auc`).
+    ``recall_auc`` (recall probe only) is the area under the probe's learning curve (`recall_probe.curve_auc`).
 
     Noise: ``lm_val_loss``, ``recall``, ``recall_auc``, ``train_loss`` and ``recall_tasks`` are means over ``seeds``;
     ``seed_values[metric]`` holds one value per seed and ``sem[metric]`` the standard error of the mean

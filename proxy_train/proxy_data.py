@@ -17,6 +17,7 @@ from hyla.space.layout import Layout
 if TYPE_CHECKING:
     from hyla.proxy_train.proxy_config import ProxyConfig
 
+
 class ShardStream:
     """Training rows walked in a seeded permutation per epoch: the one data order of proxies and full runs.
 

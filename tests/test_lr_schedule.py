@@ -109,7 +109,8 @@ def test_decay_fraction_one_is_plain_cosine() -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "proxy_name", "full_name"), [
-    ("lr", 0.0, "lr", "lr"), ("warmup", -1, "warmup", "warmup_steps"), ("min_lr_ratio", 1.5, "min_lr_ratio", "min_lr_ratio"),
+    ("lr", 0.0, "lr", "lr"), ("warmup", -1, "warmup", "warmup_steps"),
+    ("min_lr_ratio", 1.5, "min_lr_ratio", "min_lr_ratio"),
     ("weight_decay", -0.1, "weight_decay", "weight_decay"), ("grad_clip", -1.0, "grad_clip", "grad_clip"),
     ("betas", (0.9, 1.0), "betas", "betas"), ("decay_fraction", 0.0, "decay_fraction", None),
 ])
