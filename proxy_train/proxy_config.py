@@ -78,6 +78,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: what a proxy needs to fill each measured `ProxyResult` score (`ProxyConfig.scores`), for error messages
+SCORE_NEEDS: dict[str, str] = {
+    "lm_val_loss": "an LM run (train_lm: true)", "tokens_per_s": "an LM run (train_lm: true)",
+    "recall": "a recall suite or the recall probe (recall_probe)", "recall_auc": "the recall probe (recall_probe)"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class ProxyConfig:
     """Everything that defines one proxy training (model shape comes from the layout).
@@ -202,6 +208,18 @@ class ProxyConfig:
     def recall_rows(self) -> int:
         """Recall rows per training batch."""
         return int(round(self.batch_size * self.recall_mix)) if self.has_recall else 0
+
+    @property
+    def scores(self) -> frozenset[str]:
+        """The measured `ProxyResult` fields this proxy fills (the exact costs are always there): the LM run's
+        ``lm_val_loss`` and ``tokens_per_s``, ``recall`` from the suite or the probe, ``recall_auc`` from the
+        probe only."""
+        out = {"lm_val_loss", "tokens_per_s"} if self.train_lm else set()
+        if self.has_recall or self.recall_probe is not None:
+            out.add("recall")
+        if self.recall_probe is not None:
+            out.add("recall_auc")
+        return frozenset(out)
 
     @property
     def has_recall(self) -> bool:

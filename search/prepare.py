@@ -82,6 +82,23 @@ def _load_proxy(cfg: StudyConfig, rung: int) -> dict[str, Any]:
         raise (e if str(e).startswith(cfg.where) else ConfigError(f"{where}: {e}")) from None
 
 
+def _check_objectives_scored(cfg: StudyConfig, proxies: list[dict[str, Any]]) -> None:
+    """Every measured objective must be a score each rung's proxy fills (`ProxyConfig.scores`): e.g. ``lm_loss``
+    needs an LM run, ``recall_auc`` the recall probe. Refused here, before any trial runs."""
+    from hyla.metrics import METRICS
+    from hyla.proxy_train.proxy_config import SCORE_NEEDS
+    from hyla.proxy_train.train import ProxyConfig
+
+    for r, proxy in enumerate(proxies):
+        scores = ProxyConfig.from_dict(proxy).scores
+        for name in cfg.objectives:
+            metric = METRICS[name]
+            if not metric.exact and metric.field not in scores:
+                raise ConfigError(f"{cfg.where}: objectives: {name} is not measured by rungs[{r}].proxy (it gives "
+                                  f"{', '.join(sorted(scores)) or 'no scores'}); {name} needs "
+                                  f"{SCORE_NEEDS[metric.field]}")
+
+
 def _parse_proxy(proxy: Any, cfg: StudyConfig, where: str) -> dict[str, Any]:
     from hyla.proxy_train.train import PRESETS, ProxyConfig
 
@@ -173,11 +190,7 @@ def prepare(cfg: StudyConfig) -> Prepared:
     """
     space = _load_space(cfg)
     proxies = [_load_proxy(cfg, r) for r in range(len(cfg.rungs))]
-    if "recall_auc" in cfg.objectives:
-        for r, proxy in enumerate(proxies):
-            if not proxy.get("recall_probe"):
-                raise ConfigError(f"{cfg.where}: objectives: recall_auc needs the recall probe, and rungs[{r}].proxy "
-                                  "has no recall_probe; add one (e.g. the small preset's) or use recall")
+    _check_objectives_scored(cfg, proxies)
     seeds = _seed_layouts(cfg, space)
     for preset, lay in seeds:
         from hyla.space.search_space import layout_to_params
