@@ -50,7 +50,7 @@ def bench_one(layout_name: str, cfg: dict[str, Any], args: argparse.Namespace, d
                    use_gpu=device.type == "cuda")
     torch.manual_seed(0)
     model = build_model(spec).to(device).train()
-    opt = torch.optim.AdamW(model.model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    opt = spec.make_optimizer(model.model, device)  # hyla train's optimizer (the spec's lr, betas, decay)
     batch = torch.randint(0, layout.vocab_size, (cfg["batch"], args.seq_len + 1), device=device)
     use_bf16 = device.type == "cuda"
     if device.type == "cuda":

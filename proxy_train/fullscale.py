@@ -31,13 +31,13 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
 from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.lr_schedule import check_optimizer
+from hyla.proxy_train.train_config import TrainConfig
 from hyla.space.layout import Layout
 
 #: default token budgets per scale (the paper: 20B tokens at 340M, 100B at 1.3B)
@@ -73,8 +73,15 @@ class EvalSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunSpec:
-    """One full-scale training run. Parse with `RunSpec.load` / `RunSpec.from_dict` (unknown keys refused)."""
+class RunSpec(TrainConfig):
+    """One full-scale training run. Parse with `RunSpec.load` / `RunSpec.from_dict` (unknown keys refused).
+
+    Besides the fields below it has `TrainConfig`'s (min_lr_ratio, decay_fraction, weight_decay, betas, grad_clip,
+    seed, compile, gradient_checkpointing, log_every), which mean what they mean for a proxy. ``compile`` compiles
+    the SwiGLU MLPs and norms in place (fla's kernels stay eager); ``log_every`` also paces the Ray reports.
+    """
+
+    WARMUP_FIELD: ClassVar[str] = "warmup_steps"
 
     layout: str | dict[str, Any]  # preset name (``gla-6:1@340m``), layout YAML path, or an inline layout dict
     scale: str = field(default="340m", metadata={"choices": ("340m", "1.3b", "custom")})  # preset scale; tokens
@@ -83,35 +90,27 @@ class RunSpec:
     global_batch_tokens: int = 524_288  # tokens per optimizer step over all workers (0.5M as in flame)
     micro_batch: int = 8  # sequences per worker per forward; gradient accumulation fills the global batch
     lr: float = 3e-4  # peak learning rate (fla/flame default)
-    warmup_steps: int = 1024  # linear warm-up, then cosine decay
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
-    weight_decay: float = 0.1  # AdamW decay on matrices and embeddings only
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    warmup_steps: int = 1024  # linear warm-up, then (decay_fraction 1.0) a cosine over the remaining steps
     text: TextConfig = field(default_factory=lambda: TextConfig(
         source="HuggingFaceFW/fineweb-edu", config="sample-10BT", max_docs=1_000_000))
     tokenizer: str = DEFAULT_TOKENIZER  # "byte" or a transformers tokenizer name/path
     checkpoint_every: int = 1000  # optimizer steps between checkpoints
     keep_checkpoints: int = 2  # newest checkpoints kept by Ray per attempt
-    log_every: int = 10  # optimizer steps between log lines / Ray reports
     out_dir: str = ""  # run directory ("" = runs/full/<layout key>); must be shared storage on a cluster
     num_workers: int = 1  # Ray Train workers (one per GPU)
     max_failures: int = 3  # worker-group restarts (from the newest checkpoint) before the attempt fails
     use_gpu: bool = True
     strategy: str = field(default="ddp", metadata={"choices": ("ddp", "fsdp")})
     bf16: bool = True  # bf16 autocast on CUDA (CPU runs in fp32)
-    compile: bool = False  # torch.compile the non-fla parts (SwiGLU MLPs, norms) in place
-    gradient_checkpointing: bool = False  # recompute blocks in backward (less activation memory)
     fused_loss: bool = False  # CUDA: fla's fused linear cross-entropy (no (B, T, vocab) logits tensor)
-    seed: int = 0
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def __post_init__(self) -> None:
         if self.seq_len not in (2048, 4096) and self.scale != "custom":
             raise ConfigError(f"seq_len: {self.seq_len} is not allowed at scale {self.scale!r}; expected 2048 or "
                               "4096 (use scale: custom for other lengths)")
-        positive = ("seq_len", "global_batch_tokens", "micro_batch", "checkpoint_every", "keep_checkpoints",
-                    "log_every", "num_workers")
+        self.check_training("")
+        positive = ("global_batch_tokens", "micro_batch", "checkpoint_every", "keep_checkpoints", "num_workers")
         if self.strategy == "fsdp" and not self.use_gpu:
             raise ConfigError("strategy: 'fsdp' needs use_gpu: true (Ray Train's FSDP is GPU-only); use 'ddp' on CPU")
         if self.max_failures < 0:
@@ -128,8 +127,6 @@ class RunSpec:
         if self.global_batch_tokens % per_step:
             raise ConfigError(f"global_batch_tokens: {self.global_batch_tokens} is not a multiple of seq_len x "
                               f"micro_batch x num_workers = {per_step}")
-        check_optimizer("", {name: getattr(self, name) for name in (
-            "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip", "betas")})
 
     # -- derived ------------------------------------------------------------------------------------------------
     @property
@@ -174,7 +171,8 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for YAML/JSON (``from_dict`` reads it back)."""
-        out = {f: to_mapping(getattr(self, f)) for f in self.__dataclass_fields__}
+        names = ["layout", *(f.name for f in fields(self) if f.name != "layout")]  # the layout first
+        out = {f: to_mapping(getattr(self, f)) for f in names}
         out["text"] = self.text.to_dict()
         return out
 

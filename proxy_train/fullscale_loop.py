@@ -20,21 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
+from hyla.proxy_train.evaluate import autocast_logits, lm_loss
 from hyla.proxy_train.lr_schedule import wsd_lr
 from hyla.proxy_train.proxy_data import ShardStream
+from hyla.proxy_train.tasks.common import level_accuracy, position_accuracy
 
 
 def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
-    """The LR multiplier of a full run for torch's ``LambdaLR``: `lr_schedule.wsd_lr` with peak 1 and
-    ``decay_fraction`` 1 (linear warm-up to 1, then a cosine over every later step down to ``min_lr_ratio``).
+    """The LR multiplier of a full run for torch's ``LambdaLR``: `lr_schedule.wsd_lr` with peak 1 (linear warm-up
+    to 1, then with the default ``decay_fraction`` 1 a cosine over every later step down to ``min_lr_ratio``).
 
     A plain function, not a ``functools.partial``: ``LambdaLR.state_dict`` saves callable objects' attributes,
     so a partial would change what checkpoints hold."""
     def f(step: int) -> float:
-        return wsd_lr(step, spec.total_steps, 1.0, spec.warmup_steps, 1.0, spec.min_lr_ratio)
+        return wsd_lr(step, spec.total_steps, 1.0, spec.warmup_steps, spec.decay_fraction, spec.min_lr_ratio)
     return f
 
 
@@ -165,8 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = _prepare(model, spec)
     # Groups from the wrapped model's own parameters (FSDP with use_orig_params keeps them, as views).
     inner = getattr(model, "module", model).model
-    optimizer = torch.optim.AdamW(inner.param_groups(spec.weight_decay), lr=spec.lr, betas=tuple(spec.betas),
-                                  fused=device.type == "cuda")
+    optimizer = spec.make_optimizer(inner, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
     step, cursor = load_checkpoint(model, optimizer, scheduler, rank, config.get("resume_path"))
     random.seed(spec.seed + rank)
@@ -242,36 +242,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, spec: RunSpec, device: torch.device) -> dict[str, Any]:
-    """Held-out LM loss, recall at every ``eval.recall_multiples`` context, and lm-eval when installed."""
+    """Held-out LM loss, recall at every ``eval.recall_multiples`` context (`hyla.proxy_train.evaluate`, as proxies
+    score), and lm-eval when installed."""
     from hyla.proxy_train.data import HFTokenizer, get_tokenizer, load_documents, pack_tokens
-    from hyla.proxy_train.tasks.common import position_accuracy
 
     tok = get_tokenizer(spec.tokenizer)
     _, val_docs = load_documents(spec.text)
     ev = spec.eval
-    use_bf16 = spec.bf16 and device.type == "cuda"
-
-    def logits_of(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            return model(input_ids=x.to(device)).logits.float()
-
+    logits_of = autocast_logits(lambda x: model(input_ids=x).logits, device, spec.bf16 and device.type == "cuda")
     windows = pack_tokens(val_docs, tok, spec.seq_len, max_tokens=max(ev.val_tokens, spec.seq_len + 1))
-    total, count = 0.0, 0
-    for i in range(0, len(windows), ev.batch_size):
-        w = windows[i:i + ev.batch_size]
-        logits = logits_of(w[:, :-1])
-        total += float(F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten().to(device), reduction="sum"))
-        count += w[:, 1:].numel()
-    out: dict[str, Any] = {"val_loss": total / count, "val_tokens": count}
+    loss, count = lm_loss(logits_of, ((w[:, :-1], w[:, 1:]) for w in windows.split(ev.batch_size)))
+    out: dict[str, Any] = {"val_loss": loss, "val_tokens": count}
 
     recall: dict[str, float] = {}
     if ev.recall_examples:
         for task in recall_tasks(spec, model.config.vocab_size, tok, val_docs):
             x, y = task.generate(ev.recall_examples, seed=10_000 + spec.seed)  # eval seeds, not training ones
-            score = getattr(task, "score", position_accuracy)
-            per_example = torch.cat([score(logits_of(x[i:i + ev.batch_size]).argmax(-1).cpu(), y[i:i + ev.batch_size])
-                                     for i in range(0, len(x), ev.batch_size)])
-            recall[task.level] = float(torch.nanmean(per_example))
+            recall[task.level] = level_accuracy(logits_of, x, y, ev.batch_size,
+                                                getattr(task, "score", position_accuracy))
         out["recall_tasks"] = recall
         out["recall"] = sum(recall.values()) / len(recall) if recall else None
 

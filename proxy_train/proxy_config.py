@@ -61,9 +61,9 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
-from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.lr_schedule import check_optimizer, wsd_lr
+from hyla.proxy_train.lr_schedule import wsd_lr
 from hyla.proxy_train.recall_probe import RecallProbeConfig
+from hyla.proxy_train.train_config import TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup": 2,
@@ -85,32 +85,24 @@ SCORE_NEEDS: dict[str, str] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProxyConfig:
+class ProxyConfig(TrainConfig):
     """Everything that defines one proxy training (model shape comes from the layout).
 
-    Attributes:
+    Attributes (besides `TrainConfig`'s: lr, min_lr_ratio, weight_decay, betas, grad_clip, seed, text,
+    gradient_checkpointing; what a shared field means for a proxy is noted here):
         scale: layout scale for preset names given without ``@scale`` (e.g. ``gla-6:1``).
         seq_len: training context T (recall tasks are padded/cut to it).
         batch_size: rows per step (text + recall).
         steps: optimizer steps; exactly one of ``steps`` / ``tokens`` must be set.
         tokens: training token budget; steps = ceil(tokens / (batch_size * seq_len)).
-        lr: peak learning rate.
-        min_lr_ratio: cosine floor as a fraction of ``lr``.
         warmup: linear warm-up steps.
-        decay_fraction: share of the steps (the last ones) over which the lr decays by a cosine to the floor;
-            before that it stays at ``lr`` (warmup-stable-decay). 1.0 = cosine over all post-warm-up steps.
-            Recall forms abruptly (an induction circuit) once enough steps ran at a high lr; an early decay
-            delays it past the proxy budget (module docstring).
-        weight_decay: AdamW decay on matrices (norms, biases, fla's A_log/dt_bias excluded).
-        betas: AdamW betas.
-        grad_clip: global grad-norm clip (0 = off).
+        decay_fraction: `TrainConfig`'s warmup-stable-decay share. Recall forms abruptly (an induction circuit)
+            once enough steps ran at a high lr; an early decay delays it past the proxy budget (module docstring).
         init_std: std of the Linear/Embedding init (``HylaLM.reset_parameters``). None = width-scaled
             ``0.02 * sqrt(1024 / d_model)``: the full-scale recipe's 0.02 at d_model 1024 with the same per-layer
             gain at proxy width (0.08 at d 64, 0.04 at d 256). A flat 0.02 at d <= 256 leaves attention logits
             so small that induction (recall) does not form within a proxy budget (module docstring).
-        seed: seeds model init, data order and recall examples.
-        text: LM corpus (see ``hyla.proxy_train.data.TextConfig``).
-        tokenizer: ``byte`` or a transformers tokenizer name/path; its vocab must fit the layout's.
+        tokenizer: its vocab must fit the layout's.
         recall_suite: recall suite preset (``tiny``, ``small``) or ``none``.
         recall_mix: fraction of each batch's rows that are recall tasks (0 = LM only).
         recall_tasks: explicit suite levels (``{task, seq_len, params}`` mappings, see
@@ -126,7 +118,6 @@ class ProxyConfig:
         device: ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
         dtype: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; or force ``float32`` / ``bfloat16``.
         compile: torch.compile the model (CUDA only; ignored on CPU).
-        gradient_checkpointing: recompute blocks in backward.
         log_every: progress-bar refresh interval in steps.
         recall_probe: score recall with the separate MQAR probe (``hyla.proxy_train.recall_probe``) instead of
             recall rows mixed into the LM run; then ``recall_mix`` must be 0 and the suite is not used.
@@ -136,21 +127,10 @@ class ProxyConfig:
     """
 
     scale: str = "tiny"
-    seq_len: int = 64
     batch_size: int = 8
     steps: int | None = None
-    tokens: int | None = None
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
     warmup: int = 5
-    decay_fraction: float = 1.0
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
     init_std: float | None = None
-    seed: int = 0
-    text: TextConfig = field(default_factory=TextConfig)
-    tokenizer: str = "byte"
     recall_suite: str = "tiny"
     recall_mix: float = 0.25
     recall_tasks: tuple[dict[str, Any], ...] = ()
@@ -163,16 +143,14 @@ class ProxyConfig:
     memory_dtype: str = field(default="bfloat16", metadata={"choices": ("bfloat16", "float16", "float32")})
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     dtype: str = field(default="auto", metadata={"choices": ("auto", "float32", "bfloat16")})
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    log_every: int = 10
     recall_probe: RecallProbeConfig | None = None
     train_lm: bool = True
     seeds: int = 1
 
     def __post_init__(self) -> None:
         w = "proxy config"
-        for name in ("seq_len", "batch_size", "eval_batches", "recall_eval_examples", "memory_context", "log_every"):
+        self.check_training(f"{w}.")
+        for name in ("batch_size", "eval_batches", "recall_eval_examples", "memory_context"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{w}.{name}: {getattr(self, name)} must be >= 1")
         if (self.steps is None) == (self.tokens is None):
@@ -180,10 +158,6 @@ class ProxyConfig:
                               f"tokens={self.tokens})")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"{w}.steps: {self.steps} must be >= 1")
-        if self.tokens is not None and self.tokens < 1:
-            raise ConfigError(f"{w}.tokens: {self.tokens} must be >= 1")
-        check_optimizer(f"{w}.", {name: getattr(self, name) for name in (
-            "lr", "warmup", "min_lr_ratio", "decay_fraction", "weight_decay", "grad_clip", "betas")})
         if self.recall_phase_steps < 0:
             raise ConfigError(f"{w}.recall_phase_steps: {self.recall_phase_steps} must be >= 0")
         if self.init_std is not None and not self.init_std > 0:

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hyla.proxy_train.evaluate import autocast_logits, lm_loss
 from hyla.proxy_train.model import HylaLM
 from hyla.proxy_train.proxy_config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
 from hyla.proxy_train.proxy_data import ProxyData, prepare_data
@@ -225,8 +226,8 @@ class _Loop:
         self.model: Any = None
         self.fwd: Any = None
         self.opt: torch.optim.Optimizer | None = None
-        use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev.type == "cuda")
-        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
+        self.bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev.type == "cuda")
+        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def release(self) -> None:
         self.model = self.opt = self.fwd = None
@@ -242,8 +243,7 @@ class _Loop:
         model = model.to(dev)
         self.model = model
         self.fwd = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
-        self.opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                     fused=dev.type == "cuda")
+        self.opt = cfg.make_optimizer(model, dev)
         total = cfg.total_steps
         from tqdm.auto import tqdm
         bar = tqdm(total=total, disable=not self.progress, desc=self.layout.name or "proxy", leave=False)
@@ -293,21 +293,12 @@ class _Loop:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Held-out LM loss (token mean over the val batches) and the recall suite's accuracies."""
-        model, dev = self.model, self.dev
-        model.eval()
-        losses, counts = 0.0, 0
-        for x, y in self.data.val_batches():
-            with self.autocast:
-                logits, _ = self.fwd(x.to(dev))
-            n = int((y != -100).sum())
-            losses += float(self._loss(logits, y.to(dev))) * n
-            counts += n
-        out: dict[str, Any] = {"lm_val_loss": losses / max(1, counts)}
+        """Held-out LM loss (token mean over the val batches) and the recall suite's accuracies
+        (`hyla.proxy_train.evaluate`, as full runs score)."""
+        self.model.eval()
+        logits_fn = autocast_logits(lambda x: self.fwd(x)[0], self.dev, self.bf16)
+        out: dict[str, Any] = {"lm_val_loss": lm_loss(logits_fn, self.data.val_batches())[0]}
         if self.data.suite is not None:
-            def logits_fn(inputs: torch.Tensor) -> torch.Tensor:
-                with self.autocast:
-                    return self.fwd(inputs.to(dev))[0].float()
             scores = self.data.suite.evaluate(logits_fn, n_examples=self.cfg.recall_eval_examples,
                                               batch_size=self.data.eval_batch_size, seed=self.cfg.seed + 1_000_003)
             out["recall"] = float(scores["recall"])

@@ -72,12 +72,13 @@ def test_proxy_lm_schedule_pinned() -> None:
 
 
 def test_fullscale_lambda_pinned() -> None:
-    """Full runs: ``lr_lambda(spec)`` (a multiplier of the optimizer's lr) reads three fields of the RunSpec."""
-    f = lr_lambda(SimpleNamespace(total_steps=100, warmup_steps=10, min_lr_ratio=0.1))
+    """Full runs: ``lr_lambda(spec)`` (a multiplier of the optimizer's lr) reads four fields of the RunSpec; with
+    the default ``decay_fraction`` 1.0 its values are the ones full runs had before WSD was offered."""
+    f = lr_lambda(SimpleNamespace(total_steps=100, warmup_steps=10, min_lr_ratio=0.1, decay_fraction=1.0))
     assert [f(s) for s in STEPS] == [
         0.1, 0.2, 0.5, 1.0, 1.0, 0.9997258721585931, 0.6281416799501187, 0.19539516087697517, 0.18594235253127372,
         0.17693309235023127, 0.12713832064634126, 0.10027412784140691, 0.1, 0.1]
-    f = lr_lambda(SimpleNamespace(total_steps=100, warmup_steps=7, min_lr_ratio=0.37))
+    f = lr_lambda(SimpleNamespace(total_steps=100, warmup_steps=7, min_lr_ratio=0.37, decay_fraction=1.0))
     assert [f(s) for s in STEPS] == [
         0.14285714285714285, 0.2857142857142857, 0.7142857142857143, 0.9992813636242223, 0.9983838368684469,
         0.9971287334698453, 0.7221563659025165, 0.43268465524214395, 0.42645951601970805, 0.4205293761795637,
@@ -89,7 +90,8 @@ def test_fullscale_lambda_pinned() -> None:
 def test_every_call_site_equals_its_old_formula(total: int, warmup: int, min_ratio: float) -> None:
     """Exact equality with the old bodies on every step (and past the end), for many totals and floors."""
     steps = range(total + 3)
-    full = lr_lambda(SimpleNamespace(total_steps=total, warmup_steps=warmup, min_lr_ratio=min_ratio))
+    full = lr_lambda(SimpleNamespace(total_steps=total, warmup_steps=warmup, min_lr_ratio=min_ratio,
+                                     decay_fraction=1.0))
     old_full = _old_lr_lambda(SimpleNamespace(total_steps=total, warmup_steps=warmup, min_lr_ratio=min_ratio))
     assert [full(s) for s in steps] == [old_full(s) for s in steps]
     for lr in (1.0, 3e-3, 7e-4):
@@ -112,17 +114,31 @@ def test_decay_fraction_one_is_plain_cosine() -> None:
     ("lr", 0.0, "lr", "lr"), ("warmup", -1, "warmup", "warmup_steps"),
     ("min_lr_ratio", 1.5, "min_lr_ratio", "min_lr_ratio"),
     ("weight_decay", -0.1, "weight_decay", "weight_decay"), ("grad_clip", -1.0, "grad_clip", "grad_clip"),
-    ("betas", (0.9, 1.0), "betas", "betas"), ("decay_fraction", 0.0, "decay_fraction", None),
+    ("betas", (0.9, 1.0), "betas", "betas"), ("decay_fraction", 0.0, "decay_fraction", "decay_fraction"),
 ])
 def test_proxies_and_full_runs_refuse_the_same_optimizer_settings(field: str, value: object, proxy_name: str,
-                                                                 full_name: str | None) -> None:
-    """One check (`check_optimizer`) for both configs: one line naming the field as each config spells it."""
+                                                                 full_name: str) -> None:
+    """One check (`TrainConfig.check_training`) for both configs: one line naming the field as each spells it."""
     from hyla.config import ConfigError
     from hyla.proxy_train.fullscale import RunSpec
     from hyla.proxy_train.proxy_config import ProxyConfig
 
     with pytest.raises(ConfigError, match=rf"^proxy config\.{proxy_name}: .* must "):
         ProxyConfig.from_dict({"preset": "tiny", proxy_name: value})
-    if full_name is not None:  # full runs have no decay_fraction (a cosine over every post-warm-up step)
-        with pytest.raises(ConfigError, match=rf"^{full_name}: .* must "):
-            RunSpec.from_dict({"layout": "gla-6:1", full_name: value})
+    with pytest.raises(ConfigError, match=rf"^{full_name}: .* must "):
+        RunSpec.from_dict({"layout": "gla-6:1", full_name: value})
+
+
+def test_full_runs_and_proxies_share_one_config_and_schedule() -> None:
+    """`RunSpec` and `ProxyConfig` are one `TrainConfig` hierarchy: a full run takes the proxies' warmup-stable-decay
+    schedule through the same ``decay_fraction`` field, and the same values come out of both loops' schedules."""
+    from hyla.proxy_train.fullscale import RunSpec
+    from hyla.proxy_train.train_config import TrainConfig
+
+    spec = RunSpec.from_dict({"layout": "gla-6:1", "tokens": 100 * 524_288, "warmup_steps": 10, "lr": 3e-3,
+                              "decay_fraction": 0.2, "min_lr_ratio": 0.1})
+    proxy = _proxy(steps=100, warmup=10, lr=3e-3, decay_fraction=0.2, min_lr_ratio=0.1)
+    assert isinstance(spec, TrainConfig) and isinstance(proxy, TrainConfig)
+    full = lr_lambda(spec)
+    assert [3e-3 * full(s) for s in range(100)] == pytest.approx([lr_at(s, proxy) for s in range(100)], rel=1e-12)
+    assert full(50) == 1.0 and full(85) < 1.0  # stable until the last 20 % of the post-warm-up steps

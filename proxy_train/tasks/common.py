@@ -9,6 +9,7 @@ they never collide with byte text (ids < 260) when the model vocab is 512.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -72,6 +73,25 @@ def position_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     hits = ((preds == targets) & mask).sum(-1).float()
     n = mask.sum(-1).float()
     return torch.where(n > 0, hits / n.clamp(min=1), torch.full_like(n, float("nan")))
+
+
+@torch.no_grad()
+def level_accuracy(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   batch_size: int, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = position_accuracy) -> float:
+    """Accuracy of one recall level: per example ``score(argmax predictions, targets)`` (default: the share of
+    scored positions predicted exactly; RULER tasks score whole answers), then the mean over the examples that
+    have something scored (0.0 when none has).
+
+    Args:
+        logits_fn: inputs -> logits.
+        x, y: the level's held-out examples ``(N, T)`` (targets ``-100`` where nothing is scored).
+        batch_size: examples per ``logits_fn`` call.
+        score: per-example accuracy of ``(preds, targets)``, NaN for an example with nothing scored.
+    """
+    per_example = torch.cat([score(logits_fn(x[s:s + batch_size]).argmax(-1).cpu(), y[s:s + batch_size])
+                             for s in range(0, len(x), batch_size)])
+    per_example = per_example[~torch.isnan(per_example)]
+    return float(per_example.mean()) if len(per_example) else 0.0
 
 
 def span_exact_match(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

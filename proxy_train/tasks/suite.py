@@ -6,7 +6,8 @@ A level is one task at one length and parameter set, keyed like ``mqar@128x8`` (
 three MQAR levels weighs as much as one with a single level (MAD averages over difficulty levels the same way).
 
 Accuracy of a level: per example the share of scored targets predicted by the argmax of the logits (RULER
-tasks: the share of answers whose every token is right), then the mean over examples.
+tasks: the share of answers whose every token is right), then the mean over examples (`tasks.common.level_accuracy`,
+the one recall scorer of proxies and full runs).
 
 Training and evaluation never share a generator seed: training seeds are even, evaluation seeds odd.
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError, from_mapping
-from hyla.proxy_train.tasks.common import IGNORE, position_accuracy
+from hyla.proxy_train.tasks.common import IGNORE, level_accuracy, position_accuracy
 from hyla.proxy_train.tasks.mad import FuzzyRecall, InContextRecall, Memorization, NoisyRecall, SelectiveCopying
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.proxy_train.tasks.ruler import NeedleTask, VariableTracking
@@ -229,14 +230,7 @@ class RecallSuite:
         per_task: dict[str, list[float]] = {}
         for spec, gen, level in zip(self.specs, self.generators, self.levels):
             x, y = self.eval_set(level, n_examples, seed)
-            score_fn = getattr(gen, "score", position_accuracy)
-            scores = []
-            for s in range(0, n_examples, batch_size):
-                preds = logits_fn(x[s:s + batch_size]).argmax(-1).cpu()
-                scores.append(score_fn(preds, y[s:s + batch_size]))
-            acc = torch.cat(scores)
-            acc = acc[~torch.isnan(acc)]  # an example without scored targets says nothing
-            out[level] = float(acc.mean()) if len(acc) else 0.0
+            out[level] = level_accuracy(logits_fn, x, y, batch_size, getattr(gen, "score", position_accuracy))
             per_task.setdefault(spec.task, []).append(out[level])
         out["recall"] = float(np.mean([np.mean(v) for v in per_task.values()]))
         return out
