@@ -260,6 +260,11 @@ _CONV_FIELDS = {"use_short_conv": "use_short_conv", "conv_size": "conv_size"}
 _KV_FIELDS = {"num_heads": "num_heads", "expand_k": "expand_k", "expand_v": "expand_v"}
 _NO_LOWER_BOUND = {"use_lower_bound": False}  # fla's HGRN models add learned per-layer lower bounds; hyla has none
 
+#: Width-derived defaults give GLA, GatedDeltaNet, HGRN-2 and DeltaNet the same recurrent state per layer at every
+#: width: 128 x d_model from d_model 256 up (fla's head sizes: GLA/GDN 4 heads at 1024, HGRN-2 expand_ratio 128,
+#: DeltaNet 128-wide heads), d_model^2 / 2 below, where the heads cannot shrink further (one GLA/GDN head; HGRN-2
+#: expand_ratio d/2, two DeltaNet heads). Narrow models (the `tiny`/`mini` scales, the recall probe's width 64)
+#: thus keep the paper scales' state ratios; RetNet keeps its 4x and HGRN its 1/128x (tests/space/test_formulas.py).
 MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
     MixerKind(name="hgrn", letter="R", color="#9467bd", fla_class="HGRNAttention",
               defaults=lambda d: {"expand_ratio": 1, "use_short_conv": False, "conv_size": 4},
@@ -278,12 +283,12 @@ MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
               closed_form=_gla_formula, check=_check_kv, width_options=("num_heads",),
               fla_model=FlaModel("gla", {**_KV_FIELDS, **_CONV_FIELDS}, fixed={"gate_low_rank_dim": 16})),
     MixerKind(name="hgrn2", letter="2", color="#8c564b", fla_class="HGRN2Attention",
-              defaults=lambda d: {"expand_ratio": min(128, d), "use_short_conv": False, "conv_size": 4},
+              defaults=lambda d: {"expand_ratio": min(128, max(1, d // 2)), "use_short_conv": False, "conv_size": 4},
               option_types={"expand_ratio": int, **_CONV}, closed_form=_hgrn2_formula,
               check=_check_hgrn2, width_options=("expand_ratio",), headwise_letter="h",  # "2" has no lower case
               fla_model=FlaModel("hgrn2", {"expand_ratio": "expand_ratio", **_CONV_FIELDS}, extra=_NO_LOWER_BOUND)),
     MixerKind(name="deltanet", letter="D", color="#2ca02c", fla_class="DeltaNet",
-              defaults=lambda d: {"num_heads": _heads(d, 128), "expand_k": 1.0, "expand_v": 1.0,
+              defaults=lambda d: {"num_heads": max(2, _heads(d, 128)), "expand_k": 1.0, "expand_v": 1.0,
                                   "use_short_conv": True, "conv_size": 4, "use_beta": True},
               option_types={"num_heads": int, "expand_k": float, "expand_v": float, "use_beta": bool, **_CONV},
               closed_form=_deltanet_formula, check=_check_kv, width_options=("num_heads",),

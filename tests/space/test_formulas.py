@@ -93,3 +93,16 @@ def test_flame_340m_state_sizes() -> None:
 def test_retnet_head_dim_limit() -> None:
     with pytest.raises(ConfigError, match="head_k_dim"):
         get_mixer_kind("retnet").resolve_options(1024, {"num_heads": 2})
+
+
+@pytest.mark.parametrize("d", [32, 64, 128, 256, 512, 1024, 2048])
+def test_default_states_keep_the_paper_ratios_at_every_width(d: int) -> None:
+    """GLA, GatedDeltaNet, HGRN-2 and DeltaNet hold one recurrent state size per layer at their default options,
+    as at 340M and 1.3B (128 x d from d 256 up, d^2/2 below); RetNet 4x it, HGRN d. A narrow model (tiny, mini,
+    the recall probe's width 64) must not hand one kind more memory than the paper's scales do."""
+    elems = {m: get_mixer_kind(m).formula(d).recurrent_elems for m in ("gla", "gdn", "hgrn2", "deltanet", "retnet",
+                                                                      "hgrn")}
+    base = 128 * d if d >= 256 else d * d // 2
+    assert {m: elems[m] for m in ("gla", "gdn", "hgrn2", "deltanet")} == dict.fromkeys(
+        ("gla", "gdn", "hgrn2", "deltanet"), base)
+    assert elems["retnet"] == 4 * base and elems["hgrn"] == d
