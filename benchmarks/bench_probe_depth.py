@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, log, machine_info, main_guard, write_json
 
 
-def build(name: str, depth: int, width: int, heads: int, vocab: int) -> Any:
+def build(name: str, depth: int, width: int, heads: int, vocab: int, options: dict[str, Any] | None = None) -> Any:
     """``transformer``, ``MIXER-pure``, ``MIXER-R:1`` (the presets' placement) or ``MIXER-atI,J,...`` (attention
-    at those layer indices) at ``depth`` x ``width``."""
+    at those layer indices) at ``depth`` x ``width``; ``options`` override every linear layer's mixer options."""
+    from hyla.space.layout import LayerSpec
     from hyla.space.presets import Scale, attention_at, hybrid, transformer
 
     scale = Scale(f"d{depth}w{width}", depth, width, heads, 2 * width, vocab)
@@ -32,9 +35,20 @@ def build(name: str, depth: int, width: int, heads: int, vocab: int) -> Any:
         return transformer(scale)
     if "-at" in name:
         mixer, _, indices = name.partition("-at")
-        return attention_at(hybrid(mixer, None, scale), [int(i) for i in indices.split(",")], name=name)
-    mixer, _, ratio = name.partition("-")
-    return hybrid(mixer, None if ratio == "pure" else int(ratio.split(":")[0]), scale)
+        layout = attention_at(hybrid(mixer, None, scale), [int(i) for i in indices.split(",")], name=name)
+    else:
+        mixer, _, ratio = name.partition("-")
+        layout = hybrid(mixer, None if ratio == "pure" else int(ratio.split(":")[0]), scale)
+    if not options:
+        return layout
+    return layout.with_layers([spec if spec.is_attention else LayerSpec(
+        mixer=spec.mixer, attn_heads=spec.attn_heads, window=spec.window, options={**spec.option_dict(), **options})
+        for spec in layout.layers], name=f"{name} {options}")
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    return key, yaml.safe_load(value)
 
 
 def main() -> int:
@@ -54,6 +68,8 @@ def main() -> int:
     ap.add_argument("--task-vocab", type=int, default=None, help="recall_probe.task_vocab (None: 4 x the largest pairs)")
     ap.add_argument("--zero-init", nargs="+", default=["none"], choices=("none", "linear", "all"),
                     help="recall_probe.zero_init values to compare")
+    ap.add_argument("--mixer-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="override a mixer option of every linear layer (e.g. expand_ratio=16), repeatable")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_depth.json"))
     args = ap.parse_args()
@@ -72,12 +88,13 @@ def main() -> int:
     out: dict[str, Any] = {"benchmark": "bench_probe_depth", "machine": machine_info(args.device),
                            "probe": {k: getattr(base, k) for k in ("seq_len", "pairs", "steps", "batch_size", "lrs",
                                                                   "curriculum", "warmup", "prev_token", "task_vocab")},
-                           "width": args.width, "runs": []}
+                           "width": args.width, "mixer_options": dict(args.mixer_option), "runs": []}
     t0 = time.time()
     for depth in args.depths:
         for zero_init in args.zero_init:
             cfg = dataclasses.replace(base, zero_init=zero_init)
-            layouts = {name: build(name, depth, args.width, args.heads, args.vocab) for name in args.layouts}
+            layouts = {name: build(name, depth, args.width, args.heads, args.vocab, dict(args.mixer_option))
+                       for name in args.layouts}
             jobs = [ProbeJob(lay, seed, lr, (name, depth, zero_init)) for name, lay in layouts.items()
                     for seed in args.seeds for lr in args.lrs]
 
