@@ -25,7 +25,9 @@ parts of that outcome that are not the architecture's, with the levers the field
 
 The model is the layout's own pattern of mixers and attention placement at its depth, optionally narrowed to
 ``width`` (a narrower model is faster and its fixed-size states fill at fewer pairs), so placement stays part of
-what is scored. ``hyla.proxy_train.probe_runner`` trains probes side by side on one device (``run_probe_seeds``:
+what is scored. The narrowed mixers take the width's default heads, whose states keep the ratios they have at
+340M (GLA, GDN, HGRN-2 and DeltaNet equal, RetNet 4x: `hyla.space.mixers`), so no kind gains memory by the
+narrowing. ``hyla.proxy_train.probe_runner`` trains probes side by side on one device (``run_probe_seeds``:
 every seed and LR of a trial, called by ``hyla.proxy_train.train.run_proxy``).
 """
 
