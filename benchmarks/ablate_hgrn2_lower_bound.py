@@ -16,6 +16,7 @@ Every argument is `bench_probe_depth.py`'s; the depth of the run (one ``--depths
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,29 +28,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_probe_depth  # noqa: E402
 
 
+class _BoundedF:
+    """Stands in for hgrn2's module-level ``F`` during one layer's forward: ``logsigmoid(f)`` becomes
+    ``log(lb + (1 - lb) * sigmoid(f))`` (fla's ``torch.logaddexp(lb.log(), log1p(-lb) + g)``); every other name is
+    torch.nn.functional's."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(F, name)
+
+    def logsigmoid(self, f: torch.Tensor) -> torch.Tensor:
+        g = F.logsigmoid(f)
+        if self.bound <= 0:  # fla leaves layer 0 unbounded
+            return g
+        return torch.logaddexp(torch.full_like(g, self.bound).log(), math.log1p(-self.bound) + g)
+
+
 def patch_lower_bound(depth: int) -> None:
-    """Make every HGRN-2 layer's CPU forward use the fixed lower bound ``layer_idx / depth`` (0 for layer 0, as
-    fla skips layer 0). Only ``F.logsigmoid`` of the forget projection is wrapped: the rest of the forward is
-    the product's."""
+    """Make every HGRN-2 layer's CPU forward use the fixed lower bound ``layer_idx / depth``. Only ``F.logsigmoid``
+    of the forget projection changes: the rest of the forward is the product's."""
     from hyla.proxy_train.mixers import hgrn2
 
     original = hgrn2.HGRN2Mixer._cpu_forward
 
     def forward(self: Any, x: torch.Tensor, state: Any, use_cache: bool) -> Any:
-        bound = self.layer_idx / depth
-
-        class _Bounded:  # hgrn2's module-level ``F`` for this call: logsigmoid(f) -> log(lb + (1 - lb) sigmoid(f))
-            def __getattr__(self, name: str) -> Any:
-                return getattr(F, name)
-
-            @staticmethod
-            def logsigmoid(f: torch.Tensor) -> torch.Tensor:
-                g = F.logsigmoid(f)
-                if bound <= 0:
-                    return g
-                return torch.logaddexp(torch.full_like(g, bound).log(), torch.log1p(torch.tensor(-bound)) + g)
-
-        hgrn2.F = _Bounded()
+        hgrn2.F = _BoundedF(self.layer_idx / depth)
         try:
             return original(self, x, state, use_cache)
         finally:

@@ -77,7 +77,8 @@ def position_accuracy(preds: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def level_accuracy(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                   batch_size: int, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = position_accuracy) -> float:
+                   batch_size: int,
+                   score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = position_accuracy) -> float:
     """Accuracy of one recall level: per example ``score(argmax predictions, targets)`` (default: the share of
     scored positions predicted exactly; RULER tasks score whole answers), then the mean over the examples that
     have something scored (0.0 when none has).
