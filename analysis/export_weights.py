@@ -158,11 +158,12 @@ def fla_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
             new = f"model.layers.{m.group(1)}.{_BLOCK_PARTS[m.group(2)]}.{m.group(3)}"
         elif key.startswith("model.lm_head."):
             new = key[len("model."):]
-        elif key.startswith(("model.embeddings.", "model.norm.")):
+        elif key.startswith(("model.embeddings.", "model.norm.")) or key == "model.lower_bounds":
             new = key
         else:
             raise ConfigError(f"checkpoint: parameter {key!r} has no fla name (expected model.embeddings.*, "
-                              "model.blocks.N.{mixer,mixer_norm,mlp,mlp_norm}.*, model.norm.*, model.lm_head.*)")
+                              "model.blocks.N.{mixer,mixer_norm,mlp,mlp_norm}.*, model.norm.*, model.lm_head.*, "
+                              "model.lower_bounds)")
         out[new] = value
     return out
 

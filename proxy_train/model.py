@@ -14,6 +14,11 @@ Initialisation follows fla/flame's models: every ``nn.Linear``/``nn.Embedding`` 
 zero, and the residual output projections (``o_proj``/``out_proj``/``down_proj``) scaled by 1/sqrt(2·n_layers)
 (GPT-2 style) so the residual stream does not grow with depth. Parameters that fla initialises specially inside
 its layers (``A_log``, ``dt_bias``, ``D``, conv kernels, norm weights) are left as fla made them.
+
+Forget-gate lower bounds (fla's HGRN/HGRN-2 models, ``use_lower_bound``): when the layout has bounded layers
+(`Layout.bounded_layers`), the LM holds fla's model-level table ``lower_bounds`` ``(n_layers, width)``,
+zero-initialised; each forward turns it into ``softmax(P, 0).cumsum(0) - softmax(P, 0)[0]`` (rising with depth,
+layer i of L starting at i/L) and hands row i to bounded layer i, whose gate becomes ``lb + (1 - lb) sigmoid(f)``.
 """
 
 from __future__ import annotations
@@ -70,11 +75,15 @@ class HybridBlock(nn.Module):
         self.mixer = build_mixer(layout, index)
         self.mlp_norm = nn.RMSNorm(d, eps=layout.norm_eps)
         self.mlp = SwiGLU(d, layout.mlp_hidden)
+        #: the mixer takes row ``index`` of the LM's lower-bound table (HGRN/HGRN-2; never layer 0, as fla)
+        self.bounded = index > 0 and index in layout.bounded_layers()
 
-    def forward(self, x: torch.Tensor, state: LayerState = None,
-                use_cache: bool = False) -> tuple[torch.Tensor, LayerState]:
-        """(B, T, D) -> (B, T, D) and the mixer's new state (None unless ``use_cache``)."""
-        y, new_state = self.mixer(self.mixer_norm(x), state=state, use_cache=use_cache)
+    def forward(self, x: torch.Tensor, state: LayerState = None, use_cache: bool = False,
+                lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
+        """(B, T, D) -> (B, T, D) and the mixer's new state (None unless ``use_cache``); ``lower_bound`` is this
+        layer's forget-gate bound (bounded layers only)."""
+        extra = {"lower_bound": lower_bound} if lower_bound is not None else {}
+        y, new_state = self.mixer(self.mixer_norm(x), state=state, use_cache=use_cache, **extra)
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
         return x, (new_state if use_cache else None)
@@ -98,6 +107,10 @@ class HylaLM(nn.Module):
         self.blocks = nn.ModuleList(HybridBlock(layout, i) for i in range(layout.n_layers))
         self.norm = nn.RMSNorm(d, eps=layout.norm_eps)
         self.lm_head = nn.Linear(d, layout.vocab_size, bias=False)
+        shape = layout.lower_bound_shape()
+        self.lower_bounds = nn.Parameter(torch.zeros(shape)) if shape else None
+        if self.lower_bounds is not None:
+            self.lower_bounds._no_weight_decay = True  # logits of a softmax over layers, not a weight matrix
         self.reset_parameters()
 
     @torch.no_grad()
@@ -113,6 +126,8 @@ class HylaLM(nn.Module):
                     module.weight.mul_(residual_scale)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+        if self.lower_bounds is not None:
+            self.lower_bounds.zero_()  # fla's init: layer i of L starts at the bound i/L
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Number of parameters; ``non_embedding`` leaves out the embedding and the LM head (untied)."""
@@ -145,15 +160,25 @@ class HylaLM(nn.Module):
         if states is not None and len(states) != len(self.blocks):
             raise ValueError(f"states has {len(states)} entries; the model has {len(self.blocks)} layers")
         x = self.embed(input_ids)
+        bounds = self.bound_rows()
         new_states: list[LayerState] = []
         for i, block in enumerate(self.blocks):
             state = states[i] if states is not None else None
+            lb = bounds[i] if block.bounded else None
             if self.gradient_checkpointing and self.training and not use_cache and torch.is_grad_enabled():
-                x, s = checkpoint(block, x, None, False, use_reentrant=False)
+                x, s = checkpoint(block, x, None, False, lb, use_reentrant=False)
             else:
-                x, s = block(x, state, use_cache)
+                x, s = block(x, state, use_cache, lb)
             new_states.append(s)
         return x, (new_states if use_cache else None)
+
+    def bound_rows(self) -> torch.Tensor | None:
+        """Every layer's forget-gate lower bound, ``(n_layers, width)`` fp32 (fla's HGRN models): the softmax of
+        ``lower_bounds`` over layers, accumulated and shifted so that layer 0's row is 0; None without bounds."""
+        if self.lower_bounds is None:
+            return None
+        p = self.lower_bounds.softmax(0, dtype=torch.float)
+        return p.cumsum(0) - p[0]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D): the input of the first block (forward hooks on ``embeddings`` apply)."""
@@ -164,8 +189,8 @@ class HylaLM(nn.Module):
         return self.lm_head(self.norm(x))
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups: decay matrices (and the embedding), never norms, biases, 1-D gates or fla's
-        ``_no_weight_decay`` parameters (A_log, dt_bias, D)."""
+        """AdamW groups: decay matrices (and the embedding), never norms, biases, 1-D gates or ``_no_weight_decay``
+        parameters (fla's A_log, dt_bias, D; the lower-bound logits)."""
         decay, no_decay = [], []
         for p in self.parameters():
             if not p.requires_grad:

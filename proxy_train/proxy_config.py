@@ -47,7 +47,8 @@ Presets (``ProxyConfig.load("tiny")``):
   seed agreement 0.83; the Transformer, GDN 3:1/6:1 and GLA 3:1 solved (0.996-0.999, s.e.m. <= 0.002); the
   24:1 hybrids (one attention layer) and every HGRN-2 hybrid stay on the 1/pairs plateau (0.23-0.25) with the
   pure layouts, so the trend target is missed. (That calibration predates equal states at narrow widths: its
-  HGRN-2 and DeltaNet layers had one head and twice GLA's state; `hyla.space.mixers`.)
+  HGRN-2 and DeltaNet layers had one head and twice GLA's state; `hyla.space.mixers`. It also predates fla's
+  forget-gate lower bounds in HGRN/HGRN-2 layers; `hyla.proxy_train.model`.)
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).

@@ -154,34 +154,41 @@ class _CompiledBlocks:
     (the optimizer updates them in place)."""
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
-        self.embed, self.logits = (_vmapped(_Call(model, method)) for method in ("embed", "logits"))
+        self.embed, self.logits, self.bound_rows = (_vmapped(_Call(model, method))
+                                                    for method in ("embed", "logits", "bound_rows"))
+        self.bounded = model.lower_bounds is not None
         self.ends_state = ({f"lm.{n}": p for n, p in params.items() if not n.startswith("blocks.")},
                            {f"lm.{n}": b for n, b in buffers.items() if not n.startswith("blocks.")})
-        self.blocks: list[tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self.blocks: list[tuple[Any, dict[str, torch.Tensor], dict[str, torch.Tensor], bool]] = []
         compiled: dict[Any, Any] = {}
         # every compiled block shares torch.func's vmap wrapper code object, whose compile cache holds
         # `recompile_limit` entries (8): room for every spec and stack size of a long run
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         for i, block in enumerate(model.blocks):
-            spec = model.layout.layers[block.index]
-            if spec not in compiled:
-                compiled[spec] = torch.compile(_vmapped(block), dynamic=False)
+            # bounded and unbounded blocks of one spec differ (layer 0 takes no bound): one function each
+            key = (model.layout.layers[block.index], block.bounded)
+            if key not in compiled:
+                compiled[key] = torch.compile(_vmapped(block, block.bounded), dynamic=False)
             prefix = f"blocks.{i}."
-            self.blocks.append((compiled[spec], {n[len(prefix):]: p for n, p in params.items() if n.startswith(prefix)},
-                                {n[len(prefix):]: b for n, b in buffers.items() if n.startswith(prefix)}))
+            self.blocks.append((compiled[key], {n[len(prefix):]: p for n, p in params.items() if n.startswith(prefix)},
+                                {n[len(prefix):]: b for n, b in buffers.items() if n.startswith(prefix)},
+                                block.bounded))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(*self.ends_state, x)
-        for fn, params, buffers in self.blocks:
-            h = fn(params, buffers, h)
+        rows = self.bound_rows(*self.ends_state) if self.bounded else None  # (R, n_layers, width)
+        for i, (fn, params, buffers, bounded) in enumerate(self.blocks):
+            h = fn(params, buffers, h, rows[:, i]) if bounded else fn(params, buffers, h)
         return self.logits(*self.ends_state, h)
 
 
-def _vmapped(module: nn.Module) -> Any:
-    """``(params, buffers, x) -> out`` over a leading replica axis: ``module`` (a structure) with replica r's
-    tensors on ``x[r]``; of an output tuple (a block's or the LM's ``(out, states)``) only ``out``."""
-    def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        out = functional_call(module, (params, buffers), (x,))
+def _vmapped(module: nn.Module, bounded: bool = False) -> Any:
+    """``(params, buffers, *args) -> out`` over a leading replica axis: ``module`` (a structure) with replica r's
+    tensors on ``args[..][r]``; of an output tuple (a block's or the LM's ``(out, states)``) only ``out``.
+    ``bounded``: the last argument is the block's ``lower_bound``."""
+    def one(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], *args: Any) -> torch.Tensor:
+        kwargs = {"lower_bound": args[-1]} if bounded else {}
+        out = functional_call(module, (params, buffers), args[:-1] if bounded else args, kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     return vmap(one)

@@ -44,8 +44,9 @@ class ParamCount:
         total: every parameter (embedding + blocks + final norm + head).
         embedding: the input embedding ``vocab x d``.
         head: the untied LM head ``d x vocab``.
-        non_embedding: ``total - embedding - head`` (blocks and the final norm).
+        non_embedding: ``total - embedding - head`` (blocks, the final norm and the lower-bound table).
         per_layer: each block's parameters (its two norms, token mixer and SwiGLU MLP).
+        lower_bounds: the model-level forget-gate lower-bound table (HGRN/HGRN-2; `Layout.lower_bound_shape`).
     """
 
     total: int
@@ -53,6 +54,7 @@ class ParamCount:
     head: int
     non_embedding: int
     per_layer: tuple[int, ...]
+    lower_bounds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +150,11 @@ def param_count(layout: Layout) -> ParamCount:
     """Exact parameter count of ``HylaLM(layout)``."""
     per_layer = tuple(_block_params(layout, i) for i in range(layout.n_layers))
     emb = head = layout.vocab_size * layout.d_model
-    non_emb = sum(per_layer) + layout.d_model  # + final RMSNorm
+    shape = layout.lower_bound_shape()
+    bounds = shape[0] * shape[1] if shape else 0
+    non_emb = sum(per_layer) + layout.d_model + bounds  # + final RMSNorm + lower bounds
     return ParamCount(total=emb + head + non_emb, embedding=emb, head=head, non_embedding=non_emb,
-                      per_layer=per_layer)
+                      per_layer=per_layer, lower_bounds=bounds)
 
 
 def layer_memory(layout: Layout, index: int, context: int, dtype: str = "bfloat16") -> LayerMemory:

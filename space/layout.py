@@ -210,6 +210,7 @@ class Layout:
                                   f"allowed range [0, {self.num_heads}]")
             if spec.mixer != ATTN:
                 get_mixer_kind(spec.mixer).resolve_options(self.d_model, dict(spec.options), where=f"layers[{i}]")
+        self.lower_bound_shape()  # bounded layers must agree on the bound's width
 
     # -- derived views ----------------------------------------------------------------------------------------
     @property
@@ -254,6 +255,27 @@ class Layout:
         if spec.mixer == ATTN:
             return {}
         return get_mixer_kind(spec.mixer).resolve_options(self.d_model, dict(spec.options))
+
+    def bounded_layers(self) -> tuple[int, ...]:
+        """Layers whose forget gate takes the model's learned lower bound (HGRN/HGRN-2 with ``lower_bound`` on;
+        see `MixerKind.lower_bound_width`)."""
+        return tuple(i for i, s in enumerate(self.layers) if s.mixer != ATTN
+                     and get_mixer_kind(s.mixer).lower_bound_width is not None and self.mixer_options(i)["lower_bound"])
+
+    def lower_bound_shape(self) -> tuple[int, int] | None:
+        """Shape ``(n_layers, width)`` of the model-level lower-bound table (fla's ``lower_bounds``: one row per
+        layer, attention layers included), or None when no layer is bounded.
+
+        Raises:
+            ConfigError: bounded layers with different gate widths (one table cannot serve them).
+        """
+        widths = {i: get_mixer_kind(self.layers[i].mixer).lower_bound_width(self.d_model, self.mixer_options(i))
+                  for i in self.bounded_layers()}
+        if len(set(widths.values())) > 1:
+            raise ConfigError(f"layout layers: the forget-gate lower bounds of layers {sorted(widths)} have widths "
+                              f"{sorted(set(widths.values()))}; one model-level table needs one width (set "
+                              "options.lower_bound: false on some, or the same gate width)")
+        return (self.n_layers, next(iter(widths.values()))) if widths else None
 
     def with_layers(self, layers: Iterable[LayerSpec | str | Mapping[str, Any]], name: str = "") -> Layout:
         return replace(self, layers=tuple(layers), name=name)

@@ -18,6 +18,10 @@ from typing import Any
 from hyla.config import ConfigError
 
 
+#: Options that hyla's model reads instead of fla's layer constructor (fla keeps them in its model config).
+MODEL_OPTIONS: tuple[str, ...] = ("lower_bound",)
+
+
 def _heads(d_model: int, per: int) -> int:
     return max(1, d_model // per)
 
@@ -62,6 +66,9 @@ class MixerKind:
             in lower case.
         fla_names: hyla option -> fla constructor argument, where the names differ (Mamba2's ``conv_kernel``).
         fla_model: fla's model config for layouts of this kind (export).
+        lower_bound_width: kinds whose fla *model* gives every layer a learned forget-gate lower bound (HGRN,
+            HGRN-2): the width of a layer's bound from d_model and the resolved options. Such a kind has the
+            option ``lower_bound`` (default True), which hyla's model reads (`MODEL_OPTIONS`), not fla's layer.
     """
 
     name: str
@@ -76,6 +83,7 @@ class MixerKind:
     headwise_letter: str = ""
     fla_names: dict[str, str] = field(default_factory=dict)
     fla_model: FlaModel = field(default_factory=FlaModel)
+    lower_bound_width: Callable[[int, dict[str, Any]], int] | None = None
 
     @property
     def hw_letter(self) -> str:
@@ -110,7 +118,7 @@ class MixerKind:
         """Constructor kwargs of ``fla.layers.<fla_class>`` (minus ``hidden_size``/``layer_idx``): the resolved
         options, renamed by ``fla_names``."""
         opts = self.resolve_options(d_model, dict(overrides or {}))
-        return {self.fla_names.get(k, k): v for k, v in opts.items()}
+        return {self.fla_names.get(k, k): v for k, v in opts.items() if k not in MODEL_OPTIONS}
 
     def formula(self, d_model: int, overrides: dict[str, Any] | None = None) -> MixerFormula:
         """Exact parameter and state sizes of this kind's fla layer at ``d_model`` (see `MixerFormula`)."""
@@ -258,7 +266,8 @@ def _mamba2_formula(d: int, o: dict[str, Any]) -> MixerFormula:
 _CONV = {"use_short_conv": bool, "conv_size": int}
 _CONV_FIELDS = {"use_short_conv": "use_short_conv", "conv_size": "conv_size"}
 _KV_FIELDS = {"num_heads": "num_heads", "expand_k": "expand_k", "expand_v": "expand_v"}
-_NO_LOWER_BOUND = {"use_lower_bound": False}  # fla's HGRN models add learned per-layer lower bounds; hyla has none
+#: HGRN/HGRN-2: fla's models (``use_lower_bound``, default on) add a learned forget-gate lower bound per layer.
+_LOWER_BOUND = {"lower_bound": bool}
 
 #: Width-derived defaults give GLA, GatedDeltaNet, HGRN-2 and DeltaNet the same recurrent state per layer at every
 #: width: 128 x d_model from d_model 256 up (fla's head sizes: GLA/GDN 4 heads at 1024, HGRN-2 expand_ratio 128,
@@ -267,10 +276,12 @@ _NO_LOWER_BOUND = {"use_lower_bound": False}  # fla's HGRN models add learned pe
 #: thus keep the paper scales' state ratios; RetNet keeps its 4x and HGRN its 1/128x (tests/space/test_formulas.py).
 MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
     MixerKind(name="hgrn", letter="R", color="#9467bd", fla_class="HGRNAttention",
-              defaults=lambda d: {"expand_ratio": 1, "use_short_conv": False, "conv_size": 4},
-              option_types={"expand_ratio": int, **_CONV}, closed_form=_hgrn_formula,
+              defaults=lambda d: {"expand_ratio": 1, "use_short_conv": False, "conv_size": 4, "lower_bound": True},
+              option_types={"expand_ratio": int, **_CONV, **_LOWER_BOUND}, closed_form=_hgrn_formula,
               check=lambda d, o: None if o["expand_ratio"] >= 1 else "expand_ratio must be >= 1",
-              fla_model=FlaModel("hgrn", {"expand_ratio": "expand_ratio", **_CONV_FIELDS}, extra=_NO_LOWER_BOUND)),
+              lower_bound_width=lambda d, o: int(d * o["expand_ratio"]),  # the forget gate's D channels
+              fla_model=FlaModel("hgrn", {"expand_ratio": "expand_ratio", "lower_bound": "use_lower_bound",
+                                          **_CONV_FIELDS})),
     MixerKind(name="retnet", letter="T", color="#7f7f7f", fla_class="MultiScaleRetention",
               defaults=lambda d: {"num_heads": _heads(d, 256), "expand_k": 1.0, "expand_v": 2.0},
               option_types={"num_heads": int, "expand_k": float, "expand_v": float}, closed_form=_retnet_formula,
@@ -283,10 +294,13 @@ MIXER_KINDS: dict[str, MixerKind] = {k.name: k for k in [
               closed_form=_gla_formula, check=_check_kv, width_options=("num_heads",),
               fla_model=FlaModel("gla", {**_KV_FIELDS, **_CONV_FIELDS}, fixed={"gate_low_rank_dim": 16})),
     MixerKind(name="hgrn2", letter="2", color="#8c564b", fla_class="HGRN2Attention",
-              defaults=lambda d: {"expand_ratio": min(128, max(1, d // 2)), "use_short_conv": False, "conv_size": 4},
-              option_types={"expand_ratio": int, **_CONV}, closed_form=_hgrn2_formula,
+              defaults=lambda d: {"expand_ratio": min(128, max(1, d // 2)), "use_short_conv": False, "conv_size": 4,
+                                  "lower_bound": True},
+              option_types={"expand_ratio": int, **_CONV, **_LOWER_BOUND}, closed_form=_hgrn2_formula,
               check=_check_hgrn2, width_options=("expand_ratio",), headwise_letter="h",  # "2" has no lower case
-              fla_model=FlaModel("hgrn2", {"expand_ratio": "expand_ratio", **_CONV_FIELDS}, extra=_NO_LOWER_BOUND)),
+              lower_bound_width=lambda d, o: (d // o["expand_ratio"]) * o["expand_ratio"],  # the forget dim
+              fla_model=FlaModel("hgrn2", {"expand_ratio": "expand_ratio", "lower_bound": "use_lower_bound",
+                                           **_CONV_FIELDS})),
     MixerKind(name="deltanet", letter="D", color="#2ca02c", fla_class="DeltaNet",
               defaults=lambda d: {"num_heads": max(2, _heads(d, 128)), "expand_k": 1.0, "expand_v": 1.0,
                                   "use_short_conv": True, "conv_size": 4, "use_beta": True},

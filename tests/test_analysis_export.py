@@ -103,12 +103,15 @@ def test_fla_config_param_counts_match_cost(kind: str) -> None:
     from hyla.analysis.export import _check_fla
     from hyla.space.cost import param_count
 
-    lay = tiny_layout([kind] * 2)
-    cfg, why = fla_config(lay)
-    assert why is None
-    full = _check_fla(cfg)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(full.pop("model_type"), **full))
-    assert sum(p.numel() for p in model.parameters()) == param_count(lay).total
+    bounds = [True, False] if kind in ("hgrn", "hgrn2") else [None]  # fla's HGRN models' use_lower_bound
+    for bound in bounds:
+        layer = kind if bound is None else {"mixer": kind, "options": {"lower_bound": bound}}
+        lay = tiny_layout([layer] * 2)
+        cfg, why = fla_config(lay)
+        assert why is None and cfg.get("use_lower_bound") == bound
+        full = _check_fla(cfg)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(full.pop("model_type"), **full))
+        assert sum(p.numel() for p in model.parameters()) == param_count(lay).total
 
 
 def test_export_headwise_writes_reason(study, tmp_path: Path) -> None:

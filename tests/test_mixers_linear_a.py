@@ -131,7 +131,9 @@ def test_params_match_formula_and_fla(case):
     kind = layout.layers[1].mixer
     n = sum(p.numel() for p in m.parameters())
     assert n == mixer_params(layout, 1)
-    plain = getattr(fla.layers, get_mixer_kind(kind).fla_class)(hidden_size=D, **layout.mixer_options(1))
+    spec = layout.layers[1]
+    plain = getattr(fla.layers, get_mixer_kind(kind).fla_class)(hidden_size=D, **get_mixer_kind(kind).fla_kwargs(
+        D, spec.option_dict()))
     assert n == sum(p.numel() for p in plain.parameters())
     # our state_dict is fla's own: it loads strictly into the plain fla layer, with identical shapes
     plain.load_state_dict(m.state_dict(), strict=True)
@@ -366,3 +368,37 @@ def test_fla_forward_matches_cpu_path_on_cuda(kind, options):
     y1, _ = m(x[:, :1], s_fla, use_cache=True)  # one decode step through fla's cache
     y1_ref, _ = m._cpu_forward(x[:, :1], s_ref, True)
     assert _rel(y1, y1_ref) < 5e-3
+
+
+BOUNDED = [(k, o) for k, o in CASES if k in ("hgrn", "hgrn2")]
+
+
+@pytest.mark.parametrize("kind,options", BOUNDED, ids=[f"{k}-{i}" for i, (k, _) in enumerate(BOUNDED)])
+def test_lower_bound_matches_fla_and_is_skipped_in_layer_0(kind, options, reference_kernels):
+    """The model's forget-gate lower bound (fla's HGRN models): fla's layer forward with ``lower_bound`` (its
+    kernels swapped for the naive references) == our CPU path with it; it changes the output; layer 0 ignores it."""
+    layout = make_layout(kind, options)
+    torch.manual_seed(0)
+    m = build_mixer(layout, 1)
+    x = torch.randn(2, 40, D)
+    width = layout.lower_bound_shape()[1]
+    lb = torch.rand(width) * 0.9 + 0.05
+    y_fla, _ = m._fla_forward(x, None, False, lower_bound=lb)
+    y_cpu, _ = m(x, lower_bound=lb)
+    torch.testing.assert_close(y_fla, y_cpu, atol=1e-5, rtol=1e-4)
+    assert (y_cpu - m(x)[0]).abs().max() > 1e-3  # the bound is applied
+    first = build_mixer(layout.with_layers([layout.layers[1], layout.layers[0]]), 0)
+    first.load_state_dict(m.state_dict())
+    torch.testing.assert_close(first(x, lower_bound=lb)[0], first(x)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fla Triton kernels)")
+@pytest.mark.parametrize("kind,options", BOUNDED, ids=[f"{k}-{i}" for i, (k, _) in enumerate(BOUNDED)])
+def test_lower_bound_fla_kernels_match_cpu_path_on_cuda(kind, options):
+    layout = make_layout(kind, options)
+    torch.manual_seed(0)
+    m = build_mixer(layout, 1).cuda()
+    x = torch.randn(2, 100, D, device="cuda")
+    lb = torch.rand(layout.lower_bound_shape()[1], device="cuda") * 0.9 + 0.05
+    assert _rel(m(x, lower_bound=lb)[0], m._cpu_forward(x, None, False, lower_bound=lb)[0]) < 5e-3

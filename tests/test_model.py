@@ -270,3 +270,35 @@ def test_init_scales_residual_projections(attn_layout) -> None:
     std_o = model.blocks[0].mixer.o_proj.weight.std().item()
     assert 0.015 < std_q < 0.025
     assert std_o < std_q * 0.75  # scaled by 1/sqrt(2 * n_layers) = 0.5
+
+
+def test_lower_bounds_follow_fla_and_train() -> None:
+    """HGRN/HGRN-2 layers take fla's model-level forget-gate lower bounds: one zero-initialised table
+    (n_layers, width), rows softmax-cumsum'd to i/L at init, layer 0 and attention unbounded, counted by the cost
+    model, out of weight decay, trained; ``lower_bound: false`` removes them and changes the logits."""
+    layout = tiny_layout("attn", "hgrn2", "hgrn2", "attn")
+    torch.manual_seed(0)
+    model = HylaLM(layout)
+    assert layout.bounded_layers() == (1, 2) and [b.bounded for b in model.blocks] == [False, True, True, False]
+    assert tuple(model.lower_bounds.shape) == layout.lower_bound_shape() == (4, layout.d_model)
+    assert model.num_params() == param_count(layout).total and param_count(layout).lower_bounds == 4 * layout.d_model
+    torch.testing.assert_close(model.bound_rows()[:, 0], torch.tensor([0.0, 0.25, 0.5, 0.75]))
+    assert any(p is model.lower_bounds for p in model.param_groups(0.1)[1]["params"])
+    ids = torch.randint(0, 256, (2, 12))
+    model(ids)[0].square().mean().backward()
+    assert model.lower_bounds.grad[1:3].abs().sum() > 0  # the bounded layers' rows feed the loss
+    off = layout.with_layers(["attn", {"mixer": "hgrn2", "options": {"lower_bound": False}},
+                              {"mixer": "hgrn2", "options": {"lower_bound": False}}, "attn"])
+    torch.manual_seed(0)
+    plain = HylaLM(off)
+    assert plain.lower_bounds is None and plain.num_params() == param_count(off).total == model.num_params() - 128
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "lower_bounds"})
+    assert (_logits(plain, ids) - _logits(model, ids)).abs().max() > 1e-4
+
+
+def test_lower_bound_widths_must_agree() -> None:
+    from hyla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lower bounds of layers"):
+        tiny_layout("hgrn", {"mixer": "hgrn", "options": {"expand_ratio": 2}})
+    tiny_layout("hgrn", {"mixer": "hgrn", "options": {"expand_ratio": 2, "lower_bound": False}})  # one table: fine

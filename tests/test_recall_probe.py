@@ -213,11 +213,12 @@ def test_replica_adamw_matches_torch_adamw() -> None:
 
 def test_compiled_blocks_train_like_the_vmapped_model() -> None:
     """``compile_blocks`` (the probe's default on CUDA) runs each layer spec's block through torch.compile, the
-    embedding (with the probe's previous-token hook) and the head around them: same losses and steps as the one
-    vmapped forward. One compile per spec (gla, attn), about 20 s on two CPU cores."""
+    embedding (with the probe's previous-token hook) and the head around them, and HGRN-2's forget-gate lower
+    bounds from the LM's table: same losses and steps as the one vmapped forward. One compile per spec (gla, attn,
+    bounded hgrn2), about 30 s on two CPU cores."""
     from hyla.proxy_train.replicas import ReplicaStack, replica_losses
 
-    lay, cpu = _layout(("gla", "attn", "gla")), torch.device("cpu")
+    lay, cpu = _layout(("gla", "attn", "hgrn2", "hgrn2")), torch.device("cpu")
 
     def prev(model: torch.nn.Module) -> None:
         model.add_module("prev_token_embedding", _PrevTokenEmbedding(lay.vocab_size, lay.d_model, 0.1))

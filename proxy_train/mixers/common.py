@@ -153,6 +153,14 @@ def conv_module(conv: torch.nn.Module, x: torch.Tensor, cache: torch.Tensor | No
 
 
 # -- numerics shared by the CPU paths ------------------------------------------------------------------------------
+def bounded_log_gate(g: torch.Tensor, lower_bound: torch.Tensor | None, layer_idx: int | None) -> torch.Tensor:
+    """fla's forget-gate lower bound on a log gate ``g = logsigmoid(f)``: ``log(lb + (1 - lb) exp(g))`` through
+    ``logaddexp`` as fla's HGRN layers compute it; unchanged without a bound and in layer 0 (whose bound is 0)."""
+    if lower_bound is None or not layer_idx:
+        return g
+    return torch.logaddexp(lower_bound.log(), torch.log1p(-lower_bound) + g)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, computed in fp32 like fla's kernels, returned in ``x``'s dtype."""
     xf = x.float()
@@ -234,24 +242,29 @@ class FlaMixer:
         """Conv cache suffixes in use (none when short conv is off)."""
         return self.CONV_ORDER if getattr(self, "use_short_conv", False) else ()
 
-    def forward(self, x: torch.Tensor, state: State | None = None,
-                use_cache: bool = False) -> tuple[torch.Tensor, State | None]:
-        """Mix tokens ``x`` (B, T, D) -> (B, T, D), continuing ``state``; see the module docstring."""
+    def forward(self, x: torch.Tensor, state: State | None = None, use_cache: bool = False,
+                lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, State | None]:
+        """Mix tokens ``x`` (B, T, D) -> (B, T, D), continuing ``state``; see the module docstring.
+
+        ``lower_bound``: this layer's row of the model's forget-gate bounds (kinds with
+        ``MixerKind.lower_bound_width``; fla's layers take it as ``lower_bound`` and ignore it in layer 0)."""
         if x.dim() != 3:
             raise ValueError(f"{type(self).__name__}: expected x of shape (B, T, D), got {tuple(x.shape)}")
         if state and state["recurrent"].shape[0] != x.shape[0]:
             # the recurrences would silently broadcast a batch-1 state over the batch: refuse instead
             raise ConfigError(f"{type(self).__name__} state: batch {state['recurrent'].shape[0]} does not match "
                               f"input batch {x.shape[0]}")
+        extra = {} if lower_bound is None else {"lower_bound": lower_bound}  # only bounded kinds take it
         if use_fla(x):
-            return self._fla_forward(x, state, use_cache)
-        return self._cpu_forward(x, state, use_cache)
+            return self._fla_forward(x, state, use_cache, **extra)
+        return self._cpu_forward(x, state, use_cache, **extra)
 
-    def _fla_forward(self, x: torch.Tensor, state: State | None,
-                     use_cache: bool) -> tuple[torch.Tensor, State | None]:
+    def _fla_forward(self, x: torch.Tensor, state: State | None, use_cache: bool,
+                     **extra: torch.Tensor) -> tuple[torch.Tensor, State | None]:
         """fla's own forward (the next class in the MRO) with our state passed through an fla Cache."""
         cache = to_fla_cache(self.layer_idx, state, self.conv_names) if (state or use_cache) else None
-        y, _, cache = super().forward(hidden_states=x, past_key_values=cache, use_cache=use_cache)  # type: ignore[misc]
+        y, _, cache = super().forward(hidden_states=x, past_key_values=cache, use_cache=use_cache,  # type: ignore[misc]
+                                      **extra)
         if not use_cache:
             return y, None
         return y, from_fla_cache(cache, self.layer_idx, self.conv_names, with_pos=self.TRACK_POS)

@@ -87,14 +87,16 @@ class HeadwiseHybrid(nn.Module):
                                 layout.rope_theta, layer_idx=index)
         return cls(linear, attn, layout.d_model, layout.norm_eps, layer_idx=index)
 
-    def forward(self, x: torch.Tensor, state: State | None = None, use_cache: bool = False
-                ) -> tuple[torch.Tensor, State | None]:
-        """Run both branches on ``x`` (B, T, D) and merge; ``state`` is this layer's flat dict (or None)."""
+    def forward(self, x: torch.Tensor, state: State | None = None, use_cache: bool = False,
+                lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, State | None]:
+        """Run both branches on ``x`` (B, T, D) and merge; ``state`` is this layer's flat dict (or None);
+        ``lower_bound`` goes to the linear branch (HGRN/HGRN-2 forget gates)."""
         lin_state = attn_state = None
         if state is not None:
             lin_state = {k[len(_LIN):]: v for k, v in state.items() if k.startswith(_LIN)} or None
             attn_state = {k[len(_ATTN):]: v for k, v in state.items() if k.startswith(_ATTN)} or None
-        y_lin, new_lin = self.linear(x, state=lin_state, use_cache=use_cache)
+        extra = {} if lower_bound is None else {"lower_bound": lower_bound}
+        y_lin, new_lin = self.linear(x, state=lin_state, use_cache=use_cache, **extra)
         y_attn, new_attn = self.attn(x, state=attn_state, use_cache=use_cache)
         # Norms in fp32 (bf16 mean-of-squares loses precision), result back in the branch dtype.
         y = (self.norm_lin(y_lin.float()) + self.norm_attn(y_attn.float())).to(y_lin.dtype)

@@ -1,7 +1,8 @@
 """HGRN-2 (Qin et al. 2024): HGRN with state expansion, on fla's ``HGRN2Attention`` parameters.
 
-CPU math (fla 0.6.0 ``HGRN2Attention.forward``, standalone: no model-level ``lower_bound``): q/f/i projections
-(optionally through activation-free short convs), ``q = swish(q)``, ``g = logsigmoid(f)``, the tied key
+CPU math (fla 0.6.0 ``HGRN2Attention.forward``): q/f/i projections (optionally through activation-free short
+convs), ``q = swish(q)``, ``g = logsigmoid(f)`` (with the model's ``lower_bound`` lb from layer 1 on,
+``g = log(lb + (1 - lb) sigmoid(f))``, computed as fla does with ``logaddexp``), the tied key
 ``k = 1 - exp(g)``; ``H = d_model / expand_ratio`` heads with key/gate size ``expand_ratio`` and value size
 ``d_model / H``; GLA's recurrence ``S_t = diag(exp(g_t)) S_{t-1} + k_t i_t^T``, ``o_t = S_t^T q_t / sqrt(expand_ratio)``
 (fla's default scale); then RMSNorm over all ``d_model`` channels and ``o_proj``. fla fuses that norm into
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from fla.layers import HGRN2Attention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm
+from hyla.proxy_train.mixers.common import FlaMixer, State, bounded_log_gate, rms_norm
 from hyla.proxy_train.mixers.scans import gla_scan
 from hyla.proxy_train.mixers.gla import split_heads
 from hyla.proxy_train.mixers.registry import register_mixer
@@ -33,8 +34,8 @@ class HGRN2Mixer(FlaMixer, HGRN2Attention):
 
     CONV_ORDER = ("q", "f", "i")
 
-    def _cpu_forward(self, x: torch.Tensor, state: State | None,
-                     use_cache: bool) -> tuple[torch.Tensor, State | None]:
+    def _cpu_forward(self, x: torch.Tensor, state: State | None, use_cache: bool,
+                     lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, State | None]:
         B, T, _ = x.shape
         (q, f, i), new = self._convs([
             ("q", getattr(self, "q_conv1d", None), self.q_proj(x)),
@@ -42,7 +43,7 @@ class HGRN2Mixer(FlaMixer, HGRN2Attention):
             ("i", getattr(self, "i_conv1d", None), self.i_proj(x)),
         ], state, use_cache)
         q = F.silu(q)
-        g = F.logsigmoid(f.float())
+        g = bounded_log_gate(F.logsigmoid(f.float()), lower_bound, self.layer_idx)
         k = (1 - g.exp()).to(i.dtype)
         q, k, g = (split_heads(t, self.head_f_dim) for t in (q, k, g))
         v = split_heads(i, self.head_i_dim)

@@ -39,6 +39,10 @@ def test_fla_names_rename_options() -> None:
     kwargs = MIXER_KINDS["mamba2"].fla_kwargs(64)
     assert kwargs["conv_kernel"] == 4 and "conv_size" not in kwargs
     assert MIXER_KINDS["gla"].fla_kwargs(64) == MIXER_KINDS["gla"].resolve_options(64, {})
+    # the lower bound is fla's model option, not its layer's: resolved, but never handed to the layer
+    for kind in ("hgrn", "hgrn2"):
+        assert MIXER_KINDS[kind].resolve_options(64, {})["lower_bound"] is True
+        assert "lower_bound" not in MIXER_KINDS[kind].fla_kwargs(64, {"lower_bound": False})
 
 
 def test_space_imports_no_torch() -> None:
