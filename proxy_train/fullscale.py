@@ -9,7 +9,7 @@ A `RunSpec` (YAML, strict) says what to train; `train_full(spec)` runs it throug
     model/             the final HF checkpoint (``AutoModelForCausalLM.from_pretrained`` after
                        ``import hyla``) plus the tokenizer when it is a transformers one; ``hyla analysis export
                        --checkpoint RUN_DIR`` writes it with fla-named weights too
-    final.json         how the last attempt ended (``finished`` or ``stopped``), written by every attempt
+    final.json         how the last attempt ended (``finished``, ``stopped`` or ``diverged``), written by every attempt
     result.json        status, steps, throughput, MFU and the final evaluation (finished runs only)
 
 Resuming: every call scans ``out_dir`` for the checkpoint with the highest step and continues from it, so a run
@@ -318,7 +318,8 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
         resume: continue from the newest checkpoint in the run directory; False refuses a directory that has one.
 
     Returns:
-        The ``result.json`` content. ``status`` is ``finished`` or ``stopped`` (SIGTERM: resume later).
+        The ``result.json`` content. ``status`` is ``finished``, ``stopped`` (SIGTERM: resume later) or
+        ``diverged`` (a non-finite mean loss in a log window; training stopped there, not checkpointed).
 
     Raises:
         ConfigError: bad spec, a tokenizer larger than the layout's vocabulary, or a run directory that holds

@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str, help_text: str
     """Register ``hyla train``."""
     p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=(
         "Run the same command again to resume a killed run. SIGTERM stops gracefully after a checkpoint (exit 3); "
-        "a finished run directory is never overwritten. Exit codes: 0 finished, 2 bad input, 3 stopped."))
+        "a finished run directory is never overwritten. Exit codes: 0 finished, 2 bad input, 3 stopped or diverged."))
     p.add_argument("spec", help="run spec YAML (see examples/full_tiny.yaml)")
     p.add_argument("--address", default=None, help="Ray cluster address (ray://host:10001 or auto); "
                    "default: a local Ray instance")

@@ -3,16 +3,19 @@
 Runs once per worker (``TorchTrainer`` sets up the process group). Every worker holds the same model (DDP) or a
 shard of it (FSDP); checkpoints hold the *full* state dict (``torch.distributed.checkpoint.state_dict`` with
 ``full_state_dict=True``), so a run can resume on a different number of workers or strategy. Rank 0 writes the
-checkpoint, the log lines and, at the end, the evaluation and the HF model (`finish`).
+checkpoint, the log lines and, at the end, the evaluation and the HF model (`finish`). Each optimizer step is a
+`hyla.proxy_train.trainer.Trainer` step (as in proxy runs); a non-finite loss averaged over the ranks at a log step
+ends the run as ``diverged``, without checkpointing that state.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from hyla.proxy_train.evaluate import autocast_logits, lm_loss
 from hyla.proxy_train.lr_schedule import wsd_lr
 from hyla.proxy_train.proxy_data import ShardStream
 from hyla.proxy_train.tasks.common import level_accuracy, position_accuracy
+from hyla.proxy_train.trainer import MicroBatch, Trainer
 
 
 def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
@@ -167,7 +171,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Groups from the wrapped model's own parameters (FSDP with use_orig_params keeps them, as views).
     inner = getattr(model, "module", model).model
     optimizer = spec.make_optimizer(inner, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+    schedule = lr_lambda(spec)
+    # The trainer sets each step's lr, spec.lr x schedule(step) (LambdaLR's arithmetic); this LambdaLR steps
+    # alongside so that checkpoints keep their "scheduler" state and log rows its lr.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step, cursor = load_checkpoint(model, optimizer, scheduler, rank, config.get("resume_path"))
     random.seed(spec.seed + rank)
 
@@ -179,59 +186,52 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stream = ShardStream(windows.to(torch.int32), spec.micro_batch, spec.seed, rank)
     stream.cursor = cursor
 
+    def micro_batches() -> Iterator[MicroBatch]:
+        for _ in range(spec.accum_steps):
+            window = stream.next_batch().to(device, non_blocking=True)
+            yield MicroBatch(window[:, :-1], window[:, 1:])
+
     from hyla.space.cost import flops_per_token
 
     fpt = flops_per_token(spec.resolve_layout(), spec.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(device) if device.type == "cuda" else None)
-    use_bf16 = spec.bf16 and device.type == "cuda"
-    log_path = run_dir / "train_log.jsonl"
+    trainer = Trainer(model, optimizer, lambda batch: model(input_ids=batch.inputs, shift_labels=batch.targets).loss,
+                      lambda s: spec.lr * schedule(s), device=device, bf16=spec.bf16 and device.type == "cuda",
+                      grad_clip=spec.grad_clip, accum_steps=spec.accum_steps)
+    meter, log_path = trainer.meter, run_dir / "train_log.jsonl"
     model.train()
-    t_last, steps_since, loss_sum = time.time(), 0, torch.zeros((), device=device)
-    status = "finished"
-    last_saved = step
+    status, last_saved = "finished", step
     while step < spec.total_steps:
         if _stop_requested(run_dir, device):
             status = "stopped"
             break
-        for micro in range(spec.accum_steps):
-            batch = stream.next_batch().to(device, non_blocking=True)
-            sync = micro == spec.accum_steps - 1 or not hasattr(model, "no_sync")
-            ctx_mgr = torch.enable_grad() if sync else model.no_sync()
-            with ctx_mgr, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(input_ids=batch[:, :-1], shift_labels=batch[:, 1:]).loss
-            (loss / spec.accum_steps).backward()
-            loss_sum += loss.detach() / spec.accum_steps
-        if spec.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        optimizer.step()
+        trainer.step(step, micro_batches())
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
-        steps_since += 1
         if step % spec.log_every == 0 or step == spec.total_steps:
             if dist.is_initialized() and world > 1:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-                loss_sum /= world
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            elapsed = time.time() - t_last
-            tps = steps_since * spec.global_batch_tokens / max(elapsed, 1e-9)
-            row = {"step": step, "loss": round(float(loss_sum) / steps_since, 5),
+                dist.all_reduce(meter.loss_sum, op=dist.ReduceOp.SUM)
+                meter.loss_sum /= world
+            tps = meter.tokens_per_s(world)
+            row = {"step": step, "loss": round(float(meter.loss_sum) / meter.steps, 5),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tps, 1),
                    "mfu": round(tps * fpt / (peak * world), 5) if peak else None, "time": time.time()}
             if rank == 0:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
+            if not math.isfinite(row["loss"]):  # the mean over ranks: every rank stops here together
+                status = "diverged"
+                break
             if step % spec.checkpoint_every == 0:
                 save_checkpoint(model, optimizer, scheduler, step, stream.cursor, rank, row)
                 last_saved = step
             else:
                 ray.train.report(row)
-            t_last, steps_since, loss_sum = time.time(), 0, torch.zeros((), device=device)
+            meter.reset()
         elif step % spec.checkpoint_every == 0:
             save_checkpoint(model, optimizer, scheduler, step, stream.cursor, rank, {})
             last_saved = step
-    if step != last_saved:  # the final (or preempted) state is always checkpointed
+    if step != last_saved and status != "diverged":  # the final (or preempted) state is checkpointed, a NaN one not
         save_checkpoint(model, optimizer, scheduler, step, stream.cursor, rank, {"final": True})
     finish(model, spec, run_dir, status=status, step=step, n_params=n_params, rank=rank, device=device,
            started=started)

@@ -3,16 +3,16 @@
 `run_proxy(layout, config)` is what a search worker calls per trial. It validates everything first (a
 `ConfigError` for bad input is the only exception it raises), then trains with AdamW (linear warm-up, a stable
 phase, then a cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and bf16 autocast on
-CUDA (fp32 on CPU), and returns a `ProxyResult`. Divergence (a non-finite loss), CUDA out-of-memory and any
-other failure become a result status (``diverged``, ``oom``, ``failed``) instead of an exception, so one bad
-trial never kills a worker.
+CUDA (fp32 on CPU), one `hyla.proxy_train.trainer.Trainer` step at a time (as full runs), and returns a
+`ProxyResult`. Divergence (a non-finite loss), CUDA out-of-memory and any other failure become a result status
+(``diverged``, ``oom``, ``failed``) instead of an exception, so one bad trial never kills a worker.
 
 Training stream. Every batch holds ``batch_size`` rows of ``seq_len`` tokens: ``round(batch_size * recall_mix)``
 rows come from the recall suite's training generator (``RecallSuite.train_batch``), the rest are windows of the
 packed LM text. The loss is ``(1 - w) * lm_loss + w * recall_loss`` with ``w`` the recall row fraction, each term a
-mean over its own scored tokens: recall rows score only a few answer tokens, and a plain token mean would drown
-them. With ``recall_phase_steps > 0`` recall rows appear only in the last ``recall_phase_steps`` steps (an LM
-phase followed by a mixed recall phase) instead of in every batch.
+mean over its own scored tokens (`trainer.mixed_loss`): recall rows score only a few answer tokens, and a plain
+token mean would drown them. With ``recall_phase_steps > 0`` recall rows appear only in the last
+``recall_phase_steps`` steps (an LM phase followed by a mixed recall phase) instead of in every batch.
 
 The configuration (``ProxyConfig``, presets, the learning-rate schedule) and the result type live in
 ``hyla.proxy_train.proxy_config``, which also records why the recipe learns recall; they are re-exported here.
@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hyla.proxy_train.evaluate import autocast_logits, lm_loss
 from hyla.proxy_train.model import HylaLM
 from hyla.proxy_train.proxy_config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
 from hyla.proxy_train.proxy_data import ProxyData, prepare_data
+from hyla.proxy_train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
 from hyla.space.layout import Layout
 
 from hyla.config import ConfigError, dump_yaml
@@ -227,13 +227,28 @@ class _Loop:
         self.fwd: Any = None
         self.opt: torch.optim.Optimizer | None = None
         self.bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and dev.type == "cuda")
-        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def release(self) -> None:
         self.model = self.opt = self.fwd = None
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        """One term of the loss mix (a method: tests poison it to check divergence)."""
+        return token_loss(logits, targets)
+
+    def _batch(self, step: int) -> MicroBatch:
+        """Step ``step``'s rows on the device: LM rows, then the recall rows (in every step, or only in the final
+        recall phase)."""
+        cfg = self.cfg
+        with_recall = not cfg.recall_phase_steps or step >= cfg.total_steps - cfg.recall_phase_steps
+        lm_x, lm_y, rc_x, rc_y = self.data.train_batch(step, with_recall)
+        if rc_x is None:
+            return MicroBatch(lm_x.to(self.dev, non_blocking=True), lm_y.to(self.dev))
+        return MicroBatch(torch.cat([lm_x, rc_x]).to(self.dev, non_blocking=True),
+                          torch.cat([lm_y, rc_y]).to(self.dev), split=lm_x.shape[0])
+
+    def _batch_loss(self, batch: MicroBatch) -> torch.Tensor:
+        logits, _ = self.fwd(batch.inputs)
+        return mixed_loss(logits, batch.targets, batch.split, self._loss)
 
     def run(self) -> dict[str, Any]:
         cfg, dev = self.cfg, self.dev
@@ -247,49 +262,28 @@ class _Loop:
         total = cfg.total_steps
         from tqdm.auto import tqdm
         bar = tqdm(total=total, disable=not self.progress, desc=self.layout.name or "proxy", leave=False)
-        tokens, train_s, last = 0, 0.0, float("nan")
+        trainer = Trainer(model, self.opt, self._batch_loss, lambda step: lr_at(step, cfg), device=dev,
+                          bf16=self.bf16, grad_clip=cfg.grad_clip)
+        last = float("nan")
         model.train()
         for step in range(total):
-            ts = time.perf_counter()
-            # recall rows in every step, or only in the final recall phase
-            with_recall = not cfg.recall_phase_steps or step >= total - cfg.recall_phase_steps
-            lm_x, lm_y, rc_x, rc_y = self.data.train_batch(step, with_recall)
-            x = torch.cat([lm_x, rc_x]) if rc_x is not None else lm_x
-            x = x.to(dev, non_blocking=True)
+            batch = self._batch(step)
             if self.on_step is not None:
                 self.on_step(step)
-            for g in self.opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            with self.autocast:
-                logits, _ = self.fwd(x)
-            n_lm = lm_x.shape[0]
-            loss = self._loss(logits[:n_lm], lm_y.to(dev))
-            if rc_x is not None:
-                w = rc_x.shape[0] / x.shape[0]
-                loss = (1 - w) * loss + w * self._loss(logits[n_lm:], rc_y.to(dev))
-            if not torch.isfinite(loss):
+            loss = trainer.step(step, [batch], check_finite=True)
+            if loss is None:
                 bar.close()
                 return dict(status="diverged", fail_reason=f"non-finite loss at step {step}", diverged_step=step,
-                            steps=step, tokens_seen=tokens, train_loss=last)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            last = float(loss.detach())
-            tokens += x.numel()
-            if dev.type == "cuda" and (step % cfg.log_every == 0 or step == total - 1):
-                torch.cuda.synchronize(dev)
-            train_s += time.perf_counter() - ts
+                            steps=step, tokens_seen=trainer.meter.tokens, train_loss=last)
+            last = float(loss)
             bar.update(1)
             if step % cfg.log_every == 0 or step == total - 1:
                 bar.set_postfix(loss=f"{last:.3f}")
         bar.close()
-        if not math.isfinite(last):
-            return dict(status="diverged", fail_reason="non-finite loss", diverged_step=total - 1, steps=total)
+        tokens_per_s = trainer.meter.tokens_per_s()
         val = self.evaluate()
-        return dict(status="ok", train_loss=last, steps=total, tokens_seen=tokens,
-                    tokens_per_s=tokens / train_s if train_s > 0 else None, **val)
+        return dict(status="ok", train_loss=last, steps=total, tokens_seen=trainer.meter.tokens,
+                    tokens_per_s=tokens_per_s, **val)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
