@@ -6,7 +6,8 @@ A `Trainer` step at optimizer step ``s``:
 2. runs ``accum_steps`` micro-batches: ``loss_fn(batch)`` under bf16 autocast (when asked), then
    ``(loss / accum_steps).backward()``; under DDP only the last micro-batch's backward all-reduces (``no_sync``);
 3. with ``check_finite``, reads the loss back and skips the update when it is NaN/inf;
-4. clips the global grad norm (``grad_clip > 0``), steps the optimizer and sets the gradients to None.
+4. clips the global grad norm (``grad_clip > 0``; FSDP's own clip for its shards), steps the optimizer and sets
+   the gradients to None.
 
 Its `Meter` keeps the loss, steps, tokens and wall time since the last reset: a log window of a full run, a
 whole proxy run. What differs stays in the loops, which hand the trainer their loss function and batches:
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from hyla.proxy_train.tasks.common import IGNORE
 
-__all__ = ["Meter", "MicroBatch", "Trainer", "mixed_loss", "token_loss"]
+__all__ = ["Meter", "MicroBatch", "Trainer", "clip_grad_norm", "mixed_loss", "token_loss"]
 
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -98,6 +99,17 @@ class Meter:
         return self.tokens * world / max(self.elapsed(), 1e-9)
 
 
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm of ``model`` to ``max_norm``. An FSDP model holds gradient shards and clips
+    itself (the norm over every rank's shards); ``torch.nn.utils``' clip would see this rank's shards only."""
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(model, FullyShardedDataParallel):
+            return model.clip_grad_norm_(max_norm)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
 class Trainer:
     """One optimizer step over micro-batches (see the module docstring); the loop around it is the caller's.
 
@@ -161,7 +173,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None
         if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            clip_grad_norm(self.model, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         meter.steps += 1

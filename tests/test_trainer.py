@@ -1,5 +1,6 @@
 """The one training step (`hyla.proxy_train.trainer`): accumulation, the lr of each step, the finite check, the
-loss mix, the meter; and a full run's loop on it (in-process, Ray Train's worker API faked) stopping on NaN."""
+loss mix, the meter, FSDP's clip (two gloo ranks on the CPU); and a full run's loop on it (in-process, Ray Train's
+worker API faked) stopping on NaN."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_layout
 from hyla.proxy_train.lr_schedule import wsd_lr
 from hyla.proxy_train.model import HylaLM
@@ -153,6 +153,50 @@ def test_meter_counts_a_window_and_resets() -> None:
     assert meter.tokens_per_s(world=2) > meter.tokens_per_s() > 0
     meter.reset()
     assert meter.steps == meter.tokens == 0 and float(meter.loss_sum) == 0.0
+
+
+def _fsdp_rank(rank: int, port: int, queue) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        reference = _model()
+        model = FullyShardedDataParallel(copy.deepcopy(reference), device_id=CPU, use_orig_params=True)
+        batch = _rows(4, seed=0)  # the same rows on both ranks: the averaged gradient is the reference's
+        for m in (reference, model):
+            Trainer(m, torch.optim.SGD(m.parameters(), lr=1.0), _lm_loss(m), lambda s: 1.0, device=CPU,
+                    grad_clip=0.01).step(0, [batch])
+        with FullyShardedDataParallel.summon_full_params(model):
+            diff = max(float((a - b).abs().max()) for a, b in zip(model.parameters(), reference.parameters(),
+                                                                   strict=True))
+        queue.put((rank, diff))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_clips_the_norm_of_every_rank_s_shards() -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_fsdp_rank, args=(rank, port, queue)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    diffs = dict(queue.get(timeout=5) for _ in procs)
+    assert max(diffs.values()) < 1e-6, diffs  # clipped by each rank's own shards: 3e-4 off
 
 
 # ------------------------------------------------------------------------------------ a full run's loop, no Ray
