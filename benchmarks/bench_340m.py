@@ -1,8 +1,9 @@
 """Throughput and MFU of a 340M hybrid (default GLA 6:1, T=2048) under the settings that raise MFU.
 
-Each configuration builds the model fresh, trains ``--steps`` timed steps (bf16 autocast, fused AdamW, grad clip)
-after ``--warmup`` untimed ones, and records tokens/s, MFU (FLOPs/token from ``hyla.space.cost.flops_per_token``,
-peak 989 TFLOP/s dense bf16 on H100/H200) and peak memory. Configurations (``--configs``, comma separated):
+Each configuration builds the model fresh, trains ``--steps`` timed steps of ``hyla train``'s step
+(`hyla.proxy_train.trainer.Trainer`: bf16 autocast, fused AdamW, grad clip) after ``--warmup`` untimed ones, and
+records tokens/s, MFU (FLOPs/token from ``hyla.space.cost.flops_per_token``, peak 989 TFLOP/s dense bf16 on
+H100/H200) and peak memory. Configurations (``--configs``, comma separated):
 
     eager      micro-batch ``--batch``, plain cross-entropy on materialised logits
     fusedce    + ``fused_loss`` (fla's FusedLinearCrossEntropyLoss, no (B, T, 32000) logits tensor; CUDA only)
@@ -31,6 +32,7 @@ import torch
 
 from hyla.proxy_train.fullscale import peak_flops
 from hyla.proxy_train.fullscale_loop import build_model  # the model hyla train builds
+from hyla.proxy_train.trainer import MicroBatch, Trainer
 from hyla.space.cost import flops_per_token
 from hyla.space.presets import load_layout
 
@@ -51,19 +53,16 @@ def bench_one(layout_name: str, cfg: dict[str, Any], args: argparse.Namespace, d
     torch.manual_seed(0)
     model = build_model(spec).to(device).train()
     opt = spec.make_optimizer(model.model, device)  # hyla train's optimizer (the spec's lr, betas, decay)
-    batch = torch.randint(0, layout.vocab_size, (cfg["batch"], args.seq_len + 1), device=device)
-    use_bf16 = device.type == "cuda"
+    rows = torch.randint(0, layout.vocab_size, (cfg["batch"], args.seq_len + 1), device=device)
+    batch = MicroBatch(rows[:, :-1], rows[:, 1:])
+    # hyla train's step (its loss through the model's forward, bf16 autocast on CUDA, grad clip), at the peak lr
+    trainer = Trainer(model, opt, lambda b: model(input_ids=b.inputs, shift_labels=b.targets).loss,
+                      lambda s: spec.lr, device=device, bf16=device.type == "cuda", grad_clip=spec.grad_clip)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(input_ids=batch[:, :-1], shift_labels=batch[:, 1:]).loss  # as hyla train's loop
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(trainer.step(0, [batch]))
 
     def sync() -> None:
         if device.type == "cuda":
