@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hyla.proxy_train.hf_config import HylaConfig
 from hyla.proxy_train.model import HylaLM, LayerState
+from hyla.proxy_train.trainer import token_loss
 
 __all__ = ["HylaCache", "HylaConfig", "HylaForCausalLM"]
 
@@ -123,8 +124,7 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
             logits = self.model.logits(hidden)
             if targets is not None:
                 n = targets.shape[1]  # labels[:, 1:] is scored against the logits of positions :-1
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :n].reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+                loss = token_loss(logits[:, :n], targets)
         cache = None
         if use_cache:
             seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + input_ids.shape[1]
