@@ -94,10 +94,9 @@ def fla_config(layout: Layout) -> tuple[dict[str, Any] | None, str | None]:
     if not kinds:  # pure Transformer
         return {"model_type": "transformer", **common, "num_heads": layout.num_heads,
                 "num_kv_heads": layout.kv_heads, "window_size": None, "rope_theta": layout.rope_theta}, None
-    fla = get_mixer_kind(kinds[0]).fla_model  # the kind's fla model: its model_type, config fields, extra entries
+    fla = get_mixer_kind(kinds[0]).fla_model  # the kind's fla model: its model_type and config fields
     opts = layout.mixer_options(next(i for i, s in enumerate(layout.layers) if s.mixer == kinds[0]))
-    cfg = {"model_type": fla.model_type, **common, **{fla.fields[k]: v for k, v in opts.items() if k in fla.fields},
-           **fla.extra}
+    cfg = {"model_type": fla.model_type, **common, **{fla.fields[k]: v for k, v in opts.items() if k in fla.fields}}
     if layout.attention_layers:
         cfg["attn"] = {"layers": list(layout.attention_layers), "num_heads": layout.num_heads,
                        "num_kv_heads": layout.kv_heads, "window_size": None, "rope_theta": layout.rope_theta,

@@ -34,14 +34,12 @@ class FlaModel:
         model_type: fla's ``model_type`` ("" when fla has no model for hyla's blocks of this kind).
         fields: hyla option -> fla config field.
         fixed: options that are no config field of fla's model: it always builds its layer with this value.
-        extra: config entries that make fla's model compute what hyla's blocks compute.
         missing: why fla cannot express the kind ("" when ``model_type`` is set).
     """
 
     model_type: str = ""
     fields: dict[str, str] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
     missing: str = ""
 
 
