@@ -74,6 +74,8 @@ from findings import decidable, format_findings, layout_traits
 NAME = "bench_fidelity"
 CALIBRATION = ["transformer"] + [f"{m}-{r}" for m in ("gla", "gdn", "hgrn2") for r in ("pure", "24:1", "6:1", "3:1")] \
     + ["deltanet-pure", "retnet-pure", "hgrn-pure"]
+
+
 def resolve_layouts(names: list[str], scale: str) -> list[Any]:
     if names == ["calibration"]:
         names = CALIBRATION

@@ -256,11 +256,19 @@ class Layout:
             return {}
         return get_mixer_kind(spec.mixer).resolve_options(self.d_model, dict(spec.options))
 
+    def _bound_widths(self) -> dict[int, int]:
+        """Bounded layer -> the width of its forget-gate lower bound (`MixerKind.lower_bound_width`)."""
+        widths = {}
+        for i, spec in enumerate(self.layers):
+            width_of = None if spec.mixer == ATTN else get_mixer_kind(spec.mixer).lower_bound_width
+            if width_of is not None and (opts := self.mixer_options(i))["lower_bound"]:
+                widths[i] = width_of(self.d_model, opts)
+        return widths
+
     def bounded_layers(self) -> tuple[int, ...]:
         """Layers whose forget gate takes the model's learned lower bound (HGRN/HGRN-2 with ``lower_bound`` on;
         see `MixerKind.lower_bound_width`)."""
-        return tuple(i for i, s in enumerate(self.layers) if s.mixer != ATTN
-                     and get_mixer_kind(s.mixer).lower_bound_width is not None and self.mixer_options(i)["lower_bound"])
+        return tuple(self._bound_widths())
 
     def lower_bound_shape(self) -> tuple[int, int] | None:
         """Shape ``(n_layers, width)`` of the model-level lower-bound table (fla's ``lower_bounds``: one row per
@@ -269,8 +277,7 @@ class Layout:
         Raises:
             ConfigError: bounded layers with different gate widths (one table cannot serve them).
         """
-        widths = {i: get_mixer_kind(self.layers[i].mixer).lower_bound_width(self.d_model, self.mixer_options(i))
-                  for i in self.bounded_layers()}
+        widths = self._bound_widths()
         if len(set(widths.values())) > 1:
             raise ConfigError(f"layout layers: the forget-gate lower bounds of layers {sorted(widths)} have widths "
                               f"{sorted(set(widths.values()))}; one model-level table needs one width (set "
