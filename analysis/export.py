@@ -34,7 +34,7 @@ from hyla.analysis.export_weights import (RunWeights, copy_tokenizer, load_run_w
                                           write_fla_model, write_hyla_model)
 from hyla.analysis.study_data import StudyData, TrialRecord
 from hyla.space.layout import Layout
-from hyla.space.mixers import get_mixer_kind
+from hyla.space.mixer_kinds import get_mixer_kind
 
 #: what an earlier export may have left that a new one must not pair with other files
 _STALE = ("config.json", "generation_config.json", "model.safetensors", "fla_config_unsupported.txt",
@@ -167,7 +167,7 @@ def _write_model(layout: Layout, res: ExportResult, weights: RunWeights | None) 
     res.files.append(out / "layout.yaml")
     res.layout, res.weights = layout, weights is not None
     if weights is None:
-        from hyla.proxy_train.hf_config import HylaConfig  # transformers: imported only when exporting
+        from hyla.proxy_train.model.hf_config import HylaConfig  # transformers: imported only when exporting
 
         HylaConfig(layout=layout.to_dict()).save_pretrained(str(out))
         res.files.append(out / "config.json")
@@ -257,9 +257,9 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bo
 
 def _write_full_run(res: ExportResult, weights: RunWeights | None, layout: Layout, scale: str) -> None:
     try:
-        from hyla.proxy_train.fullscale import RunSpec, run_spec_for
+        from hyla.proxy_train.train.full_spec import RunSpec, run_spec_for
     except ImportError as e:
-        res.notes.append(f"full_run.yaml not written: hyla.proxy_train.fullscale unavailable ({e})")
+        res.notes.append(f"full_run.yaml not written: hyla.proxy_train.train.full_spec unavailable ({e})")
         return
     spec_path = None
     if weights is not None:

@@ -1,6 +1,6 @@
 """Trained weights for an export: read a `hyla train` checkpoint, write hyla- and fla-named copies.
 
-`load_run_weights(path)` accepts what `hyla train` leaves behind (``hyla.proxy_train.fullscale``):
+`load_run_weights(path)` accepts what `hyla train` leaves behind (``hyla.proxy_train.train.full_spec``):
 
 - a run directory (holds ``spec.yaml``): its newest complete checkpoint (any attempt), else its ``model/``;
 - one checkpoint directory ``RUN/ray/attempt_N/checkpoint_*/`` (``hyla_ckpt.json`` + ``state.pt``; the layout is
@@ -54,7 +54,7 @@ class RunWeights:
 
 
 def _spec_of(run_dir: Path, where: str):
-    from hyla.proxy_train.fullscale import RunSpec
+    from hyla.proxy_train.train.full_spec import RunSpec
 
     spec_path = run_dir / "spec.yaml"
     if not spec_path.is_file():
@@ -71,7 +71,7 @@ def _tokenizer_dir(model_dir: Path) -> Path | None:
 def _from_checkpoint(ckpt: Path, run_dir: Path) -> RunWeights:
     import torch
 
-    from hyla.proxy_train.fullscale import CKPT_META
+    from hyla.proxy_train.train.full_spec import CKPT_META
 
     spec = _spec_of(run_dir, str(ckpt))
     meta = json.loads((ckpt / CKPT_META).read_text())
@@ -82,7 +82,7 @@ def _from_checkpoint(ckpt: Path, run_dir: Path) -> RunWeights:
 
 
 def _from_hf_dir(model_dir: Path) -> RunWeights:
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     cfg = json.loads((model_dir / "config.json").read_text())
     if cfg.get("model_type") != "hyla":
@@ -96,7 +96,7 @@ def _check_fits(weights: RunWeights) -> RunWeights:
     """Refuse weights whose names or shapes differ from the model of their layout (built on the meta device)."""
     import torch
 
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     with torch.device("meta"):
         model = HylaForCausalLM(HylaConfig(layout=weights.layout.to_dict()))
@@ -122,7 +122,7 @@ def load_run_weights(path: str | Path) -> RunWeights:
 
 
 def _find_weights(path: str | Path) -> RunWeights:
-    from hyla.proxy_train.fullscale import CKPT_META, find_latest_checkpoint
+    from hyla.proxy_train.train.full_spec import CKPT_META, find_latest_checkpoint
 
     p = Path(path).resolve()
     if not p.exists():
@@ -170,7 +170,7 @@ def fla_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
 
 def write_hyla_model(weights: RunWeights, out: Path) -> None:
     """`HylaForCausalLM` with ``weights`` saved into ``out`` (config.json + safetensors)."""
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     model = HylaForCausalLM(HylaConfig(layout=weights.layout.to_dict()))
     model.load_state_dict(weights.state_dict, strict=True)  # checked by load_run_weights already

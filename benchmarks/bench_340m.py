@@ -1,7 +1,7 @@
 """Throughput and MFU of a 340M hybrid (default GLA 6:1, T=2048) under the settings that raise MFU.
 
 Each configuration builds the model fresh, trains ``--steps`` timed steps of ``hyla train``'s step
-(`hyla.proxy_train.trainer.Trainer`: bf16 autocast, fused AdamW, grad clip) after ``--warmup`` untimed ones, and
+(`hyla.proxy_train.train.trainer.Trainer`: bf16 autocast, fused AdamW, grad clip) after ``--warmup`` untimed ones, and
 records tokens/s, MFU (FLOPs/token from ``hyla.space.cost.flops_per_token``, peak 989 TFLOP/s dense bf16 on
 H100/H200) and peak memory. Configurations (``--configs``, comma separated):
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from hyla.proxy_train.fullscale import peak_flops
-from hyla.proxy_train.fullscale_loop import build_model  # the model hyla train builds
-from hyla.proxy_train.trainer import MicroBatch, Trainer
+from hyla.proxy_train.train.full_spec import peak_flops
+from hyla.proxy_train.train.full_loop import build_model  # the model hyla train builds
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer
 from hyla.space.cost import flops_per_token
 from hyla.space.presets import load_layout
 
@@ -43,7 +43,7 @@ OUT = Path(__file__).resolve().parent / "results" / "bench_340m.json"
 
 
 def bench_one(layout_name: str, cfg: dict[str, Any], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    from hyla.proxy_train.fullscale import RunSpec
+    from hyla.proxy_train.train.full_spec import RunSpec
 
     layout = load_layout(layout_name)
     spec = RunSpec(layout=layout.to_dict(), scale="custom", tokens=10**9, seq_len=args.seq_len,

@@ -3,7 +3,7 @@
 Runs a set of layouts x seeds x budgets through the product's own proxy code, appending one JSONL record per
 (layout, seed, budget, variant) as it finishes, so the run can be split over several 10-minute commands (records
 already there are skipped). A probe-only proxy (``train_lm: false``, e.g. ``benchmarks/fidelity_gpu.yaml``) runs
-in this process through ``hyla.proxy_train.probe_runner.run_probes``, every (layout, seed, lr) of a budget side
+in this process through ``hyla.proxy_train.probe.runner.run_probes``, every (layout, seed, lr) of a budget side
 by side on the device (the probe's ``concurrent``); a proxy with an LM part runs ``run_proxy`` on ``--p`` of the
 product's Ray workers (``hyla.search.workers``, through ``common.run_jobs``). ``--analyze`` (also run after every
 run) computes (``fidelity_checks.py``):
@@ -98,7 +98,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 def variant_config(base: Any, overrides: dict[str, Any], seed: int, budget: int) -> Any:
     """The proxy of one job: ``base`` with the overrides, one seed, probe and LM steps x ``budget``."""
-    from hyla.proxy_train.train import ProxyConfig
+    from hyla.proxy_train.proxy.run import ProxyConfig
 
     data = base.to_dict()
     probe = dict(data.get("recall_probe") or {})
@@ -182,7 +182,7 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
     process, side by side on the device (``recall_probe.concurrent`` at a time); a record per (layout, seed) as
     soon as all its learning rates are done. Past ``--max-seconds`` no new probe starts."""
     import torch
-    from hyla.proxy_train.probe_runner import ProbeJob, best_of_lrs, run_probes
+    from hyla.proxy_train.probe.runner import ProbeJob, best_of_lrs, run_probes
     from hyla.space.cost import inference_memory
 
     dev = torch.device(args.device)
@@ -252,7 +252,7 @@ def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Dea
 def backfill_auc(records: list[dict[str, Any]], args: argparse.Namespace, variants: dict[str, Any]) -> None:
     """``recall_auc`` for records written before it was recorded: from their curve, with the step budget of
     their variant's config (``--proxy`` plus the variant given again with ``--variant``)."""
-    from hyla.proxy_train.recall_probe import curve_auc
+    from hyla.proxy_train.probe.config import curve_auc
 
     base = None
     for r in records:

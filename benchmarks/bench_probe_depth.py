@@ -74,8 +74,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_depth.json"))
     args = ap.parse_args()
     import torch
-    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
-    from hyla.proxy_train.recall_probe import RecallProbeConfig
+    from hyla.proxy_train.probe.runner import ProbeJob, run_probes
+    from hyla.proxy_train.probe.config import RecallProbeConfig
 
     if args.device == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))

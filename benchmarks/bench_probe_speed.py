@@ -31,7 +31,7 @@ def time_call(layouts: list[Any], probe: Any, k: int, device: str) -> dict[str, 
     import dataclasses
 
     import torch
-    from hyla.proxy_train.probe_runner import ProbeJob, run_probes
+    from hyla.proxy_train.probe.runner import ProbeJob, run_probes
 
     dev = torch.device(device)
     cfg = dataclasses.replace(probe, concurrent=k, eval_every=0, stop_at=1.0)
@@ -64,7 +64,7 @@ def main() -> int:
     import dataclasses
 
     from hyla.config import from_mapping
-    from hyla.proxy_train.recall_probe import RecallProbeConfig
+    from hyla.proxy_train.probe.config import RecallProbeConfig
 
     base = proxy_config(args.proxy).recall_probe
     layouts = load_layouts(args.layouts, args.scale)

@@ -79,7 +79,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from hyla.proxy_train.train import ProxyConfig, run_proxy
+    from hyla.proxy_train.proxy.run import ProxyConfig, run_proxy
 
     sets = parse_sets(args.set)
     if args.proxy is None:

@@ -33,9 +33,9 @@ def compile_counters() -> dict[str, Any]:
 def measure(layout: Any, probe: Any, r: int, steps: int, dev: Any, profile: bool) -> dict[str, Any]:
     """Build a stack of ``r`` replicas of ``layout`` and time ``steps`` steps (one check-free advance)."""
     import torch
-    from hyla.proxy_train.mixers.common import kernel_path, scan_chunk
-    from hyla.proxy_train.probe_runner import ProbeJob, _Stack
-    from hyla.proxy_train.recall_probe import LevelPool
+    from hyla.proxy_train.model.mixers.common import kernel_path, scan_chunk
+    from hyla.proxy_train.probe.runner import ProbeJob, _Stack
+    from hyla.proxy_train.probe.config import LevelPool
 
     pool = LevelPool(probe, layout.vocab_size, dev)
     jobs = [ProbeJob(layout, seed, probe.lrs[seed % len(probe.lrs)]) for seed in range(r)]
@@ -90,7 +90,7 @@ def main() -> int:
 
     import torch
     from hyla.config import from_mapping
-    from hyla.proxy_train.recall_probe import RecallProbeConfig
+    from hyla.proxy_train.probe.config import RecallProbeConfig
 
     dev = torch.device("cuda")
     base = proxy_config(args.proxy).recall_probe

@@ -177,7 +177,7 @@ def proxy_config(proxy: str, steps: int | None = None, tokens: int | None = None
                  sets: dict[str, Any] | None = None) -> Any:
     """A ``ProxyConfig`` from a preset/YAML with a step or token budget and field overrides."""
     from hyla.config import ConfigError
-    from hyla.proxy_train.train import ProxyConfig
+    from hyla.proxy_train.proxy.run import ProxyConfig
 
     if steps is not None and tokens is not None:
         raise ConfigError(f"budget: give --steps ({steps}) or --budget-tokens ({tokens}), not both")
@@ -190,7 +190,7 @@ def proxy_config(proxy: str, steps: int | None = None, tokens: int | None = None
 
 def check_device(device: str) -> None:
     """ConfigError (one line) now, in the parent, rather than one failed trial per worker later."""
-    from hyla.proxy_train.train import resolve_device
+    from hyla.proxy_train.proxy.run import resolve_device
 
     resolve_device(device)
 

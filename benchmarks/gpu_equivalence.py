@@ -1,7 +1,7 @@
 """GPU check of every token mixer: fla's Triton path against hyla's pure-PyTorch path, then training throughput.
 
 Part 1, equivalence (one layer at the ``small`` scale, d_model 256): for every kind in
-``hyla.proxy_train.mixers.MIXER_NAMES`` (7 linear kinds + ``attn``), the short-conv variants of GLA/HGRN/HGRN-2,
+``hyla.proxy_train.model.mixers.MIXER_NAMES`` (7 linear kinds + ``attn``), the short-conv variants of GLA/HGRN/HGRN-2,
 and one head-wise layer (``gla+a2``), build the module on CUDA and a weight-identical copy that runs the reference
 path (the linear mixers' ``_cpu_forward`` on the same CUDA tensors; modules without one, attention and head-wise,
 run the copy on the CPU). Compared, as max |a - b| / max |b| per tensor: the output, the input gradient, every
@@ -53,8 +53,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hyla.proxy_train.mixers import MIXER_NAMES, build_mixer
-from hyla.proxy_train.model import HylaLM
+from hyla.proxy_train.model.mixers import MIXER_NAMES, build_mixer
+from hyla.proxy_train.model.lm import HylaLM
 from hyla.space.layout import Layout
 from hyla.space.presets import get_scale, resolve_preset
 

@@ -4,7 +4,7 @@
 ``AutoModelForCausalLM.from_pretrained(export_dir)`` must work after it. So nothing is imported here: `install`
 puts a finder on ``sys.meta_path`` that waits for ``transformers.models.auto.configuration_auto`` (the module
 defining ``AutoConfig``, imported the first time any Auto class is touched) and, right after that module runs,
-registers `hyla.proxy_train.hf_config.HylaConfig` in it. The model class follows when the first `HylaConfig` is
+registers `hyla.proxy_train.model.hf_config.HylaConfig` in it. The model class follows when the first `HylaConfig` is
 built (see that module). When transformers' Auto module is already imported, `install` registers at once.
 
 Only the config is registered from the hook, never the model: fla imports transformers' Auto classes while it is
@@ -24,7 +24,7 @@ _TARGET = "transformers.models.auto.configuration_auto"
 
 
 def _register(module: ModuleType) -> None:
-    from hyla.proxy_train.hf_config import HylaConfig
+    from hyla.proxy_train.model.hf_config import HylaConfig
 
     module.AutoConfig.register("hyla", HylaConfig, exist_ok=True)
 

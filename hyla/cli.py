@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "proxy": ("hyla.proxy_train.cli", "train and score one proxy model (LM loss + recall suite)"),
     "search": ("hyla.search.cli", "run, resume and inspect an Optuna layout search on Ray"),
     "analysis": ("hyla.analysis.cli", "Pareto plots, study reports, exported configs, calibration"),
-    "train": ("hyla.proxy_train.fullscale_cli", "full-scale (340M / 1.3B) training of a layout on Ray Train"),
+    "train": ("hyla.proxy_train.train.cli", "full-scale (340M / 1.3B) training of a layout on Ray Train"),
 }
 
 

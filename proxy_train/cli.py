@@ -40,7 +40,7 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from hyla.proxy_train.train import ProxyConfig, run_proxy
+    from hyla.proxy_train.proxy.run import ProxyConfig, run_proxy
     from hyla.space.presets import load_layout
 
     config = ProxyConfig.load(args.config)

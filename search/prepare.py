@@ -86,8 +86,8 @@ def _check_objectives_scored(cfg: StudyConfig, proxies: list[dict[str, Any]]) ->
     """Every measured objective must be a score each rung's proxy fills (`ProxyConfig.scores`): e.g. ``lm_loss``
     needs an LM run, ``recall_auc`` the recall probe. Refused here, before any trial runs."""
     from hyla.metrics import METRICS
-    from hyla.proxy_train.proxy_config import SCORE_NEEDS
-    from hyla.proxy_train.train import ProxyConfig
+    from hyla.proxy_train.proxy.config import SCORE_NEEDS
+    from hyla.proxy_train.proxy.run import ProxyConfig
 
     for r, proxy in enumerate(proxies):
         scores = ProxyConfig.from_dict(proxy).scores
@@ -100,7 +100,7 @@ def _check_objectives_scored(cfg: StudyConfig, proxies: list[dict[str, Any]]) ->
 
 
 def _parse_proxy(proxy: Any, cfg: StudyConfig, where: str) -> dict[str, Any]:
-    from hyla.proxy_train.train import PRESETS, ProxyConfig
+    from hyla.proxy_train.proxy.run import PRESETS, ProxyConfig
 
     if isinstance(proxy, dict):
         pc = ProxyConfig.from_dict(proxy, where=where)
@@ -123,7 +123,7 @@ def _check_data_sources(pc: Any) -> None:
     Cheap checks only: a hub corpus is not streamed here (the worker reports it), a local path must exist, and
     the tokenizer is loaded (local files first; the hub only when reachable).
     """
-    from hyla.proxy_train.data import _LOCAL_SUFFIXES, get_tokenizer
+    from hyla.proxy_train.train.text import _LOCAL_SUFFIXES, get_tokenizer
 
     src = pc.text.source
     if src != "stdlib" and not Path(src).expanduser().exists() and (
@@ -263,10 +263,10 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
     if not picked:
         return []
     try:
-        from hyla.proxy_train.fullscale import run_spec_for, train_full
+        from hyla.proxy_train.train.full_spec import run_spec_for, train_full
     except ImportError as e:
         if console is not None:
-            console.print(f"[yellow]full-run specs skipped: hyla.proxy_train.fullscale unavailable ({e})[/]")
+            console.print(f"[yellow]full-run specs skipped: hyla.proxy_train.train.full_spec unavailable ({e})[/]")
         if fr.enabled:
             raise ConfigError(f"{cfg.where}: full_runs.enabled: the full-scale trainer cannot be imported: {e}") from None
         return []
@@ -299,7 +299,7 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
 def _stale(path: Path) -> bool:
     """A spec that no longer loads, e.g. one an older hyla wrote with the proxy's layout under ``scale: 340m``
     (refused by ``RunSpec.resolve_layout``): no job can run it, so it is rewritten."""
-    from hyla.proxy_train.fullscale import RunSpec
+    from hyla.proxy_train.train.full_spec import RunSpec
 
     try:
         RunSpec.load(path).resolve_layout()

@@ -97,7 +97,7 @@ class _ProxyWorkerImpl:
 
     def __init__(self, device: str | None = None) -> None:
         # Import the trainer once per process, not once per trial.
-        from hyla.proxy_train.train import ProxyConfig, run_proxy
+        from hyla.proxy_train.proxy.run import ProxyConfig, run_proxy
 
         self._config_cls = ProxyConfig
         self._run_proxy = run_proxy

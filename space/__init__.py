@@ -3,7 +3,7 @@
 from hyla.space.cost import (LayerMemory, MemoryReport, ParamCount, flops_per_token, inference_memory, layer_memory,
                              mixer_params, param_count)
 from hyla.space.layout import ALL_MIXERS, ATTN, LayerSpec, Layout
-from hyla.space.mixers import LINEAR_MIXERS, MIXER_KINDS, PAPER_MIXERS, MixerFormula, get_mixer_kind
+from hyla.space.mixer_kinds import LINEAR_MIXERS, MIXER_KINDS, PAPER_MIXERS, MixerFormula, get_mixer_kind
 from hyla.space.presets import SCALES, Scale, at_scale, attention_at, get_scale, load_layout, paper_grid, resolve_preset
 from hyla.space.search_space import SearchSpace, constraint_values, layout_to_params, load_space, suggest_layout
 

@@ -7,7 +7,7 @@ Everything follows the model structure of ``hyla/ARCHITECTURE.md`` exactly (pure
 - Whole attention layer: q ``d x (H hd)``, k, v ``d x (Hkv hd)``, o ``(H hd) x d``; no biases.
 - Head-wise layer (linear kind + ``k`` softmax heads): the fla linear layer at full width + an attention branch
   (q, k, v ``d x (k hd)``, o ``(k hd) x d``) + two branch RMSNorms ``d``.
-- Linear mixers: `hyla.space.mixers.MixerFormula` (closed forms checked against the fla layers in the tests).
+- Linear mixers: `hyla.space.mixer_kinds.MixerFormula` (closed forms checked against the fla layers in the tests).
 
 Memory of one sequence at context ``L`` (model dtype of ``b`` bytes): KV ``2 * heads * hd * min(L, window) * b``
 per softmax part; recurrent states fp32 (HGRN: model dtype); short-conv caches ``channels * W * b``.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from hyla.config import ConfigError
 from hyla.metrics import human_bytes  # noqa: F401  (re-exported: the one byte formatter lives in hyla.metrics)
 from hyla.space.layout import Layout, LayerSpec
-from hyla.space.mixers import MixerFormula, get_mixer_kind
+from hyla.space.mixer_kinds import MixerFormula, get_mixer_kind
 
 #: bytes per element of the model dtypes hyla runs in
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}

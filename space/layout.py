@@ -11,13 +11,13 @@ Each layer is a `LayerSpec`:
   overriding the kind's defaults (heads, expand ratios, short conv ...).
 - ``mixer=<linear kind>, attn_heads=k``: a head-wise hybrid layer: ``k`` of the layer's ``num_heads`` attention
   heads are softmax attention (own KV cache, optional sliding window) running beside the linear mixer on the
-  same input, outputs merged (see ``hyla.proxy_train.mixers.headwise``).
+  same input, outputs merged (see ``hyla.proxy_train.model.mixers.headwise``).
 
 Compact per-layer strings are accepted everywhere a layer is: ``"gla"``, ``"attn"``, ``"attn@512"`` (window
 512), ``"gla+a2"`` (GLA with 2 softmax heads), ``"gla+a2@256"``.
 
 Terminal tables show a layout as one letter per layer (`Layout.layer_string`, e.g. ``gNNA``): ``A`` softmax
-attention, a linear kind's capital letter (``hyla.space.mixers.MIXER_LETTERS``: ``G`` gla, ``N`` gdn ...), and the
+attention, a linear kind's capital letter (``hyla.space.mixer_kinds.MIXER_LETTERS``: ``G`` gla, ``N`` gdn ...), and the
 lower-case letter for a head-wise layer of that kind (``g`` = gla + softmax heads; hgrn2, whose letter is ``2``,
 uses ``h``). `letter_legend` explains the letters a table shows in one line.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError, check_keys, load_yaml, dump_yaml
-from hyla.space.mixers import HEADWISE_LETTERS, LINEAR_MIXERS, MIXER_KINDS, MIXER_LETTERS, get_mixer_kind
+from hyla.space.mixer_kinds import HEADWISE_LETTERS, LINEAR_MIXERS, MIXER_KINDS, MIXER_LETTERS, get_mixer_kind
 
 ATTN = "attn"
 #: Plot colour of softmax attention (red, it stands out); a linear kind's is `MixerKind.color`.
@@ -72,7 +72,7 @@ class LayerSpec:
     """One layer's token mixer.
 
     Attributes:
-        mixer: a linear mixer kind (see ``hyla.space.mixers.LINEAR_MIXERS``) or ``"attn"``.
+        mixer: a linear mixer kind (see ``hyla.space.mixer_kinds.LINEAR_MIXERS``) or ``"attn"``.
         attn_heads: for a linear mixer, how many of the layout's ``num_heads`` attention heads run softmax
             attention beside it (head-wise hybrid); 0 = pure linear layer. Ignored (must be 0) for ``"attn"``.
         window: sliding window of the softmax part in tokens (None = full causal attention).

@@ -2,7 +2,7 @@
 options by width, option validation, closed-form sizes, fla's own model).
 
 This module is pure Python (no torch) so that the search space and cost accounting are cheap to import.
-The torch modules live in ``hyla.proxy_train.mixers``, one module per kind named after it, whose class registers
+The torch modules live in ``hyla.proxy_train.model.mixers``, one module per kind named after it, whose class registers
 itself with ``@register_mixer("<name>")``; every kind here wraps the flash-linear-attention (fla) layer named in
 ``fla_class`` and its options are that layer's constructor arguments (``hidden_size``/``layer_idx``/``mode`` are
 filled in by hyla).
@@ -49,7 +49,7 @@ class MixerKind:
 
     Attributes:
         name: registry key (``gla``, ``gdn`` ...); the torch class is ``@register_mixer(name)`` in
-            ``hyla.proxy_train.mixers.<name>``.
+            ``hyla.proxy_train.model.mixers.<name>``.
         letter: one letter for layer diagrams (a whole layer of this kind).
         color: plot colour of the kind (report diagrams), ``#rrggbb``.
         fla_class: the fla layer class (in ``fla.layers``) whose parameters hyla's module owns.

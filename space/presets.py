@@ -7,7 +7,7 @@ Preset names (``resolve_preset``)::
     <mixer>-at<i>,<j>,...[@<scale>]           attention exactly at 0-based layers i, j, ... e.g. gla-at3,11@tiny
     transformer[@<scale>]                     all layers softmax attention
 
-``<mixer>`` is a linear kind (``hyla.space.mixers.LINEAR_MIXERS``), ``<scale>`` one of ``SCALES`` (default 340m).
+``<mixer>`` is a linear kind (``hyla.space.mixer_kinds.LINEAR_MIXERS``), ``<scale>`` one of ``SCALES`` (default 340m).
 
 Placement conventions for a ratio ``r:1`` over ``n`` layers (0-based indices):
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hyla.config import ConfigError
 from hyla.space.layout import ATTN, LayerSpec, Layout
-from hyla.space.mixers import LINEAR_MIXERS, PAPER_MIXERS, get_mixer_kind
+from hyla.space.mixer_kinds import LINEAR_MIXERS, PAPER_MIXERS, get_mixer_kind
 
 
 @dataclass(frozen=True, slots=True)

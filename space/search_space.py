@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hyla.space.cost import dtype_bytes, inference_memory, param_count
 from hyla.space.layout import ATTN, LayerSpec, Layout
-from hyla.space.mixers import LINEAR_MIXERS, get_mixer_kind
+from hyla.space.mixer_kinds import LINEAR_MIXERS, get_mixer_kind
 from hyla.space.presets import PAPER_RATIOS, attention_indices, get_scale
 
 PLACEMENTS: tuple[str, ...] = ("uniform_last", "uniform_first", "middle", "free")

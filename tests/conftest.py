@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hyla.space.layout import Layout
-from hyla.space.mixers import LINEAR_MIXERS
+from hyla.space.mixer_kinds import LINEAR_MIXERS
 
 
 def tiny_layout(*layers: str, d_model: int = 32, vocab_size: int = 512, num_heads: int = 2,

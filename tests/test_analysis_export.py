@@ -41,7 +41,7 @@ def _check_common(out: Path, trial) -> Layout:
     model = AutoModelForCausalLM.from_config(cfg)
     assert sum(p.numel() for p in model.parameters()) == trial.result["params"]
 
-    from hyla.proxy_train.fullscale import RunSpec
+    from hyla.proxy_train.train.full_spec import RunSpec
 
     spec = RunSpec.load(out / "full_run.yaml")
     assert spec.scale == "340m"

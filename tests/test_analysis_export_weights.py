@@ -43,8 +43,8 @@ def save_run(run_dir: Path, layout: dict, step: int = 7, seed: int = 0) -> torch
     so a swapped name shows in the logits."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, RunSpec
-    from hyla.proxy_train.fullscale_loop import build_model
+    from hyla.proxy_train.train.full_spec import CKPT_META, CKPT_STATE, RunSpec
+    from hyla.proxy_train.train.full_loop import build_model
 
     spec = RunSpec.from_dict({"layout": layout, "scale": "custom", "tokens": 4096, "seq_len": 64,
                               "global_batch_tokens": 256, "micro_batch": 4, "tokenizer": "byte",
@@ -200,7 +200,7 @@ def test_checkpoint_sources_and_refusals(tmp_path: Path) -> None:
     assert load_run_weights(tmp_path / "run").step == 7
     assert load_run_weights(ckpt7 / "state.pt").source == ckpt7
     # A saved HF model directory (what a finished run leaves in model/) loads as well.
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     hf = HylaForCausalLM(HylaConfig(layout=tiny(("gla", "attn"))))
     hf.load_state_dict(model.state_dict())

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hyla.proxy_train.recall_probe import curve_auc
+from hyla.proxy_train.probe.config import curve_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -43,7 +43,7 @@ def test_analysis_on_hand_made_records() -> None:
 
 
 def test_variant_config_scales_the_probe_budget() -> None:
-    from hyla.proxy_train.proxy_config import ProxyConfig
+    from hyla.proxy_train.proxy.config import ProxyConfig
 
     base = ProxyConfig.load(str(ROOT / "benchmarks" / "fidelity_cpu.yaml"))
     name, over = fidelity.parse_variant("long:recall_probe.steps=50;recall_probe.lrs=[0.002]")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.data import (
+from hyla.proxy_train.train.text import (
     ByteTokenizer, TextConfig, get_tokenizer, hub_cache_path, load_documents, pack_documents, pack_tokens,
     split_text_file,
 )
@@ -174,7 +174,7 @@ def test_pack_shapes_and_counts() -> None:
 def test_shard_stream_is_one_seeded_order_for_proxies_and_full_runs() -> None:
     """Sample i is row perm(epoch)[i % n], whatever the draw sizes; a restored cursor resumes the exact stream."""
     import torch
-    from hyla.proxy_train.proxy_data import ShardStream
+    from hyla.proxy_train.train.stream import ShardStream
 
     windows = torch.arange(7 * 3).view(7, 3)
 

@@ -1,11 +1,11 @@
-"""The one evaluator (`hyla.proxy_train.evaluate`) that proxies, the recall suite and full runs score with."""
+"""The one evaluator (`hyla.proxy_train.train.evaluate`) that proxies, the recall suite and full runs score with."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from hyla.proxy_train.evaluate import autocast_logits, level_accuracy, lm_loss
+from hyla.proxy_train.train.evaluate import autocast_logits, level_accuracy, lm_loss
 from hyla.proxy_train.tasks.common import IGNORE, span_exact_match
 
 

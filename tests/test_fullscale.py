@@ -18,8 +18,8 @@ import yaml
 
 from hyla.cli import main
 from hyla.config import ConfigError
-from hyla.proxy_train.fullscale import RunSpec, find_latest_checkpoint, run_spec_for
-from hyla.proxy_train.fullscale_loop import ShardStream, lr_lambda
+from hyla.proxy_train.train.full_spec import RunSpec, find_latest_checkpoint, run_spec_for
+from hyla.proxy_train.train.full_loop import ShardStream, lr_lambda
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HYLA_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
@@ -189,8 +189,8 @@ def _kill_resume_export(tmp_path: Path, spec: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    import hyla.proxy_train.hf  # noqa: F401  (registers model_type "hyla")
-    from hyla.proxy_train.data import get_tokenizer, load_documents, pack_tokens
+    import hyla.proxy_train.model.hf  # noqa: F401  (registers model_type "hyla")
+    from hyla.proxy_train.train.text import get_tokenizer, load_documents, pack_tokens
 
     model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     _, val = load_documents(RunSpec.load(out / "spec.yaml").text)

@@ -12,7 +12,7 @@ import yaml
 
 from hyla.cli import main
 from hyla.config import ConfigError
-from hyla.proxy_train.fullscale import RunSpec, run_spec_for
+from hyla.proxy_train.train.full_spec import RunSpec, run_spec_for
 from hyla.space.layout import Layout
 from hyla.space.presets import get_scale, resolve_preset
 

@@ -45,10 +45,10 @@ class Allowed:
 EXCEPTIONS = (
     Allowed("hyla.cli", "*cli", True,
             "the `hyla` command dispatches to every package's cli module (hyla.<pkg>.cli, "
-            "hyla.proxy_train.fullscale_cli; by name through importlib) and hands analysis code to lower commands "
+            "hyla.proxy_train.train.cli; by name through importlib) and hands analysis code to lower commands "
             "(search run's Pareto HTML): it sits above every package although it lives in hyla/, and imports "
             "lazily so that `hyla --help` stays fast"),
-    Allowed("hyla._hf_auto", "hyla.proxy_train.hf_config", True,
+    Allowed("hyla._hf_auto", "hyla.proxy_train.model.hf_config", True,
             "`import hyla` registers model_type 'hyla' with transformers' Auto classes: the hook imports "
             "HylaConfig only when transformers' configuration_auto loads"),
 )
@@ -236,13 +236,13 @@ def _graph() -> tuple[dict[str, Path], list[Import]]:
 def test_walker_sees_the_packages() -> None:
     """Guards the checks below against passing vacuously (a moved package, a broken walker)."""
     modules, imports = _graph()
-    for name in ("hyla.config", "hyla.cli", "hyla.space.layout", "hyla.proxy_train.mixers.gla",
+    for name in ("hyla.config", "hyla.cli", "hyla.space.layout", "hyla.proxy_train.model.mixers.gla",
                  "hyla.proxy_train.tasks.mqar", "hyla.search.study", "hyla.analysis.plots"):
         assert name in modules, name
     edges = {(i.importer, i.module, i.lazy) for i in imports}
     assert ("hyla.search.study", "hyla.search.config", False) in edges
     assert ("hyla.space.layout", "hyla.space.presets", True) in edges  # inside a method
-    assert ("hyla._hf_auto", "hyla.proxy_train.hf_config", True) in edges
+    assert ("hyla._hf_auto", "hyla.proxy_train.model.hf_config", True) in edges
     assert ("hyla", "hyla._hf_auto", False) in edges  # `from hyla import _hf_auto` is the submodule
 
 
@@ -279,7 +279,7 @@ def test_rules_catch_violations() -> None:
     ok = Import("hyla.analysis.report", "hyla.search.storage", fake, 3, False)
     bad = layer_violations([up, top, ok])
     assert len(bad) == 2 and "hyla.search.cli" in bad[0] and "hyla.analysis.plots" in bad[0] and "hyla.cli" in bad[1]
-    assert layer_violations([Import("hyla._hf_auto", "hyla.proxy_train.hf_config", fake, 1, False)])  # lazy only
+    assert layer_violations([Import("hyla._hf_auto", "hyla.proxy_train.model.hf_config", fake, 1, False)])  # lazy only
     assert not layer_violations([Import("hyla.cli", "hyla.analysis.cli", fake, 1, True)])
     assert layer_violations([Import("hyla.cli", "hyla.analysis.plots", fake, 1, True)])
     a, b, c = "hyla.proxy_train.a", "hyla.proxy_train.b", "hyla.proxy_train.c"

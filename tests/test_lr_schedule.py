@@ -1,4 +1,4 @@
-"""The one LR schedule (`hyla.proxy_train.lr_schedule`) gives every call site exactly what it gave before (issue 17).
+"""The one LR schedule (`hyla.proxy_train.train.schedule`) gives every call site exactly what it gave before (issue 17).
 
 Until issue 17 the schedule was written three times: ``lr_at`` (proxy LM runs), ``lr_lambda`` (full runs, under
 torch's ``LambdaLR``) and ``wsd_lr`` (recall probes). The values below were computed by those three old functions
@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from hyla.proxy_train import lr_schedule
-from hyla.proxy_train.fullscale_loop import lr_lambda
-from hyla.proxy_train.proxy_config import ProxyConfig, lr_at
-from hyla.proxy_train.recall_probe import wsd_lr as recall_probe_wsd_lr
+from hyla.proxy_train.train import schedule as lr_schedule
+from hyla.proxy_train.train.full_loop import lr_lambda
+from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
+from hyla.proxy_train.probe.config import wsd_lr as recall_probe_wsd_lr
 
 STEPS = [0, 1, 4, 9, 10, 11, 50, 81, 82, 83, 90, 99, 100, 150]
 
@@ -120,8 +120,8 @@ def test_proxies_and_full_runs_refuse_the_same_optimizer_settings(field: str, va
                                                                  full_name: str) -> None:
     """One check (`TrainConfig.check_training`) for both configs: one line naming the field as each spells it."""
     from hyla.config import ConfigError
-    from hyla.proxy_train.fullscale import RunSpec
-    from hyla.proxy_train.proxy_config import ProxyConfig
+    from hyla.proxy_train.train.full_spec import RunSpec
+    from hyla.proxy_train.proxy.config import ProxyConfig
 
     with pytest.raises(ConfigError, match=rf"^proxy config\.{proxy_name}: .* must "):
         ProxyConfig.from_dict({"preset": "tiny", proxy_name: value})
@@ -132,8 +132,8 @@ def test_proxies_and_full_runs_refuse_the_same_optimizer_settings(field: str, va
 def test_full_runs_and_proxies_share_one_config_and_schedule() -> None:
     """`RunSpec` and `ProxyConfig` are one `TrainConfig` hierarchy: a full run takes the proxies' warmup-stable-decay
     schedule through the same ``decay_fraction`` field, and the same values come out of both loops' schedules."""
-    from hyla.proxy_train.fullscale import RunSpec
-    from hyla.proxy_train.train_config import TrainConfig
+    from hyla.proxy_train.train.full_spec import RunSpec
+    from hyla.proxy_train.train.config import TrainConfig
 
     spec = RunSpec.from_dict({"layout": "gla-6:1", "tokens": 100 * 524_288, "warmup_steps": 10, "lr": 3e-3,
                               "decay_fraction": 0.2, "min_lr_ratio": 0.1})

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyla.proxy_train.mixers import build_mixer
+from hyla.proxy_train.model.mixers import build_mixer
 from hyla.space.cost import layer_memory, mixer_params
 from hyla.space.layout import Layout
-from hyla.space.mixers import LINEAR_MIXERS
+from hyla.space.mixer_kinds import LINEAR_MIXERS
 
 D = 64
 T = 12  # prefill length; windows below are shorter so that trimming is exercised

@@ -1,4 +1,4 @@
-"""The mixer registry: every kind of ``hyla.space.mixers.MIXER_KINDS`` has a torch class registered under its name."""
+"""The mixer registry: every kind of ``hyla.space.mixer_kinds.MIXER_KINDS`` has a torch class registered under its name."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from hyla.space.layout import ATTN
-from hyla.space.mixers import LINEAR_MIXERS, MIXER_KINDS
+from hyla.space.mixer_kinds import LINEAR_MIXERS, MIXER_KINDS
 
 pytest.importorskip("fla.layers")
 
-from hyla.proxy_train.mixers import HEADWISE, MIXER_NAMES, mixer_class, register_mixer
-from hyla.proxy_train.mixers.common import FlaMixer
+from hyla.proxy_train.model.mixers import HEADWISE, MIXER_NAMES, mixer_class, register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer
 
 
 @pytest.mark.parametrize("name", LINEAR_MIXERS)
@@ -30,8 +30,8 @@ def test_every_kind_is_complete(name: str) -> None:
 
 
 def test_attention_and_headwise_are_registered() -> None:
-    from hyla.proxy_train.mixers.attention import SoftmaxAttention
-    from hyla.proxy_train.mixers.headwise import HeadwiseHybrid
+    from hyla.proxy_train.model.mixers.attention import SoftmaxAttention
+    from hyla.proxy_train.model.mixers.headwise import HeadwiseHybrid
 
     assert MIXER_NAMES == (ATTN, *LINEAR_MIXERS)
     assert mixer_class(ATTN) is SoftmaxAttention and mixer_class(HEADWISE) is HeadwiseHybrid
@@ -50,7 +50,7 @@ def test_refusals() -> None:
 
 def test_package_import_is_lazy() -> None:
     """Importing the package (and the registry) imports no mixer module, hence not fla."""
-    code = ("import sys, hyla.proxy_train.mixers; "
-            "print(sorted(m for m in sys.modules if m.startswith(('fla', 'hyla.proxy_train.mixers.'))))")
+    code = ("import sys, hyla.proxy_train.model.mixers; "
+            "print(sorted(m for m in sys.modules if m.startswith(('fla', 'hyla.proxy_train.model.mixers.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['hyla.proxy_train.mixers.registry']"
+    assert out.strip() == "['hyla.proxy_train.model.mixers.registry']"

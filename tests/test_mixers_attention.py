@@ -9,9 +9,9 @@ import torch
 
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
-from hyla.proxy_train.mixers import build_mixer
-from hyla.proxy_train.mixers.attention import SoftmaxAttention, apply_rope, rope_cos_sin
-from hyla.proxy_train.mixers.common import state_nbytes
+from hyla.proxy_train.model.mixers import build_mixer
+from hyla.proxy_train.model.mixers.attention import SoftmaxAttention, apply_rope, rope_cos_sin
+from hyla.proxy_train.model.mixers.common import state_nbytes
 
 D = 32
 
@@ -141,7 +141,7 @@ def _headwise(layer: str) -> tuple[Layout, torch.nn.Module]:
 
 @pytest.mark.parametrize("layer", HEADWISE)
 def test_headwise_shapes_causal_and_decode(layer: str) -> None:
-    from hyla.proxy_train.mixers.headwise import HeadwiseHybrid
+    from hyla.proxy_train.model.mixers.headwise import HeadwiseHybrid
 
     torch.manual_seed(0)
     lay, m = _headwise(layer)
@@ -167,7 +167,7 @@ def test_headwise_shapes_causal_and_decode(layer: str) -> None:
 
 @pytest.mark.parametrize("layer", HEADWISE[:2])
 def test_headwise_params_and_merge(layer: str) -> None:
-    from hyla.proxy_train.mixers import mixer_class
+    from hyla.proxy_train.model.mixers import mixer_class
 
     lay, m = _headwise(layer)
     k, hd = lay.layers[1].attn_heads, lay.head_dim

@@ -12,14 +12,14 @@ from fla.ops.hgrn.naive import naive_recurrent_hgrn
 from fla.ops.retention.naive import naive_retention
 
 from hyla.config import ConfigError
-from hyla.proxy_train.mixers import build_mixer, mixer_class
-from hyla.proxy_train.mixers.common import from_fla_cache, short_conv, state_nbytes, to_fla_cache
-from hyla.proxy_train.mixers.gla import GLAMixer
-from hyla.proxy_train.mixers.retnet import parallel_retention, retention_log_decay
-from hyla.proxy_train.mixers.scans import chunk_diag_scan, chunk_gated_linear_attn
+from hyla.proxy_train.model.mixers import build_mixer, mixer_class
+from hyla.proxy_train.model.mixers.common import from_fla_cache, short_conv, state_nbytes, to_fla_cache
+from hyla.proxy_train.model.mixers.gla import GLAMixer
+from hyla.proxy_train.model.mixers.retnet import parallel_retention, retention_log_decay
+from hyla.proxy_train.model.mixers.scans import chunk_diag_scan, chunk_gated_linear_attn
 from hyla.space.cost import layer_memory, mixer_params
 from hyla.space.layout import Layout
-from hyla.space.mixers import get_mixer_kind
+from hyla.space.mixer_kinds import get_mixer_kind
 
 D = 64
 # (kind, option overrides): every kind, short conv on and off where the kind has it, several head layouts

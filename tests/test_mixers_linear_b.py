@@ -12,11 +12,11 @@ from fla.ops.delta_rule.naive import delta_rule_recurrence
 from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
 
 from hyla.config import ConfigError
-from hyla.proxy_train.mixers import build_mixer
-from hyla.proxy_train.mixers.deltanet import l2norm
-from hyla.proxy_train.mixers.scans import chunk_delta_rule
-from hyla.proxy_train.mixers.gdn import gdn_log_decay
-from hyla.proxy_train.mixers.mamba2 import chunk_scalar_decay_scan
+from hyla.proxy_train.model.mixers import build_mixer
+from hyla.proxy_train.model.mixers.deltanet import l2norm
+from hyla.proxy_train.model.mixers.scans import chunk_delta_rule
+from hyla.proxy_train.model.mixers.gdn import gdn_log_decay
+from hyla.proxy_train.model.mixers.mamba2 import chunk_scalar_decay_scan
 from hyla.space.layout import Layout
 
 D = 64

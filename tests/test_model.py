@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_layout
-from hyla.proxy_train.model import HylaLM, greedy_decode
+from hyla.proxy_train.model.lm import HylaLM, greedy_decode
 from hyla.space.cost import param_count
 
 
@@ -82,7 +82,7 @@ def test_bad_states_length(attn_layout) -> None:
 def test_hf_round_trip_and_generate(tmp_path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     torch.manual_seed(0)
     layout = _mixed_layout()
@@ -108,7 +108,7 @@ def test_hf_round_trip_and_generate(tmp_path) -> None:
 def test_hf_losses_from_labels_and_shift_labels() -> None:
     """``labels`` (shifted inside, HF convention) and ``shift_labels`` (a training loop's aligned targets) give the
     plain next-token cross entropy; off CUDA the fused-loss flag falls back to it and keeps the logits."""
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     torch.manual_seed(0)
     layout = _mixed_layout()
@@ -127,7 +127,7 @@ def test_hf_losses_from_labels_and_shift_labels() -> None:
 def test_fused_linear_cross_entropy_matches_the_plain_loss_on_cuda() -> None:
     """``fuse_linear_cross_entropy`` (``RunSpec.fused_loss``, hyla train): fla's chunked loss, no logits tensor,
     equals the plain cross entropy under bf16 autocast: loss and gradients."""
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     layout = _mixed_layout()
     ids = torch.randint(0, 256, (4, 129), device="cuda")
@@ -149,7 +149,7 @@ def test_fused_linear_cross_entropy_matches_the_plain_loss_on_cuda() -> None:
 def test_cache_reorder_selects_rows_of_every_state() -> None:
     """``HylaCache.reorder_cache`` (beam search) on linear, attention and head-wise states: the cache of a
     reordered batch equals the cache built from the reordered prompts."""
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
 
     torch.manual_seed(0)
     model = HylaForCausalLM(HylaConfig(layout=_mixed_layout())).eval()

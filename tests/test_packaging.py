@@ -58,8 +58,8 @@ def _source_copy(tmp_path: Path) -> Path:
 
 
 def _imported_files(py: Path, cwd: Path, env: dict[str, str]) -> list[Path]:
-    code = ("import json, hyla, hyla.space, hyla.proxy_train.mixers, hyla.search, hyla.analysis as a;"
-            "print(json.dumps([m.__file__ for m in (hyla, hyla.space, hyla.proxy_train.mixers, hyla.search, a)]))")
+    code = ("import json, hyla, hyla.space, hyla.proxy_train.model.mixers, hyla.search, hyla.analysis as a;"
+            "print(json.dumps([m.__file__ for m in (hyla, hyla.space, hyla.proxy_train.model.mixers, hyla.search, a)]))")
     out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=cwd, env=env)
     return [Path(p).resolve() for p in json.loads(out.stdout)]
 
@@ -69,7 +69,7 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
                     "-w", str(tmp_path / "dist"), str(_source_copy(tmp_path))], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("hyla-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("hyla/cli.py", "hyla/space/layout.py", "hyla/proxy_train/mixers/__init__.py",
+    for expected in ("hyla/cli.py", "hyla/space/layout.py", "hyla/proxy_train/model/mixers/__init__.py",
                      "hyla/search/__init__.py", "hyla/analysis/__init__.py"):
         assert expected in names
     env_dir, env = _venv(tmp_path)
@@ -91,5 +91,5 @@ def test_editable_install_maps_folders(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps",
                     "--no-build-isolation", "-e", str(ROOT)], check=True, cwd=tmp_path)
     files = _imported_files(py, tmp_path, env)
-    expected = [ROOT / "hyla", ROOT / "space", ROOT / "proxy_train" / "mixers", ROOT / "search", ROOT / "analysis"]
+    expected = [ROOT / "hyla", ROOT / "space", ROOT / "proxy_train" / "model" / "mixers", ROOT / "search", ROOT / "analysis"]
     assert [f.parent for f in files] == [e.resolve() for e in expected]

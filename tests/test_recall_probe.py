@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from hyla.config import ConfigError
-from hyla.proxy_train.probe_runner import ProbeJob, run_probe, run_probes
-from hyla.proxy_train.recall_probe import (LevelPool, RecallProbeConfig, _PrevTokenEmbedding, curve_auc, probe_layout,
+from hyla.proxy_train.probe.runner import ProbeJob, run_probe, run_probes
+from hyla.proxy_train.probe.config import (LevelPool, RecallProbeConfig, _PrevTokenEmbedding, curve_auc, probe_layout,
                                            schedule, wsd_lr)
-from hyla.proxy_train.train import ProxyConfig, aggregate_seeds, run_proxy
+from hyla.proxy_train.proxy.run import ProxyConfig, aggregate_seeds, run_proxy
 from hyla.space.layout import Layout
 
 PROBE = {"seq_len": 16, "pairs": [1, 2], "steps": 6, "batch_size": 4, "eval_every": 3, "eval_examples": 8, "warmup": 1}
@@ -158,7 +158,7 @@ def test_aggregate_keeps_the_failed_seed_status() -> None:
 
 def test_probe_stops_once_every_level_is_solved(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first check with every level at ``stop_at`` (and all levels admitted) ends the probe early."""
-    from hyla.proxy_train import probe_runner
+    from hyla.proxy_train.probe import runner as probe_runner
 
     monkeypatch.setattr(probe_runner._Stack, "score", lambda self, x, y: torch.ones(len(self.jobs), len(self.pool.levels)))
     cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
@@ -185,8 +185,8 @@ def test_replica_adamw_matches_torch_adamw() -> None:
     """The stacked optimizer (per-replica clipping and lr) takes torch.optim.AdamW's steps, replica by replica.
     The vectorised forward differs from a lone model's in the last bits, which Adam's normalisation amplifies
     where a gradient is near 0: eps 1e-3 keeps every update a smooth function of the gradient."""
-    from hyla.proxy_train.model import HylaLM
-    from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+    from hyla.proxy_train.model.lm import HylaLM
+    from hyla.proxy_train.probe.replicas import ReplicaStack, replica_losses
 
     lay, cpu = _layout(("gla", "gla")), torch.device("cpu")
     stack = ReplicaStack(lay, [3, 4], 0.1, 0.1, cpu)
@@ -216,7 +216,7 @@ def test_compiled_blocks_train_like_the_vmapped_model() -> None:
     embedding (with the probe's previous-token hook) and the head around them, and HGRN-2's forget-gate lower
     bounds from the LM's table: same losses and steps as the one vmapped forward. One compile per spec (gla, attn,
     bounded hgrn2), about 30 s on two CPU cores."""
-    from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+    from hyla.proxy_train.probe.replicas import ReplicaStack, replica_losses
 
     lay, cpu = _layout(("gla", "attn", "hgrn2", "hgrn2")), torch.device("cpu")
 
@@ -246,7 +246,7 @@ def test_compiled_blocks_train_like_the_vmapped_model() -> None:
 
 def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Early stopping is per replica: the solved one keeps its weights from the check on, the other trains on."""
-    from hyla.proxy_train import probe_runner
+    from hyla.proxy_train.probe import runner as probe_runner
 
     def score(self: probe_runner._Stack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         acc = torch.zeros(len(self.jobs), len(self.pool.levels))
@@ -266,8 +266,8 @@ def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.Monk
                                                         "blocks.0.mlp.down_proj.weight",
                                                         "blocks.1.mlp.down_proj.weight"})])
 def test_zero_init_zeroes_the_chosen_residual_outputs(which: str, zeroed: set[str]) -> None:
-    from hyla.proxy_train.model import HylaLM
-    from hyla.proxy_train.recall_probe import zero_residual_outputs
+    from hyla.proxy_train.model.lm import HylaLM
+    from hyla.proxy_train.probe.config import zero_residual_outputs
 
     model = HylaLM(_layout(("gla", "attn")))
     zero_residual_outputs(model, which)
@@ -277,7 +277,7 @@ def test_zero_init_zeroes_the_chosen_residual_outputs(which: str, zeroed: set[st
 
 
 def test_tf32_only_while_probes_run_in_fp32() -> None:
-    from hyla.proxy_train.probe_runner import _tf32
+    from hyla.proxy_train.probe.runner import _tf32
 
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -301,8 +301,8 @@ def test_stacked_probe_steps_on_cuda_match_cpu(compiled: bool) -> None:
     path itself, step by step. (First run on an H200: at lrs 1e-2/3e-3 the 1e-2 replica's losses drifted 0.75 %
     apart by step 10, fp32 reduction order amplified by training; hence lrs 3e-3/1e-3 and a first-step gradient
     check, which no training can amplify.)"""
-    from hyla.proxy_train.mixers.common import kernel_path, scan_chunk
-    from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+    from hyla.proxy_train.model.mixers.common import kernel_path, scan_chunk
+    from hyla.proxy_train.probe.replicas import ReplicaStack, replica_losses
 
     lay = _layout(("gla", "attn", "gdn", "retnet", "hgrn2", "deltanet", "hgrn"))
     x = torch.randint(0, lay.vocab_size, (2, 4, 64))

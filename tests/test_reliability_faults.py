@@ -2,7 +2,7 @@
 
 Faults are injected into the REAL worker processes with a test-only ``sitecustomize`` module (source below, written
 to a temp dir) put on the workers' ``PYTHONPATH`` through ``run_search(worker_env=...)``: it wraps the proxy
-trainer's training loop (`hyla.proxy_train.train._Loop.run`) and, per run, takes the next action from a plan
+trainer's training loop (`hyla.proxy_train.proxy.run._Loop.run`) and, per run, takes the next action from a plan
 file shared by all workers (under a file lock):
 
 - ``run``: train normally (also what happens once the plan is empty);
@@ -41,7 +41,7 @@ if _DIR:
     import time
 
     import torch
-    from hyla.proxy_train import train as _train
+    from hyla.proxy_train.proxy import run as _train
 
     _orig_run = _train._Loop.run
 

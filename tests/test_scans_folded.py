@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hyla.proxy_train.mixers import scans
-from hyla.proxy_train.mixers.common import kernel_path
-from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+from hyla.proxy_train.model.mixers import scans
+from hyla.proxy_train.model.mixers.common import kernel_path
+from hyla.proxy_train.probe.replicas import ReplicaStack, replica_losses
 from hyla.space.layout import Layout
 from torch.func import vmap
 

@@ -44,7 +44,7 @@ _DIR, _ROLE = os.environ.get("HYLA_TEST_CLUSTER_DIR"), os.environ.get("HYLA_TEST
 if _DIR and _ROLE:
     import time
 
-    from hyla.proxy_train import train as _train
+    from hyla.proxy_train.proxy import run as _train
 
     _orig_run = _train._Loop.run
 

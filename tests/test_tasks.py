@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.data import get_tokenizer
+from hyla.proxy_train.train.text import get_tokenizer
 from hyla.proxy_train.tasks import (
     IGNORE, MQAR, FuzzyRecall, InContextRecall, Memorization, NeedleTask, NoisyRecall, RecallSuite, RecallTaskSpec,
     SelectiveCopying, VariableTracking, span_exact_match,

@@ -10,8 +10,8 @@ import torch
 
 from conftest import tiny_layout
 from hyla.config import ConfigError
-from hyla.proxy_train import train as T
-from hyla.proxy_train.train import ProxyConfig, ProxyResult, run_proxy
+from hyla.proxy_train.proxy import run as T
+from hyla.proxy_train.proxy.run import ProxyConfig, ProxyResult, run_proxy
 
 TEXT = {"source": "stdlib", "max_docs": 30}
 MQAR = [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": 2}}]

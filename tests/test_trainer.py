@@ -1,4 +1,4 @@
-"""The one training step (`hyla.proxy_train.trainer`): accumulation, the lr of each step, the finite check, the
+"""The one training step (`hyla.proxy_train.train.trainer`): accumulation, the lr of each step, the finite check, the
 loss mix, the meter, FSDP's clip (two gloo ranks on the CPU); and a full run's loop on it (in-process, Ray Train's
 worker API faked) stopping on NaN."""
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_layout
-from hyla.proxy_train.lr_schedule import wsd_lr
-from hyla.proxy_train.model import HylaLM
+from hyla.proxy_train.train.schedule import wsd_lr
+from hyla.proxy_train.model.lm import HylaLM
 from hyla.proxy_train.tasks.common import IGNORE
-from hyla.proxy_train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
 
 CPU = torch.device("cpu")
 
@@ -84,8 +84,8 @@ def test_no_sync_on_every_micro_batch_but_the_last() -> None:
 
 
 def test_the_lr_of_each_step_is_the_schedule() -> None:
-    from hyla.proxy_train.fullscale_loop import lr_lambda
-    from hyla.proxy_train.train import ProxyConfig, lr_at
+    from hyla.proxy_train.train.full_loop import lr_lambda
+    from hyla.proxy_train.proxy.run import ProxyConfig, lr_at
 
     total, model = 12, _model()
     cfg = ProxyConfig.from_dict({"steps": total, "warmup": 3, "lr": 2e-3, "decay_fraction": 0.5, "device": "cpu"})
@@ -228,9 +228,9 @@ def _fake_ray_train(monkeypatch: pytest.MonkeyPatch, store: Path) -> None:
 
 def test_full_run_stops_on_a_non_finite_loss_without_checkpointing_it(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from hyla.proxy_train import hf
-    from hyla.proxy_train.fullscale import RunSpec
-    from hyla.proxy_train.fullscale_loop import train_loop_per_worker
+    from hyla.proxy_train.model import hf
+    from hyla.proxy_train.train.full_spec import RunSpec
+    from hyla.proxy_train.train.full_loop import train_loop_per_worker
 
     _fake_ray_train(monkeypatch, tmp_path / "ckpts")
     real, calls = hf.HylaForCausalLM.forward, {"n": 0}

@@ -3,7 +3,7 @@
 Importing this module registers both with ``AutoConfig`` and ``AutoModelForCausalLM``; ``import hyla`` alone is
 enough too (`hyla._hf_auto` registers the config lazily, and the first `HylaConfig` built imports this module), so
 a saved run loads with ``import hyla`` then ``AutoModelForCausalLM.from_pretrained(dir)``. `HylaConfig` lives in
-`hyla.proxy_train.hf_config` (no torch/fla) and is re-exported here. The config carries the whole `Layout` as a
+`hyla.proxy_train.model.hf_config` (no torch/fla) and is re-exported here. The config carries the whole `Layout` as a
 plain dict (``Layout.to_dict()``), so the checkpoint is self-describing.
 
 Generation: hyla's mixers keep one state per layer (KV caches for softmax heads, recurrent + conv states for linear
@@ -22,9 +22,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from hyla.proxy_train.hf_config import HylaConfig
-from hyla.proxy_train.model import HylaLM, LayerState
-from hyla.proxy_train.trainer import token_loss
+from hyla.proxy_train.model.hf_config import HylaConfig
+from hyla.proxy_train.model.lm import HylaLM, LayerState
+from hyla.proxy_train.train.trainer import token_loss
 
 __all__ = ["HylaCache", "HylaConfig", "HylaForCausalLM"]
 

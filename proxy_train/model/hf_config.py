@@ -3,7 +3,7 @@
 This module needs transformers' ``PretrainedConfig`` and hyla's `Layout` only (no fla, no hyla mixers), so
 `hyla._hf_auto` can register it with ``AutoConfig`` as soon as transformers' Auto module loads, at no cost to
 ``import hyla``. The model class is registered lazily: building the first `HylaConfig` imports
-``hyla.proxy_train.hf``, which registers `HylaForCausalLM` with ``AutoModelForCausalLM``. That happens inside
+``hyla.proxy_train.model.hf``, which registers `HylaForCausalLM` with ``AutoModelForCausalLM``. That happens inside
 ``AutoModelForCausalLM.from_pretrained``/``from_config`` before the model class is looked up, so ``import hyla``
 is enough for both (``tests/test_hf_auto.py``).
 """
@@ -19,9 +19,9 @@ from hyla.space.layout import Layout
 
 
 def _register_model_class() -> None:
-    """Import ``hyla.proxy_train.hf`` (torch, fla, hyla's mixers) once; it registers `HylaForCausalLM`."""
-    if "hyla.proxy_train.hf" not in sys.modules:
-        import hyla.proxy_train.hf  # noqa: F401
+    """Import ``hyla.proxy_train.model.hf`` (torch, fla, hyla's mixers) once; it registers `HylaForCausalLM`."""
+    if "hyla.proxy_train.model.hf" not in sys.modules:
+        import hyla.proxy_train.model.hf  # noqa: F401
 
 
 class HylaConfig(PretrainedConfig):

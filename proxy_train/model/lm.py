@@ -6,7 +6,7 @@ Structure (must match ``hyla.space.cost.param_count`` exactly, see ``hyla/ARCHIT
            -> n_layers x HybridBlock:  x = x + mixer(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
            -> RMSNorm(d) -> Linear(d, vocab)  (untied head, no bias)
 
-The mixer of layer ``i`` comes from ``hyla.proxy_train.mixers.build_mixer(layout, i)``: whole softmax attention,
+The mixer of layer ``i`` comes from ``hyla.proxy_train.model.mixers.build_mixer(layout, i)``: whole softmax attention,
 a linear mixer (an fla layer subclass) or a head-wise hybrid. Each mixer carries its own inference state (a dict
 of tensors); the LM passes a list of them, one per layer, in and out of ``forward``.
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from hyla.proxy_train.mixers import build_mixer
+from hyla.proxy_train.model.mixers import build_mixer
 from hyla.space.layout import Layout
 
 #: A per-layer inference state: the mixer's dict of tensors (plus e.g. an int position), or None before prefill.

@@ -26,9 +26,9 @@ parts of that outcome that are not the architecture's, with the levers the field
 The model is the layout's own pattern of mixers and attention placement at its depth, optionally narrowed to
 ``width`` (a narrower model is faster and its fixed-size states fill at fewer pairs), so placement stays part of
 what is scored. The narrowed mixers take the width's default heads, whose states keep the ratios they have at
-340M (GLA, GDN, HGRN-2 and DeltaNet equal, RetNet 4x: `hyla.space.mixers`), so no kind gains memory by the
-narrowing. ``hyla.proxy_train.probe_runner`` trains probes side by side on one device (``run_probe_seeds``:
-every seed and LR of a trial, called by ``hyla.proxy_train.train.run_proxy``).
+340M (GLA, GDN, HGRN-2 and DeltaNet equal, RetNet 4x: `hyla.space.mixer_kinds`), so no kind gains memory by the
+narrowing. ``hyla.proxy_train.probe.runner`` trains probes side by side on one device (``run_probe_seeds``:
+every seed and LR of a trial, called by ``hyla.proxy_train.proxy.run.run_proxy``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hyla.proxy_train.lr_schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
-from hyla.proxy_train.mixers.common import KERNELS
+from hyla.proxy_train.train.schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
+from hyla.proxy_train.model.mixers.common import KERNELS
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import ATTN, Layout
 from torch import nn
@@ -84,7 +84,7 @@ class RecallProbeConfig:
             head shares kept, depth kept); None = the layout's own width.
         heads: the probe model's ``num_heads`` at ``width`` (None = the layout's, narrowed). Fewer, wider
             attention heads (e.g. 1 x 64) give one attention layer more room to tell the task's symbols apart.
-        concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe_runner``: the
+        concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe.runner``: the
             seeds and lrs of one layout as one stacked model, each stack on its own stream); 0 = all probes of a
             call. CPU runs one stack after another.
         pool_rows: training examples generated per level (shared by the probes of a call; each draws its own rows).
@@ -217,7 +217,7 @@ def zero_residual_outputs(model: nn.Module, which: str) -> None:
     500 steps with ``linear`` and not within 600 without it (one seed; ``benchmarks/results/probe_depth_cpu``)."""
     if which == "none":
         return
-    from hyla.proxy_train.model import _RESIDUAL_PROJ
+    from hyla.proxy_train.model.lm import _RESIDUAL_PROJ
 
     for block in model.blocks:
         spec = model.layout.layers[block.index]

@@ -52,7 +52,7 @@ class ReplicaStack:
     def __init__(self, layout: Layout, seeds: Sequence[int], init_std: float, weight_decay: float,
                  dev: torch.device, extra: Sequence[Any] = (), vectorise: bool = True,
                  compile_blocks: bool = False) -> None:
-        from hyla.proxy_train.model import HylaLM  # the mixers import fla: only where a model is built
+        from hyla.proxy_train.model.lm import HylaLM  # the mixers import fla: only where a model is built
 
         if not vectorise and len(seeds) != 1:
             raise ValueError(f"ReplicaStack: {len(seeds)} replicas need vectorise=True")

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from hyla.proxy_train.mixers.common import STACKABLE
-from hyla.proxy_train.recall_probe import (
+from hyla.proxy_train.model.mixers.common import STACKABLE
+from hyla.proxy_train.probe.config import (
     LevelPool,
     RecallProbeConfig,
     _PrevTokenEmbedding,
@@ -46,7 +46,7 @@ from hyla.proxy_train.recall_probe import (
     wsd_lr,
     zero_residual_outputs,
 )
-from hyla.proxy_train.replicas import ReplicaStack, replica_losses
+from hyla.proxy_train.probe.replicas import ReplicaStack, replica_losses
 from hyla.proxy_train.tasks.common import position_accuracy
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import Layout
@@ -279,7 +279,7 @@ def run_probes(jobs: Sequence[ProbeJob], cfg: RecallProbeConfig, dev: torch.devi
     vocab = {j.layout.vocab_size for j in jobs}
     if len(vocab) > 1:
         raise ValueError(f"run_probes: jobs of one call must share a vocab size, got {sorted(vocab)}")
-    from hyla.proxy_train.mixers.common import kernel_path, scan_chunk
+    from hyla.proxy_train.model.mixers.common import kernel_path, scan_chunk
     from tqdm.auto import tqdm
 
     pool = LevelPool(cfg, vocab.pop(), dev)
@@ -369,7 +369,7 @@ def _finish(job: ProbeJob, result: dict[str, Any], on_result: Callable[..., None
 def run_probe_seeds(layout: Layout, cfg: RecallProbeConfig, seeds: list[int], init_std: float | None,
                     dev: torch.device, progress: bool = False) -> list[dict[str, Any]]:
     """The recall probe of ``layout`` for every seed (each the best of ``cfg.lrs``), trained side by side
-    (`hyla.proxy_train.probe_runner.run_probes`).
+    (`hyla.proxy_train.probe.runner.run_probes`).
 
     Returns:
         One dict per seed: ``recall`` (best mean accuracy over the levels), ``levels`` (level key -> accuracy of

@@ -36,7 +36,7 @@ Presets (``ProxyConfig.load("tiny")``):
 - ``small``: GPU proxy. 24 x 256 layouts; LM: T = 1024, batch 32, 1200 steps = 39M tokens (to scale, keep
   ``seq_len`` and change ``tokens`` or ``steps``; the schedule follows the step count), init std 0.04
   (width-scaled), peak lr for the first 80 % of the steps. Recall: the recall probe
-  (``hyla.proxy_train.recall_probe``: MQAR alone, the layout's 24-layer pattern narrowed to width 64, T = 128
+  (``hyla.proxy_train.probe.config``: MQAR alone, the layout's 24-layer pattern narrowed to width 64, T = 128
   over 2-16 pairs, 1500 steps of 32 rows at lr 1e-3, previous-token help, zero-initialised residual outputs,
   curriculum, early stop), not rows mixed into the LM run: mixed recall at this scale left the Transformer on
   the plateau (H100 paper grid, ``benchmarks/grid_proxy.yaml``: 0.065 after 450 steps). Each part of the recipe
@@ -47,8 +47,8 @@ Presets (``ProxyConfig.load("tiny")``):
   seed agreement 0.83; the Transformer, GDN 3:1/6:1 and GLA 3:1 solved (0.996-0.999, s.e.m. <= 0.002); the
   24:1 hybrids (one attention layer) and every HGRN-2 hybrid stay on the 1/pairs plateau (0.23-0.25) with the
   pure layouts, so the trend target is missed. (That calibration predates equal states at narrow widths: its
-  HGRN-2 and DeltaNet layers had one head and twice GLA's state; `hyla.space.mixers`. It also predates fla's
-  forget-gate lower bounds in HGRN/HGRN-2 layers; `hyla.proxy_train.model`.)
+  HGRN-2 and DeltaNet layers had one head and twice GLA's state; `hyla.space.mixer_kinds`. It also predates fla's
+  forget-gate lower bounds in HGRN/HGRN-2 layers; `hyla.proxy_train.model.lm`.)
 
 The recall score (``RecallSuite.evaluate``): accuracy per level, averaged over the levels of a task, then over
 tasks. Each level's accuracy is the share of scored answer tokens predicted exactly (RULER: whole answers).
@@ -63,9 +63,9 @@ from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
-from hyla.proxy_train.lr_schedule import wsd_lr
-from hyla.proxy_train.recall_probe import RecallProbeConfig
-from hyla.proxy_train.train_config import TrainConfig
+from hyla.proxy_train.train.schedule import wsd_lr
+from hyla.proxy_train.probe.config import RecallProbeConfig
+from hyla.proxy_train.train.config import TrainConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"scale": "tiny", "seq_len": 64, "batch_size": 4, "steps": 8, "lr": 3e-3, "warmup": 2,
@@ -121,7 +121,7 @@ class ProxyConfig(TrainConfig):
         dtype: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; or force ``float32`` / ``bfloat16``.
         compile: torch.compile the model (CUDA only; ignored on CPU).
         log_every: progress-bar refresh interval in steps.
-        recall_probe: score recall with the separate MQAR probe (``hyla.proxy_train.recall_probe``) instead of
+        recall_probe: score recall with the separate MQAR probe (``hyla.proxy_train.probe.config``) instead of
             recall rows mixed into the LM run; then ``recall_mix`` must be 0 and the suite is not used.
         train_lm: train and score the LM part (False: recall probe only, ``lm_val_loss`` is None).
         seeds: independent repeats with seeds ``seed, seed + 1, ...``; the result holds their mean, per-seed

@@ -3,7 +3,7 @@
 `run_proxy(layout, config)` is what a search worker calls per trial. It validates everything first (a
 `ConfigError` for bad input is the only exception it raises), then trains with AdamW (linear warm-up, a stable
 phase, then a cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and bf16 autocast on
-CUDA (fp32 on CPU), one `hyla.proxy_train.trainer.Trainer` step at a time (as full runs), and returns a
+CUDA (fp32 on CPU), one `hyla.proxy_train.train.trainer.Trainer` step at a time (as full runs), and returns a
 `ProxyResult`. Divergence (a non-finite loss), CUDA out-of-memory and any other failure become a result status
 (``diverged``, ``oom``, ``failed``) instead of an exception, so one bad trial never kills a worker.
 
@@ -15,7 +15,7 @@ token mean would drown them. With ``recall_phase_steps > 0`` recall rows appear 
 ``recall_phase_steps`` steps (an LM phase followed by a mixed recall phase) instead of in every batch.
 
 The configuration (``ProxyConfig``, presets, the learning-rate schedule) and the result type live in
-``hyla.proxy_train.proxy_config``, which also records why the recipe learns recall; they are re-exported here.
+``hyla.proxy_train.proxy.config``, which also records why the recipe learns recall; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hyla.proxy_train.evaluate import autocast_logits, lm_loss
-from hyla.proxy_train.model import HylaLM
-from hyla.proxy_train.proxy_config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
-from hyla.proxy_train.proxy_data import ProxyData, prepare_data
-from hyla.proxy_train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
+from hyla.proxy_train.train.evaluate import autocast_logits, lm_loss
+from hyla.proxy_train.model.lm import HylaLM
+from hyla.proxy_train.proxy.config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
+from hyla.proxy_train.train.stream import ProxyData, prepare_data
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
 from hyla.space.layout import Layout
 
 from hyla.config import ConfigError, dump_yaml
@@ -203,7 +203,7 @@ def _probe_seeds(layout: Layout, config: ProxyConfig, seeds: list[int], per_seed
                  dev: torch.device, progress: bool) -> None:
     """The recall probe of every seed, trained side by side; fills ``recall``, ``recall_auc``, ``recall_tasks``
     and ``probe`` in ``per_seed`` (or the first seed's status on a failure)."""
-    from hyla.proxy_train.probe_runner import run_probe_seeds
+    from hyla.proxy_train.probe.runner import run_probe_seeds
 
     try:
         probes = run_probe_seeds(layout, config.recall_probe, seeds, config.init_std, dev, progress)
@@ -288,7 +288,7 @@ class _Loop:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Held-out LM loss (token mean over the val batches) and the recall suite's accuracies
-        (`hyla.proxy_train.evaluate`, as full runs score)."""
+        (`hyla.proxy_train.train.evaluate`, as full runs score)."""
         self.model.eval()
         logits_fn = autocast_logits(lambda x: self.fwd(x)[0], self.dev, self.bf16)
         out: dict[str, Any] = {"lm_val_loss": lm_loss(logits_fn, self.data.val_batches())[0]}

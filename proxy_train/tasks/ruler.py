@@ -1,7 +1,7 @@
 """RULER-style retrieval in a haystack of real text (Hsieh et al. 2024, NVIDIA/RULER), teacher-forced for proxies.
 
 Parameters (``NeedleTask``):
-    tokenizer: the LM tokenizer (``hyla.proxy_train.data.get_tokenizer``); needles, haystack and questions are
+    tokenizer: the LM tokenizer (``hyla.proxy_train.train.text.get_tokenizer``); needles, haystack and questions are
         ordinary text tokenized with it, so ids stay below ``tokenizer.vocab_size`` (no reserved symbols).
     haystack_docs: documents whose text fills the context (RULER's "essay" haystack); empty → RULER's noise
         haystack ("The grass is green. The sky is blue. ...").

@@ -2,8 +2,8 @@
 
 Two configurations extend it, each with its own defaults and its own extra fields:
 
-- `hyla.proxy_train.proxy_config.ProxyConfig`: a short proxy run (``hyla proxy train``, a search trial);
-- `hyla.proxy_train.fullscale.RunSpec`: a 340M / 1.3B run on Ray Train (``hyla train``).
+- `hyla.proxy_train.proxy.config.ProxyConfig`: a short proxy run (``hyla proxy train``, a search trial);
+- `hyla.proxy_train.train.full_spec.RunSpec`: a 340M / 1.3B run on Ray Train (``hyla train``).
 
 Both loops read these fields the same way: the data (``seq_len``, ``text``, ``tokenizer``, ``seed``), AdamW
 (``weight_decay`` on matrices, ``betas``, ``grad_clip``) and the one learning-rate schedule
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from hyla.config import ConfigError
-from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.lr_schedule import check_optimizer
+from hyla.proxy_train.train.text import TextConfig
+from hyla.proxy_train.train.schedule import check_optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +43,7 @@ class TrainConfig:
         betas: AdamW betas.
         grad_clip: global grad-norm clip (0 = off).
         seed: seeds the model init, the data order and the synthetic tasks.
-        text: LM corpus (`hyla.proxy_train.data.TextConfig`).
+        text: LM corpus (`hyla.proxy_train.train.text.TextConfig`).
         tokenizer: ``byte`` or a transformers tokenizer name/path.
         compile: torch.compile on CUDA (what is compiled is the loop's choice; ignored on CPU).
         gradient_checkpointing: recompute blocks in backward (less activation memory).

@@ -1,10 +1,10 @@
-"""The Ray Train worker loop of `hyla.proxy_train.fullscale`: model, optimizer, sharded data, checkpoints, logging.
+"""The Ray Train worker loop of `hyla.proxy_train.train.full_spec`: model, optimizer, sharded data, checkpoints, logging.
 
 Runs once per worker (``TorchTrainer`` sets up the process group). Every worker holds the same model (DDP) or a
 shard of it (FSDP); checkpoints hold the *full* state dict (``torch.distributed.checkpoint.state_dict`` with
 ``full_state_dict=True``), so a run can resume on a different number of workers or strategy. Rank 0 writes the
 checkpoint, the log lines and, at the end, the evaluation and the HF model (`finish`). Each optimizer step is a
-`hyla.proxy_train.trainer.Trainer` step (as in proxy runs); a non-finite loss averaged over the ranks at a log step
+`hyla.proxy_train.train.trainer.Trainer` step (as in proxy runs); a non-finite loss averaged over the ranks at a log step
 ends the run as ``diverged``, without checkpointing that state.
 """
 
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hyla.proxy_train.fullscale import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
-from hyla.proxy_train.evaluate import autocast_logits, lm_loss
-from hyla.proxy_train.lr_schedule import wsd_lr
-from hyla.proxy_train.proxy_data import ShardStream
+from hyla.proxy_train.train.full_spec import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
+from hyla.proxy_train.train.evaluate import autocast_logits, lm_loss
+from hyla.proxy_train.train.schedule import wsd_lr
+from hyla.proxy_train.train.stream import ShardStream
 from hyla.proxy_train.tasks.common import level_accuracy, position_accuracy
-from hyla.proxy_train.trainer import MicroBatch, Trainer
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer
 
 
 def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
@@ -46,8 +46,8 @@ def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
 def build_model(spec: RunSpec) -> torch.nn.Module:
     """``HylaForCausalLM`` for the spec's layout; ``compile`` compiles SwiGLUs and norms in place (fla kernels are
     Triton already and do not trace well, so they stay eager; in-place ``Module.compile`` keeps state-dict keys)."""
-    from hyla.proxy_train.hf import HylaConfig, HylaForCausalLM
-    from hyla.proxy_train.model import SwiGLU
+    from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
+    from hyla.proxy_train.model.lm import SwiGLU
 
     layout = spec.resolve_layout()
     model = HylaForCausalLM(HylaConfig(layout=layout.to_dict(), gradient_checkpointing=spec.gradient_checkpointing,
@@ -133,7 +133,7 @@ def _prepare(model: torch.nn.Module, spec: RunSpec) -> torch.nn.Module:
     if spec.strategy == "fsdp":
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        from hyla.proxy_train.model import HybridBlock
+        from hyla.proxy_train.model.lm import HybridBlock
 
         # One FSDP unit per block: only one block's full weights are materialised at a time.
         return ray.train.torch.prepare_model(model, parallel_strategy="fsdp", parallel_strategy_kwargs={
@@ -154,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from hyla.proxy_train.data import get_tokenizer, load_documents, pack_tokens
+    from hyla.proxy_train.train.text import get_tokenizer, load_documents, pack_tokens
 
     spec = RunSpec.from_dict(config["spec"], where="spec")
     run_dir = Path(config["run_dir"])
@@ -242,9 +242,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, spec: RunSpec, device: torch.device) -> dict[str, Any]:
-    """Held-out LM loss, recall at every ``eval.recall_multiples`` context (`hyla.proxy_train.evaluate`, as proxies
+    """Held-out LM loss, recall at every ``eval.recall_multiples`` context (`hyla.proxy_train.train.evaluate`, as proxies
     score), and lm-eval when installed."""
-    from hyla.proxy_train.data import HFTokenizer, get_tokenizer, load_documents, pack_tokens
+    from hyla.proxy_train.train.text import HFTokenizer, get_tokenizer, load_documents, pack_tokens
 
     tok = get_tokenizer(spec.tokenizer)
     _, val_docs = load_documents(spec.text)
@@ -307,7 +307,7 @@ def finish(model: torch.nn.Module, spec: RunSpec, run_dir: Path, *, status: str,
                              "num_workers": spec.num_workers, "strategy": spec.strategy,
                              **_throughput(run_dir / "train_log.jsonl", started)}
     if status == "finished":
-        from hyla.proxy_train.data import HFTokenizer, get_tokenizer
+        from hyla.proxy_train.train.text import HFTokenizer, get_tokenizer
 
         eval_model = build_model(replace(spec, compile=False, gradient_checkpointing=False))
         eval_model.load_state_dict(full)

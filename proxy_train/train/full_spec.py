@@ -15,7 +15,7 @@ A `RunSpec` (YAML, strict) says what to train; `train_full(spec)` runs it throug
 Resuming: every call scans ``out_dir`` for the checkpoint with the highest step and continues from it, so a run
 killed at any point (SIGKILL, node loss) is restarted by running the same command again. SIGTERM (preemption)
 is turned into a graceful stop: the driver drops a ``STOP`` file that the workers see within one step; they
-write a checkpoint and exit, and the next call resumes. The worker loop lives in `hyla.proxy_train.fullscale_loop`.
+write a checkpoint and exit, and the next call resumes. The worker loop lives in `hyla.proxy_train.train.full_loop`.
 
 Data: each worker loads the documents of ``spec.text`` and keeps every ``world_size``-th one (sharded by rank),
 packs only as many tokens as it will consume, and walks them in a seeded per-epoch permutation. The position in
@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
-from hyla.proxy_train.data import TextConfig
-from hyla.proxy_train.train_config import TrainConfig
+from hyla.proxy_train.train.text import TextConfig
+from hyla.proxy_train.train.config import TrainConfig
 from hyla.space.layout import Layout
 
 #: default token budgets per scale (the paper: 20B tokens at 340M, 100B at 1.3B)
@@ -325,7 +325,7 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
         ConfigError: bad spec, a tokenizer larger than the layout's vocabulary, or a run directory that holds
             a finished result (never overwritten) or checkpoints while ``resume`` is False.
     """
-    from hyla.proxy_train.data import get_tokenizer
+    from hyla.proxy_train.train.text import get_tokenizer
 
     layout = spec.resolve_layout()
     tok = get_tokenizer(spec.tokenizer)
@@ -351,7 +351,7 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from hyla.proxy_train.fullscale_loop import train_loop_per_worker  # lazy: torch; the loop imports this module
+    from hyla.proxy_train.train.full_loop import train_loop_per_worker  # lazy: torch; the loop imports this module
 
     _init_ray(address, spec.num_workers)
     if latest is not None:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.data import TextConfig, get_tokenizer, load_documents, pack_tokens
+from hyla.proxy_train.train.text import TextConfig, get_tokenizer, load_documents, pack_tokens
 from hyla.space.layout import Layout
 
 if TYPE_CHECKING:
-    from hyla.proxy_train.proxy_config import ProxyConfig
+    from hyla.proxy_train.proxy.config import ProxyConfig
 
 
 class ShardStream:

@@ -8,7 +8,7 @@ from hyla.config import ConfigError
 from hyla.space.cost import (effective_context, flops_per_token, human_bytes, inference_memory, layer_memory,
                              mixer_params, param_count)
 from hyla.space.layout import Layout
-from hyla.space.mixers import get_mixer_kind
+from hyla.space.mixer_kinds import get_mixer_kind
 
 
 def _layout(layers, d=64, heads=4, kv=None, vocab=100, mlp=96) -> Layout:

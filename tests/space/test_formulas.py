@@ -1,4 +1,4 @@
-"""Closed-form mixer sizes (hyla.space.mixers) against the real fla layers built on CPU."""
+"""Closed-form mixer sizes (hyla.space.mixer_kinds) against the real fla layers built on CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from hyla.config import ConfigError
-from hyla.space.mixers import MIXER_KINDS, get_mixer_kind
+from hyla.space.mixer_kinds import MIXER_KINDS, get_mixer_kind
 
 torch = pytest.importorskip("torch")
 fla_layers = pytest.importorskip("fla.layers")

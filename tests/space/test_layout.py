@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hyla.space.layout import LayerSpec, Layout, letter_legend
-from hyla.space.mixers import LINEAR_MIXERS
+from hyla.space.mixer_kinds import LINEAR_MIXERS
 
 
 def _layout(layers: list[str]) -> Layout:

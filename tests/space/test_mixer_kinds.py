@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hyla.space.layout import ATTN, ATTN_COLOR, mixer_color
-from hyla.space.mixers import LINEAR_MIXERS, MIXER_KINDS, FlaModel, MixerFormula
+from hyla.space.mixer_kinds import LINEAR_MIXERS, MIXER_KINDS, FlaModel, MixerFormula
 
 
 @pytest.mark.parametrize("name", LINEAR_MIXERS)

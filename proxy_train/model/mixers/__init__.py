@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from hyla.proxy_train.mixers.registry import HEADWISE, MIXER_NAMES, mixer_class, mixer_module, register_mixer
+from hyla.proxy_train.model.mixers.registry import HEADWISE, MIXER_NAMES, mixer_class, mixer_module, register_mixer
 from hyla.space.layout import ATTN, Layout
 
 __all__ = ["HEADWISE", "MIXER_NAMES", "build_mixer", "mixer_class", "mixer_module", "register_mixer"]

@@ -1,7 +1,7 @@
 """Softmax attention on ``torch.nn.functional.scaled_dot_product_attention``: RoPE, GQA, sliding window, KV cache.
 
 One class serves whole attention layers (``mixer="attn"``, all ``Layout.num_heads`` heads) and the softmax branch
-of head-wise hybrid layers (k heads, built by ``hyla.proxy_train.mixers.headwise``). Parameter names and shapes
+of head-wise hybrid layers (k heads, built by ``hyla.proxy_train.model.mixers.headwise``). Parameter names and shapes
 are those of fla's ``Attention`` (q_proj/k_proj/v_proj/o_proj, no bias), so weights export 1:1; we do not
 subclass it because fla's layer refuses to construct without flash_attn, which the CPU machines lack.
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 State = dict[str, Any]
 

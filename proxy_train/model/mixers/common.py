@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
-from hyla.space.mixers import get_mixer_kind
+from hyla.space.mixer_kinds import get_mixer_kind
 
 State = dict[str, Any]
 
@@ -210,7 +210,7 @@ def from_fla_cache(cache: Any, layer_idx: int, conv_names: tuple[str, ...], with
 class FlaMixer:
     """Mixin placed before the fla layer class: ``from_layout`` and the CUDA/CPU forward dispatch.
 
-    ``@register_mixer(name)`` sets ``KIND`` (the ``hyla.space.mixers`` name); subclasses set ``CONV_ORDER``
+    ``@register_mixer(name)`` sets ``KIND`` (the ``hyla.space.mixer_kinds`` name); subclasses set ``CONV_ORDER``
     (suffixes of the conv caches in the order of fla's ``conv_state`` tuple; empty when short conv is off) and
     implement ``_cpu_forward``.
     """

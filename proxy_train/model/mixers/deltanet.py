@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from fla.layers import DeltaNet
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
-from hyla.proxy_train.mixers.registry import register_mixer
-from hyla.proxy_train.mixers.scans import delta_scan
+from hyla.proxy_train.model.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
+from hyla.proxy_train.model.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.scans import delta_scan
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """fla's ``l2norm`` (``x / sqrt(sum(x^2) + eps)`` over the last dim), in fp32."""

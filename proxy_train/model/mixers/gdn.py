@@ -4,7 +4,7 @@ CPU path = fla's forward with ``use_gate=True`` (fla's default; hyla does not ex
 ``allow_neg_eigval=False``: q/k/v projections -> short convs (SiLU) -> heads -> L2-normalised q, k ->
 ``beta = sigmoid(b_proj(x))``, log decay ``g = -exp(A_log) * softplus(a_proj(x) + dt_bias)`` (fp32) -> gated
 delta rule (``S = exp(g_t) S; v'_t = beta_t (v_t - S^T k_t); S += k_t v'_t^T; o_t = S^T q_t / sqrt(dk)``,
-chunked WY form from :mod:`hyla.proxy_train.mixers.deltanet`) -> ``FusedRMSNormGated(o, g_proj(x))`` per head ->
+chunked WY form from :mod:`hyla.proxy_train.model.mixers.deltanet`) -> ``FusedRMSNormGated(o, g_proj(x))`` per head ->
 ``o_proj``. With grouped value heads (fla's ``num_v_heads > num_heads``) value head ``j`` reads q/k head
 ``j // (HV / H)``, as fla's kernels do.
 
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from fla.layers import GatedDeltaNet
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
-from hyla.proxy_train.mixers.deltanet import l2norm
-from hyla.proxy_train.mixers.scans import delta_scan
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
+from hyla.proxy_train.model.mixers.deltanet import l2norm
+from hyla.proxy_train.model.mixers.scans import delta_scan
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 
 def gdn_log_decay(a: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | None) -> torch.Tensor:

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from fla.layers import GatedLinearAttention
 from fla.modules.activations import ACT2FN
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
-from hyla.proxy_train.mixers.scans import gla_scan
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer, State, rms_norm, rms_norm_gated
+from hyla.proxy_train.model.mixers.scans import gla_scan
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 _GATES = {"swish": F.silu, "silu": F.silu, "sigmoid": torch.sigmoid}
 

@@ -44,8 +44,8 @@ from torch import nn
 
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
-from hyla.proxy_train.mixers.attention import SoftmaxAttention
-from hyla.proxy_train.mixers.registry import mixer_class, register_mixer
+from hyla.proxy_train.model.mixers.attention import SoftmaxAttention
+from hyla.proxy_train.model.mixers.registry import mixer_class, register_mixer
 
 State = dict[str, Any]
 _LIN, _ATTN = "lin.", "attn."

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from fla.layers import HGRNAttention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, bounded_log_gate, rms_norm_gated
-from hyla.proxy_train.mixers.scans import chunk_diag_scan
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer, State, bounded_log_gate, rms_norm_gated
+from hyla.proxy_train.model.mixers.scans import chunk_diag_scan
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 
 @register_mixer("hgrn")

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from fla.layers import HGRN2Attention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State, bounded_log_gate, rms_norm
-from hyla.proxy_train.mixers.scans import gla_scan
-from hyla.proxy_train.mixers.gla import split_heads
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer, State, bounded_log_gate, rms_norm
+from hyla.proxy_train.model.mixers.scans import gla_scan
+from hyla.proxy_train.model.mixers.gla import split_heads
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 #: eps that fla's ``rms_norm_linear`` uses in HGRN2Attention (the layer does not pass ``g_norm.eps``).
 FLA_RMS_NORM_LINEAR_EPS = 1e-5

@@ -29,8 +29,8 @@ from fla.layers import Mamba2
 from fla.modules.layernorm_gated import rms_norm_ref
 
 from hyla.config import ConfigError
-from hyla.proxy_train.mixers.common import FlaMixer, State, chunking, short_conv, use_fla
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer, State, chunking, short_conv, use_fla
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 #: Chunk length of the scan: the intra-chunk scores are (C, C) per head.
 SSD_CHUNK = 32

@@ -1,8 +1,8 @@
 """The mixer registry: each torch mixer class registers itself with ``@register_mixer(name)``.
 
-Keys are ``attn`` (`SoftmaxAttention`), every linear kind of ``hyla.space.mixers.MIXER_KINDS`` and ``headwise``
+Keys are ``attn`` (`SoftmaxAttention`), every linear kind of ``hyla.space.mixer_kinds.MIXER_KINDS`` and ``headwise``
 (the wrapper of a linear layer with softmax heads). A key's class lives in the module named after it
-(``hyla.proxy_train.mixers.<name>``; ``attn`` in ``attention``), imported on first use, so that importing the
+(``hyla.proxy_train.model.mixers.<name>``; ``attn`` in ``attention``), imported on first use, so that importing the
 package does not import fla.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hyla.space.layout import ATTN
-from hyla.space.mixers import LINEAR_MIXERS
+from hyla.space.mixer_kinds import LINEAR_MIXERS
 
 #: registry key of the head-wise hybrid (a linear layer with softmax heads beside it)
 HEADWISE = "headwise"
@@ -29,7 +29,7 @@ C = TypeVar("C", bound=type)
 def register_mixer(name: str) -> Callable[[C], C]:
     """Class decorator: register the class as the module of mixer ``name`` and set its ``KIND`` to ``name``."""
     if name not in (*MIXER_NAMES, HEADWISE):
-        raise ValueError(f"register_mixer: unknown mixer {name!r}; add its MixerKind to hyla.space.mixers first "
+        raise ValueError(f"register_mixer: unknown mixer {name!r}; add its MixerKind to hyla.space.mixer_kinds first "
                          f"(known: {', '.join(MIXER_NAMES)}, {HEADWISE})")
 
     def register(cls: C) -> C:
@@ -45,7 +45,7 @@ def register_mixer(name: str) -> Callable[[C], C]:
 
 
 def mixer_module(name: str) -> str:
-    """The module that registers mixer ``name`` (``hyla.proxy_train.mixers.gla`` ...)."""
+    """The module that registers mixer ``name`` (``hyla.proxy_train.model.mixers.gla`` ...)."""
     return f"{_PACKAGE}.{_MODULES.get(name, name)}"
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from fla.layers import MultiScaleRetention
 
-from hyla.proxy_train.mixers.common import FlaMixer, State
-from hyla.proxy_train.mixers.scans import chunk_gated_linear_attn
-from hyla.proxy_train.mixers.gla import output_gate_norm, split_heads
-from hyla.proxy_train.mixers.registry import register_mixer
+from hyla.proxy_train.model.mixers.common import FlaMixer, State
+from hyla.proxy_train.model.mixers.scans import chunk_gated_linear_attn
+from hyla.proxy_train.model.mixers.gla import output_gate_norm, split_heads
+from hyla.proxy_train.model.mixers.registry import register_mixer
 
 #: Longest sequence run through the parallel form (its (T, T) decay mask per head grows quadratically).
 PARALLEL_MAX_T = 512

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hyla.proxy_train.mixers.common import chunking, kernels_in_effect
+from hyla.proxy_train.model.mixers.common import chunking, kernels_in_effect
 
 #: Chunk length of the chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small. Also on a
 #: GPU: at C 64 the recall probe's GLA ran at 2.5 steps/s and ran out of memory with 4 probes per H200
