@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 
 from hyla.space.layout import Layout
 from hyla.space.mixer_kinds import LINEAR_MIXERS
+
+#: the repository's root (examples/, benchmarks/, pyproject.toml)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_layout(*layers: str, d_model: int = 32, vocab_size: int = 512, num_heads: int = 2,

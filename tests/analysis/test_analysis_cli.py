@@ -11,7 +11,7 @@ import pytest
 from hyla.analysis.study_data import load_study
 from hyla.cli import main
 from hyla.config import dump_yaml
-from test_analysis_fixtures import build_study
+from study_fixtures import build_study
 
 
 @pytest.fixture(scope="module")

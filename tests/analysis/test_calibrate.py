@@ -12,7 +12,7 @@ from hyla.analysis.calibrate import calibrate, pattern_key, write_calibration
 from hyla.analysis.study_data import load_study
 from hyla.cli import main
 from hyla.config import ConfigError
-from test_analysis_fixtures import LAYOUTS, build_study, tiny_layout
+from study_fixtures import LAYOUTS, build_study, tiny_layout
 
 
 @pytest.fixture(scope="module")

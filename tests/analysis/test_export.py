@@ -11,7 +11,7 @@ from hyla.analysis.export import export_trial, find_trial, fla_config
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
-from test_analysis_fixtures import CONTEXT, build_study, tiny_layout
+from study_fixtures import CONTEXT, build_study, tiny_layout
 
 
 

@@ -23,8 +23,8 @@ from hyla.analysis.export_weights import fla_state_dict, load_run_weights
 from hyla.cli import main
 from hyla.config import ConfigError
 from hyla.space.layout import Layout
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "benchmarks" / "gpu_export_check.py"
 PURE = ["gla", "hgrn", "hgrn2", "retnet", "deltanet", "gdn"]
 
@@ -223,8 +223,8 @@ def test_checkpoint_sources_and_refusals(tmp_path: Path) -> None:
 def test_trial_export_with_checkpoint_and_overwrite(tmp_path: Path) -> None:
     """A study trial exported with a run's checkpoint: model files are the run's; re-exporting without it leaves no
     stale weights behind."""
-    from test_analysis_export import _trial
-    from test_analysis_fixtures import build_study
+    from test_export import _trial
+    from study_fixtures import build_study
 
     from hyla.analysis.study_data import load_study
 

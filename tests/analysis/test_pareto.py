@@ -9,7 +9,7 @@ import pytest
 from hyla.analysis.pareto import dominates, knee_index, non_dominated, pick, pick_description
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
-from test_analysis_fixtures import LAYOUTS, build_study
+from study_fixtures import LAYOUTS, build_study
 
 MIN2 = ["minimize", "minimize"]
 

@@ -13,7 +13,7 @@ from hyla.analysis.report import layer_diagram, render_report, write_report
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
 from hyla.space.mixer_kinds import get_mixer_kind
-from test_analysis_fixtures import LAYOUTS, NOISE_ROWS, build_noise_study, build_study, tiny_layout
+from study_fixtures import LAYOUTS, NOISE_ROWS, build_noise_study, build_study, tiny_layout
 
 NO_CHROMIUM = "no chromium binary (apt-get install chromium); the lead's .ci/run installs it"
 

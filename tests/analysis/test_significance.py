@@ -10,7 +10,7 @@ from scipy import stats
 from hyla.analysis.significance import front_pair_tests, interval_verdict, welch_test
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
-from test_analysis_fixtures import build_noise_study, build_study
+from study_fixtures import build_noise_study, build_study
 
 
 def test_welch_test_verdicts() -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from hyla.proxy_train.probe.config import curve_auc
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 sys.path.insert(0, str(ROOT / "benchmarks"))
 fidelity = importlib.import_module("bench_fidelity")
 findings = importlib.import_module("findings")

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 common = importlib.import_module("common")

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 eq = importlib.import_module("gpu_equivalence")
 
 

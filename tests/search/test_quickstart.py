@@ -12,8 +12,9 @@ import pytest
 
 from hyla.search.config import load_study_config
 from hyla.space.layout import Layout
+from conftest import REPO
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
 Z = 2.0  # the interval half-width (in standard errors) that the noise-aware promotion uses too
 
 

@@ -17,7 +17,7 @@ from hyla.search.rungs import (
     objective_sems, pareto_front, promotion_report, select_promoted,
 )
 
-from test_analysis_fixtures import tiny_layout
+from study_fixtures import tiny_layout
 
 NAMES = ["lm_loss", "recall", "memory_bytes"]
 DIRS = ["minimize", "maximize", "minimize"]

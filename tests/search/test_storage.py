@@ -19,6 +19,7 @@ from hyla.search.storage import load_rung_studies, open_storage
 from hyla.search.study import counted, run_search
 from postgres_server import postgres_server, unavailable_reason
 from test_search_helpers import SPACE, ray_up, study_dict
+from conftest import REPO
 
 PG_SKIP = unavailable_reason()
 
@@ -162,7 +163,7 @@ def test_run_dir_is_relative_to_the_study_yaml(tmp_path: Path, monkeypatch: pyte
 
 
 def test_quickstart_example_validates(tmp_path: Path) -> None:
-    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+    path = REPO / "examples" / "quickstart.yaml"
     cfg = load_study_config(path, run_dir=str(tmp_path / "qs"))
     prep = prepare(cfg)  # space, proxies and the seed layouts (which must lie in the space) all resolve
     assert [p for p, _ in prep.seed_layouts] == list(cfg.seeds)

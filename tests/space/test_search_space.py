@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import optuna
 import pytest
@@ -13,9 +12,10 @@ from hyla.space.cost import inference_memory, param_count
 from hyla.space.presets import paper_grid, resolve_preset
 from hyla.space.search_space import (SearchSpace, constraint_values, layout_to_params, load_space,
                                      placement_indices, suggest_layout)
+from conftest import REPO
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "space_tiny.yaml"
+EXAMPLE = REPO / "examples" / "space_tiny.yaml"
 
 SPACES = {
     "example": load_space(EXAMPLE),

@@ -15,8 +15,8 @@ from hyla.config import ConfigError
 from hyla.proxy_train.train.full_spec import RunSpec, run_spec_for
 from hyla.space.layout import Layout
 from hyla.space.presets import get_scale, resolve_preset
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MINI = {"layers": ["gdn+a1", "gdn", "gdn", "attn"], "d_model": 64, "vocab_size": 512, "mlp_hidden": 128,
         "num_heads": 2, "name": "winner"}
 

@@ -20,8 +20,8 @@ from hyla.cli import main
 from hyla.config import ConfigError
 from hyla.proxy_train.train.full_spec import RunSpec, find_latest_checkpoint, run_spec_for
 from hyla.proxy_train.train.full_loop import ShardStream, lr_lambda
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HYLA_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
 VALID = DATA / "valid.txt" if DATA.is_dir() else DATA
 TINY_LAYOUT = {"layers": ["gla", "gla", "gla", "attn"], "d_model": 32, "vocab_size": 260, "mlp_hidden": 64,

@@ -15,8 +15,8 @@ from hyla.proxy_train.train.text import (
     ByteTokenizer, TextConfig, get_tokenizer, hub_cache_path, load_documents, pack_documents, pack_tokens,
     split_text_file,
 )
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 WIKI_DIR = Path(os.environ.get("HYLA_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
 WIKI = WIKI_DIR / "valid.txt" if WIKI_DIR.is_dir() else WIKI_DIR
 needs_wiki = pytest.mark.skipif(not WIKI.is_file(), reason=f"test data {WIKI} not present")

@@ -1,6 +1,6 @@
 """Small real Optuna studies written the way the search package stores them (ARCHITECTURE.md storage contract).
 
-Used by the other tests/test_analysis*.py files. Params and memory come from hyla.space.cost (exact), recall and
+Used by tests/analysis/ and tests/search/test_rungs_noise.py (tested in tests/analysis/test_study_fixtures.py). Params and memory come from hyla.space.cost (exact), recall and
 loss from a seeded formula that rewards softmax heads, so fronts have a meaningful shape.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pytest
 from optuna.storages.journal import JournalFileBackend
 
+from hyla.space.cost import inference_memory, param_count
 from hyla.space.layout import Layout
 
 CONTEXT = 256
@@ -39,9 +39,8 @@ def tiny_layout(layers: list[str], name: str = "") -> Layout:
 
 def costs(layout: Layout) -> dict[str, Any]:
     """Exact params/KV/state bytes from the space package (the numbers a real proxy run records)."""
-    cost = pytest.importorskip("hyla.space.cost", reason="hyla.space.cost (helper A) not available yet")
-    pc = cost.param_count(layout)
-    mem = cost.inference_memory(layout, CONTEXT)
+    pc = param_count(layout)
+    mem = inference_memory(layout, CONTEXT)
     return {"params": int(pc.total), "non_embedding_params": int(pc.non_embedding),
             "kv_bytes": int(mem.kv_bytes), "state_bytes": int(mem.total_bytes), "context": CONTEXT}
 
@@ -169,25 +168,3 @@ def build_noise_study(tmp_path: Path, name: str = "noisy") -> Path:
             t.set_user_attr("result", res)
             s.tell(t, [res["lm_val_loss"], res["recall"], res["state_bytes"]])
     return path
-
-
-def test_build_study_writes_both_rung_modes(tmp_path: Path) -> None:
-    for mode in ("studies", "attr"):
-        p = build_study(tmp_path / mode, rung_mode=mode)
-        names = optuna.get_all_study_names(optuna.storages.JournalStorage(JournalFileBackend(str(p))))
-        assert names == (["toy/rung0", "toy/rung1"] if mode == "studies" else ["toy"])
-
-
-def test_build_noise_study_records_the_spread(tmp_path: Path) -> None:
-    from hyla.analysis.study_data import load_study
-
-    data = load_study(build_noise_study(tmp_path))
-    first, old = data.select(rung=0)[0], data.select(rung=0)[5]
-    assert first.n_seeds == 3 and first.seed_values("recall") == [0.20, 0.22, 0.21]
-    assert first.sem("recall") == pytest.approx(0.01 / 3 ** 0.5)
-    assert first.sem("lm_loss") == pytest.approx(first.result["sem"]["lm_val_loss"])  # lm_loss -> lm_val_loss
-    assert first.seed_values("lm_loss") == [3.10, 3.12, 3.11]
-    assert first.sem("memory_bytes") == 0.0 and first.sem("params") == 0.0
-    # a trial written before seeds existed still loads: unknown spread, one seed
-    assert old.n_seeds == 1 and old.sem("recall") is None and old.sem("lm_loss") is None
-    assert old.seed_values("recall") == [old.metric("recall")]
