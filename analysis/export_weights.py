@@ -1,6 +1,6 @@
 """Trained weights for an export: read a `hyla train` checkpoint, write hyla- and fla-named copies.
 
-`load_run_weights(path)` accepts what `hyla train` leaves behind (``hyla.proxy_train.train.full_spec``):
+`load_run_weights(path)` accepts what `hyla train` leaves behind (``hyla.proxy_train.train.full_run``):
 
 - a run directory (holds ``spec.yaml``): its newest complete checkpoint (any attempt), else its ``model/``;
 - one checkpoint directory ``RUN/ray/attempt_N/checkpoint_*/`` (``hyla_ckpt.json`` + ``state.pt``; the layout is
@@ -122,7 +122,8 @@ def load_run_weights(path: str | Path) -> RunWeights:
 
 
 def _find_weights(path: str | Path) -> RunWeights:
-    from hyla.proxy_train.train.full_spec import CKPT_META, find_latest_checkpoint
+    from hyla.proxy_train.train.full_run import find_latest_checkpoint
+    from hyla.proxy_train.train.full_spec import CKPT_META
 
     p = Path(path).resolve()
     if not p.exists():

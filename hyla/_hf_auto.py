@@ -5,7 +5,8 @@
 puts a finder on ``sys.meta_path`` that waits for ``transformers.models.auto.configuration_auto`` (the module
 defining ``AutoConfig``, imported the first time any Auto class is touched) and, right after that module runs,
 registers `hyla.proxy_train.model.hf_config.HylaConfig` in it. The model class follows when the first `HylaConfig` is
-built (see that module). When transformers' Auto module is already imported, `install` registers at once.
+built: `_register` sets ``HylaConfig.after_build`` to `_import_model`, whose import of ``hyla.proxy_train.model.hf``
+registers `HylaForCausalLM`. When transformers' Auto module is already imported, `install` registers at once.
 
 Only the config is registered from the hook, never the model: fla imports transformers' Auto classes while it is
 being imported itself, and importing hyla's mixers (fla subclasses) at that moment would re-enter a half-imported
@@ -23,10 +24,17 @@ from typing import Any
 _TARGET = "transformers.models.auto.configuration_auto"
 
 
+def _import_model() -> None:
+    """Import ``hyla.proxy_train.model.hf`` (torch, fla, hyla's mixers) once; it registers `HylaForCausalLM`."""
+    if "hyla.proxy_train.model.hf" not in sys.modules:
+        import hyla.proxy_train.model.hf  # noqa: F401
+
+
 def _register(module: ModuleType) -> None:
     from hyla.proxy_train.model.hf_config import HylaConfig
 
     module.AutoConfig.register("hyla", HylaConfig, exist_ok=True)
+    HylaConfig.after_build = _import_model
 
 
 class _AutoConfigFinder(importlib.abc.MetaPathFinder):

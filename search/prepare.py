@@ -252,6 +252,7 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
     """
     from hyla.search.rungs import select_promoted
     from hyla.space.layout import Layout
+    from hyla.space.presets import at_scale
 
     cfg = prep.cfg
     fr = cfg.full_runs
@@ -263,10 +264,11 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
     if not picked:
         return []
     try:
-        from hyla.proxy_train.train.full_spec import run_spec_for, train_full
+        from hyla.proxy_train.train.full_run import train_full
+        from hyla.proxy_train.train.full_spec import run_spec_for
     except ImportError as e:
         if console is not None:
-            console.print(f"[yellow]full-run specs skipped: hyla.proxy_train.train.full_spec unavailable ({e})[/]")
+            console.print(f"[yellow]full-run specs skipped: hyla.proxy_train.train.full_run unavailable ({e})[/]")
         if fr.enabled:
             raise ConfigError(f"{cfg.where}: full_runs.enabled: the full-scale trainer cannot be imported: {e}") from None
         return []
@@ -277,7 +279,7 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
         for scale in fr.scales:
             path = prep.run_path / "full_runs" / f"rung{rung}-trial{t.number:05d}-{scale}.yaml"
             try:
-                full = layout.at_scale(scale, name=f"rung{rung}-trial{t.number:05d} ({layout.name or layout.key()}) "
+                full = at_scale(layout, scale, name=f"rung{rung}-trial{t.number:05d} ({layout.name or layout.key()}) "
                                                     f"at {scale}")
             except ConfigError as e:
                 if fr.enabled:

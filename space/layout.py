@@ -287,16 +287,6 @@ class Layout:
     def with_layers(self, layers: Iterable[LayerSpec | str | Mapping[str, Any]], name: str = "") -> Layout:
         return replace(self, layers=tuple(layers), name=name)
 
-    def at_scale(self, scale: Any, name: str | None = None) -> Layout:
-        """This layout's pattern at another scale's width, heads, MLP, vocab and depth.
-
-        See ``hyla.space.presets.at_scale`` for the rules: width-derived mixer options reset, head-wise heads keep
-        their share of the heads, and the layers repeat as a period up to the scale's depth.
-        """
-        from hyla.space.presets import at_scale  # presets imports this module
-
-        return at_scale(self, scale, name)
-
     # -- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

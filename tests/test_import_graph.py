@@ -4,9 +4,15 @@ Layers, lowest first: the base (``hyla``: config.py, _hf_auto.py, ...) <- ``hyla
 <- ``hyla.search`` <- ``hyla.analysis``. A module may import its own layer and the layers below it, never one
 above, whether the import runs at module level or lazily inside a function (`EXCEPTIONS` lists the few allowed
 ones, each with its reason). `hyla.cli` (the ``hyla`` command, in hyla/ but above every package) and
-`hyla.__main__` may be imported by nothing but `hyla.__main__`. Module-level imports (including ``if
-TYPE_CHECKING:`` blocks and class bodies) must form no cycle; imports inside functions may close a loop (that is
-how a module reaches one that imports it, e.g. space.layout -> space.presets), module-level ones may not.
+`hyla.__main__` may be imported by nothing but `hyla.__main__`.
+
+Inside ``hyla.proxy_train`` the concept subpackages are layers too (`PROXY_TRAIN_LAYERS`: model <- tasks <- train
+<- probe <- proxy, then ``hyla.proxy_train.cli`` on top), and every module of it lies in one of them (only the
+package's ``__init__`` and ``cli`` stand beside them).
+
+No import cycle at all: neither module-level imports (including ``if TYPE_CHECKING:`` blocks and class bodies) nor
+imports inside functions may close a loop. A lazy import that closes one only hides it; the shared code belongs in
+the lower module.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ LAYERS = ("hyla", "hyla.space", "hyla.proxy_train", "hyla.search", "hyla.analysi
 REPO = Path(importlib.util.find_spec("hyla").origin).parent.parent  # type: ignore[union-attr,arg-type]
 #: modules above every layer: nothing below may import them
 TOP = ("hyla.cli", "hyla.__main__")
+#: the concept subpackages of hyla.proxy_train, lowest first (`hyla.proxy_train.cli` stands above them all)
+PROXY_TRAIN_LAYERS = ("hyla.proxy_train.model", "hyla.proxy_train.tasks", "hyla.proxy_train.train",
+                      "hyla.proxy_train.probe", "hyla.proxy_train.proxy")
+#: the modules of hyla.proxy_train that are in none of its concept subpackages
+PROXY_TRAIN_FACE = ("hyla.proxy_train", "hyla.proxy_train.cli")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,9 @@ EXCEPTIONS = (
     Allowed("hyla._hf_auto", "hyla.proxy_train.model.hf_config", True,
             "`import hyla` registers model_type 'hyla' with transformers' Auto classes: the hook imports "
             "HylaConfig only when transformers' configuration_auto loads"),
+    Allowed("hyla._hf_auto", "hyla.proxy_train.model.hf", True,
+            "the model class follows the config: the hook's `HylaConfig.after_build` imports the model module "
+            "(which registers HylaForCausalLM) when the first HylaConfig is built"),
 )
 
 
@@ -171,27 +185,40 @@ def layer(module: str) -> int:
     return max(i for i, top in enumerate(LAYERS) if module == top or module.startswith(top + "."))
 
 
+def proxy_train_layer(module: str) -> int | None:
+    """Index of ``module``'s concept subpackage in `PROXY_TRAIN_LAYERS` (``hyla.proxy_train.cli`` above them all;
+    None outside hyla.proxy_train, and for the package's own ``__init__``)."""
+    if module == "hyla.proxy_train.cli":
+        return len(PROXY_TRAIN_LAYERS)
+    return next((i for i, top in enumerate(PROXY_TRAIN_LAYERS) if module == top or module.startswith(top + ".")),
+                None)
+
+
 def layer_violations(imports: list[Import]) -> list[str]:
     bad = []
     for imp in imports:
         if any(e.allows(imp) for e in EXCEPTIONS):
             continue
+        inner = proxy_train_layer(imp.importer), proxy_train_layer(imp.module)
         if imp.module in TOP and imp.importer != "hyla.__main__":
             bad.append(f"{imp.where()} imports {imp.module}, the top-level CLI (only hyla.__main__ may)")
         elif layer(imp.module) > layer(imp.importer):
             bad.append(f"{imp.where()} imports {imp.module}: {LAYERS[layer(imp.importer)]} must not import "
                        f"{LAYERS[layer(imp.module)]} (allowed: {' <- '.join(LAYERS)}, lower from higher only)")
+        elif None not in inner and inner[1] > inner[0]:
+            names = (*PROXY_TRAIN_LAYERS, "hyla.proxy_train.cli")
+            bad.append(f"{imp.where()} imports {imp.module}: {names[inner[0]]} must not import {names[inner[1]]} "
+                       f"(allowed: {' <- '.join(names)}, lower from higher only)")
     return bad
 
 
 def module_cycles(imports: list[Import]) -> list[list[str]]:
-    """Strongly connected components (Tarjan) of the module-level import graph with more than one module, or a
-    module importing itself."""
+    """Strongly connected components (Tarjan) of the graph of ``imports`` with more than one module, or a module
+    importing itself."""
     graph: dict[str, set[str]] = {}
     for imp in imports:
-        if not imp.lazy:
-            graph.setdefault(imp.importer, set()).add(imp.module)
-            graph.setdefault(imp.module, set())
+        graph.setdefault(imp.importer, set()).add(imp.module)
+        graph.setdefault(imp.module, set())
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -237,11 +264,12 @@ def test_walker_sees_the_packages() -> None:
     """Guards the checks below against passing vacuously (a moved package, a broken walker)."""
     modules, imports = _graph()
     for name in ("hyla.config", "hyla.cli", "hyla.space.layout", "hyla.proxy_train.model.mixers.gla",
-                 "hyla.proxy_train.tasks.mqar", "hyla.search.study", "hyla.analysis.plots"):
+                 "hyla.proxy_train.tasks.mqar", "hyla.proxy_train.train.trainer", "hyla.proxy_train.probe.runner",
+                 "hyla.proxy_train.proxy.run", "hyla.search.study", "hyla.analysis.plots"):
         assert name in modules, name
     edges = {(i.importer, i.module, i.lazy) for i in imports}
     assert ("hyla.search.study", "hyla.search.config", False) in edges
-    assert ("hyla.space.layout", "hyla.space.presets", True) in edges  # inside a method
+    assert ("hyla.search.prepare", "hyla.space.presets", True) in edges  # inside a function
     assert ("hyla._hf_auto", "hyla.proxy_train.model.hf_config", True) in edges
     assert ("hyla", "hyla._hf_auto", False) in edges  # `from hyla import _hf_auto` is the submodule
 
@@ -258,17 +286,24 @@ def test_exceptions_are_used() -> None:
     assert not unused, f"unused import-rule exceptions: {unused}"
 
 
-def test_no_module_level_cycles() -> None:
+def test_proxy_train_modules_lie_in_a_concept_subpackage() -> None:
+    """hyla.proxy_train holds its concept subpackages and, beside them, only its ``__init__`` and ``cli``: a new
+    module goes where its concept lives (or a new subpackage joins `PROXY_TRAIN_LAYERS`)."""
+    loose = [name for name in _graph()[0] if name.startswith("hyla.proxy_train") and name not in PROXY_TRAIN_FACE
+             and proxy_train_layer(name) is None]
+    assert not loose, f"modules of hyla.proxy_train outside {', '.join(PROXY_TRAIN_LAYERS)}: {loose}"
+
+
+def test_no_import_cycles() -> None:
     imports = _graph()[1]
     cycles = module_cycles(imports)
     lines = []
     for comp in cycles:
         members = set(comp)
-        edges = [f"{i.where()} -> {i.module}" for i in imports if not i.lazy and i.importer in members
-                 and i.module in members]
+        edges = [f"{i.where()} -> {i.module}" for i in imports if i.importer in members and i.module in members]
         lines.append(" <-> ".join(comp) + ":\n    " + "\n    ".join(edges))
-    assert not cycles, "module-level import cycles (move the shared code into the lower module; an import inside " \
-                       "the one function that needs it is the last resort):\n  " + "\n  ".join(lines)
+    assert not cycles, "import cycles (move the shared code into the lower module; an import inside a function " \
+                       "does not break a cycle, it hides it):\n  " + "\n  ".join(lines)
 
 
 def test_rules_catch_violations() -> None:
@@ -285,4 +320,12 @@ def test_rules_catch_violations() -> None:
     a, b, c = "hyla.proxy_train.a", "hyla.proxy_train.b", "hyla.proxy_train.c"
     loop = [Import(a, b, fake, 1, False), Import(b, c, fake, 1, False), Import(c, a, fake, 1, False)]
     assert module_cycles(loop) == [[a, b, c]]
-    assert module_cycles(loop[:2] + [Import(c, a, fake, 1, True)]) == []
+    assert module_cycles(loop[:2] + [Import(c, a, fake, 1, True)]) == [[a, b, c]]  # a lazy import closes it too
+    assert module_cycles(loop[:2]) == []
+    # inside proxy_train: model <- tasks <- train <- probe <- proxy <- cli
+    down = Import("hyla.proxy_train.probe.runner", "hyla.proxy_train.train.schedule", fake, 1, False)
+    up = Import("hyla.proxy_train.model.hf", "hyla.proxy_train.train.trainer", fake, 1, True)
+    top = Import("hyla.proxy_train.proxy.run", "hyla.proxy_train.cli", fake, 1, True)
+    bad = layer_violations([down, up, top])
+    assert len(bad) == 2 and "hyla.proxy_train.model must not import hyla.proxy_train.train" in bad[0]
+    assert "hyla.proxy_train.cli" in bad[1]

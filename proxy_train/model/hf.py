@@ -24,7 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from hyla.proxy_train.model.hf_config import HylaConfig
 from hyla.proxy_train.model.lm import HylaLM, LayerState
-from hyla.proxy_train.train.trainer import token_loss
+from hyla.proxy_train.model.loss import token_loss
 
 __all__ = ["HylaCache", "HylaConfig", "HylaForCausalLM"]
 

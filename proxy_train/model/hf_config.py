@@ -2,26 +2,21 @@
 
 This module needs transformers' ``PretrainedConfig`` and hyla's `Layout` only (no fla, no hyla mixers), so
 `hyla._hf_auto` can register it with ``AutoConfig`` as soon as transformers' Auto module loads, at no cost to
-``import hyla``. The model class is registered lazily: building the first `HylaConfig` imports
-``hyla.proxy_train.model.hf``, which registers `HylaForCausalLM` with ``AutoModelForCausalLM``. That happens inside
+``import hyla``. The model class is registered lazily: every `HylaConfig` built calls `HylaConfig.after_build`,
+which `hyla._hf_auto` sets (when it registers the config) to import ``hyla.proxy_train.model.hf``; that module
+registers `HylaForCausalLM` with ``AutoModelForCausalLM``. It happens inside
 ``AutoModelForCausalLM.from_pretrained``/``from_config`` before the model class is looked up, so ``import hyla``
-is enough for both (``tests/test_hf_auto.py``).
+is enough for both. This module never imports the model module itself (the model imports this one).
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
 
 from hyla.space.layout import Layout
-
-
-def _register_model_class() -> None:
-    """Import ``hyla.proxy_train.model.hf`` (torch, fla, hyla's mixers) once; it registers `HylaForCausalLM`."""
-    if "hyla.proxy_train.model.hf" not in sys.modules:
-        import hyla.proxy_train.model.hf  # noqa: F401
 
 
 class HylaConfig(PretrainedConfig):
@@ -36,6 +31,8 @@ class HylaConfig(PretrainedConfig):
     """
 
     model_type = "hyla"
+    #: called after every HylaConfig is built (set by `hyla._hf_auto`: registers the model class)
+    after_build: ClassVar[Callable[[], None] | None] = None
 
     def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool = False,
                  fuse_linear_cross_entropy: bool = False, **kwargs: Any) -> None:
@@ -52,7 +49,11 @@ class HylaConfig(PretrainedConfig):
             kwargs.setdefault("num_attention_heads", self.layout["num_heads"])
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
-        _register_model_class()
+        # loading transformers' Auto module runs hyla._hf_auto's hook (once), which sets `after_build`
+        import transformers.models.auto.configuration_auto  # noqa: F401
+
+        if HylaConfig.after_build is not None:
+            HylaConfig.after_build()
 
     def to_layout(self) -> Layout:
         """The `Layout` this config describes (validated)."""

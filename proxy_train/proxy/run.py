@@ -35,8 +35,9 @@ import torch
 from hyla.proxy_train.train.evaluate import autocast_logits, lm_loss
 from hyla.proxy_train.model.lm import HylaLM
 from hyla.proxy_train.proxy.config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
-from hyla.proxy_train.train.stream import ProxyData, prepare_data
-from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
+from hyla.proxy_train.proxy.data import ProxyData, prepare_data
+from hyla.proxy_train.model.loss import token_loss
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss
 from hyla.space.layout import Layout
 
 from hyla.config import ConfigError, dump_yaml

@@ -1,8 +1,8 @@
-"""Shared pieces of the recall generators: the ignore label, vocab ranges, seeding and scoring.
+"""Shared pieces of the recall generators: vocab ranges, seeding and scoring.
 
 Every generator is a frozen dataclass with ``generate(n, seed) -> (inputs, targets)``: LongTensors ``(n, T)``,
-``targets[t]`` the token expected after ``inputs[t]`` (next-token convention) and ``IGNORE`` (-100) where nothing
-is scored. Synthetic symbols come from the top of the model vocab, ``[vocab_size - task_vocab, vocab_size)``, so
+``targets[t]`` the token expected after ``inputs[t]`` (next-token convention) and ``IGNORE`` (-100, the LM loss's
+`hyla.proxy_train.model.loss.IGNORE`) where nothing is scored. Synthetic symbols come from the top of the model vocab, ``[vocab_size - task_vocab, vocab_size)``, so
 they never collide with byte text (ids < 260) when the model vocab is 512.
 """
 
@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError
-
-IGNORE = -100
+from hyla.proxy_train.model.loss import IGNORE
 
 
 def symbol_base(vocab_size: int, task_vocab: int, need: int, where: str) -> int:

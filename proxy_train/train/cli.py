@@ -1,4 +1,4 @@
-"""``hyla train SPEC.yaml``: full-scale training of one layout on Ray Train (see `hyla.proxy_train.train.full_spec`).
+"""``hyla train SPEC.yaml``: full-scale training of one layout on Ray Train (see `hyla.proxy_train.train.full_run`).
 
 ``hyla train SPEC.yaml --dry-run`` trains nothing: it prints the model the spec resolves to (layer string, shape,
 parameters, KV and state bytes of one sequence at the spec's ``seq_len``, training FLOPs per token) from
@@ -72,7 +72,8 @@ def _print_dry_run(report: dict[str, Any]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hyla.proxy_train.train.full_spec import RunSpec, train_full
+    from hyla.proxy_train.train.full_run import train_full
+    from hyla.proxy_train.train.full_spec import RunSpec
 
     if args.json and not args.dry_run:
         raise ConfigError("--json: only with --dry-run (a training run prints its result as JSON anyway)")

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from hyla.proxy_train.tasks.common import IGNORE, level_accuracy
+from hyla.proxy_train.model.loss import IGNORE
+from hyla.proxy_train.tasks.common import level_accuracy
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -27,10 +27,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from hyla.proxy_train.tasks.common import IGNORE
+from hyla.proxy_train.model.loss import token_loss
 
-__all__ = ["Meter", "MicroBatch", "Trainer", "clip_grad_norm", "mixed_loss", "token_loss"]
+__all__ = ["Meter", "MicroBatch", "Trainer", "clip_grad_norm", "mixed_loss"]
 
 LossTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,11 +48,6 @@ class MicroBatch:
     inputs: torch.Tensor
     targets: torch.Tensor
     split: int | None = None
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of (B, T, V) logits against (B, T) targets in fp32, averaged over the scored tokens."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
 
 
 def mixed_loss(logits: torch.Tensor, targets: torch.Tensor, split: int | None = None,

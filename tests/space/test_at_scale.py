@@ -26,7 +26,7 @@ def test_same_depth_is_layer_by_layer(target: str) -> None:
 
 def test_shallow_pattern_repeats_as_a_period() -> None:
     mini = Layout(layers=("gdn", "gdn", "gdn", "attn"), d_model=64, vocab_size=512, mlp_hidden=128, num_heads=2)
-    big = mini.at_scale("340m")
+    big = at_scale(mini, "340m")
     assert big.layer_string() == "NNNA" * 6 and big.attention_layers == (3, 7, 11, 15, 19, 23)
     assert big.key() == resolve_preset("gdn-4:1@340m").key()  # uniform_last r:1 stays r:1
     middle = mini.with_layers(["gdn", "gdn", "attn", "gdn"])  # the `middle` placement of one attention layer

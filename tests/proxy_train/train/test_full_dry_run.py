@@ -14,7 +14,7 @@ from hyla.cli import main
 from hyla.config import ConfigError
 from hyla.proxy_train.train.full_spec import RunSpec, run_spec_for
 from hyla.space.layout import Layout
-from hyla.space.presets import get_scale, resolve_preset
+from hyla.space.presets import at_scale, get_scale, resolve_preset
 from conftest import REPO
 
 MINI = {"layers": ["gdn+a1", "gdn", "gdn", "attn"], "d_model": 64, "vocab_size": 512, "mlp_hidden": 128,
@@ -106,7 +106,7 @@ def test_promotion_writes_specs_of_the_full_scale_model(tmp_path: Path, capsys: 
         assert lay.layer_string() == winner.layer_string() * 6 == "nnAn" * 6
         assert lay.attention_layers == (2, 6, 10, 14, 18, 22) and lay.name.endswith(f"at {scale}")
         assert all(s.attn_heads == lay.num_heads // 2 for s in lay.layers if not s.is_attention)
-        assert lay.key() == winner.at_scale(scale).key()
+        assert lay.key() == at_scale(winner, scale).key()
         out = _json_out(capsys, ["train", path, "--dry-run", "--json"])
         assert out["key"] == lay.key() and out["layout"]["d_model"] == width
 

@@ -18,7 +18,8 @@ import yaml
 
 from hyla.cli import main
 from hyla.config import ConfigError
-from hyla.proxy_train.train.full_spec import RunSpec, find_latest_checkpoint, run_spec_for
+from hyla.proxy_train.train.full_run import find_latest_checkpoint
+from hyla.proxy_train.train.full_spec import RunSpec, run_spec_for
 from hyla.proxy_train.train.full_loop import ShardStream, lr_lambda
 from conftest import REPO
 

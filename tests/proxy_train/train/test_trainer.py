@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from conftest import tiny_layout
 from hyla.proxy_train.train.schedule import wsd_lr
 from hyla.proxy_train.model.lm import HylaLM
-from hyla.proxy_train.tasks.common import IGNORE
-from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss, token_loss
+from hyla.proxy_train.model.loss import IGNORE, token_loss
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss
 
 CPU = torch.device("cpu")
 
