@@ -24,7 +24,7 @@ rho between variants (e.g. two corpora) per budget: how far a ranking moves with
 
 Layout sets: ``calibration`` (the Transformer; gla, gdn, hgrn2 at pure, 24:1, 6:1, 3:1; deltanet, retnet and
 hgrn pure), ``grid`` (the paper's 31 layouts) or preset names. ``--variant "NAME:KEY=VALUE;KEY=VALUE"`` runs an
-ablation of the proxy (probe fields as ``recall_probe.KEY``) under its own name; records carry the variant.
+ablation of the proxy (recall fields as ``recall.KEY``) under its own name; records carry the variant.
 Within a budget and seed the expected-slowest layouts start first (``--order``), so the workers end together.
 Finished jobs (``ok``, or ``diverged``, which a re-run would repeat) are skipped; failed ones run again.
 
@@ -50,6 +50,7 @@ from common import (
     RESULTS_DIR,
     Deadline,
     add_common_args,
+    apply_sets,
     check_device,
     close_workers,
     config_key,
@@ -87,7 +88,7 @@ def resolve_layouts(names: list[str], scale: str) -> list[Any]:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
-    """``name:key=value;key=value`` -> (name, overrides); ``recall_probe.key`` sets a probe field."""
+    """``name:key=value;key=value`` -> (name, overrides); ``recall.key`` sets a field of the recall family."""
     from hyla.config import ConfigError
 
     name, _, rest = text.partition(":")
@@ -98,18 +99,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 def variant_config(base: Any, overrides: dict[str, Any], seed: int, budget: int) -> Any:
     """The proxy of one job: ``base`` with the overrides, one seed, probe and LM steps x ``budget``."""
-    from hyla.proxy_train.proxy.run import ProxyConfig
+    from hyla.proxy_train.proxy.config import ProxyConfig
 
-    data = base.to_dict()
-    probe = dict(data.get("recall_probe") or {})
-    for k, v in overrides.items():
-        if k.startswith("recall_probe."):
-            probe[k.split(".", 1)[1]] = v
-        else:
-            data[k] = v
-    if probe:
-        probe["steps"] = int(probe.get("steps", 1000)) * budget
-        data["recall_probe"] = probe
+    data = apply_sets(base.to_dict(), overrides)
+    recall = data.get("recall") or {}
+    if recall.get("family") == "probe":
+        data["recall"] = {**recall, "steps": int(recall["steps"]) * budget}
     if data.get("train_lm", True) and budget != 1:
         steps = ProxyConfig.from_dict(data).total_steps
         data["steps"], data["tokens"] = steps * budget, None
@@ -118,6 +113,8 @@ def variant_config(base: Any, overrides: dict[str, Any], seed: int, budget: int)
 
 
 def make_record(layout: Any, job: dict[str, Any], msg: tuple[str, int, Any, Any]) -> dict[str, Any]:
+    from hyla.proxy_train.probe.config import RecallProbeConfig
+
     kind, wid, _, payload = msg
     rec = {"layout_name": layout.name, "layout_key": layout.key(), **layout_traits(layout), "seed": job["seed"],
            "budget": job["budget"], "variant": job["variant"], "config_key": job["ckey"], "worker": wid,
@@ -128,7 +125,7 @@ def make_record(layout: Any, job: dict[str, Any], msg: tuple[str, int, Any, Any]
     probe = (r.get("probe") or [{}])[0]
     return {**rec, "status": r["status"], "fail_reason": r.get("fail_reason"), "recall": r.get("recall"),
             "recall_auc": probe.get("auc"), "recall_levels": r.get("recall_tasks"),
-            "probe_budget": job["config"].recall_probe.steps if job["config"].recall_probe else None,
+            "probe_budget": job["config"].recall.steps if isinstance(job["config"].recall, RecallProbeConfig) else None,
             "lm_val_loss": r.get("lm_val_loss"), "wall_s": r.get("wall_s"),
             "best_lr": probe.get("lr"), "probe_steps": [p["steps"] for p in probe.get("per_lr", [])],
             "curve": [p["curve"] for p in probe.get("per_lr", [])], "state_bytes": r.get("state_bytes")}
@@ -179,10 +176,12 @@ def _append(path: str, rec: dict[str, Any], job: dict[str, Any], session: dict[s
 def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Deadline,
                    session: dict[str, Any]) -> None:
     """Probe-only proxies: every job of one (variant, budget) through the product's ``run_probes`` in this
-    process, side by side on the device (``recall_probe.concurrent`` at a time); a record per (layout, seed) as
+    process, side by side on the device (the probe's ``concurrent`` at a time); a record per (layout, seed) as
     soon as all its learning rates are done. Past ``--max-seconds`` no new probe starts."""
     import torch
-    from hyla.proxy_train.probe.runner import ProbeJob, best_of_lrs, run_probes
+    from hyla.proxy_train.probe.levels import probe_levels
+    from hyla.proxy_train.probe.runner import best_of_lrs, run_probes
+    from hyla.proxy_train.probe.stack import ProbeJob
     from hyla.space.cost import inference_memory
 
     dev = torch.device(args.device)
@@ -192,7 +191,7 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
     left = [len(todo)]
     for (variant, budget), group in groups.items():
         cfg = group[0]["config"]
-        probe = cfg.recall_probe
+        probe = cfg.recall
         log(f"{variant} x{budget}: {len(group)} layout-seeds, {len(probe.lrs)} lr(s), {probe.steps} steps, "
             f"{probe.concurrent or 'all'} at a time, width {probe.width or 'own'}")
         pending: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -208,7 +207,7 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
             job = group[i]
             left[0] -= 1
             try:
-                best = best_of_lrs(pending[i], probe.levels(job["layout"].vocab_size), time.time() - t0)
+                best = best_of_lrs(pending[i], probe_levels(probe, job["layout"].vocab_size), time.time() - t0)
                 payload = {"status": "ok", "recall": best["recall"], "recall_tasks": best["levels"],
                            "wall_s": max(r.get("wall_s") or 0.0 for r in pending[i]), "probe": [best],
                            "state_bytes": inference_memory(job["layout"], cfg.memory_context).total_bytes}
@@ -252,7 +251,7 @@ def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Dea
 def backfill_auc(records: list[dict[str, Any]], args: argparse.Namespace, variants: dict[str, Any]) -> None:
     """``recall_auc`` for records written before it was recorded: from their curve, with the step budget of
     their variant's config (``--proxy`` plus the variant given again with ``--variant``)."""
-    from hyla.proxy_train.probe.config import curve_auc
+    from hyla.proxy_train.probe.stack import curve_auc
 
     base = None
     for r in records:
@@ -260,7 +259,7 @@ def backfill_auc(records: list[dict[str, Any]], args: argparse.Namespace, varian
             continue
         if r.get("variant") in variants:  # records with a probe_budget also have their recall_auc
             base = base or proxy_config(args.proxy, sets=parse_sets(args.sets))
-            total = variant_config(base, variants[r["variant"]], r["seed"], r["budget"]).recall_probe.steps
+            total = variant_config(base, variants[r["variant"]], r["seed"], r["budget"]).recall.steps
             best = max(r["curve"], key=lambda c: c[-1][1])  # per lr; the best final score counts (best_of_lrs)
             r["recall_auc"] = curve_auc(best, total)
 
@@ -301,7 +300,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(ap, NAME)
     ap.add_argument("--jsonl", default=str(RESULTS_DIR / f"{NAME}.jsonl"), help="per-job records (appended)")
-    ap.add_argument("--proxy", default="small", help="proxy preset or YAML (with a recall_probe)")
+    ap.add_argument("--proxy", default="small", help="proxy preset or YAML (recall: the probe, or an LM proxy)")
     ap.add_argument("--scale", default="small", help="scale of preset layout names")
     ap.add_argument("--layouts", nargs="+", default=["calibration"], help="calibration, grid, or preset names/YAMLs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

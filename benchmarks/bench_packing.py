@@ -174,8 +174,7 @@ def main() -> int:
         raise ConfigError(f"--ps: {args.ps!r} is not allowed; expected positive process counts")
     if args.steps < 3:
         raise ConfigError(f"--steps: {args.steps} is not allowed; the overlap window needs >= 3 steps")
-    sets = {"eval_batches": 1, "recall_eval_examples": 8, **parse_sets(args.sets)}  # eval is not measured
-    config = proxy_config(args.proxy, steps=args.steps, sets=sets)
+    config = proxy_config(args.proxy, steps=args.steps, sets=parse_sets(args.sets), quick=True)  # eval: not measured
     layout = load_layouts([args.layout], args.scale)[0]
     deadline = Deadline(args.max_seconds)
     # normalised through JSON so it compares equal to the copy read back from --out (tuples become lists)
@@ -211,7 +210,7 @@ def main() -> int:
         report["workers"] = [{"ready_s": ready[i], **pool.nodes[i]} for i in sorted(ready)]
         log(f"{len(ready)} workers ready ({pool.num_gpus:g} GPU each)")
         if args.warm_steps > 0:
-            warm = proxy_config(args.proxy, steps=args.warm_steps, sets=sets)
+            warm = proxy_config(args.proxy, steps=args.warm_steps, sets=parse_sets(args.sets), quick=True)
             log(f"warming {len(ready)} workers ({args.warm_steps} steps each, concurrently)")
             round_ = measure_round(pool, len(ready), layout, warm, deadline)
             report["warmup"] = {"statuses": round_["statuses"], "wall_s": round_["run_wall_s"]}

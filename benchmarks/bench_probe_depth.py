@@ -64,17 +64,18 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--curriculum", type=float, default=0.25, help="recall_probe.curriculum")
-    ap.add_argument("--task-vocab", type=int, default=None, help="recall_probe.task_vocab (None: 4 x the largest pairs)")
+    ap.add_argument("--curriculum", type=float, default=0.25, help="the probe's curriculum")
+    ap.add_argument("--task-vocab", type=int, default=None, help="the probe's task_vocab (None: 4 x the largest pairs)")
     ap.add_argument("--zero-init", nargs="+", default=["none"], choices=("none", "linear", "all"),
-                    help="recall_probe.zero_init values to compare")
+                    help="the probe's zero_init values to compare")
     ap.add_argument("--mixer-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                     help="override a mixer option of every linear layer (e.g. expand_ratio=16), repeatable")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_depth.json"))
     args = ap.parse_args()
     import torch
-    from hyla.proxy_train.probe.runner import ProbeJob, run_probes
+    from hyla.proxy_train.probe.runner import run_probes
+    from hyla.proxy_train.probe.stack import ProbeJob
     from hyla.proxy_train.probe.config import RecallProbeConfig
 
     if args.device == "cpu":

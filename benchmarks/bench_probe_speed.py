@@ -1,7 +1,7 @@
 """Recall-probe speed on one device, through the product's ``run_probes``: how fast one probe trains, and how
 much running several side by side (one CUDA graph and stream each) gains.
 
-For each probe variant (``--variant NAME:KEY=VALUE;...`` over the proxy's ``recall_probe``) and each concurrency
+For each probe variant (``--variant NAME:KEY=VALUE;...`` over the proxy's probe, its ``recall:`` fields) and each concurrency
 ``--concurrent K``, one ``run_probes`` call trains K probes (the ``--layouts`` cycled, seeds 0, 1, ...) for
 ``--steps`` steps each without early stopping or checks, and reports probe-steps per second of wall time, graph
 capture and warm-up included (a first call per variant warms the allocator and imports, untimed). The aggregate
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, proxy_config, setup_env, write_json
+from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, probe_config, setup_env, write_json
 
 LAYOUTS = ["transformer", "gla-pure", "gdn-pure", "hgrn2-pure", "deltanet-pure", "retnet-pure", "hgrn-pure",
            "gla-6:1"]
@@ -31,7 +31,8 @@ def time_call(layouts: list[Any], probe: Any, k: int, device: str) -> dict[str, 
     import dataclasses
 
     import torch
-    from hyla.proxy_train.probe.runner import ProbeJob, run_probes
+    from hyla.proxy_train.probe.runner import run_probes
+    from hyla.proxy_train.probe.stack import ProbeJob
 
     dev = torch.device(device)
     cfg = dataclasses.replace(probe, concurrent=k, eval_every=0, stop_at=1.0)
@@ -51,12 +52,12 @@ def time_call(layouts: list[Any], probe: Any, k: int, device: str) -> dict[str, 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--proxy", default="small", help="proxy preset or YAML with a recall_probe")
+    ap.add_argument("--proxy", default="small", help="proxy preset or YAML whose recall is the probe")
     ap.add_argument("--scale", default="small")
     ap.add_argument("--layouts", nargs="+", default=LAYOUTS)
     ap.add_argument("--concurrent", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;... over recall_probe")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE;... over the probe's fields")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_probe_speed.json"))
     args = ap.parse_args()
@@ -66,7 +67,7 @@ def main() -> int:
     from hyla.config import from_mapping
     from hyla.proxy_train.probe.config import RecallProbeConfig
 
-    base = proxy_config(args.proxy).recall_probe
+    base = probe_config(args.proxy)
     layouts = load_layouts(args.layouts, args.scale)
     out: dict[str, Any] = {"benchmark": "bench_probe_speed", "machine": machine_info(args.device), "env": env,
                            "steps": args.steps, "runs": []}

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, log, machine_info, parse_sets, setup_env, write_json  # noqa: E402
+from common import RESULTS_DIR, apply_sets, log, machine_info, parse_sets, setup_env, write_json  # noqa: E402
 
 #: name -> layer strings of the CPU layouts (4 layers; "r:1" = r linear layers then one attention layer).
 CPU_LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -50,9 +50,10 @@ CPU_LAYOUTS: dict[str, tuple[str, ...]] = {
 #: The CPU recipe (the slow MQAR test's, on 4 layers).
 CPU_RECIPE: dict[str, Any] = {
     "seq_len": 32, "batch_size": 32, "steps": 450, "lr": 1e-3, "warmup": 10, "min_lr_ratio": 1.0,
-    "weight_decay": 0.0, "recall_mix": 0.75, "text": {"source": "stdlib", "max_docs": 30},
-    "recall_tasks": [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": p, "task_vocab": 32}} for p in (4, 8)],
-    "eval_batches": 2, "recall_eval_examples": 128, "eval_batch_size": 32, "device": "cpu",
+    "weight_decay": 0.0, "text": {"source": "stdlib", "max_docs": 30},
+    "recall": {"family": "suite", "mix": 0.75, "eval_examples": 128,
+               "tasks": [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": p, "task_vocab": 32}} for p in (4, 8)]},
+    "eval_batches": 2, "eval_batch_size": 32, "device": "cpu",
 }
 
 
@@ -79,11 +80,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from hyla.proxy_train.proxy.run import ProxyConfig, run_proxy
+    from hyla.proxy_train.proxy.config import ProxyConfig
+    from hyla.proxy_train.proxy.run import run_proxy
 
     sets = parse_sets(args.set)
     if args.proxy is None:
-        base = {**CPU_RECIPE, **sets, "device": args.device}
+        base = {**apply_sets(CPU_RECIPE, sets), "device": args.device}
         layouts = [cpu_layout(n) for n in args.layouts]
     else:
         from common import load_layouts, proxy_config

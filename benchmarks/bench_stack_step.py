@@ -1,4 +1,4 @@
-"""Step time of one stacked recall probe (``probe_runner``'s stack: R seeds/lrs of one layout as one vmapped
+"""Step time of one stacked recall probe (``probe.stack.ProbeStack``: R seeds/lrs of one layout as one vmapped
 model, one CUDA graph) against the stack size R, alone on the device, through the product's own stack class.
 
 For each layout and R: the build time (models, stacking, eager warm-up, capture), then the steady step time over
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, proxy_config, setup_env, write_json
+from common import RESULTS_DIR, load_layouts, log, machine_info, main_guard, parse_sets, probe_config, setup_env, write_json
 
 
 def compile_counters() -> dict[str, Any]:
@@ -34,8 +34,8 @@ def measure(layout: Any, probe: Any, r: int, steps: int, dev: Any, profile: bool
     """Build a stack of ``r`` replicas of ``layout`` and time ``steps`` steps (one check-free advance)."""
     import torch
     from hyla.proxy_train.model.mixers.common import kernel_path, scan_chunk
-    from hyla.proxy_train.probe.runner import ProbeJob, _Stack
-    from hyla.proxy_train.probe.config import LevelPool
+    from hyla.proxy_train.probe.levels import LevelPool
+    from hyla.proxy_train.probe.stack import ProbeJob, ProbeStack
 
     pool = LevelPool(probe, layout.vocab_size, dev)
     jobs = [ProbeJob(layout, seed, probe.lrs[seed % len(probe.lrs)]) for seed in range(r)]
@@ -43,7 +43,7 @@ def measure(layout: Any, probe: Any, r: int, steps: int, dev: Any, profile: bool
     with kernel_path(probe.kernels), scan_chunk(probe.scan_chunk), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t0 = time.perf_counter()
-        stack = _Stack(jobs, probe, pool, None, dev)
+        stack = ProbeStack(jobs, probe, pool, None, dev)
         torch.cuda.synchronize()
         build = time.perf_counter() - t0
         stack.advance(3)  # settle
@@ -76,12 +76,12 @@ def measure(layout: Any, probe: Any, r: int, steps: int, dev: Any, profile: bool
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--proxy", default="small", help="proxy preset or YAML with a recall_probe")
+    ap.add_argument("--proxy", default="small", help="proxy preset or YAML whose recall is the probe")
     ap.add_argument("--scale", default="small")
     ap.add_argument("--layouts", nargs="+", default=["transformer", "gdn-3:1", "gla-pure"])
     ap.add_argument("--stack", type=int, nargs="+", default=[1, 4, 12])
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE over recall_probe")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE over the probe's fields (recall:)")
     ap.add_argument("--profile", default=None, help="LAYOUT:R to profile (e.g. gdn-3:1:12)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "bench_stack_step.json"))
     args = ap.parse_args()
@@ -93,7 +93,7 @@ def main() -> int:
     from hyla.proxy_train.probe.config import RecallProbeConfig
 
     dev = torch.device("cuda")
-    base = proxy_config(args.proxy).recall_probe
+    base = probe_config(args.proxy)
     probe = from_mapping(RecallProbeConfig, {**dataclasses.asdict(base), **parse_sets(args.set)}, "--set")
     prof_name, _, prof_r = (args.profile or "").rpartition(":")
     out: dict[str, Any] = {"benchmark": "bench_stack_step", "machine": machine_info("cuda"), "env": env,

@@ -76,8 +76,7 @@ def main() -> int:
     env = setup_env(args.triton_cache)
     check_device(args.device)
     # evaluation is not what we time: keep it minimal unless the user overrides it
-    sets = {"eval_batches": 1, "recall_eval_examples": 8, **parse_sets(args.sets)}
-    config = proxy_config(args.proxy, steps=args.steps, sets=sets)
+    config = proxy_config(args.proxy, steps=args.steps, sets=parse_sets(args.sets), quick=True)
     layouts = load_layouts(args.layouts, args.scale)
     deadline = Deadline(args.max_seconds)
     report: dict[str, Any] = {"benchmark": NAME, "machine": machine_info(args.device), "env": env,

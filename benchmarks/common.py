@@ -159,7 +159,8 @@ class Deadline:
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict, values parsed as YAML scalars (``3`` -> 3, ``none`` -> None)."""
+    """``["key=value", ...]`` -> dict, values parsed as YAML scalars (``3`` -> 3, ``none`` -> None); a dotted key
+    (``recall.steps=50``) sets a field of a nested mapping (`apply_sets`)."""
     import yaml
 
     from hyla.config import ConfigError
@@ -173,19 +174,58 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def proxy_config(proxy: str, steps: int | None = None, tokens: int | None = None,
-                 sets: dict[str, Any] | None = None) -> Any:
-    """A ``ProxyConfig`` from a preset/YAML with a step or token budget and field overrides."""
+def apply_sets(data: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``sets`` applied: ``key`` replaces a field, ``outer.key`` a field of the mapping ``outer``
+    (e.g. ``recall.steps``: a field of the proxy's recall family)."""
     from hyla.config import ConfigError
-    from hyla.proxy_train.proxy.run import ProxyConfig
+
+    out = dict(data)
+    for key, value in sets.items():
+        outer, dot, inner = key.partition(".")
+        if not dot:
+            out[key] = value
+        elif isinstance(out.get(outer), dict):
+            out[outer] = {**out[outer], inner: value}
+        else:
+            raise ConfigError(f"--set {key}: {outer!r} is not a mapping in this proxy config")
+    return out
+
+
+def proxy_config(proxy: str, steps: int | None = None, tokens: int | None = None,
+                 sets: dict[str, Any] | None = None, quick: bool = False) -> Any:
+    """A ``ProxyConfig`` from a preset/YAML with a step or token budget and field overrides (`apply_sets`);
+    ``quick``: the least evaluation first (`quick_eval`), the overrides win over it."""
+    from hyla.config import ConfigError
+    from hyla.proxy_train.proxy.config import ProxyConfig
 
     if steps is not None and tokens is not None:
         raise ConfigError(f"budget: give --steps ({steps}) or --budget-tokens ({tokens}), not both")
-    data = ProxyConfig.load(proxy).to_dict()
-    data.update(sets or {})
+    base = ProxyConfig.load(proxy)
+    data = apply_sets((quick_eval(base) if quick else base).to_dict(), sets or {})
     if steps is not None or tokens is not None:
         data["steps"], data["tokens"] = steps, tokens
     return ProxyConfig.from_dict(data, where=f"proxy {proxy}")
+
+
+def probe_config(proxy: str) -> Any:
+    """The recall probe's config of a proxy preset/YAML whose ``recall`` is ``family: probe``."""
+    from hyla.config import ConfigError
+    from hyla.proxy_train.probe.config import RecallProbeConfig
+
+    recall = proxy_config(proxy).recall
+    if not isinstance(recall, RecallProbeConfig):
+        raise ConfigError(f"--proxy {proxy}: its recall is not the probe (recall: {{family: probe, ...}})")
+    return recall
+
+
+def quick_eval(config: Any) -> Any:
+    """``config`` with the least evaluation (one LM batch, 8 examples per suite level; a probe keeps its exam):
+    for benchmarks that time training, not scoring."""
+    import dataclasses
+
+    suite = config.suite
+    recall = dataclasses.replace(suite, eval_examples=8) if suite is not None else config.recall
+    return dataclasses.replace(config, eval_batches=1, recall=recall)
 
 
 def check_device(device: str) -> None:
@@ -305,7 +345,7 @@ def run_jobs(pool: Any, jobs: list[dict[str, Any]], deadline: Deadline,
         while free and todo and not deadline.expired() and (can_start is None or can_start()):
             slot, job = free.pop(0), todo.pop(0)
             t = time.time()
-            ref = pool.submit_timed(slot, job["layout"].to_dict(), job["config"].to_dict(), job.get("out_dir"),
+            ref = pool.submit_timed(slot, job["layout"].to_dict(), job["config"], job.get("out_dir"),
                                     job.get("before_first_step"))
             running[ref] = (slot, job, t)
             if on_start is not None:

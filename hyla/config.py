@@ -1,4 +1,8 @@
-"""Shared config helpers: one error type, YAML I/O with precise messages, strict typed-dataclass parsing."""
+"""Shared config helpers: one error type, YAML I/O with precise messages, strict typed-dataclass parsing.
+
+Field metadata that `from_mapping` reads: ``{"choices": (...)}`` restricts a value; `tagged` makes a field a tagged
+union (a mapping whose ``family`` key, or another tag, picks the dataclass its other keys are parsed into).
+"""
 
 from __future__ import annotations
 
@@ -51,10 +55,41 @@ def dump_yaml(data: Any, path: str | Path) -> None:
     tmp.replace(p)
 
 
+def tagged(variants: Mapping[str, type], tag: str = "family") -> dict[str, Any]:
+    """Field metadata of a tagged union: the field's mapping names its variant under ``tag`` (a key of
+    ``variants``, did-you-mean on a typo) and its other keys are that variant dataclass's fields. ``None`` stays
+    None; an instance of a variant is kept. `to_mapping` writes the tag back. ``variants`` may grow after the
+    field is declared (a registry)."""
+    return {"variants": variants, "tag": tag}
+
+
+def _parse_tagged(value: Any, variants: Mapping[str, type], tag: str, where: str) -> Any:
+    if value is None or isinstance(value, tuple(variants.values())):
+        return value
+    names = ", ".join(variants)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with {tag!r} ({names}), got {value!r}")
+    data = dict(value)
+    name = data.pop(tag, None)
+    if name is None:
+        raise ConfigError(f"{where}.{tag}: missing; expected one of {names}")
+    if name not in variants:
+        close = difflib.get_close_matches(str(name), list(variants), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}.{tag}: {name!r} is not allowed{hint}; expected one of {names}")
+    cls = variants[name]
+    return cls.from_dict(data, where=where) if hasattr(cls, "from_dict") else from_mapping(cls, data, where)
+
+
+def variant_name(value: Any, variants: Mapping[str, type]) -> str:
+    """The tag of a tagged union's value (the key of its dataclass in ``variants``)."""
+    return next(name for name, cls in variants.items() if type(value) is cls)
+
+
 def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from a mapping: unknown keys refused, nested dataclasses parsed, simple types checked.
 
-    Fields may declare ``metadata={"choices": (...)}`` to restrict values.
+    Fields may declare ``metadata={"choices": (...)}`` to restrict values, or `tagged` metadata (a tagged union).
     """
     data = dict(data or {})
     if not dataclasses.is_dataclass(cls):
@@ -64,6 +99,10 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
+        meta = flds[name].metadata
+        if "variants" in meta:
+            kwargs[name] = _parse_tagged(value, meta["variants"], meta["tag"], f"{where}.{name}")
+            continue
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
         choices = flds[name].metadata.get("choices")
         if choices is not None and kwargs[name] not in choices:
@@ -75,16 +114,28 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
 
 
 def to_mapping(obj: Any) -> Any:
-    """Dataclass (possibly nested) → plain dict/list data suitable for YAML/JSON."""
+    """Dataclass (possibly nested) → plain dict/list data suitable for YAML/JSON (a dataclass's own ``to_dict`` wins)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         if hasattr(obj, "to_dict"):
             return obj.to_dict()
-        return {f.name: to_mapping(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return fields_to_mapping(obj)
     if isinstance(obj, (list, tuple)):
         return [to_mapping(v) for v in obj]
     if isinstance(obj, Mapping):
         return {k: to_mapping(v) for k, v in obj.items()}
     return obj
+
+
+def fields_to_mapping(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's fields as plain data (a tagged union's value with its tag first)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "variants" in f.metadata and value is not None:
+            out[f.name] = {f.metadata["tag"]: variant_name(value, f.metadata["variants"]), **to_mapping(value)}
+        else:
+            out[f.name] = to_mapping(value)
+    return out
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

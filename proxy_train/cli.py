@@ -40,7 +40,8 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from hyla.proxy_train.proxy.run import ProxyConfig, run_proxy
+    from hyla.proxy_train.proxy.config import ProxyConfig
+    from hyla.proxy_train.proxy.run import run_proxy
     from hyla.space.presets import load_layout
 
     config = ProxyConfig.load(args.config)

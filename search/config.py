@@ -1,8 +1,9 @@
 """`StudyConfig`: one YAML file describes a whole layout search (space, objectives, rungs, storage, Ray).
 
 Everything is validated here, before any worker starts: unknown keys, objective names, sampler, rung proxies
-(loaded with the proxy trainer's own parser), the storage URL (an RDB is connected to) and the Ray address (a TCP
-connect). Every error is one line naming the file and the field.
+(parsed once, by the proxy's own `ProxyConfig.from_dict`, into the `ProxyConfig` a rung holds from then on), the
+storage URL (an RDB is connected to) and the Ray address (a TCP connect). Every error is one line naming the file
+and the field.
 
 Relative paths inside the YAML (``space``, rung ``proxy`` files, ``seeds`` layout files) are resolved against the
 YAML file's directory first, then the current directory. A relative ``run_dir`` in the YAML is relative to the
@@ -21,6 +22,7 @@ from urllib.parse import urlparse
 
 from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hyla.metrics import METRICS
+from hyla.proxy_train.proxy.config import PROXY_PRESETS, ProxyConfig
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 FULL_SCALES = ("340m", "1.3b")
@@ -51,11 +53,13 @@ class RungConfig:
     """One fidelity level: every trial of the rung is trained with ``proxy``.
 
     Attributes:
-        proxy: a proxy preset name (``tiny``), a proxy YAML path, or an inline mapping (ProxyConfig fields).
+        proxy: the rung's proxy recipe. In YAML: a proxy preset name (``tiny``), a proxy YAML path (relative to the
+            study file's folder, then the current directory) or an inline mapping of ProxyConfig fields; parsed
+            once when the study is loaded (`parse_rung_proxies`).
         promote: the promotion rule to the next rung.
     """
 
-    proxy: Any = "tiny"
+    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig.load("tiny"))
     promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
@@ -152,13 +156,55 @@ class StudyConfig:
 
     def resolve_path(self, value: str) -> Path | None:
         """A relative path is looked up next to the YAML file first, then in the current directory."""
-        p = Path(value)
-        if p.is_absolute():
-            return p if p.exists() else None
-        for base in ([Path(self.source).parent] if self.source else []) + [Path.cwd()]:
-            if (base / p).exists():
-                return base / p
-        return None
+        return resolve_path(value, self.source)
+
+
+def resolve_path(value: str, source: str = "") -> Path | None:
+    """``value`` as an existing path: a relative one is looked up next to the YAML file ``source`` first, then in
+    the current directory; None when it exists in neither."""
+    p = Path(value)
+    if p.is_absolute():
+        return p if p.exists() else None
+    for base in ([Path(source).parent] if source else []) + [Path.cwd()]:
+        if (base / p).exists():
+            return base / p
+    return None
+
+
+def parse_rung_proxies(data: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    """``data`` with each rung's ``proxy`` parsed into a `ProxyConfig` (once: the study holds it from then on).
+
+    A preset name, a YAML path (`resolve_path` against ``source``) or a mapping; errors name the file and the rung.
+    Anything malformed around it (rungs not a list, a rung not a mapping) is left to `from_mapping`'s messages.
+    """
+    rungs = data.get("rungs")
+    if not isinstance(rungs, list):
+        return data
+    parsed = []
+    for i, rung in enumerate(rungs):
+        if isinstance(rung, dict) and "proxy" in rung:
+            rung = {**rung, "proxy": _parse_proxy(rung["proxy"], f"{where}: rungs[{i}].proxy", source)}
+        parsed.append(rung)
+    return {**data, "rungs": parsed}
+
+
+def _parse_proxy(proxy: Any, where: str, source: str) -> ProxyConfig:
+    try:
+        if isinstance(proxy, ProxyConfig):
+            return proxy
+        if isinstance(proxy, dict):
+            return ProxyConfig.from_dict(proxy, where=where)
+        if isinstance(proxy, str) and proxy in PROXY_PRESETS:
+            return ProxyConfig.load(proxy)
+        if isinstance(proxy, str):
+            path = resolve_path(proxy, source)
+            if path is None:
+                raise ConfigError(f"{where}: {proxy!r} is neither a preset ({', '.join(PROXY_PRESETS)}) nor an "
+                                  "existing file")
+            return ProxyConfig.load(path)
+    except ConfigError as e:  # the proxy's own checks do not know the study file: name it
+        raise (e if str(e).startswith(where) else ConfigError(f"{where}: {e}")) from None
+    raise ConfigError(f"{where}: expected a preset name, a path or a mapping, got {type(proxy).__name__}")
 
 
 def yaml_run_dir(value: Any, yaml_path: str | Path) -> Any:
@@ -189,6 +235,7 @@ def study_config_from_dict(data: dict[str, Any], where: str = "study config", **
     if "source" in data:
         raise ConfigError(f"{where}: unknown field 'source'")
     data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    data = parse_rung_proxies(data, where, where if where != "study config" else "")
     cfg = from_mapping(StudyConfig, data, where)
     cfg = replace(cfg, source=where if where != "study config" else "")
     if address is not None:

@@ -1,8 +1,8 @@
 """Everything resolved before a search starts work, and the full-run stage after the last rung.
 
-`prepare` turns a `StudyConfig` into a `Prepared`: the SearchSpace, each rung's ProxyConfig (parsed by the proxy
-trainer itself, so a bad proxy field fails here and not in a worker), seed layouts, the opened storage (an RDB
-is connected to) and a checked Ray address. Only then does `run_search` start Ray.
+`prepare` turns a `StudyConfig` into a `Prepared`: the SearchSpace, each rung's ProxyConfig (parsed when the study
+was loaded; here its data sources are checked, so a missing corpus fails here and not in a worker), seed layouts,
+the opened storage (an RDB is connected to) and a checked Ray address. Only then does `run_search` start Ray.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 import optuna
 
 from hyla.config import ConfigError, dump_yaml
+from hyla.proxy_train.proxy.config import ProxyConfig, score_needs
+from hyla.proxy_train.train.config import LOCAL_SUFFIXES
 from hyla.search.config import StudyConfig, check_ray_address
 from hyla.search.storage import open_storage
 
@@ -25,7 +27,7 @@ class Prepared:
     cfg: StudyConfig
     space: Any
     storage: Any
-    proxies: list[dict[str, Any]]
+    proxies: list[ProxyConfig]
     proxy_paths: list[Path]
     seed_layouts: list[tuple[str, Any]] = field(default_factory=list)
 
@@ -37,7 +39,7 @@ class Prepared:
         """Study user attrs per the storage contract (config, objectives, space_key) plus the rung."""
         return {"config": self.cfg.to_dict(), "space_key": self.space.key(), "rung": rung,
                 "objectives": self.cfg.objective_attrs(),
-                "proxy": self.proxies[rung]}
+                "proxy": self.proxies[rung].to_dict()}
 
     def sampler(self, rung: int) -> optuna.samplers.BaseSampler:
         """Rung 0 uses the configured sampler; later rungs only replay enqueued trials (any sampler would do)."""
@@ -74,60 +76,40 @@ def _read_space(cfg: StudyConfig) -> Any:
     raise ConfigError(f"{cfg.where}: space: expected a mapping or a path, got {type(cfg.space).__name__}")
 
 
-def _load_proxy(cfg: StudyConfig, rung: int) -> dict[str, Any]:
-    where = f"{cfg.where}: rungs[{rung}].proxy"
-    try:
-        return _parse_proxy(cfg.rungs[rung].proxy, cfg, where)
-    except ConfigError as e:
-        raise (e if str(e).startswith(cfg.where) else ConfigError(f"{where}: {e}")) from None
-
-
-def _check_objectives_scored(cfg: StudyConfig, proxies: list[dict[str, Any]]) -> None:
+def _check_objectives_scored(cfg: StudyConfig, proxies: list[ProxyConfig]) -> None:
     """Every measured objective must be a score each rung's proxy fills (`ProxyConfig.scores`): e.g. ``lm_loss``
     needs an LM run, ``recall_auc`` the recall probe. Refused here, before any trial runs."""
     from hyla.metrics import METRICS
-    from hyla.proxy_train.proxy.config import SCORE_NEEDS
-    from hyla.proxy_train.proxy.run import ProxyConfig
 
     for r, proxy in enumerate(proxies):
-        scores = ProxyConfig.from_dict(proxy).scores
+        scores = proxy.scores
         for name in cfg.objectives:
             metric = METRICS[name]
             if not metric.exact and metric.field not in scores:
                 raise ConfigError(f"{cfg.where}: objectives: {name} is not measured by rungs[{r}].proxy (it gives "
                                   f"{', '.join(sorted(scores)) or 'no scores'}); {name} needs "
-                                  f"{SCORE_NEEDS[metric.field]}")
+                                  f"{score_needs(metric.field)}")
 
 
-def _parse_proxy(proxy: Any, cfg: StudyConfig, where: str) -> dict[str, Any]:
-    from hyla.proxy_train.proxy.run import PRESETS, ProxyConfig
-
-    if isinstance(proxy, dict):
-        pc = ProxyConfig.from_dict(proxy, where=where)
-    elif isinstance(proxy, str) and proxy in PRESETS:
-        pc = ProxyConfig.load(proxy)
-    elif isinstance(proxy, str):
-        path = cfg.resolve_path(proxy)
-        if path is None:
-            raise ConfigError(f"{where}: {proxy!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file")
-        pc = ProxyConfig.load(path)
-    else:
-        raise ConfigError(f"{where}: expected a preset name, a path or a mapping, got {type(proxy).__name__}")
-    _check_data_sources(pc)
-    return pc.to_dict()
-
-
-def _check_data_sources(pc: Any) -> None:
+def _check_data_sources(cfg: StudyConfig, rung: int) -> None:
     """A missing local corpus or an unloadable tokenizer fails here, not in a worker after the study was created.
 
     Cheap checks only: a hub corpus is not streamed here (the worker reports it), a local path must exist, and
     the tokenizer is loaded (local files first; the hub only when reachable).
     """
-    from hyla.proxy_train.train.text import _LOCAL_SUFFIXES, get_tokenizer
+    try:
+        _check_text(cfg.rungs[rung].proxy)
+    except ConfigError as e:
+        where = f"{cfg.where}: rungs[{rung}].proxy"
+        raise (e if str(e).startswith(cfg.where) else ConfigError(f"{where}: {e}")) from None
+
+
+def _check_text(pc: ProxyConfig) -> None:
+    from hyla.proxy_train.train.text import get_tokenizer  # torch
 
     src = pc.text.source
     if src != "stdlib" and not Path(src).expanduser().exists() and (
-            src.startswith(("/", ".", "~")) or src.endswith(_LOCAL_SUFFIXES)):
+            src.startswith(("/", ".", "~")) or src.endswith(LOCAL_SUFFIXES)):
         raise ConfigError(f"text.source: path {src!r} does not exist; expected 'stdlib', an existing local "
                           "file/directory or a hub dataset name")
     get_tokenizer(pc.tokenizer)
@@ -189,7 +171,9 @@ def prepare(cfg: StudyConfig) -> Prepared:
         ConfigError: any bad field, missing file, unreachable storage or Ray address (one line, file and field).
     """
     space = _load_space(cfg)
-    proxies = [_load_proxy(cfg, r) for r in range(len(cfg.rungs))]
+    proxies = [rung.proxy for rung in cfg.rungs]
+    for r in range(len(cfg.rungs)):
+        _check_data_sources(cfg, r)
     _check_objectives_scored(cfg, proxies)
     seeds = _seed_layouts(cfg, space)
     for preset, lay in seeds:
@@ -215,7 +199,7 @@ def prepare(cfg: StudyConfig) -> Prepared:
     paths = []
     for r, proxy in enumerate(proxies):
         paths.append(run / f"proxy_rung{r}.yaml")
-        dump_yaml(proxy, paths[-1])
+        dump_yaml(proxy.to_dict(), paths[-1])
     dump_yaml(cfg.to_dict(), run / "study.yaml")
     return Prepared(cfg=cfg, space=space, storage=storage, proxies=proxies, proxy_paths=paths, seed_layouts=seeds)
 

@@ -33,6 +33,7 @@ from typing import Any
 import ray
 
 from hyla.config import ConfigError
+from hyla.proxy_train.proxy.config import ProxyConfig
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 #: Actor start-ups failing in a row (none ready in between) before the search gives up: no node can run hyla.
@@ -97,19 +98,18 @@ class _ProxyWorkerImpl:
 
     def __init__(self, device: str | None = None) -> None:
         # Import the trainer once per process, not once per trial.
-        from hyla.proxy_train.proxy.run import ProxyConfig, run_proxy
+        from hyla.proxy_train.proxy.run import run_proxy
 
-        self._config_cls = ProxyConfig
         self._run_proxy = run_proxy
-        self._configs: dict[str, Any] = {}
         self._device = device
         self.trials_run = 0
 
-    def run(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> dict[str, Any]:
-        """Train one proxy (``proxy`` = resolved ProxyConfig dict); always returns a result dict."""
+    def run(self, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None) -> dict[str, Any]:
+        """Train one proxy (``proxy``: the rung's parsed config, as the driver holds it); always returns a result
+        dict."""
         return self._run(layout, proxy, out_dir, None)
 
-    def run_timed(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None,
+    def run_timed(self, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None,
                   before_first_step: Callable[[], None] | None = None) -> dict[str, Any]:
         """`run`, and when it happened (wall clock of this worker's host).
 
@@ -128,24 +128,21 @@ class _ProxyWorkerImpl:
         return {"result": result, "t_start": t_start, "t_end": time.time(), "step_starts": steps.starts(),
                 "pid": os.getpid()}
 
-    def _run(self, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None,
+    def _run(self, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None,
              on_step: Callable[[int], None] | None) -> dict[str, Any]:
-        import json
-
         from hyla.space.layout import Layout
 
         _fault_hook()
         self.trials_run += 1
-        key = json.dumps(proxy, sort_keys=True, default=str)
         try:
-            if key not in self._configs:
-                self._configs[key] = self._config_cls.from_dict(proxy, where="proxy config")
+            if not isinstance(proxy, ProxyConfig):  # the driver parsed it once; it travels typed
+                raise TypeError(f"proxy: a ProxyConfig is expected, got {type(proxy).__name__}")
             device = self._device
             import torch
 
             if device is None and not torch.cuda.is_available():
                 device = "cpu"
-            result = self._run_proxy(Layout.from_dict(layout), self._configs[key], out_dir=out_dir,
+            result = self._run_proxy(Layout.from_dict(layout), proxy, out_dir=out_dir,
                                      progress=False, device=device, on_step=on_step)
             return result.to_dict()
         except ConfigError as e:  # bad input (proxy config vs layout): the driver stops the search
@@ -247,10 +244,10 @@ class WorkerPool:
         self.starting = {r: s for r, s in self.starting.items() if s != slot}
         self._start(slot)
 
-    def submit(self, slot: int, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None) -> ray.ObjectRef:
+    def submit(self, slot: int, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None) -> ray.ObjectRef:
         return self.actors[slot].run.remote(layout, proxy, out_dir)
 
-    def submit_timed(self, slot: int, layout: dict[str, Any], proxy: dict[str, Any], out_dir: str | None,
+    def submit_timed(self, slot: int, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None,
                      before_first_step: Callable[[], None] | None = None) -> ray.ObjectRef:
         """`submit` through `_ProxyWorkerImpl.run_timed`: the answer also says when the run and each of its LM
         steps started (``before_first_step`` is pickled to the worker and called there before step 0)."""

@@ -38,7 +38,7 @@ def _record(result: dict, values: dict | None = None):
 
 
 def test_every_accepted_objective_is_registered() -> None:
-    from hyla.proxy_train.proxy.config import ProxyResult
+    from hyla.proxy_train.proxy.result import ProxyResult
 
     accepted = _accepted_objectives()
     assert accepted == list(METRICS)  # the config accepts exactly the registry, in its order

@@ -38,7 +38,7 @@ from hyla.space.layout import Layout
 LayerState = dict[str, Any] | None
 
 #: Names of the last projection of a residual branch (scaled down at init).
-_RESIDUAL_PROJ = ("o_proj", "out_proj", "down_proj")
+RESIDUAL_PROJ = ("o_proj", "out_proj", "down_proj")
 
 
 class SwiGLU(nn.Module):
@@ -122,7 +122,7 @@ class HylaLM(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-                if name.rsplit(".", 1)[-1] in _RESIDUAL_PROJ:
+                if name.rsplit(".", 1)[-1] in RESIDUAL_PROJ:
                     module.weight.mul_(residual_scale)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)

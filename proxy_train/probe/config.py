@@ -2,10 +2,9 @@
 
 Why a probe apart from the LM proxy (Zoology, Arora et al. 2023; MAD, Poli et al. 2024): learning MQAR is a phase
 transition (an induction circuit forms after a plateau) whose timing depends on seed, depth and learning rate
-more than on the architecture. A recall score taken from a short LM run with a few recall rows mixed in
-therefore measures luck: on an H100 the paper grid's Transformer stayed on the plateau (0.065) while every
-DeltaNet layout, whose short convolution gives a free previous-token path, solved it. The probe removes the
-parts of that outcome that are not the architecture's, with the levers the field uses:
+more than on the architecture, so a recall score taken from a short LM run with a few recall rows mixed in
+measures luck as much as the layout (the runs that showed it: docs/recall-probe.md). The probe removes the parts
+of that outcome that are not the architecture's, with the levers the field uses:
 
 - **Recall alone** (Zoology, MAD): the layout is trained on MQAR only, with a loss on the answers only.
 - **The same previous-token help for every layout** (``prev_token``): a learned embedding of the previous token
@@ -27,26 +26,21 @@ The model is the layout's own pattern of mixers and attention placement at its d
 ``width`` (a narrower model is faster and its fixed-size states fill at fewer pairs), so placement stays part of
 what is scored. The narrowed mixers take the width's default heads, whose states keep the ratios they have at
 340M (GLA, GDN, HGRN-2 and DeltaNet equal, RetNet 4x: `hyla.space.mixer_kinds`), so no kind gains memory by the
-narrowing. ``hyla.proxy_train.probe.runner`` trains probes side by side on one device (``run_probe_seeds``:
-every seed and LR of a trial, called by ``hyla.proxy_train.proxy.run.run_proxy``).
+narrowing.
+
+The package, in the order a probe runs: this module (`RecallProbeConfig`: every knob, torch-free), `levels` (the
+MQAR levels, the shared pool of rows and each probe's row schedule), `build` (the probe model: the narrowed
+layout, previous-token help, zero-initialised outputs), `replicas` (R copies of a model trained as one),
+`stack` (the probes of one layout in flight: step, checks, early stop, scores) and `runner` (`run_probes`,
+`run_probe_seeds`: many stacks side by side on one device).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from hyla.proxy_train.train.schedule import wsd_lr  # noqa: F401 (re-exported: probe_runner, tests)
-from hyla.proxy_train.model.mixers.common import KERNELS
-from hyla.proxy_train.tasks.mqar import MQAR
-from hyla.space.layout import ATTN, Layout
-from torch import nn
 
 from hyla.config import ConfigError
+from hyla.proxy_train.model.mixers.registry import KERNELS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,8 +55,13 @@ class RecallProbeConfig:
         batch_size: MQAR rows per step.
         lrs: peak learning rates tried; the best score counts.
         warmup: linear warm-up steps.
-        decay_fraction: share of the last steps with a cosine decay to 10 % (warmup-stable-decay).
+        decay_fraction: share of the last steps with a cosine decay to ``min_lr_ratio`` (warmup-stable-decay,
+            `hyla.proxy_train.train.schedule.wsd_lr`).
+        min_lr_ratio: the cosine's floor as a fraction of each lr.
         weight_decay: AdamW decay on matrices.
+        betas: AdamW betas of the probe's optimizer (`replicas.ReplicaStack.clip_and_step`). The probe's own
+            value, not the LM runs' `TrainConfig.betas` (0.9, 0.95): a faster-forgetting second moment.
+        grad_clip: each probe's global grad-norm clip (its own norm, per replica).
         prev_token: add a learned previous-token embedding (the same help for every layout).
         zero_init: residual output projections that start at zero (`zero_residual_outputs`): ``none``,
             ``linear`` (the purely linear layers' mixers: a hybrid starts as its attention layers alone) or ``all``.
@@ -70,7 +69,7 @@ class RecallProbeConfig:
         eval_examples: held-out examples per level for the final score.
         eval_every: check the levels every this many steps and stop when all reach ``stop_at`` (0 = never).
         stop_at: early-stopping accuracy (Zoology stops at 0.99).
-        kernels: linear-mixer implementation on CUDA (``mixers.common.KERNELS``): ``torch`` (our forward and
+        kernels: linear-mixer implementation on CUDA (`hyla.proxy_train.model.mixers.registry.KERNELS`): ``torch`` (our forward and
             PyTorch scans: no Triton compilation, tens of thousands of small kernels per stacked step),
             ``cores`` (our forward, fla's scan kernels with the replica axis folded into the batch:
             ``mixers.scans``), or ``fla``/``auto`` (fla's layers; no stacking). ``torch`` and ``cores`` stack.
@@ -78,18 +77,18 @@ class RecallProbeConfig:
             backward, clipping, AdamW) in one CUDA graph after 3 eager warm-up steps; replays remove the
             per-kernel launch cost. Falls back to eager steps if capture fails.
         compile: on CUDA with ``kernels: torch`` or ``cores``, train through ``torch.compile`` of each distinct block
-            (``ReplicaStack(compile_blocks=True)``: one compile per layer spec and process, reused by every
+            (``replicas.ReplicaStack(compile_blocks=True)``: one compile per layer spec and process, reused by every
             layout that has the spec; Inductor fuses the scans' elementwise work). Checks and scores stay eager.
         width: train the layout's pattern at this d_model (`probe_layout`: mixers, attention placement and
             head shares kept, depth kept); None = the layout's own width.
         heads: the probe model's ``num_heads`` at ``width`` (None = the layout's, narrowed). Fewer, wider
             attention heads (e.g. 1 x 64) give one attention layer more room to tell the task's symbols apart.
-        concurrent: probes trained side by side on one CUDA device (``hyla.proxy_train.probe.runner``: the
+        concurrent: probes trained side by side on one CUDA device (`runner.run_probes`: the
             seeds and lrs of one layout as one stacked model, each stack on its own stream); 0 = all probes of a
             call. CPU runs one stack after another.
         pool_rows: training examples generated per level (shared by the probes of a call; each draws its own rows).
         pool_seed: seed of those examples and of the held-out examples (the same exam for every layout and seed).
-        scan_chunk: chunk length of the PyTorch scans (``mixers.common.scan_chunk``); None = each scan's
+        scan_chunk: chunk length of the PyTorch scans (`hyla.proxy_train.model.mixers.common.scan_chunk`); None = each scan's
             default. Longer chunks: fewer, larger kernels, more memory per probe.
         bf16: on CUDA, bf16 autocast; false = fp32 with TF32 matmuls (no casts: fewer kernels per step).
     """
@@ -102,7 +101,10 @@ class RecallProbeConfig:
     lrs: tuple[float, ...] = (1e-3,)
     warmup: int = 50
     decay_fraction: float = 0.2
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
     prev_token: bool = True
     zero_init: str = field(default="none", metadata={"choices": ("none", "linear", "all")})
     curriculum: float = 0.25
@@ -121,7 +123,7 @@ class RecallProbeConfig:
     bf16: bool = True
 
     def __post_init__(self) -> None:
-        w = "recall_probe"
+        w = "recall"
         for name in ("seq_len", "steps", "batch_size", "eval_examples", "pool_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{w}.{name}: {getattr(self, name)} must be >= 1")
@@ -140,6 +142,12 @@ class RecallProbeConfig:
                               "(0, 1] / [0, 1]")
         if self.warmup < 0 or self.eval_every < 0 or self.weight_decay < 0 or self.concurrent < 0:
             raise ConfigError(f"{w}.warmup/eval_every/weight_decay/concurrent: must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"{w}.min_lr_ratio: {self.min_lr_ratio} must be in [0, 1]")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{w}.betas: {list(self.betas)} must be two numbers in [0, 1)")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"{w}.grad_clip: {self.grad_clip} must be > 0")
         if self.scan_chunk is not None and self.scan_chunk < 1:
             raise ConfigError(f"{w}.scan_chunk: {self.scan_chunk} must be >= 1 or null")
         if self.width is not None and self.width < 8:
@@ -154,122 +162,8 @@ class RecallProbeConfig:
         """MQAR symbols used by every level."""
         return self.task_vocab if self.task_vocab is not None else 4 * self.pairs[-1]
 
-    def levels(self, vocab_size: int) -> list[MQAR]:
-        """The sweep's MQAR generators, easiest first (ConfigError if the symbols do not fit the vocab)."""
+    def check_vocab(self, vocab_size: int) -> None:
+        """ConfigError unless the levels' symbols fit a layout's vocab (before any work)."""
         if self.symbols > vocab_size:
-            raise ConfigError(f"recall_probe.task_vocab: {self.symbols} symbols exceed the layout's vocab_size "
+            raise ConfigError(f"recall.task_vocab: {self.symbols} symbols exceed the layout's vocab_size "
                               f"{vocab_size}; lower task_vocab or the largest pairs")
-        return [MQAR(vocab_size=vocab_size, seq_len=self.seq_len, num_kv_pairs=p, task_vocab=self.symbols)
-                for p in self.pairs]
-
-
-class _PrevTokenEmbedding(nn.Module):
-    """Adds ``E_prev[x_{t-1}]`` to the token embedding output (a forward hook on ``model.embeddings``)."""
-
-    def __init__(self, vocab_size: int, d_model: int, std: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(vocab_size, d_model) * std)
-
-    def hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        ids = inputs[0]
-        prev = F.pad(ids[:, :-1], (1, 0), value=0)  # position 0 sees token 0 ("nothing before")
-        return output + F.embedding(prev, self.weight).to(output.dtype)
-
-
-class LevelPool:
-    """The training rows of every level (``pool_rows`` each, seeded by ``pool_seed``) on the device, plus one
-    fixed held-out set per level for the checks and the final score."""
-
-    def __init__(self, cfg: RecallProbeConfig, vocab_size: int, dev: torch.device) -> None:
-        self.levels = cfg.levels(vocab_size)
-        self.rows = cfg.pool_rows
-        xs, ys = zip(*(g.generate(self.rows, 2 * (cfg.pool_seed * 1_000_003 + i))  # even seeds: training
-                       for i, g in enumerate(self.levels)))
-        self.x, self.y = torch.cat(xs).to(dev), torch.cat(ys).to(dev)
-        ex, ey = zip(*(g.generate(cfg.eval_examples, 2 * (cfg.pool_seed * 7919 + i) + 1)  # odd: never trained on
-                       for i, g in enumerate(self.levels)))
-        self.eval_x, self.eval_y = torch.stack(ex).to(dev), torch.stack(ey).to(dev)  # (levels, n, T)
-        n_check = min(64, cfg.eval_examples)
-        self.check_x = self.eval_x[:, :n_check].flatten(0, 1)
-        self.check_y = self.eval_y[:, :n_check].flatten(0, 1)
-
-
-def schedule(cfg: RecallProbeConfig, n_levels: int, rows: int, seed: int, steps: int) -> np.ndarray:
-    """Row indices into a `LevelPool` for every step, ``(steps, batch_size)``.
-
-    Each step's rows are split evenly over the levels admitted so far (curriculum: one more level every
-    ``curriculum * steps / (levels - 1)`` steps, easiest first), rows drawn at random by ``seed``.
-    """
-    rng = np.random.default_rng([seed, 0x9E3779B9])
-    ramp = max(1, round(cfg.curriculum * steps))
-    step = np.arange(steps)[:, None]
-    allowed = np.minimum(n_levels, 1 + (n_levels - 1) * step // ramp) if cfg.curriculum else np.full_like(step, n_levels)
-    level = np.arange(cfg.batch_size)[None, :] % allowed
-    return level * rows + rng.integers(0, rows, (steps, cfg.batch_size))
-
-
-@torch.no_grad()
-def zero_residual_outputs(model: nn.Module, which: str) -> None:
-    """Zero the residual output projections (``o_proj``/``out_proj`` of the mixer, ``down_proj`` of the MLP) of
-    ``model``'s blocks: ``linear`` = the mixers of linear layers only, ``all`` = every mixer and MLP, ``none`` =
-    nothing. A zeroed branch adds nothing at the start and grows from its first gradient step (as in ReZero or
-    modded-nanogpt's zero-initialised projections). On CPU, a 24-layer RetNet hybrid left the MQAR plateau within
-    500 steps with ``linear`` and not within 600 without it (one seed; ``benchmarks/results/probe_depth_cpu``)."""
-    if which == "none":
-        return
-    from hyla.proxy_train.model.lm import _RESIDUAL_PROJ
-
-    for block in model.blocks:
-        spec = model.layout.layers[block.index]
-        linear = spec.mixer != ATTN and not spec.attn_heads  # a head-wise layer keeps its attention heads' output
-        for name, module in block.named_modules():
-            if name.rsplit(".", 1)[-1] not in _RESIDUAL_PROJ or not isinstance(module, nn.Linear):
-                continue
-            if which == "all" or (linear and name.startswith("mixer")):
-                module.weight.zero_()
-
-
-def probe_layout(layout: Layout, cfg: RecallProbeConfig) -> Layout:
-    """The model a probe trains: ``layout`` itself, or its pattern at ``cfg.width`` (`presets.at_scale`: the
-    mixer per layer, attention placement, head-wise shares and windows kept; width-derived mixer options at the
-    new width's defaults; depth and vocab kept, heads kept unless ``cfg.heads``, the MLP scaled with the width)."""
-    width, heads = cfg.width or layout.d_model, cfg.heads or layout.num_heads
-    if width == layout.d_model and heads == layout.num_heads:
-        return layout
-    from hyla.space.presets import Scale, at_scale
-
-    if width % heads:
-        raise ConfigError(f"recall_probe.width: {width} must be a multiple of the probe's num_heads {heads} "
-                          f"(recall_probe.heads, or the layout's)")
-    mlp = max(8, round(layout.mlp_hidden * width / layout.d_model / 8) * 8)
-    scale = Scale(f"probe{width}x{heads}", layout.n_layers, width, heads, mlp, layout.vocab_size)
-    return at_scale(layout, scale, name=layout.name)
-
-
-def curve_auc(curve: Sequence[Sequence[float]], total: int) -> float:
-    """Area under a probe's learning curve, as a share of its step budget: the trapezoid through ``(0, 0)`` and
-    the ``[step, accuracy]`` points (checks, then the final score at the step the probe stopped), the final score
-    held until ``total`` (an early-stopped probe keeps what it solved). In [0, 1]: 1 = solved from the start, the
-    final accuracy = solved only at the end; it grades how early the recall transition came, where the final
-    score only says whether it came."""
-    if total <= 0:
-        raise ValueError(f"curve_auc: total steps {total} must be positive")
-    area, prev_s, prev_a = 0.0, 0.0, 0.0
-    for step, acc in curve:
-        step = min(float(step), float(total))
-        area += (step - prev_s) * (acc + prev_a) / 2
-        prev_s, prev_a = step, acc
-    return (area + (total - prev_s) * prev_a) / total
-
-
-def best_of_lrs(runs: list[dict[str, Any]], levels: list[MQAR], wall_s: float) -> dict[str, Any]:
-    """One seed's probe result from its runs at every lr (`run_probes` results): the best score counts."""
-    ok = [r for r in runs if r.get("status", "ok") == "ok"]
-    if not ok:
-        raise torch.OutOfMemoryError(runs[0].get("fail_reason", "out of memory"))
-    best = max(ok, key=lambda r: r["score"])
-    return {"recall": best["score"], "lr": best["lr"], "auc": best["auc"],
-            "levels": {g.level: acc for g, acc in zip(levels, best["levels"])},
-            "per_lr": [{k: r[k] for k in ("lr", "score", "auc", "steps", "diverged", "curve", "cuda_graph")}
-                       for r in ok],
-            "wall_s": wall_s}

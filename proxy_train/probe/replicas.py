@@ -10,7 +10,7 @@ clipping and its own learning rate; nothing but the kernels is shared.
 With ``compile_blocks`` the stacked forward runs block by block, each block's vmapped forward through
 ``torch.compile`` (regional compilation): blocks of one layer spec share one compiled function (a layout has a
 handful of distinct specs, a 24-layer model compiles 1-3 blocks), and Inductor fuses the scans' elementwise work,
-casts and copies, which dominate a probe step's time on a GPU (``benchmarks/bench_stack_step.py --profile``).
+casts and copies (``benchmarks/bench_stack_step.py --profile`` shows where a step's time goes).
 
 The optimizer is written here (about twenty lines of ``torch._foreach_*``) because ``torch.optim.AdamW`` takes
 one learning rate per parameter group, not one per slice of a tensor. It follows ``torch.optim.AdamW``
@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hyla.proxy_train.model.lm import HylaLM
 from hyla.space.layout import Layout
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -52,8 +53,6 @@ class ReplicaStack:
     def __init__(self, layout: Layout, seeds: Sequence[int], init_std: float, weight_decay: float,
                  dev: torch.device, extra: Sequence[Any] = (), vectorise: bool = True,
                  compile_blocks: bool = False) -> None:
-        from hyla.proxy_train.model.lm import HylaLM  # the mixers import fla: only where a model is built
-
         if not vectorise and len(seeds) != 1:
             raise ValueError(f"ReplicaStack: {len(seeds)} replicas need vectorise=True")
         models = []
@@ -106,10 +105,11 @@ class ReplicaStack:
         return [values.view(self.n, *([1] * (rank - 1))) for rank in self._ranks]
 
     @torch.no_grad()
-    def clip_and_step(self, lr: torch.Tensor, max_norm: float = 1.0, betas: tuple[float, float] = (0.9, 0.98),
+    def clip_and_step(self, lr: torch.Tensor, *, max_norm: float, betas: tuple[float, float],
                       eps: float = 1e-8) -> None:
         """Clip each replica's gradient to ``max_norm`` (its own global norm), then one AdamW step with
-        learning rate ``lr[r]`` for replica r (``lr``: ``(R,)`` on the device). Gradients are left in place."""
+        learning rate ``lr[r]`` for replica r (``lr``: ``(R,)`` on the device) and ``betas``; ``eps`` as
+        ``torch.optim.AdamW``'s default. Gradients are left in place."""
         params = self.parameters()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         norms = torch.cat([g.reshape(self.n, -1).float() for g in grads], 1).norm(dim=1)

@@ -12,8 +12,10 @@ import torch
 
 from hyla.config import ConfigError
 from hyla.proxy_train.proxy.config import ProxyConfig
+from hyla.proxy_train.tasks.suite import RecallSuite
 from hyla.proxy_train.train.stream import ShardStream
-from hyla.proxy_train.train.text import TextConfig, get_tokenizer, load_documents, pack_tokens
+from hyla.proxy_train.train.config import TextConfig
+from hyla.proxy_train.train.text import get_tokenizer, load_documents, pack_tokens
 from hyla.space.layout import Layout
 
 
@@ -90,12 +92,11 @@ def prepare_data(layout: Layout, cfg: ProxyConfig) -> ProxyData:
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     val = _packed(cfg.text, 1, tokenizer, cfg.seq_len, cfg.eval_batches * eval_bs * (cfg.seq_len + 1))
     suite = None
-    if cfg.has_recall:
-        from hyla.proxy_train.tasks.suite import RecallSuite
+    if cfg.suite is not None:
         kwargs = dict(vocab_size=layout.vocab_size, tokenizer=tokenizer, haystack_docs=_documents(cfg.text)[1],
-                      seq_len_cap=cfg.recall_max_len, train_seq_len=cfg.seq_len)
-        if cfg.recall_tasks:
-            suite = RecallSuite.from_specs(cfg.recall_tasks, **kwargs)
+                      seq_len_cap=cfg.suite.max_len, train_seq_len=cfg.seq_len)
+        if cfg.suite.tasks:
+            suite = RecallSuite.from_specs(cfg.suite.tasks, **kwargs)
         else:
-            suite = RecallSuite.preset(cfg.recall_suite, **kwargs)
+            suite = RecallSuite.named(cfg.suite.levels, **kwargs)
     return ProxyData(cfg, train, val, suite)

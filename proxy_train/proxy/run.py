@@ -1,21 +1,19 @@
-"""Proxy training: train one layout briefly, score LM loss + synthetic recall, record memory cost.
+"""`run_proxy`: train one layout briefly, score LM loss and recall, record its exact memory cost.
 
 `run_proxy(layout, config)` is what a search worker calls per trial. It validates everything first (a
-`ConfigError` for bad input is the only exception it raises), then trains with AdamW (linear warm-up, a stable
-phase, then a cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and bf16 autocast on
-CUDA (fp32 on CPU), one `hyla.proxy_train.train.trainer.Trainer` step at a time (as full runs), and returns a
-`ProxyResult`. Divergence (a non-finite loss), CUDA out-of-memory and any other failure become a result status
-(``diverged``, ``oom``, ``failed``) instead of an exception, so one bad trial never kills a worker.
+`ConfigError` for bad input is the only exception it raises), then, for every seed, trains with AdamW (linear
+warm-up, a stable phase, then a cosine decay over the last ``decay_fraction`` of the steps), gradient clipping and
+bf16 autocast on CUDA (fp32 on CPU), one `hyla.proxy_train.train.trainer.Trainer` step at a time (as full runs),
+and returns a `ProxyResult`. Divergence (a non-finite loss), CUDA out-of-memory and any other failure become a
+result status (``diverged``, ``oom``, ``failed``) instead of an exception, so one bad trial never kills a worker.
 
-Training stream. Every batch holds ``batch_size`` rows of ``seq_len`` tokens: ``round(batch_size * recall_mix)``
-rows come from the recall suite's training generator (``RecallSuite.train_batch``), the rest are windows of the
-packed LM text. The loss is ``(1 - w) * lm_loss + w * recall_loss`` with ``w`` the recall row fraction, each term a
-mean over its own scored tokens (`trainer.mixed_loss`): recall rows score only a few answer tokens, and a plain
-token mean would drown them. With ``recall_phase_steps > 0`` recall rows appear only in the last
-``recall_phase_steps`` steps (an LM phase followed by a mixed recall phase) instead of in every batch.
-
-The configuration (``ProxyConfig``, presets, the learning-rate schedule) and the result type live in
-``hyla.proxy_train.proxy.config``, which also records why the recipe learns recall; they are re-exported here.
+Recall (`hyla.proxy_train.proxy.recall`). With ``family: suite`` every batch holds ``batch_size`` rows of
+``seq_len`` tokens of which ``round(batch_size * mix)`` come from the suite's training generator
+(``RecallSuite.train_batch``), the rest are windows of the packed LM text; the loss is ``(1 - w) * lm_loss + w *
+recall_loss`` with ``w`` the recall row share, each term a mean over its own scored tokens (`trainer.mixed_loss`:
+recall rows score only a few answer tokens, and a plain token mean would drown them). With ``phase_steps > 0``
+recall rows appear only in the last ``phase_steps`` steps. Other families (``probe``) score recall after the LM
+runs of every seed, through their ``run``.
 """
 
 from __future__ import annotations
@@ -23,8 +21,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import math
-import statistics
 import resource
 import time
 from collections.abc import Callable
@@ -32,15 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hyla.proxy_train.train.evaluate import autocast_logits, lm_loss
-from hyla.proxy_train.model.lm import HylaLM
-from hyla.proxy_train.proxy.config import PRESETS, ProxyConfig, ProxyResult, lr_at  # noqa: F401 (re-exported)
-from hyla.proxy_train.proxy.data import ProxyData, prepare_data
-from hyla.proxy_train.model.loss import token_loss
-from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss
-from hyla.space.layout import Layout
 
 from hyla.config import ConfigError, dump_yaml
+from hyla.proxy_train.model.lm import HylaLM
+from hyla.proxy_train.model.loss import token_loss
+from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
+from hyla.proxy_train.proxy.data import ProxyData, prepare_data
+from hyla.proxy_train.proxy.recall import family_name, family_of
+from hyla.proxy_train.proxy.result import ProxyResult, aggregate_seeds
+from hyla.proxy_train.train.evaluate import autocast_logits, lm_loss
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer, mixed_loss
+from hyla.space.cost import inference_memory, param_count
+from hyla.space.layout import Layout
 
 
 def _versions() -> dict[str, str]:
@@ -103,20 +102,20 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
     if out is not None and (out / "result.json").exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a finished result.json; choose another out_dir or pass overwrite")
     data = prepare_data(layout, config)  # validates tokenizer/vocab/corpus/suite: ConfigError before work
-    if config.recall_probe is not None:
-        config.recall_probe.levels(layout.vocab_size)  # the probe's symbols must fit the layout's vocab
+    family = family_of(config.recall) if config.recall is not None else None
+    if family is not None and family.check is not None:
+        family.check(config.recall, layout)  # e.g. the probe's symbols must fit the layout's vocab
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(config.to_dict(), out / "config.yaml")
         layout.dump(out / "layout.yaml")
 
-    from hyla.space.cost import inference_memory, param_count
     counts = param_count(layout)
     mem = inference_memory(layout, config.memory_context, dtype=config.memory_dtype)
     base = dict(params=counts.total, non_embedding_params=counts.non_embedding, kv_bytes=mem.kv_bytes,
                 recurrent_bytes=mem.total_bytes - mem.kv_bytes, state_bytes=mem.total_bytes,
                 context=config.memory_context, layout_key=layout.key(), layout_name=layout.name, device=str(dev),
-                versions=_versions())
+                versions=_versions(), proxy_family=family_name(config.recall) if config.recall is not None else None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     seeds = [config.seed + i for i in range(config.seeds)]
@@ -127,45 +126,14 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
         per_seed.append(fields_)
         if fields_["status"] != "ok":
             break  # a failed seed fails the trial; the seeds before it are kept in seed_values
-    if config.recall_probe is not None and all(f["status"] == "ok" for f in per_seed):
-        _probe_seeds(layout, config, seeds, per_seed, dev, progress)
+    if family is not None and family.run is not None and all(f["status"] == "ok" for f in per_seed):
+        _score_recall(family.run, layout, config, seeds, per_seed, dev, progress)
     peak = _peak_mem(dev)
     result = ProxyResult(**base, **aggregate_seeds(per_seed, seeds), peak_mem_bytes=peak,
                          wall_s=time.perf_counter() - t0)
     if out is not None:
         _write_json(result.to_dict(), out / "result.json")
     return result
-
-
-#: Per-seed metrics whose mean, per-seed values and standard error a `ProxyResult` reports.
-SEED_METRICS = ("lm_val_loss", "recall", "recall_auc", "train_loss")
-
-
-def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """Fold the per-seed result fields into one: means, ``seed_values``, ``sem`` (None below two seeds).
-
-    The status is the first non-``ok`` seed's (with its reason), else ``ok``; token counts add up.
-    """
-    bad = next((f for f in per_seed if f["status"] != "ok"), None)
-    ok = [f for f in per_seed if f["status"] == "ok"]
-    out: dict[str, Any] = {k: v for k, v in (bad or per_seed[0]).items() if k not in ("probe",)}
-    out["seeds"] = seeds[: len(per_seed)]
-    out["seed_values"], out["sem"] = {}, {}
-    for m in SEED_METRICS:
-        vals = [float(f[m]) for f in ok if f.get(m) is not None]
-        if not vals:
-            continue
-        out["seed_values"][m] = vals
-        out["sem"][m] = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) >= 2 else None
-        if bad is None:
-            out[m] = statistics.fmean(vals)
-    if bad is None and ok and ok[0].get("recall_tasks"):
-        out["recall_tasks"] = {k: statistics.fmean(f["recall_tasks"][k] for f in ok) for k in ok[0]["recall_tasks"]}
-    speeds = [f["tokens_per_s"] for f in ok if f.get("tokens_per_s")]
-    out["tokens_per_s"] = statistics.fmean(speeds) if speeds else None
-    out["tokens_seen"] = sum(f.get("tokens_seen", 0) for f in per_seed)
-    out["probe"] = [f["probe"] for f in per_seed if f.get("probe")]
-    return out
 
 
 def _failure(e: BaseException) -> dict[str, Any]:
@@ -200,17 +168,13 @@ def _train_seed(layout: Layout, cfg: ProxyConfig, dev: torch.device, data: Proxy
     return fields_
 
 
-def _probe_seeds(layout: Layout, config: ProxyConfig, seeds: list[int], per_seed: list[dict[str, Any]],
-                 dev: torch.device, progress: bool) -> None:
-    """The recall probe of every seed, trained side by side; fills ``recall``, ``recall_auc``, ``recall_tasks``
-    and ``probe`` in ``per_seed`` (or the first seed's status on a failure)."""
-    from hyla.proxy_train.probe.runner import run_probe_seeds
-
+def _score_recall(run: Callable[..., list[dict[str, Any]]], layout: Layout, config: ProxyConfig, seeds: list[int],
+                  per_seed: list[dict[str, Any]], dev: torch.device, progress: bool) -> None:
+    """Recall of every seed by a family scored apart from the LM run (``run``, e.g. the probe's); fills its fields
+    into ``per_seed`` (or the first seed's status on a failure)."""
     try:
-        probes = run_probe_seeds(layout, config.recall_probe, seeds, config.init_std, dev, progress)
-        for fields_, probe in zip(per_seed, probes, strict=True):
-            fields_.update(recall=probe["recall"], recall_auc=probe["auc"], recall_tasks=probe["levels"],
-                           probe={k: probe[k] for k in ("lr", "auc", "per_lr", "wall_s")})
+        for fields_, scored in zip(per_seed, run(config, layout, seeds, dev, progress), strict=True):
+            fields_.update(scored)
     except Exception as e:  # noqa: BLE001 - a failing trial is a result, not a crash of the worker
         per_seed[0] = {**per_seed[0], **_failure(e)}
     finally:
@@ -240,7 +204,8 @@ class _Loop:
         """Step ``step``'s rows on the device: LM rows, then the recall rows (in every step, or only in the final
         recall phase)."""
         cfg = self.cfg
-        with_recall = not cfg.recall_phase_steps or step >= cfg.total_steps - cfg.recall_phase_steps
+        phase = cfg.suite.phase_steps if cfg.suite is not None else 0
+        with_recall = not phase or step >= cfg.total_steps - phase
         lm_x, lm_y, rc_x, rc_y = self.data.train_batch(step, with_recall)
         if rc_x is None:
             return MicroBatch(lm_x.to(self.dev, non_blocking=True), lm_y.to(self.dev))
@@ -294,7 +259,7 @@ class _Loop:
         logits_fn = autocast_logits(lambda x: self.fwd(x)[0], self.dev, self.bf16)
         out: dict[str, Any] = {"lm_val_loss": lm_loss(logits_fn, self.data.val_batches())[0]}
         if self.data.suite is not None:
-            scores = self.data.suite.evaluate(logits_fn, n_examples=self.cfg.recall_eval_examples,
+            scores = self.data.suite.evaluate(logits_fn, n_examples=self.cfg.suite.eval_examples,
                                               batch_size=self.data.eval_batch_size, seed=self.cfg.seed + 1_000_003)
             out["recall"] = float(scores["recall"])
             out["recall_tasks"] = {k: float(v) for k, v in scores.items() if k != "recall"}

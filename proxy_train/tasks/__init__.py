@@ -6,10 +6,10 @@ from hyla.proxy_train.tasks.common import IGNORE, position_accuracy, span_exact_
 from hyla.proxy_train.tasks.mad import FuzzyRecall, InContextRecall, Memorization, NoisyRecall, SelectiveCopying
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.proxy_train.tasks.ruler import NeedleTask, VariableTracking
-from hyla.proxy_train.tasks.suite import PRESETS, TASKS, RecallSuite, RecallTaskSpec
+from hyla.proxy_train.tasks.suite import SUITE_LEVELS, TASKS, RecallSuite, RecallTaskSpec
 
 __all__ = [
-    "IGNORE", "MQAR", "PRESETS", "TASKS", "FuzzyRecall", "InContextRecall", "Memorization", "NeedleTask",
+    "IGNORE", "MQAR", "SUITE_LEVELS", "TASKS", "FuzzyRecall", "InContextRecall", "Memorization", "NeedleTask",
     "NoisyRecall", "RecallSuite", "RecallTaskSpec", "SelectiveCopying", "VariableTracking", "position_accuracy",
     "span_exact_match",
 ]

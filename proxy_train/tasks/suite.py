@@ -1,4 +1,4 @@
-"""The recall suite: named task levels, presets, a training mix and held-out evaluation.
+"""The recall suite: named task levels, named sets of levels, a training mix and held-out evaluation.
 
 A level is one task at one length and parameter set, keyed like ``mqar@128x8`` (MQAR: T x pairs) or
 ``icr@128`` / ``ruler_single@256`` (others: T). ``RecallSuite.evaluate`` returns the accuracy of every level and
@@ -100,13 +100,12 @@ def _spec(task: str, seq_len: int, **params: Any) -> RecallTaskSpec:
     return RecallTaskSpec(task, seq_len, params)
 
 
-#: Presets: ``tiny`` is cheap on CPU (T <= 256), ``small`` is the GPU proxy suite (T 128-1024). MQAR runs from an
-#: easy level (few pairs) to a hard one (more pairs than a small linear state holds), so the mean over its levels
-#: moves as soon as the induction circuit forms instead of sitting at chance until the hardest level is solved.
-#: MQAR levels use the fewest symbols their pairs allow (at least 32): every symbol's embedding must be seen often
-#: within a proxy budget. Measured on CPU (``benchmarks/results/bench_recall_cpu_t128_*symbols.json``: 4-layer
-#: attention, d 64, mqar@128x8, 1200 steps of 16 rows): 32 symbols -> 0.999, 128 symbols -> 0.126 (copy level).
-PRESETS: dict[str, tuple[RecallTaskSpec, ...]] = {
+#: Named sets of levels (a proxy's ``recall: {family: suite, levels: NAME}``): ``tiny`` is cheap on CPU (T <= 256),
+#: ``small`` is the GPU proxy suite (T 128-1024). MQAR runs from an easy level (few pairs) to a hard one (more pairs
+#: than a small linear state holds), so the mean over its levels moves as soon as the induction circuit forms
+#: instead of sitting at chance until the hardest level is solved. MQAR levels use the fewest symbols their pairs
+#: allow (at least 32): every symbol's embedding must be seen often within a proxy budget (docs/proxy-recipe.md).
+SUITE_LEVELS: dict[str, tuple[RecallTaskSpec, ...]] = {
     "tiny": (
         _spec("mqar", 32, num_kv_pairs=4, task_vocab=32), _spec("mqar", 64, num_kv_pairs=8, task_vocab=32),
         _spec("mqar", 64, num_kv_pairs=16, task_vocab=32),
@@ -178,12 +177,12 @@ class RecallSuite:
         return cls(parsed, gens, train_len, pad if pad < vocab_size else 0)
 
     @classmethod
-    def preset(cls, name: str, vocab_size: int, tokenizer: Any = None, haystack_docs: Sequence[str] = (),
-               seq_len_cap: int | None = None, train_seq_len: int | None = None) -> RecallSuite:
-        """A named suite: ``tiny`` (CPU) or ``small`` (GPU); see ``PRESETS``."""
-        if name not in PRESETS:
-            raise ConfigError(f"recall suite: preset {name!r} is not allowed; expected one of {', '.join(PRESETS)}")
-        return cls.from_specs(PRESETS[name], vocab_size, tokenizer, haystack_docs, seq_len_cap, train_seq_len)
+    def named(cls, name: str, vocab_size: int, tokenizer: Any = None, haystack_docs: Sequence[str] = (),
+              seq_len_cap: int | None = None, train_seq_len: int | None = None) -> RecallSuite:
+        """A named set of levels: ``tiny`` (CPU) or ``small`` (GPU); see `SUITE_LEVELS`."""
+        if name not in SUITE_LEVELS:
+            raise ConfigError(f"recall.levels: {name!r} is not allowed; expected one of {', '.join(SUITE_LEVELS)}")
+        return cls.from_specs(SUITE_LEVELS[name], vocab_size, tokenizer, haystack_docs, seq_len_cap, train_seq_len)
 
     def train_batch(self, batch_size: int, step: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch ``(batch_size, train_seq_len)``: each row one example of a uniformly drawn level.

@@ -1,4 +1,5 @@
-"""`TrainConfig`: the settings every hyla LM training shares, proxy or full run, with one meaning and one check.
+"""`TrainConfig`: the settings every hyla LM training shares, proxy or full run, with one meaning and one check;
+`TextConfig`: where its text comes from.
 
 Two configurations extend it, each with its own defaults and its own extra fields:
 
@@ -7,24 +8,66 @@ Two configurations extend it, each with its own defaults and its own extra field
 
 Both loops read these fields the same way: the data (``seq_len``, ``text``, ``tokenizer``, ``seed``), AdamW
 (``weight_decay`` on matrices, ``betas``, ``grad_clip``) and the one learning-rate schedule
-(`lr_schedule.wsd_lr`: ``lr``, the warm-up, ``decay_fraction``, ``min_lr_ratio``). The warm-up keeps its name in
+(`schedule.wsd_lr`: ``lr``, the warm-up, ``decay_fraction``, ``min_lr_ratio``). The warm-up keeps its name in
 each (``warmup`` in a proxy config, ``warmup_steps`` in a run spec; both count optimizer steps), so the YAML files
 users already have stay valid; ``WARMUP_FIELD`` names it for the shared check.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from hyla.config import ConfigError
-from hyla.proxy_train.train.text import TextConfig
+from hyla.config import ConfigError, from_mapping
 from hyla.proxy_train.train.schedule import check_optimizer
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TrainConfig"]
+__all__ = ["LOCAL_SUFFIXES", "TextConfig", "TrainConfig", "width_scaled_std"]
+
+def width_scaled_std(d_model: int) -> float:
+    """The init std that gives a model of width ``d_model`` the per-layer gain of fla's flat 0.02 at width 1024:
+    ``0.02 * sqrt(1024 / d_model)`` (0.02 at 1024, 0.04 at 256, 0.08 at 64). Proxies and probes use it when no
+    ``init_std`` is set: at small widths a flat 0.02 leaves attention logits too small for recall to form within
+    a proxy's budget (docs/proxy-recipe.md)."""
+    return 0.02 * math.sqrt(1024 / d_model)
+
+
+#: file types a local text source may hold (`hyla.proxy_train.train.text`)
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    """Where LM text comes from and how it is split (the sources: `hyla.proxy_train.train.text`)."""
+
+    source: str = "stdlib"  # "stdlib" | local file/dir | hub dataset name
+    config: str | None = None  # hub dataset config (e.g. "wikitext-2-raw-v1")
+    split: str = "train"  # hub split to stream
+    text_field: str = "text"  # column holding the text (json/parquet/hub)
+    max_docs: int | None = None  # keep the first N documents (hub: the N streamed and cached)
+    val_fraction: float = 0.05  # share of documents held out for validation
+    seed: int = 0  # fixes the train/val split
+    cache_dir: str | None = None  # hub cache (default ~/.cache/hyla/text)
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("text.source: '' is empty; expected 'stdlib', a local path or a hub dataset name")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"text.val_fraction: {self.val_fraction!r} must be in [0, 1)")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise ConfigError(f"text.max_docs: {self.max_docs!r} must be >= 1 or null")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "text") -> TextConfig:
+        """Parse a mapping strictly (unknown keys refused)."""
+        return from_mapping(cls, data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +125,7 @@ class TrainConfig:
     def make_optimizer(self, model: torch.nn.Module, device: torch.device) -> torch.optim.AdamW:
         """The optimizer of every LM loop: AdamW over ``model.param_groups(weight_decay)`` (a `HylaLM`: decay on
         matrices and the embedding only) at the peak ``lr`` with ``betas``, fused on CUDA. The loop sets each
-        step's lr from `lr_schedule.wsd_lr`."""
+        step's lr from `schedule.wsd_lr`."""
         import torch
 
         return torch.optim.AdamW(model.param_groups(self.weight_decay), lr=self.lr, betas=tuple(self.betas),

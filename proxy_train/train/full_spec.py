@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hyla.config import ConfigError, dump_yaml, from_mapping, load_yaml, to_mapping
-from hyla.proxy_train.train.text import TextConfig
-from hyla.proxy_train.train.config import TrainConfig
+from hyla.proxy_train.train.config import TextConfig, TrainConfig
 from hyla.space.layout import Layout
 from hyla.space.presets import at_scale, get_scale, load_layout, resolve_preset
 

@@ -2,15 +2,16 @@
 
 Three loops use it, each with its own settings:
 
-- proxy LM runs (`proxy_config.lr_at`): ``lr``, ``warmup``, ``decay_fraction`` and ``min_lr_ratio`` of the
-  ``ProxyConfig`` (warmup-stable-decay; ``decay_fraction: 1.0`` = a cosine over every post-warm-up step);
-- recall probes (`probe_runner`, through ``recall_probe.wsd_lr``): each job's lr, the probe's ``warmup`` and
-  ``decay_fraction``, floor 10 % of the lr;
-- full runs (`fullscale_loop.lr_lambda`): ``lr = 1`` (torch's ``LambdaLR`` multiplies the optimizer's lr by the
+- proxy LM runs (`hyla.proxy_train.proxy.config.lr_at`): ``lr``, ``warmup``, ``decay_fraction`` and
+  ``min_lr_ratio`` of the ``ProxyConfig`` (warmup-stable-decay; ``decay_fraction: 1.0`` = a cosine over every
+  post-warm-up step);
+- recall probes (`hyla.proxy_train.probe.stack.StepTables`): each job's lr, the probe's ``warmup``,
+  ``decay_fraction`` and ``min_lr_ratio``;
+- full runs (`hyla.proxy_train.train.full_loop.lr_lambda`): ``lr = 1`` (torch's ``LambdaLR`` multiplies the optimizer's lr by the
   value) and ``decay_fraction = 1`` (warm-up, then a cosine over all the remaining steps to ``min_lr_ratio``).
 
 Pure Python (no torch), so a schedule can be tabulated anywhere, e.g. into a device tensor before a CUDA graph
-is captured. ``tests/test_lr_schedule.py`` pins every loop's values to the floats the three schedules gave
+is captured. ``tests/proxy_train/train/test_schedule.py`` pins every loop's values to the floats the three schedules gave
 before they were merged.
 
 `check_optimizer` is the one check of the schedule and AdamW settings that proxies and full runs share.

@@ -30,46 +30,16 @@ import sysconfig
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from hyla.config import ConfigError, from_mapping
+from hyla.config import ConfigError
+from hyla.proxy_train.train.config import LOCAL_SUFFIXES, TextConfig
 
-_LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 # A WikiText article title: " = Title = " (sub-sections use " = = Title = = " and must not split).
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TextConfig:
-    """Where LM text comes from and how it is split (see the module docstring for the sources)."""
-
-    source: str = "stdlib"  # "stdlib" | local file/dir | hub dataset name
-    config: str | None = None  # hub dataset config (e.g. "wikitext-2-raw-v1")
-    split: str = "train"  # hub split to stream
-    text_field: str = "text"  # column holding the text (json/parquet/hub)
-    max_docs: int | None = None  # keep the first N documents (hub: the N streamed and cached)
-    val_fraction: float = 0.05  # share of documents held out for validation
-    seed: int = 0  # fixes the train/val split
-    cache_dir: str | None = None  # hub cache (default ~/.cache/hyla/text)
-
-    def __post_init__(self) -> None:
-        if not self.source:
-            raise ConfigError("text.source: '' is empty; expected 'stdlib', a local path or a hub dataset name")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"text.val_fraction: {self.val_fraction!r} must be in [0, 1)")
-        if self.max_docs is not None and self.max_docs < 1:
-            raise ConfigError(f"text.max_docs: {self.max_docs!r} must be >= 1 or null")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "text") -> TextConfig:
-        """Parse a mapping strictly (unknown keys refused)."""
-        return from_mapping(cls, data, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
 # --------------------------------------------------------------------------------------------- documents
@@ -106,7 +76,7 @@ def _read_source(cfg: TextConfig) -> list[str]:
     path = Path(cfg.source).expanduser()
     if path.exists():
         return local_documents(path, cfg.text_field)
-    looks_local = cfg.source.startswith(("/", ".", "~")) or cfg.source.endswith(_LOCAL_SUFFIXES)
+    looks_local = cfg.source.startswith(("/", ".", "~")) or cfg.source.endswith(LOCAL_SUFFIXES)
     if looks_local:
         raise ConfigError(f"text.source: path {cfg.source!r} does not exist")
     return hub_documents(cfg)
@@ -134,15 +104,15 @@ def stdlib_documents(max_docs: int | None = None) -> list[str]:
 def local_documents(path: Path, text_field: str = "text") -> list[str]:
     """Documents of a local file or directory (rules in the module docstring)."""
     if path.is_file():
-        if path.suffix not in _LOCAL_SUFFIXES:
+        if path.suffix not in LOCAL_SUFFIXES:
             raise ConfigError(f"text.source: {str(path)!r} has suffix {path.suffix!r}; "
-                              f"expected one of {', '.join(_LOCAL_SUFFIXES)}")
+                              f"expected one of {', '.join(LOCAL_SUFFIXES)}")
         if path.suffix == ".txt":
             return split_text_file(_load_txt([path])[0])
         return _load_table([path], text_field)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _LOCAL_SUFFIXES)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
     if not files:
-        raise ConfigError(f"text.source: directory {str(path)!r} has no {'/'.join(_LOCAL_SUFFIXES)} files")
+        raise ConfigError(f"text.source: directory {str(path)!r} has no {'/'.join(LOCAL_SUFFIXES)} files")
     txt = [f for f in files if f.suffix == ".txt"]
     tables = [f for f in files if f.suffix != ".txt"]
     return (_load_txt(txt) if txt else []) + (_load_table(tables, text_field) if tables else [])

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hyla.proxy_train.probe.config import curve_auc
+from hyla.proxy_train.probe.stack import curve_auc
 from conftest import REPO
 
 ROOT = REPO
@@ -47,9 +47,9 @@ def test_variant_config_scales_the_probe_budget() -> None:
     from hyla.proxy_train.proxy.config import ProxyConfig
 
     base = ProxyConfig.load(str(ROOT / "benchmarks" / "fidelity_cpu.yaml"))
-    name, over = fidelity.parse_variant("long:recall_probe.steps=50;recall_probe.lrs=[0.002]")
+    name, over = fidelity.parse_variant("long:recall.steps=50;recall.lrs=[0.002]")
     cfg = fidelity.variant_config(base, over, seed=3, budget=4)
-    assert name == "long" and cfg.recall_probe.steps == 200 and cfg.recall_probe.lrs == (0.002,)
+    assert name == "long" and cfg.recall.steps == 200 and cfg.recall.lrs == (0.002,)
     assert cfg.seed == 3 and cfg.seeds == 1 and not cfg.train_lm
 
 
@@ -166,7 +166,7 @@ def test_analyze_backfills_the_curve_auc_from_the_variant(tmp_path: Path) -> Non
             for s in (0, 1) for n, c in (("fast", early), ("slow", late))]
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in recs))
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fidelity.py"), "--analyze", "--device", "cpu",
-                    "--proxy", str(proxy), "--variant", "v:recall_probe.steps=100", "--metric", "recall_auc",
+                    "--proxy", str(proxy), "--variant", "v:recall.steps=100", "--metric", "recall_auc",
                     "--budgets", "2", "--jsonl", str(jsonl), "--out", str(out)],
                    check=True, cwd=tmp_path, timeout=300, capture_output=True, text=True)
     table = json.loads(out.read_text())["analysis"]["v"]["budget2"]["layouts"]

@@ -24,7 +24,7 @@ common = importlib.import_module("common")
 packing = importlib.import_module("bench_packing")
 warm = importlib.import_module("bench_warm_start")
 
-FAST = ["--device", "cpu", "--proxy", "tiny", "--set", "recall_eval_examples=2", "--set", "eval_batches=1",
+FAST = ["--device", "cpu", "--proxy", "tiny", "--set", "recall.eval_examples=2", "--set", "eval_batches=1",
         "--set", "text={source: stdlib, max_docs: 40}", "--max-seconds", "540"]  # a cap, not a target: Ray workers start slowly on a loaded 2-core machine
 
 

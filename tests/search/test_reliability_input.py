@@ -169,9 +169,9 @@ def test_dataset_path_that_does_not_exist(tmp_path: Path, capsys: pytest.Capture
 def test_objective_the_proxy_does_not_measure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = study(tmp_path, objectives=["recall_auc", "memory_bytes"])  # the tiny proxy mixes recall into the LM run
     refused(["search", "run", str(path)], tmp_path, capsys, str(path), "recall_auc", "rungs[0].proxy",
-            "needs the recall probe")
-    probe_only = {**PROXY, "recall_mix": 0.0, "train_lm": False,
-                  "recall_probe": {"seq_len": 16, "pairs": [1, 2], "steps": 2, "batch_size": 4}}
+            "needs recall: {family: probe}")
+    probe_only = {**PROXY, "train_lm": False,
+                  "recall": {"family": "probe", "seq_len": 16, "pairs": [1, 2], "steps": 2, "batch_size": 4}}
     path = study(tmp_path, "bad2", objectives=["lm_loss", "recall"], rungs=[{"proxy": probe_only}])
     refused(["search", "run", str(path)], tmp_path, capsys, str(path), "lm_loss", "rungs[0].proxy",
             "recall, recall_auc", "train_lm: true")

@@ -16,8 +16,9 @@ SPACE: dict[str, Any] = {"scale": "tiny", "n_layers": 4, "mixers": ["gla", "hgrn
 
 #: A proxy that takes a second or two on CPU: a handful of steps, tiny evaluation.
 PROXY: dict[str, Any] = {"preset": "tiny", "steps": 2, "seq_len": 64, "batch_size": 4, "warmup": 1,
-                         "eval_batches": 1, "recall_eval_examples": 2, "eval_batch_size": 4,
-                         "text": {"source": "stdlib", "max_docs": 20}}
+                         "eval_batches": 1, "eval_batch_size": 4, "text": {"source": "stdlib", "max_docs": 20},
+                         "recall": {"family": "suite", "levels": "tiny", "mix": 0.25, "max_len": 64,
+                                    "eval_examples": 2}}
 
 
 def study_dict(tmp: Path, name: str = "t", **kw: Any) -> dict[str, Any]:

@@ -9,10 +9,13 @@ pure-PyTorch path. A linear layer with ``attn_heads > 0`` is wrapped in the head
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from hyla.proxy_train.model.mixers.registry import HEADWISE, MIXER_NAMES, mixer_class, mixer_module, register_mixer
 from hyla.space.layout import ATTN, Layout
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["HEADWISE", "MIXER_NAMES", "build_mixer", "mixer_class", "mixer_module", "register_mixer"]
 

@@ -34,17 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from hyla.config import ConfigError
+from hyla.proxy_train.model.mixers.registry import KERNELS
 from hyla.space.layout import Layout
 from hyla.space.mixer_kinds import get_mixer_kind
 
 State = dict[str, Any]
 
-#: Which implementation a linear mixer runs on CUDA tensors: ``auto``/``fla`` = fla's layer (Triton kernels),
-#: ``torch`` = our forward with the PyTorch scans (no Triton compilation; vmappable), ``cores`` = our forward with
-#: fla's scan kernels folded over a vmapped replica axis (``mixers.scans``: stacked recall probes on a GPU).
-KERNELS = ("auto", "fla", "torch", "cores")
-#: The kernel paths that ``torch.func.vmap`` can batch (stacked replicas, ``proxy_train.replicas``).
-STACKABLE = ("torch", "cores")
 _KERNELS: ContextVar[str] = ContextVar("hyla_kernels", default="auto")
 
 

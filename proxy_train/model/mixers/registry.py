@@ -1,4 +1,5 @@
-"""The mixer registry: each torch mixer class registers itself with ``@register_mixer(name)``.
+"""The mixer registry: each torch mixer class registers itself with ``@register_mixer(name)``; and the kernel paths
+a linear mixer can run on CUDA (`KERNELS`). No torch here: configs name these choices without importing torch.
 
 Keys are ``attn`` (`SoftmaxAttention`), every linear kind of ``hyla.space.mixer_kinds.MIXER_KINDS`` and ``headwise``
 (the wrapper of a linear layer with softmax heads). A key's class lives in the module named after it
@@ -15,6 +16,13 @@ from typing import TypeVar
 from hyla.space.layout import ATTN
 from hyla.space.mixer_kinds import LINEAR_MIXERS
 
+#: Which implementation a linear mixer runs on CUDA tensors (``mixers.common.kernel_path``): ``auto``/``fla`` =
+#: fla's layer (Triton kernels), ``torch`` = our forward with the PyTorch scans (no Triton compilation; vmappable),
+#: ``cores`` = our forward with fla's scan kernels folded over a vmapped replica axis (``mixers.scans``: stacked
+#: recall probes on a GPU).
+KERNELS = ("auto", "fla", "torch", "cores")
+#: The kernel paths that ``torch.func.vmap`` can batch (the probe's stacked replicas, ``probe.replicas``).
+STACKABLE = ("torch", "cores")
 #: registry key of the head-wise hybrid (a linear layer with softmax heads beside it)
 HEADWISE = "headwise"
 #: every key a class may register under: the layer mixers build_mixer accepts, then the head-wise wrapper

@@ -9,10 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from hyla.config import ConfigError
-from hyla.proxy_train.probe.runner import ProbeJob, run_probe, run_probes
-from hyla.proxy_train.probe.config import (LevelPool, RecallProbeConfig, _PrevTokenEmbedding, curve_auc, probe_layout,
-                                           schedule, wsd_lr)
-from hyla.proxy_train.proxy.run import ProxyConfig, aggregate_seeds, run_proxy
+from hyla.proxy_train.probe.build import PrevTokenEmbedding, probe_layout
+from hyla.proxy_train.probe.config import RecallProbeConfig
+from hyla.proxy_train.probe.levels import LevelPool, schedule
+from hyla.proxy_train.probe.runner import run_probe, run_probes
+from hyla.proxy_train.probe.stack import ProbeJob, ProbeStack, curve_auc
+from hyla.proxy_train.proxy.config import ProxyConfig
+from hyla.proxy_train.proxy.result import aggregate_seeds
+from hyla.proxy_train.proxy.run import run_proxy
+from hyla.proxy_train.train.schedule import wsd_lr
 from hyla.space.layout import Layout
 
 PROBE = {"seq_len": 16, "pairs": [1, 2], "steps": 6, "batch_size": 4, "eval_every": 3, "eval_examples": 8, "warmup": 1}
@@ -23,31 +28,41 @@ def _layout(layers: tuple[str, ...] = ("gla", "attn")) -> Layout:
 
 
 def _proxy(**kw: object) -> ProxyConfig:
-    base = {"preset": "tiny", "steps": 2, "seq_len": 32, "batch_size": 2, "recall_mix": 0, "recall_suite": "none",
-            "text": {"source": "stdlib", "max_docs": 20}, "eval_batches": 1, "device": "cpu", "recall_probe": PROBE}
+    base = {"preset": "tiny", "steps": 2, "seq_len": 32, "batch_size": 2, "text": {"source": "stdlib", "max_docs": 20},
+            "eval_batches": 1, "device": "cpu", "recall": {"family": "probe", **PROBE}}
     return ProxyConfig.from_dict({**base, **kw})
 
 
 @pytest.mark.parametrize(("field", "value", "match"), [
-    ("pairs", [4, 2], "recall_probe.pairs"), ("seq_len", 6, "recall_probe.seq_len"),
-    ("lrs", [], "recall_probe.lrs"), ("task_vocab", 3, "recall_probe.task_vocab"),
-    ("kernels", "cuda", "kernels"), ("stop_at", 0.0, "recall_probe.stop_at"), ("zero_init", "mlp", "zero_init"),
-    ("heads", 0, "recall_probe.heads"),
+    ("pairs", [4, 2], "recall.pairs"), ("seq_len", 6, "recall.seq_len"),
+    ("lrs", [], "recall.lrs"), ("task_vocab", 3, "recall.task_vocab"),
+    ("kernels", "cuda", "kernels"), ("stop_at", 0.0, "recall.stop_at"), ("zero_init", "mlp", "zero_init"),
+    ("heads", 0, "recall.heads"), ("betas", [0.9, 1.0], "recall.betas"), ("min_lr_ratio", 2.0, "recall.min_lr_ratio"),
+    ("grad_clip", 0.0, "recall.grad_clip"), ("pair", [1, 2], "did you mean 'pairs'"),
 ])
 def test_probe_config_refuses_bad_fields(field: str, value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        ProxyConfig.from_dict({"preset": "tiny", "recall_mix": 0, "recall_probe": {**PROBE, field: value}})
+        ProxyConfig.from_dict({"preset": "tiny", "recall": {"family": "probe", **PROBE, field: value}})
 
 
 def test_proxy_config_checks_probe_combinations() -> None:
-    with pytest.raises(ConfigError, match="recall_mix"):
-        ProxyConfig.from_dict({"preset": "tiny", "recall_probe": PROBE})  # tiny mixes recall rows in
+    with pytest.raises(ConfigError, match="did you mean 'probe'"):
+        ProxyConfig.from_dict({"preset": "tiny", "recall": {"family": "prob", **PROBE}})
+    with pytest.raises(ConfigError, match="recall.family: missing"):
+        ProxyConfig.from_dict({"preset": "tiny", "recall": PROBE})
     with pytest.raises(ConfigError, match="train_lm"):
-        ProxyConfig.from_dict({"preset": "tiny", "train_lm": False})
+        ProxyConfig.from_dict({"preset": "tiny", "train_lm": False})  # tiny's suite rides in the LM run
     with pytest.raises(ConfigError, match="seeds"):
         ProxyConfig.from_dict({"preset": "tiny", "seeds": 0})
     with pytest.raises(ConfigError, match="exceed the layout's vocab_size"):
-        run_proxy(_layout(), _proxy(recall_probe={**PROBE, "task_vocab": 1024}), progress=False)
+        run_proxy(_layout(), _proxy(recall={"family": "probe", **PROBE, "task_vocab": 1024}), progress=False)
+
+
+def test_probe_config_round_trips_with_its_family() -> None:
+    cfg = _proxy()
+    data = cfg.to_dict()
+    assert data["recall"]["family"] == "probe" and data["recall"]["betas"] == [0.9, 0.98]
+    assert ProxyConfig.from_dict(data) == cfg and cfg.scores == {"lm_val_loss", "tokens_per_s", "recall", "recall_auc"}
 
 
 def test_wsd_schedule_warms_holds_and_decays() -> None:
@@ -75,7 +90,7 @@ def test_probe_layout_keeps_the_pattern_at_the_probe_width() -> None:
     assert narrow.d_model == 32 and narrow.num_heads == 4 and narrow.mlp_hidden == 88
     assert [(s.mixer, s.attn_heads) for s in narrow.layers] == [(s.mixer, s.attn_heads) for s in lay.layers]
     assert probe_layout(lay, RecallProbeConfig(**PROBE)) is lay
-    with pytest.raises(ConfigError, match="recall_probe.width"):
+    with pytest.raises(ConfigError, match="recall.width"):
         probe_layout(lay, RecallProbeConfig(**{**PROBE, "width": 30}))
     plain = Layout(layers=("gla", "attn"), d_model=64, vocab_size=512, mlp_hidden=176, num_heads=4)
     one = probe_layout(plain, RecallProbeConfig(**{**PROBE, "width": 64, "heads": 1}))  # 1 x 64, not 4 x 16
@@ -98,7 +113,7 @@ def test_probes_side_by_side_equal_probes_alone() -> None:
 
 
 def test_prev_token_embedding_adds_the_previous_token() -> None:
-    prev = _PrevTokenEmbedding(8, 4, 1.0)
+    prev = PrevTokenEmbedding(8, 4, 1.0)
     ids = torch.tensor([[3, 5, 7]])
     out = prev.hook(None, (ids,), torch.zeros(1, 3, 4))
     assert torch.equal(out[0, 1], prev.weight[3]) and torch.equal(out[0, 2], prev.weight[5])
@@ -130,7 +145,7 @@ def test_curve_auc_grades_how_early_recall_came() -> None:
 
 def test_run_proxy_reports_seed_spread() -> None:
     r = run_proxy(_layout(), _proxy(seeds=3, seed=5), progress=False)
-    assert r.status == "ok" and r.seeds == [5, 6, 7] and len(r.probe) == 3
+    assert r.status == "ok" and r.seeds == [5, 6, 7] and len(r.probe) == 3 and r.proxy_family == "probe"
     assert r.seed_values["recall_auc"] == [p["auc"] for p in r.probe]
     for metric in ("recall", "recall_auc", "lm_val_loss", "train_loss"):
         vals = r.seed_values[metric]
@@ -158,9 +173,7 @@ def test_aggregate_keeps_the_failed_seed_status() -> None:
 
 def test_probe_stops_once_every_level_is_solved(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first check with every level at ``stop_at`` (and all levels admitted) ends the probe early."""
-    from hyla.proxy_train.probe import runner as probe_runner
-
-    monkeypatch.setattr(probe_runner._Stack, "score", lambda self, x, y: torch.ones(len(self.jobs), len(self.pool.levels)))
+    monkeypatch.setattr(ProbeStack, "score", lambda self, x, y: torch.ones(len(self.jobs), len(self.pool.levels)))
     cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
     r = run_probes([ProbeJob(_layout(), 0, 1e-3)], cfg, torch.device("cpu"), 0.1)[0]
     assert r["steps"] == 5 and r["curve"][0] == [5, 1.0] and r["score"] == 1.0
@@ -196,7 +209,7 @@ def test_replica_adamw_matches_torch_adamw() -> None:
     for _ in range(3):
         stack.zero_grad()
         replica_losses(stack(x), y).sum().backward()
-        stack.clip_and_step(lrs, max_norm=0.5, eps=1e-3)
+        stack.clip_and_step(lrs, max_norm=0.5, betas=(0.9, 0.98), eps=1e-3)
     for r, seed in enumerate([3, 4]):
         torch.manual_seed(seed)
         model = HylaLM(lay)
@@ -221,8 +234,7 @@ def test_compiled_blocks_train_like_the_vmapped_model() -> None:
     lay, cpu = _layout(("gla", "attn", "hgrn2", "hgrn2")), torch.device("cpu")
 
     def prev(model: torch.nn.Module) -> None:
-        model.add_module("prev_token_embedding", _PrevTokenEmbedding(lay.vocab_size, lay.d_model, 0.1))
-        model.embeddings.register_forward_hook(model.prev_token_embedding.hook)
+        PrevTokenEmbedding.attach(model, 0.1)
 
     x = torch.randint(0, lay.vocab_size, (2, 2, 16))
     y = torch.randint(0, lay.vocab_size, (2, 2, 16))
@@ -234,7 +246,7 @@ def test_compiled_blocks_train_like_the_vmapped_model() -> None:
             stack.zero_grad()
             loss = replica_losses(stack(x), y)
             loss.sum().backward()
-            stack.clip_and_step(torch.tensor([1e-2, 3e-2]), eps=1e-3)
+            stack.clip_and_step(torch.tensor([1e-2, 3e-2]), max_norm=1.0, betas=(0.9, 0.98), eps=1e-3)
             losses.append(loss.detach())
         runs.append((torch.stack(losses), stack.params))
     (l0, p0), (l1, p1) = runs
@@ -246,14 +258,12 @@ def test_compiled_blocks_train_like_the_vmapped_model() -> None:
 
 def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Early stopping is per replica: the solved one keeps its weights from the check on, the other trains on."""
-    from hyla.proxy_train.probe import runner as probe_runner
-
-    def score(self: probe_runner._Stack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def score(self: ProbeStack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         acc = torch.zeros(len(self.jobs), len(self.pool.levels))
         acc[0] = 1.0
         return acc
 
-    monkeypatch.setattr(probe_runner._Stack, "score", score)
+    monkeypatch.setattr(ProbeStack, "score", score)
     cfg = RecallProbeConfig(**{**PROBE, "steps": 20, "eval_every": 5, "curriculum": 0.0, "pool_rows": 16})
     jobs = [ProbeJob(_layout(), 0, 1e-3), ProbeJob(_layout(), 1, 1e-3)]
     solved, other = run_probes(jobs, cfg, torch.device("cpu"), 0.1)
@@ -267,7 +277,7 @@ def test_a_solved_replica_stops_while_its_stack_goes_on(monkeypatch: pytest.Monk
                                                         "blocks.1.mlp.down_proj.weight"})])
 def test_zero_init_zeroes_the_chosen_residual_outputs(which: str, zeroed: set[str]) -> None:
     from hyla.proxy_train.model.lm import HylaLM
-    from hyla.proxy_train.probe.config import zero_residual_outputs
+    from hyla.proxy_train.probe.build import zero_residual_outputs
 
     model = HylaLM(_layout(("gla", "attn")))
     zero_residual_outputs(model, which)
@@ -321,7 +331,7 @@ def test_stacked_probe_steps_on_cuda_match_cpu(compiled: bool) -> None:
                     loss.sum().backward()
                     if step == 0:
                         first_grads.append([p.grad.detach().cpu().clone() for p in stack.parameters()])
-                    stack.clip_and_step(torch.tensor([3e-3, 1e-3], device=dev))
+                    stack.clip_and_step(torch.tensor([3e-3, 1e-3], device=dev), max_norm=1.0, betas=(0.9, 0.98))
                     losses.append(loss.detach().cpu())
             curves.append(torch.stack(losses))
     finally:

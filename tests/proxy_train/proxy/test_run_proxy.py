@@ -10,16 +10,23 @@ import torch
 
 from conftest import tiny_layout
 from hyla.config import ConfigError
+from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
+from hyla.proxy_train.proxy.data import prepare_data
+from hyla.proxy_train.proxy.result import ProxyResult
 from hyla.proxy_train.proxy import run as T
-from hyla.proxy_train.proxy.run import ProxyConfig, ProxyResult, run_proxy
+from hyla.proxy_train.proxy.run import run_proxy
 
 TEXT = {"source": "stdlib", "max_docs": 30}
 MQAR = [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": 2}}]
 
 
+def _suite(**over) -> dict:
+    return {"family": "suite", "tasks": MQAR, "mix": 0.25, "eval_examples": 4, **over}
+
+
 def _cfg(**over) -> ProxyConfig:
-    base = dict(seq_len=32, batch_size=4, steps=4, lr=3e-3, warmup=1, text=TEXT, recall_tasks=MQAR,
-                recall_mix=0.25, eval_batches=1, recall_eval_examples=4, eval_batch_size=4, device="cpu")
+    base = dict(seq_len=32, batch_size=4, steps=4, lr=3e-3, warmup=1, text=TEXT, recall=_suite(), eval_batches=1,
+                eval_batch_size=4, device="cpu")
     return ProxyConfig.from_dict({**base, **over})
 
 
@@ -34,6 +41,7 @@ def test_tiny_run_ok_with_all_fields(layout, tmp_path) -> None:
     assert result.steps == 4 and result.tokens_seen == 4 * 4 * 32
     assert result.lm_val_loss is not None and 0 < result.lm_val_loss < 10
     assert 0.0 <= result.recall <= 1.0 and set(result.recall_tasks) == {"mqar@32x2"}
+    assert result.proxy_family == "suite"
     from hyla.space.cost import inference_memory, param_count
     assert result.params == param_count(layout).total
     mem = inference_memory(layout, 2048)
@@ -107,8 +115,12 @@ def test_bad_input_raises_before_work(tmp_path) -> None:
         ProxyConfig.from_dict({"preset": "tiny", "stepz": 3})
     with pytest.raises(ConfigError, match="exactly one of 'steps' and 'tokens'"):
         ProxyConfig.from_dict({"steps": 3, "tokens": 100})
-    with pytest.raises(ConfigError, match="recall_mix"):
-        ProxyConfig.from_dict({"steps": 3, "recall_mix": 1.5})
+    with pytest.raises(ConfigError, match="recall.mix"):
+        ProxyConfig.from_dict({"steps": 3, "recall": _suite(mix=1.5)})
+    with pytest.raises(ConfigError, match="did you mean 'phase_steps'"):
+        ProxyConfig.from_dict({"steps": 3, "recall": _suite(phase_step=2)})
+    with pytest.raises(ConfigError, match="recall.mix: 0.1 x batch_size 4 rounds to 0 rows"):
+        _cfg(recall=_suite(mix=0.1))
     with pytest.raises(ConfigError, match="neither a preset"):
         ProxyConfig.load("huge")
     with pytest.raises(ConfigError, match="text.source"):
@@ -126,12 +138,12 @@ def test_load_yaml_preset_override(tmp_path) -> None:
 
 def test_lr_schedule() -> None:
     cfg = _cfg(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
-    assert T.lr_at(0, cfg) == pytest.approx(0.1) and T.lr_at(9, cfg) == pytest.approx(1.0)
-    assert T.lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
-    assert T.lr_at(40, cfg) < T.lr_at(20, cfg)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+    assert lr_at(40, cfg) < lr_at(20, cfg)
     wsd = _cfg(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1, decay_fraction=0.2)  # stable until step 82
-    assert T.lr_at(10, wsd) == T.lr_at(81, wsd) == 1.0 and T.lr_at(90, wsd) < 1.0
-    assert T.lr_at(99, wsd) == pytest.approx(0.1, abs=0.01)
+    assert lr_at(10, wsd) == lr_at(81, wsd) == 1.0 and lr_at(90, wsd) < 1.0
+    assert lr_at(99, wsd) == pytest.approx(0.1, abs=0.01)
     with pytest.raises(ConfigError, match="decay_fraction"):
         _cfg(decay_fraction=0.0)
     with pytest.raises(ConfigError, match="init_std"):
@@ -140,7 +152,7 @@ def test_lr_schedule() -> None:
 
 
 def test_recall_phase_only_at_the_end(layout) -> None:
-    data = T.prepare_data(layout, _cfg(recall_phase_steps=2, batch_size=8, recall_mix=0.5))
+    data = prepare_data(layout, _cfg(recall=_suite(phase_steps=2, mix=0.5), batch_size=8))
     x, y, rx, ry = data.train_batch(0, with_recall=False)
     assert rx is None and x.shape == (8, 32)
     x, y, rx, ry = data.train_batch(3, with_recall=True)
@@ -179,11 +191,11 @@ def test_attention_learns_mqar_and_linear_ranks_lower() -> None:
     0, 1): attention 1.0 / 1.0 on both levels (20-24 s), LM val loss 6.4 -> 3.37; GLA 0.23-0.24 on 4 pairs,
     0.15-0.16 on 8 pairs (32-36 s; chance 1/16, copying some context value 1/P). Curves: attention sits at ~0.25
     ("some value of the context") until step ~250-350, then the induction circuit forms. The old recipe (init std
-    0.02, cosine to 10 %) was still at 0.25-0.32 after 3000 steps (see the ``train`` module docstring).
+    0.02, cosine to 10 %) was still at 0.25-0.32 after 3000 steps (docs/proxy-recipe.md).
     """
     tasks = [{"task": "mqar", "seq_len": 32, "params": {"num_kv_pairs": p, "task_vocab": 32}} for p in (4, 8)]
-    common = dict(recall_tasks=tasks, recall_eval_examples=64, eval_batch_size=32, eval_batches=2, batch_size=32,
-                  recall_mix=0.75, lr=1e-3, warmup=10, min_lr_ratio=1.0, weight_decay=0.0)
+    common = dict(recall=_suite(tasks=tasks, eval_examples=64, mix=0.75), eval_batch_size=32, eval_batches=2,
+                  batch_size=32, lr=1e-3, warmup=10, min_lr_ratio=1.0, weight_decay=0.0)
     attn = tiny_layout("attn", "attn", d_model=64, num_heads=2, name="attn-mqar")
     first = run_proxy(attn, _cfg(steps=1, **common), progress=False)
     result = run_proxy(attn, _cfg(steps=450, **common), progress=False)

@@ -181,7 +181,7 @@ def test_span_exact_match() -> None:
 
 
 def _suite(**kw) -> RecallSuite:
-    return RecallSuite.preset("tiny", V, TOK, HAY, **kw)
+    return RecallSuite.named("tiny", V, TOK, HAY, **kw)
 
 
 def test_suite_preset_levels_and_cap() -> None:
@@ -190,7 +190,7 @@ def test_suite_preset_levels_and_cap() -> None:
                         "ruler_single@256") and s.train_seq_len == 256
     capped = _suite(seq_len_cap=128)
     assert "ruler_single@256" not in capped.levels and capped.train_seq_len == 128
-    small = RecallSuite.preset("small", V, TOK, HAY)
+    small = RecallSuite.named("small", V, TOK, HAY)
     assert "mqar@1024x64" in small.levels and "ruler_vt@1024" in small.levels
 
 
@@ -264,8 +264,8 @@ def test_spec_parsing_and_errors() -> None:
         RecallSuite.from_specs([{"task": "mqar", "seq_len": 60, "params": {"num_kv_pairs": 16}}], V)
     with pytest.raises(ConfigError, match="needs a tokenizer"):
         RecallSuite.from_specs([{"task": "ruler_single", "seq_len": 256}], V)
-    with pytest.raises(ConfigError, match="preset 'huge'"):
-        RecallSuite.preset("huge", V, TOK, HAY)
+    with pytest.raises(ConfigError, match="recall.levels: 'huge'"):
+        RecallSuite.named("huge", V, TOK, HAY)
     with pytest.raises(ConfigError, match="drops every level"):
         _suite(seq_len_cap=16)
     with pytest.raises(ConfigError, match="tokenizer vocab 260 exceeds"):

@@ -13,16 +13,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from hyla.proxy_train.probe.config import RecallProbeConfig
+from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
 from hyla.proxy_train.train import schedule as lr_schedule
 from hyla.proxy_train.train.full_loop import lr_lambda
-from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
-from hyla.proxy_train.probe.config import wsd_lr as recall_probe_wsd_lr
 
 STEPS = [0, 1, 4, 9, 10, 11, 50, 81, 82, 83, 90, 99, 100, 150]
 
 
 def _old_wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: float, min_ratio: float) -> float:
-    """recall_probe.wsd_lr before issue 17 (also the body of proxy_config.lr_at)."""
+    """The probe's wsd_lr before issue 17 (also the body of the proxy's lr_at)."""
     if step < warmup:
         return lr * (step + 1) / warmup
     span = max(1, total - warmup)
@@ -35,7 +35,7 @@ def _old_wsd_lr(step: int, total: int, lr: float, warmup: int, decay_fraction: f
 
 
 def _old_lr_lambda(spec: SimpleNamespace):
-    """fullscale_loop.lr_lambda before issue 17."""
+    """The full runs' lr_lambda before issue 17."""
     def f(step: int) -> float:
         if step < spec.warmup_steps:
             return (step + 1) / spec.warmup_steps
@@ -50,8 +50,9 @@ def _proxy(**kw) -> ProxyConfig:
 
 
 def test_probe_schedule_pinned() -> None:
-    """Recall probes: `probe_runner` calls ``wsd_lr(step, total, lr, warmup, decay_fraction, 0.1)``."""
-    assert recall_probe_wsd_lr is lr_schedule.wsd_lr  # the old import path still works
+    """Recall probes: `probe.stack.StepTables` calls ``wsd_lr(step, total, lr, warmup, decay_fraction,
+    min_lr_ratio)``, whose floor was a hard-coded 0.1 before it became the probe config's field (default 0.1)."""
+    assert RecallProbeConfig().min_lr_ratio == 0.1
     assert [lr_schedule.wsd_lr(s, 100, 3e-3, 10, 0.2, 0.1) for s in STEPS] == [
         0.00030000000000000003, 0.0006000000000000001, 0.0015, 0.003, 0.003, 0.003, 0.003, 0.003, 0.003,
         0.002979490466566481, 0.0018844250398503564, 0.0003205095334335192, 0.00030000000000000003,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from hyla.config import ConfigError
+from hyla.proxy_train.train.config import TextConfig
 from hyla.proxy_train.train.text import (
-    ByteTokenizer, TextConfig, get_tokenizer, hub_cache_path, load_documents, pack_documents, pack_tokens,
-    split_text_file,
+    ByteTokenizer, get_tokenizer, hub_cache_path, load_documents, pack_documents, pack_tokens, split_text_file,
 )
 from conftest import REPO
 

@@ -85,7 +85,7 @@ def test_no_sync_on_every_micro_batch_but_the_last() -> None:
 
 def test_the_lr_of_each_step_is_the_schedule() -> None:
     from hyla.proxy_train.train.full_loop import lr_lambda
-    from hyla.proxy_train.proxy.run import ProxyConfig, lr_at
+    from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
 
     total, model = 12, _model()
     cfg = ProxyConfig.from_dict({"steps": total, "warmup": 3, "lr": 2e-3, "decay_fraction": 0.5, "device": "cpu"})

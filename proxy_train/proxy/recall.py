@@ -1,0 +1,120 @@
+"""How a proxy scores recall: the ``recall:`` mapping of a proxy config, whose ``family`` picks the recipe.
+
+- ``family: suite`` (`SuiteRecall`): recall rows of the recall suite (``hyla.proxy_train.tasks.suite``) mixed into
+  the LM run's batches, the suite's held-out levels scored after it. It fills ``recall`` and ``recall_tasks``.
+- ``family: probe`` (`hyla.proxy_train.probe.config.RecallProbeConfig`): the recall probe, MQAR trained apart from
+  the LM, every seed and learning rate side by side after the LM runs. It fills ``recall``, ``recall_auc``,
+  ``recall_tasks`` and ``probe``.
+- ``recall: null``: no recall score.
+
+Each family is one entry of `RECALL_FAMILIES`: its config dataclass (the mapping's other keys), the `ProxyResult`
+fields it fills, and either ``in_lm_run`` (the LM run's own batches and evaluation score it) or ``run`` (called
+after the LM runs of every seed). A new family (say ``retrofit``) is a config class, its ``run`` and one entry here;
+no other family changes, and `hyla.config.from_mapping` parses the union from this registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hyla.config import ConfigError, variant_name
+from hyla.proxy_train.probe.config import RecallProbeConfig
+from hyla.space.layout import Layout
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteRecall:
+    """Recall rows mixed into the LM run (``family: suite``).
+
+    Attributes:
+        levels: a named set of suite levels (`hyla.proxy_train.tasks.suite.SUITE_LEVELS`: ``tiny``, ``small``).
+        tasks: explicit suite levels (``{task, seq_len, params}`` mappings, see ``hyla.proxy_train.tasks.suite``);
+            when given they replace ``levels``.
+        mix: fraction of each batch's rows that are recall rows (0 = the suite is scored, not trained on). The
+            loss mixes the LM and recall parts by their row shares (`hyla.proxy_train.train.trainer.mixed_loss`).
+        phase_steps: if > 0, recall rows only in the last this-many steps (an LM phase, then a mixed phase).
+        max_len: drop suite levels longer than this (None = keep all; levels longer than the proxy's ``seq_len``
+            are evaluated but not trained on, i.e. they measure length generalisation).
+        eval_examples: held-out examples per level.
+    """
+
+    levels: str = "tiny"
+    tasks: tuple[dict[str, Any], ...] = ()
+    mix: float = 0.25
+    phase_steps: int = 0
+    max_len: int | None = None
+    eval_examples: int = 16
+
+    def __post_init__(self) -> None:
+        w = "recall"
+        if not 0.0 <= self.mix < 1.0:
+            raise ConfigError(f"{w}.mix: {self.mix} must be in [0, 1) (some rows must be LM text)")
+        if self.phase_steps < 0:
+            raise ConfigError(f"{w}.phase_steps: {self.phase_steps} must be >= 0")
+        if self.eval_examples < 1:
+            raise ConfigError(f"{w}.eval_examples: {self.eval_examples} must be >= 1")
+        if self.max_len is not None and self.max_len < 1:
+            raise ConfigError(f"{w}.max_len: {self.max_len} must be >= 1 or null")
+
+    def rows(self, batch_size: int) -> int:
+        """Recall rows in a batch of ``batch_size`` rows."""
+        return int(round(batch_size * self.mix))
+
+
+def _run_probe(proxy: Any, layout: Layout, seeds: list[int], dev: Any, progress: bool) -> list[dict[str, Any]]:
+    """The probe of every seed (`hyla.proxy_train.probe.runner.run_probe_seeds`) as per-seed result fields."""
+    from hyla.proxy_train.probe.runner import run_probe_seeds  # torch: only where a probe runs
+
+    probes = run_probe_seeds(layout, proxy.recall, seeds, proxy.init_std, dev, progress)
+    return [dict(recall=p["recall"], recall_auc=p["auc"], recall_tasks=p["levels"],
+                 probe={k: p[k] for k in ("lr", "auc", "per_lr", "wall_s")}) for p in probes]
+
+
+def _check_probe(recall: RecallProbeConfig, layout: Layout) -> None:
+    recall.check_vocab(layout.vocab_size)
+
+
+@dataclass(frozen=True)
+class RecallFamily:
+    """One way of scoring a proxy's recall.
+
+    Attributes:
+        config: the dataclass of its fields (the ``recall:`` mapping without ``family``).
+        scores: the `ProxyResult` fields it fills.
+        needs: how a user asks for it (for messages: ``recall_auc needs ...``).
+        in_lm_run: scored by the LM run itself (its rows ride in the LM batches); else by ``run``.
+        run: ``(proxy config, layout, seeds, device, progress) -> one dict of result fields per seed``, called
+            after every seed's LM run (or instead of it, ``train_lm: false``); exceptions fail the trial.
+        check: ``(its config, layout) -> None``; raises ConfigError for a layout it cannot score (before work).
+    """
+
+    config: type
+    scores: frozenset[str]
+    needs: str
+    in_lm_run: bool = False
+    run: Callable[[Any, Layout, list[int], Any, bool], list[dict[str, Any]]] | None = None
+    check: Callable[[Any, Layout], None] | None = None
+
+
+#: every recall family, by its ``family`` name
+RECALL_FAMILIES: dict[str, RecallFamily] = {
+    "suite": RecallFamily(SuiteRecall, frozenset({"recall"}), "recall: {family: suite}", in_lm_run=True),
+    "probe": RecallFamily(RecallProbeConfig, frozenset({"recall", "recall_auc"}), "recall: {family: probe}",
+                          run=_run_probe, check=_check_probe),
+}
+#: the tagged union of ``ProxyConfig.recall``: family name -> config class
+RECALL_CONFIGS: dict[str, type] = {name: family.config for name, family in RECALL_FAMILIES.items()}
+#: what ``ProxyConfig.recall`` holds (besides None)
+RecallConfig = SuiteRecall | RecallProbeConfig
+
+
+def family_name(recall: Any) -> str:
+    """The ``family`` of a recall config."""
+    return variant_name(recall, RECALL_CONFIGS)
+
+
+def family_of(recall: Any) -> RecallFamily:
+    """The `RecallFamily` of a recall config."""
+    return RECALL_FAMILIES[family_name(recall)]
