@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run benchmarks/gpu_equivalence.py with one process per mixer kind in parallel (Triton compilation and autotuning,
 # not the GPU, dominate a cold run: ~70 s per kind and dtype), merge the parts, then run the GPU-marked tests.
-# Usage (repo root, hyla importable): [EQ_ARGS="--dtypes bfloat16"] [SKIP_TESTS=1] bash benchmarks/gpu_equivalence_parallel.sh OUT_DIR [KINDS...]
+# Usage (repo root, hyla importable): [EQ_ARGS="--dtypes bfloat16"] [SKIP_TESTS=1] bash tools/gpu_equivalence_parallel.sh OUT_DIR [KINDS...]
 set -uo pipefail
 out=${1:?usage: gpu_equivalence_parallel.sh OUT_DIR [KINDS...]}; shift
 kinds=("$@"); [ ${#kinds[@]} -gt 0 ] || kinds=(attn hgrn retnet gla hgrn2 deltanet gdn mamba2 headwise)

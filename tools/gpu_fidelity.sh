@@ -2,7 +2,7 @@
 # Proxy fidelity on one GPU in one device call (no package index there): stage fla (carry .whl), install hyla,
 # time the recall probe through run_probes, then run bench_fidelity; everything lands in $OUT.
 #
-#   bash benchmarks/gpu_fidelity.sh SECONDS [bench_fidelity args...]     (carry: .whl; LM proxies also need Ray: .rayx, see gpu_session.sh stage-ray)
+#   bash tools/gpu_fidelity.sh SECONDS [bench_fidelity args...]     (carry: .whl; LM proxies also need Ray: .rayx, see gpu_session.sh stage-ray)
 #
 # SECONDS caps bench_fidelity (no new probe starts after it; bench_fidelity resumes from the JSONL it is given).
 # The H200 runs in benchmarks/results/probe_h200/ (files written to $OUT, then copied there):

@@ -2,22 +2,22 @@
 # Steps of a GPU session on a lent device machine (no package index there; /tmp survives between back-to-back
 # calls while the machine stays warm). Run from the repository root; each step is one call:
 #
-#   bash benchmarks/gpu_session.sh stage-whl1        # carry .whl1: fla + z3 for tilelang      -> /tmp/site
-#   bash benchmarks/gpu_session.sh stage-whl2        # carry .whl2 .whl: tilelang -> /tmp/site2, .whl -> /tmp/site
-#   bash benchmarks/gpu_session.sh stage-whl         # carry .whl: fla, optuna, ... -> /tmp/site (no tilelang)
-#   bash benchmarks/gpu_session.sh stage-ray         # carry .rayx: Ray (stripped tarball) + its missing deps -> /tmp/site
-#   bash benchmarks/gpu_session.sh stage-hyla        # hyla itself (no deps) -> /tmp/site, benchmarks -> /tmp/hyla_bench
-#   bash benchmarks/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call:
+#   bash tools/gpu_session.sh stage-whl1        # carry .whl1: fla + z3 for tilelang      -> /tmp/site
+#   bash tools/gpu_session.sh stage-whl2        # carry .whl2 .whl: tilelang -> /tmp/site2, .whl -> /tmp/site
+#   bash tools/gpu_session.sh stage-whl         # carry .whl: fla, optuna, ... -> /tmp/site (no tilelang)
+#   bash tools/gpu_session.sh stage-ray         # carry .rayx: Ray (stripped tarball) + its missing deps -> /tmp/site
+#   bash tools/gpu_session.sh stage-hyla        # hyla itself (no deps) -> /tmp/site, benchmarks -> /tmp/hyla_bench
+#   bash tools/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call:
 #                                                    # bench_fidelity.py --layouts grid --seeds 0 --budgets 1 ARGS
 #                                                    # (ARGS win); after stage-ray: an LM proxy runs on hyla's Ray workers
-#   bash benchmarks/gpu_session.sh tests ARGS        # pytest on the GPU-marked tests (-m gpu), log to $OUT
-#   bash benchmarks/gpu_session.sh tests-start ARGS  # the same in the background, log next to the grid's
-#   bash benchmarks/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT
+#   bash tools/gpu_session.sh tests ARGS        # pytest on the GPU-marked tests (-m gpu), log to $OUT
+#   bash tools/gpu_session.sh tests-start ARGS  # the same in the background, log next to the grid's
+#   bash tools/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT
 #
 # Why the stages: a call carries at most 64 MiB. Ray's wheel is 76 MiB, so .rayx holds it unpacked, without its
-# Java jars, RLlib, Serve and dashboard web client, as an xz tarball (see README "GPU runs"); GatedDeltaNet on
-# Hopper with triton 3.6 needs tilelang (fla issue #640; README "GPU notes"), split over .whl1/.whl2 by tilelang_wheels.sh.
-# .rayx comes from benchmarks/make_rayx.sh. Every step exports the environment the others rely on (PYTHONPATH,
+# Java jars, RLlib, Serve and dashboard web client, as an xz tarball (see docs/gpu-machine.md); GatedDeltaNet on
+# Hopper with triton 3.6 needs tilelang (fla issue #640; docs/gpu-notes.md), split over .whl1/.whl2 by tilelang_wheels.sh.
+# .rayx comes from tools/make_rayx.sh. Every step exports the environment the others rely on (PYTHONPATH,
 # the Triton/fla caches in /tmp); a background grid inherits it.
 set -euo pipefail
 REPO=$(pwd)

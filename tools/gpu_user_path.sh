@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # The user's path on one GPU machine through hyla's own commands (issue 15), in three back-to-back device calls
 # (a call lasts at most 10 min; /tmp survives while the machine stays warm). Run from the repo root with
-# .whl (gpu_wheels), .rayx (benchmarks/make_rayx.sh) and .gpu_data/wikitext-2 (a copy of ../shared/data/wikitext-2)
+# .whl (gpu_wheels), .rayx (tools/make_rayx.sh) and .gpu_data/wikitext-2 (a copy of ../shared/data/wikitext-2)
 # carried:
 #
-#   bash benchmarks/gpu_user_path.sh a      # stage; hyla search run examples/gpu_study.yaml (Ray, 0.25 GPU/worker,
+#   bash tools/gpu_user_path.sh a      # stage; hyla search run examples/gpu_study.yaml (Ray, 0.25 GPU/worker,
 #                                           # 12 trials, 2 rungs); the promoted 340m spec, shortened to 300 steps of
 #                                           # 16k tokens of WikiText-2 (byte tokenizer); hyla train --dry-run
-#   bash benchmarks/gpu_user_path.sh train  # hyla train, SIGKILLed after step 110 (its step-100 checkpoint), resumed
-#   bash benchmarks/gpu_user_path.sh b   # wait for the run; hyla analysis export --checkpoint; load the export in
+#   bash tools/gpu_user_path.sh train  # hyla train, SIGKILLed after step 110 (its step-100 checkpoint), resumed
+#   bash tools/gpu_user_path.sh b   # wait for the run; hyla analysis export --checkpoint; load the export in
 #                                        # fla's class and AutoModelForCausalLM (benchmarks/gpu_export_check.py)
-# Logs and JSON go to $OUT (copied to benchmarks/results/gpu_user_path_h200/ by hand).
+# Logs and JSON go to $OUT (results worth keeping: their JSON into benchmarks/results/, notes into docs/gpu-notes.md).
 set -uo pipefail
 REPO=$(pwd)
 W=/tmp/hyla_user_path
-source benchmarks/gpu_session.sh env
+source tools/gpu_session.sh env
 export PATH=/tmp/site/bin:$PATH
 OUT=${OUT:-/tmp/hyla_out}
 mkdir -p "$OUT" "$W"
@@ -34,8 +34,8 @@ train_running() { pgrep -f "m hyla train" > /dev/null; }
 
 case "${1:-}" in
   a)
-    bash benchmarks/gpu_session.sh stage-whl && bash benchmarks/gpu_session.sh stage-ray \
-      && bash benchmarks/gpu_session.sh stage-hyla || exit 1
+    bash tools/gpu_session.sh stage-whl && bash tools/gpu_session.sh stage-ray \
+      && bash tools/gpu_session.sh stage-hyla || exit 1
     cp examples/gpu_study.yaml "$W/" && cp -r .gpu_data/wikitext-2 "$W/"
     nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt"
     t0=$(date +%s)
@@ -48,11 +48,11 @@ case "${1:-}" in
     short_spec "$spec"
     hyla train train_340m.yaml --dry-run > "$OUT/dry_run.txt" 2>&1
     ;;
-  train)  # the promoted spec (from `a`, or benchmarks/results/gpu_user_path_h200/promoted_340m.yaml on a fresh machine)
-    [ -f /tmp/site/hyla/__init__.py ] || { bash benchmarks/gpu_session.sh stage-whl && bash benchmarks/gpu_session.sh \
-      stage-ray && bash benchmarks/gpu_session.sh stage-hyla && cp examples/gpu_study.yaml "$W/" \
+  train)  # the promoted spec (from `a`, or tools/gpu_user_path_promoted_340m.yaml on a fresh machine)
+    [ -f /tmp/site/hyla/__init__.py ] || { bash tools/gpu_session.sh stage-whl && bash tools/gpu_session.sh \
+      stage-ray && bash tools/gpu_session.sh stage-hyla && cp examples/gpu_study.yaml "$W/" \
       && cp -r .gpu_data/wikitext-2 "$W/" || exit 1; }
-    short_spec benchmarks/results/gpu_user_path_h200/promoted_340m.yaml
+    short_spec tools/gpu_user_path_promoted_340m.yaml
     run_until() {  # $1 log, $2 seconds: hyla train in its own session, SIGKILLed (whole group) at $2 s or step >= 110
       (cd "$W" && exec setsid python3 -m hyla train train_340m.yaml > "$1" 2>&1 < /dev/null) & local pid=$!
       local start=$(date +%s)
