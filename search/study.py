@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hyla.config import ConfigError, dump_yaml
 from hyla.metrics import METRICS, format_value
 from hyla.search.config import StudyConfig
+from hyla.search.dispatch import Outcome, drive
 from hyla.search.rungs import select_promoted
 from hyla.search.prepare import Prepared, prepare
 from hyla.search.storage import open_study
@@ -149,10 +150,9 @@ class _RungDriver:
         self.done_by_key: dict[str, FrozenTrial] = {t.user_attrs["layout_key"]: t for t in trials
                                                     if t.state == TrialState.COMPLETE and "layout_key" in t.user_attrs}
         self.counted = counted(trials)
-        self.in_flight: dict[ray.ObjectRef, _Job] = {}
+        self.in_flight: dict[int, _Job] = {}  # trial number -> job
         self.dups: dict[str, list[_Job]] = collections.defaultdict(list)
         self.queue: collections.deque[_Job] = collections.deque()
-        self.free = pool.ready_slots()  # idle and ready: no trial is in flight between rungs
         self.proxy = prep.proxies[rung]
         self.task = progress.add_task(f"rung {rung}", total=self._target(), completed=self.counted) if progress else None
 
@@ -223,45 +223,42 @@ class _RungDriver:
         self._count(ok=False)
         self.queue.extend(self.dups.pop(job.key, []))  # duplicates now train on their own
 
-    def _submit(self, job: _Job, slot: int) -> None:
+    def _next_job(self) -> _Job | None:
+        """The next trial to train (asking the sampler while none is queued), or None when there is none now."""
+        while not self.queue and self._more_to_ask():
+            self._ask()
+        return self.queue.popleft() if self.queue else None
+
+    def _submit(self, slot: int, job: _Job) -> ray.ObjectRef:
         job.slot = slot
         # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
         out = (self.prep.run_path / "trials" / f"rung{self.rung}" / f"trial{job.trial.number:05d}").absolute()
-        ref = self.pool.submit(slot, job.layout.to_dict(), self.proxy, str(out))
-        self.in_flight[ref] = job
+        self.in_flight[job.trial.number] = job
+        return self.pool.submit(slot, job.layout.to_dict(), self.proxy, str(out))
 
-    def _finish(self, ref: ray.ObjectRef) -> None:
-        if ref in self.pool.starting:  # a (re)started worker is ready, or failed to start and was restarted
-            slot = self.pool.started(ref)
-            if slot is not None:
-                self.free.append(slot)
-                note = self.pool.startup_note()
-                if note and self.console is not None:
-                    self.console.print(note)
-            return
-        job = self.in_flight.pop(ref)
-        node = self.pool.nodes[job.slot]
-        if node is not None:
-            job.trial.set_user_attr("worker_node", node)
-        try:
-            result = ray.get(ref)
-        except ray.exceptions.RayActorError as e:
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            job.deaths.append({**(node or {}), "error": msg})
+    def _ready(self, slot: int) -> None:
+        note = self.pool.startup_note()
+        if note and self.console is not None:
+            self.console.print(note)
+
+    def _finish(self, job: _Job, outcome: Outcome) -> None:
+        del self.in_flight[job.trial.number]
+        if outcome.node is not None:
+            job.trial.set_user_attr("worker_node", outcome.node)
+        if outcome.kind == "died":  # the pool replaces the actor: its slot takes trials again once it is ready
+            job.deaths.append({**(outcome.node or {}), "error": outcome.error})
             job.trial.set_user_attr("worker_deaths", job.deaths)
-            self.pool.replace(job.slot)  # its slot takes trials again once the new actor is ready
             job.attempts += 1
             if job.attempts <= self.prep.cfg.retries:
                 self.summary.retried += 1
                 self.queue.appendleft(job)  # next free worker: the replacement may find no room (node lost)
                 return
-            self._fail(job, f"worker died {job.attempts} time(s): {msg}", status="worker_died")
+            self._fail(job, f"worker died {job.attempts} time(s): {outcome.error}", status="worker_died")
             return
-        except ray.exceptions.RayError as e:
-            self.free.append(job.slot)
-            self._fail(job, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+        if outcome.kind == "error":
+            self._fail(job, outcome.error)
             return
-        self.free.append(job.slot)
+        result = outcome.value
         status = result.get("status")
         if status == "config_error":
             self._fail(job, result["fail_reason"], status="failed", result=result)
@@ -285,19 +282,8 @@ class _RungDriver:
             self._tell_reused(dup, frozen)
 
     def run(self) -> RungSummary:
-        while True:
-            while self.free and (self.queue or self._more_to_ask()):
-                if not self.queue:
-                    self._ask()
-                    continue
-                self._submit(self.queue.popleft(), self.free.pop())
-            if not self.in_flight and not self.queue and not self._more_to_ask():
-                return self.summary
-            waiting = [*self.in_flight, *self.pool.starting]
-            if not waiting:
-                raise RuntimeError("no proxy worker is running or starting")  # the pool always restarts one
-            ready, _ = ray.wait(waiting, num_returns=1)
-            self._finish(ready[0])
+        drive(self.pool, self._next_job, self._submit, self._finish, on_ready=self._ready)
+        return self.summary
 
 
 def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any = None,

@@ -5,7 +5,8 @@
 #   bash tools/gpu_fidelity.sh SECONDS [bench_fidelity args...]     (carry: .whl; LM proxies also need Ray: .rayx, see gpu_session.sh stage-ray)
 #
 # SECONDS caps bench_fidelity (no new probe starts after it; bench_fidelity resumes from the JSONL it is given).
-# The H200 runs in benchmarks/results/probe_h200/ (files written to $OUT, then copied there):
+# The H200 runs in benchmarks/results/probe_h200/ (files written to $OUT, then copied there; the probe's fields were
+# then spelled recall_probe.KEY, now recall.KEY):
 #   calibration_t128_w64_600:  ... 280 --proxy benchmarks/fidelity_gpu.yaml --layouts calibration --budgets 1 4 \
 #       --variant "t128:recall_probe.seq_len=128;recall_probe.pairs=[2,4,8,16,32];recall_probe.scan_chunk=16;recall_probe.steps=600" \
 #       --jsonl $OUT/bench_fidelity_h200.jsonl --out $OUT/bench_fidelity_h200.json

@@ -1,8 +1,21 @@
-"""The fidelity checks of `bench_fidelity.py` on its JSONL records: reproducible, graded, on trend, consistent.
+"""Proxy fidelity checks on per-run records (``benchmarks/bench_fidelity.py``'s JSONL): is a score reproducible,
+graded, on trend and consistent across budgets?
 
-`analyze` computes them for one variant (the definitions are in bench_fidelity's module docstring, and the
-targets in `TARGETS`); `between_variants` gives the Spearman rho between two variants' rankings per budget.
-Rank correlations come from `hyla.analysis.calibrate.spearman`, the product's one Spearman.
+Each record is one (layout, seed, budget, variant) run: ``layout_name``, the layout's traits
+(`hyla.analysis.findings.layout_traits`: ``mixer``, ``attn_share``, ``n_attn``), ``seed``, ``budget``,
+``variant``, ``status``, the scores (``recall``, ``recall_auc``, ``lm_val_loss``) and ``recall_levels``. `analyze`
+computes, per budget of one variant (targets in `TARGETS`):
+
+- **reproducible**: mean pairwise Spearman rho between the seeds' rankings of the layouts;
+- **graded**: the Transformer's accuracy on the easiest level, and whether the pure linear layouts of different
+  mixers tie (their seed means within 2 pooled s.e.m.);
+- **trends**: pooled Spearman rho between the number of attention layers and the score over the linear-mixer
+  layouts and, per mixer, whether every hybrid's mean beats the pure layout's;
+- **consistent**: Spearman rho between the lowest and the highest budget's means;
+- **paper_findings**: the paper's four qualitative findings (`hyla.analysis.findings`).
+
+`between_variants` gives the Spearman rho between two variants' rankings per budget (e.g. two corpora). Rank
+correlations come from `hyla.analysis.calibrate.spearman`, the product's one Spearman.
 """
 
 from __future__ import annotations
@@ -12,9 +25,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from findings import paper_findings
-
 from hyla.analysis.calibrate import spearman
+from hyla.analysis.findings import paper_findings
 
 TARGETS = {"reproducible": 0.8, "transformer_easiest": 0.9, "trend_spearman": 0.6, "consistent": 0.8,
            "calibration_seconds": 900.0, "grid_seconds": 1800.0}

@@ -1,4 +1,6 @@
-"""The paper's four qualitative findings (arXiv 2507.06457), from bench_fidelity's records of one variant and budget.
+"""The paper's four qualitative findings (arXiv 2507.06457), from per-run records of one proxy and budget: a
+benchmark's records (``benchmarks/bench_fidelity.py``) or a study's trials (`study_records`, for `hyla analysis
+calibrate`).
 
 The records are reduced to one row per layout: the seed means of ``recall`` and of ``lm_val_loss`` (each over the
 seeds that have it, so a probe-only proxy still decides findings 1, 3 and 4) and the layout's traits from
@@ -20,9 +22,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyla.analysis.calibrate import spearman
+
+if TYPE_CHECKING:
+    from hyla.analysis.study_data import StudyData
 
 #: the mixers whose hybrids the study found to recall worst (finding 4)
 WORST_EXPECTED = ("hgrn", "retnet")
@@ -114,6 +119,21 @@ def paper_findings(records: list[dict[str, Any]], flat_tol: float = 0.03, far_fa
     out["retnet_hgrn_hybrids_worst"] = {
         "ranking_worst_first": [[m, means[m]] for m in ranking],
         "holds": bool(set(ranking[:2]) == set(WORST_EXPECTED)) if decidable else None}
+    return out
+
+
+def study_records(data: StudyData, rung: int) -> list[dict[str, Any]]:
+    """A study's complete trials at ``rung`` as `paper_findings` records: one per seed value, grouped by layout
+    key (a layout trained twice, e.g. a reused duplicate, pools its seeds)."""
+    out = []
+    for t in data.select(rung=rung, complete=True):
+        if t.layout is None:
+            continue
+        recall, lm = t.seed_values("recall"), t.seed_values("lm_loss")
+        for i in range(max(len(recall), len(lm))):
+            out.append({"layout_name": t.layout_key, **layout_traits(t.layout), "status": "ok",
+                        "recall": recall[i] if i < len(recall) else None,
+                        "lm_val_loss": lm[i] if i < len(lm) else None})
     return out
 
 
