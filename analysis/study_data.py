@@ -183,7 +183,7 @@ def _resolve_source(source: str | Path) -> tuple[Any, str | None, Path | None]:
             raise ConfigError(f"study {text}: SQLite file {text.removeprefix('sqlite:///')} not found")
         from hyla.search.storage import open_storage  # one place maps drivers and fails fast on dead hosts
 
-        return open_storage(text, where="study storage"), None, None
+        return open_storage(text, where="study storage", create=False), None, None
     p = Path(text)
     if p.is_dir():
         journal = p / "study.journal"

@@ -183,7 +183,7 @@ def _status(args: argparse.Namespace) -> int:
         if not args.storage:
             raise ConfigError(f"study {args.study!r}: not a YAML file; pass --storage URL to look it up by name")
         name, url = args.study, args.storage
-    storage = open_storage(url, where="--storage")
+    storage = open_storage(url, where="--storage" if args.storage else f"{args.study}: storage", create=False)
     studies = load_rung_studies(storage, name)
     if not studies:
         raise ConfigError(f"study {name!r}: not found in {url}")

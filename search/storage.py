@@ -25,14 +25,24 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 
 
-def open_storage(url: str, where: str = "storage") -> BaseStorage:
+def open_storage(url: str, where: str = "storage", *, create: bool = True) -> BaseStorage:
     """Open a storage from ``journal:PATH``, a ``*.journal`` path, or an Optuna RDB URL.
 
+    Args:
+        url: the storage.
+        where: names the input in messages.
+        create: make what is missing (the journal file and its folder, an SQLite file, Optuna's tables).
+            False (read-only commands: status, analysis) refuses a storage that does not exist yet instead, and
+            writes nothing.
+
     Raises:
-        ConfigError: the URL is malformed, its driver is missing, or the server does not answer.
+        ConfigError: the URL is malformed, its driver is missing, the server does not answer, or (``create``
+            False) the journal file, SQLite file or Optuna tables do not exist.
     """
     if url.startswith("journal:") or url.endswith(".journal") or url.endswith(".log"):
         path = Path(url.removeprefix("journal:"))
+        if not create and not path.is_file():
+            raise ConfigError(f"{where}: journal file {str(path)!r} not found (has the search run?)")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
@@ -50,8 +60,14 @@ def open_storage(url: str, where: str = "storage") -> BaseStorage:
         db = Path(url.removeprefix("sqlite:///"))
         if str(db) not in ("", ":memory:") and not db.parent.exists():
             raise ConfigError(f"{where}: sqlite directory {str(db.parent)!r} does not exist")
+        if not create and not db.is_file():
+            raise ConfigError(f"{where}: SQLite file {str(db)!r} not found (has the search run?)")
     try:
-        return RDBStorage(url, engine_kwargs=kwargs)
+        if not create and not _has_optuna_tables(url, kwargs):
+            raise ConfigError(f"{where}: {_redact(given)} holds no Optuna study (no Optuna tables)")
+        return RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=not create)
+    except ConfigError:
+        raise
     except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
         missing = e.name or getattr(e.__cause__, "name", None) or "its database driver"
         if url.split("://", 1)[0] in ("postgresql", "postgresql+psycopg2"):
@@ -61,6 +77,18 @@ def open_storage(url: str, where: str = "storage") -> BaseStorage:
     except Exception as e:  # sqlalchemy OperationalError, ArgumentError ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{where}: cannot use {_redact(url)}: {reason}") from None
+
+
+def _has_optuna_tables(url: str, engine_kwargs: dict[str, Any]) -> bool:
+    """True when the database at ``url`` has Optuna's tables (looked up without creating anything)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        inspector = sqlalchemy.inspect(engine)
+        return inspector.has_table("studies") and inspector.has_table("version_info")
+    finally:
+        engine.dispose()
 
 
 def _pg_driver(url: str) -> str:
