@@ -73,9 +73,7 @@ def read_reference(path: str | Path, data: StudyData) -> tuple[list[Layout], dic
     metrics = [c for c in cols if c != "layout"]
     allowed = data.metric_names()
     for c in metrics:
-        if c not in allowed:
-            raise ConfigError(f"--reference: {p}: column {c!r} is not a metric of study {data.name!r}; "
-                              f"allowed: layout, {', '.join(allowed)}")
+        data.check_metric(c, f"--reference: {p}: column")
     if not metrics:
         raise ConfigError(f"--reference: {p}: no metric columns; add one of {', '.join(allowed)}")
     layouts, values = [], {m: [] for m in metrics}  # type: ignore[var-annotated]

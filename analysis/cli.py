@@ -1,7 +1,8 @@
 """`hyla analysis pareto|report|export|calibrate`: thin wrappers over the analysis library.
 
 STUDY everywhere is a storage URL (sqlite:///..., postgresql://...), a journal file, a run directory holding
-``study.journal``, or the study YAML that ran the search. ``--study NAME`` picks one study when a storage holds
+``study.journal``, or the study YAML that ran the search (`hyla.search.locate`, as `hyla search status` takes it;
+nothing is created). ``--study NAME`` picks one study when a storage holds
 several. ``pareto`` and ``report`` write into the study's run directory unless ``--out`` says otherwise (the
 current directory when a database holds the study and its run directory is not here).
 """
@@ -14,12 +15,12 @@ from typing import Any
 
 from hyla.config import ConfigError
 from hyla.metrics import COST_AXES, SCORE_AXES
+from hyla.search.locate import STUDY_HELP
 
-_STUDY_HELP = "storage URL, journal file, run directory or study YAML"
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", metavar="STUDY", help=_STUDY_HELP)
+    p.add_argument("study", metavar="STUDY", help=STUDY_HELP)
     p.add_argument("--study", dest="study_name", default=None, help="study name when the storage holds several")
 
 
@@ -47,7 +48,7 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     ex = sub.add_parser("export", help="write layout.yaml, the HF model (config, weights from --checkpoint), fla's "
                                        "model where fla expresses the layout, and the full-run spec")
     ex.add_argument("study", metavar="STUDY", nargs="?", default=None,
-                    help=_STUDY_HELP + " (optional with --checkpoint)")
+                    help=STUDY_HELP + " (optional with --checkpoint)")
     ex.add_argument("--study", dest="study_name", default=None, help="study name when the storage holds several")
     which = ex.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, default=None, help="trial number")

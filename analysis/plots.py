@@ -174,9 +174,7 @@ def pareto_figure(data: StudyData, axes: Sequence[str] = ("memory_bytes", "recal
     if len(axes) not in (2, 3) or len(set(axes)) != len(axes):
         raise ConfigError(f"pareto axes: {list(axes)} must be 2 or 3 distinct metrics")
     for a in axes:
-        if a not in data.metric_names():
-            raise ConfigError(f"pareto axis: {a!r} is not a metric of study {data.name!r}; allowed: "
-                              f"{', '.join(data.metric_names())}")
+        data.check_metric(a, "pareto axis:")
     rungs = list(rungs if rungs is not None else reversed(data.rungs))
     for r in rungs:
         if r not in data.rungs:

@@ -1,7 +1,8 @@
 """Load a hyla search study into a tidy list of `TrialRecord`s.
 
 A study is found from any of: an Optuna RDB URL (``sqlite:///...``, ``postgresql://...``), a journal file
-(``study.journal``), a run directory holding ``study.journal``, or the study YAML that ran it. Rungs may be stored
+(``study.journal``), a run directory holding ``study.journal``, or the study YAML that ran it (`hyla.search.locate`,
+the resolver `hyla search status` uses too; nothing is created). Rungs may be stored
 as separate studies named ``<name>/rung<r>`` or as a ``rung`` trial user attr; both are read and merged, so the
 rest of the analysis only sees ``TrialRecord.rung``.
 
@@ -14,17 +15,14 @@ before seeds existed load with ``sem(...) is None`` and ``n_seeds == 1``.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hyla.config import ConfigError, load_yaml
+from hyla.config import ConfigError, did_you_mean
 from hyla.metrics import METRICS, is_exact, result_field
 from hyla.space.layout import Layout
-
-_RUNG_RE = re.compile(r"^(?P<base>.+)/rung(?P<rung>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -139,13 +137,20 @@ class StudyData:
         for o in self.objectives:
             if o.name == metric:
                 return o.direction
-        if metric in METRICS:
-            return METRICS[metric].direction
-        raise ConfigError(f"objective {metric!r}: unknown; allowed: {', '.join(self.metric_names())}")
+        self.check_metric(metric, "objective")
+        return METRICS[metric].direction
 
     def metric_names(self) -> list[str]:
         names = [o.name for o in self.objectives]
         return names + [m for m in METRICS if m not in names]
+
+    def check_metric(self, name: str, where: str) -> None:
+        """Refuse a name that is neither an objective of the study nor a registered metric (with a did-you-mean);
+        the message starts with ``where`` (``pareto axis:``)."""
+        allowed = self.metric_names()
+        if name not in allowed:
+            raise ConfigError(f"{where} {name!r} is not a metric of study {self.name!r}{did_you_mean(name, allowed)}; "
+                              f"allowed: {', '.join(allowed)}")
 
     def select(self, rung: int | None = None, complete: bool | None = None) -> list[TrialRecord]:
         """Trials of one rung (None = all) and optionally only complete (True) or only not complete (False)."""
@@ -162,76 +167,12 @@ class StudyData:
         return max(done)
 
 
-def _journal_storage(path: Path) -> Any:
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def _resolve_source(source: str | Path) -> tuple[Any, str | None, Path | None]:
-    """(optuna storage or URL, study name if the source names one, run directory if the source tells it)."""
-    text = str(source)
-    if text.startswith("journal:"):  # the search package's spelling of a journal storage
-        text = text.removeprefix("journal:")
-        if not Path(text).is_file():
-            raise ConfigError(f"study {source}: journal file not found")
-        return _journal_storage(Path(text)), None, Path(text).parent
-    if "://" in text:
-        if text.startswith("sqlite:///") and not Path(text.removeprefix("sqlite:///")).is_file():
-            # Optuna would silently create an empty database here
-            raise ConfigError(f"study {text}: SQLite file {text.removeprefix('sqlite:///')} not found")
-        from hyla.search.storage import open_storage  # one place maps drivers and fails fast on dead hosts
-
-        return open_storage(text, where="study storage", create=False), None, None
-    p = Path(text)
-    if p.is_dir():
-        journal = p / "study.journal"
-        if not journal.is_file():
-            raise ConfigError(f"{p}: run directory has no study.journal; pass the storage URL or the study YAML")
-        return _journal_storage(journal), None, p
-    if not p.is_file():
-        raise ConfigError(f"study {text!r}: not a storage URL, a journal file, a run directory or a study YAML")
-    if p.suffix in (".yaml", ".yml"):
-        return _from_study_yaml(p)
-    return _journal_storage(p), None, p.parent
-
-
-def _from_study_yaml(path: Path) -> tuple[Any, str | None, Path]:
-    """Read name/storage/run_dir from a study YAML (the search package's rules: a relative run_dir is relative to
-    the YAML's folder, the default is hyla_runs/<name> in the current directory)."""
-    from hyla.search.config import yaml_run_dir
-
-    data = load_yaml(path)
-    if not isinstance(data, dict) or "name" not in data:
-        raise ConfigError(f"{path}: expected a study config mapping with a 'name' field")
-    name = str(data["name"])
-    run_dir = Path(yaml_run_dir(data.get("run_dir"), path) or Path("hyla_runs") / name)
-    if data.get("storage"):
-        return _resolve_source(str(data["storage"]))[0], name, run_dir
-    journal = run_dir / "study.journal"
-    if not journal.is_file():
-        raise ConfigError(f"{path}: study {name!r} has no journal at {journal} (has the search run?)")
-    return _journal_storage(journal), name, run_dir
-
-
 def _config_run_dir(config: dict[str, Any], name: str) -> Path | None:
     """The run directory a study's stored config names, when it exists here (a study read from a database)."""
     for candidate in (config.get("run_dir"), Path("hyla_runs") / name):
         if isinstance(candidate, (str, Path)) and str(candidate) and Path(candidate).is_dir():
             return Path(candidate)
     return None
-
-
-def _pick_name(names: list[str], wanted: str | None, source: str) -> str:
-    bases = sorted({(_RUNG_RE.match(n)["base"] if _RUNG_RE.match(n) else n) for n in names})
-    if wanted is not None:
-        if wanted not in bases:
-            raise ConfigError(f"study {wanted!r}: not in {source}; studies there: {', '.join(bases) or 'none'}")
-        return wanted
-    if len(bases) != 1:
-        raise ConfigError(f"{source}: holds {len(bases)} studies ({', '.join(bases) or 'none'}); pass --study NAME")
-    return bases[0]
 
 
 def load_study(source: str | Path, study_name: str | None = None) -> StudyData:
@@ -247,24 +188,16 @@ def load_study(source: str | Path, study_name: str | None = None) -> StudyData:
     """
     import optuna
 
-    storage, named, run_dir = _resolve_source(source)
-    try:
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as e:  # unreachable database, malformed journal ...
-        raise ConfigError(f"study {source}: cannot open storage: {str(e).splitlines()[0]}") from None
-    name = _pick_name(names, study_name or named, str(source))
-    members: list[tuple[str, int | None]] = []
-    for n in names:
-        m = _RUNG_RE.match(n)
-        if n == name:
-            members.append((n, None))
-        elif m and m["base"] == name:
-            members.append((n, int(m["rung"])))
+    from hyla.search.locate import locate_study
+
+    where = locate_study(source, study_name)
+    name = where.name
+    members = [(n, where.rung_of(n)) for n in where.member_names()]
     config: dict[str, Any] = {}
     objectives: tuple[Objective, ...] = ()
     trials: list[TrialRecord] = []
     for study_name_r, rung in sorted(members, key=lambda x: -1 if x[1] is None else x[1]):
-        study = optuna.load_study(study_name=study_name_r, storage=storage)
+        study = optuna.load_study(study_name=study_name_r, storage=where.storage)
         attrs = study.user_attrs
         if not objectives:
             objectives = _objectives(attrs, study, study_name_r)
@@ -272,7 +205,7 @@ def load_study(source: str | Path, study_name: str | None = None) -> StudyData:
         trials.extend(_record(study_name_r, t, rung, objectives) for t in study.get_trials(deepcopy=False))
     trials.sort(key=lambda t: (t.rung, t.number))
     return StudyData(name=name, source=str(source), config=config, objectives=objectives, trials=tuple(trials),
-                     run_dir=run_dir or _config_run_dir(config, name))
+                     run_dir=where.run_dir or _config_run_dir(config, name))
 
 
 def _objectives(attrs: dict[str, Any], study: Any, where: str) -> tuple[Objective, ...]:

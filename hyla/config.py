@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,13 +23,18 @@ class ConfigError(ValueError):
     """Bad user input. The message is one line naming the file/field, the value and what is allowed."""
 
 
+def did_you_mean(value: Any, allowed: Iterable[Any]) -> str:
+    """`` (did you mean 'recall'?)`` for the allowed name closest to a typo, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_keys(data: Mapping[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
     """Refuse unknown keys (typos), suggesting the closest allowed name."""
     for key in data:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown field {key!r}{hint}; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(f"{where}: unknown field {key!r}{did_you_mean(key, sorted(allowed))}; "
+                              f"allowed: {', '.join(sorted(allowed))}")
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hyla.config import ConfigError
+from hyla.config import ConfigError, did_you_mean
 
 #: the two optimisation directions
 DIRECTIONS: tuple[str, ...] = ("minimize", "maximize")
@@ -108,7 +108,8 @@ def get_metric(name: str, where: str = "metric") -> Metric:
     try:
         return METRICS[name]
     except KeyError:
-        raise ConfigError(f"{where}: unknown metric {name!r}; expected one of {', '.join(METRICS)}") from None
+        raise ConfigError(f"{where}: unknown metric {name!r}{did_you_mean(name, METRICS)}; expected one of "
+                          f"{', '.join(METRICS)}") from None
 
 
 def result_field(name: str) -> str:

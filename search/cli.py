@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from hyla.config import ConfigError
+from hyla.search.locate import STUDY_HELP
 
 _EPILOG = ("Studies live in an Optuna storage (default: a journal file in the run directory). Browse them live with "
            "optuna-dashboard, e.g. `optuna-dashboard hyla_runs/NAME/study.journal` or "
@@ -28,8 +28,10 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     run.set_defaults(func=_run)
 
     st = sub.add_parser("status", help="trials per rung and state, Pareto set, running/failed trials", epilog=_EPILOG)
-    st.add_argument("study", help="study YAML, or a study name with --storage")
-    st.add_argument("--storage", default=None, help="storage URL or journal file (when STUDY is a name)")
+    st.add_argument("study", metavar="STUDY", help=f"{STUDY_HELP} (as `hyla analysis` takes), or a study name "
+                                                   "with --storage")
+    st.add_argument("--study", dest="study_name", default=None, help="study name when the storage holds several")
+    st.add_argument("--storage", default=None, help="storage URL or journal file holding the study named STUDY")
     st.set_defaults(func=_status)
 
     pr = sub.add_parser("promote", help="run the next rung only (promote from the last finished rung)",
@@ -129,20 +131,15 @@ def _plot(args: argparse.Namespace, cfg: Any, console: Any) -> None:
     pareto_html(cfg, console)
 
 
-def _promote_settings(cfg: Any, study: Any, rung: int) -> dict[str, Any]:
-    """Promotion rule of a rung as `promotion_report` kwargs: from the study YAML if given, else the stored config."""
+def _promote_settings(study: Any, rung: int) -> dict[str, Any]:
+    """Promotion rule of a rung as `promotion_report` kwargs, from the config stored with the study (what ran)."""
     promote: Any = None
-    if cfg is not None and rung < len(cfg.rungs):
-        promote = cfg.rungs[rung].promote
-    else:
-        rungs = (study.user_attrs.get("config") or {}).get("rungs") or []
-        if rung < len(rungs) and isinstance(rungs[rung], dict):
-            promote = rungs[rung].get("promote")
+    rungs = (study.user_attrs.get("config") or {}).get("rungs") or []
+    if rung < len(rungs) and isinstance(rungs[rung], dict):
+        promote = rungs[rung].get("promote")
 
     def get(name: str, default: Any) -> Any:
-        if isinstance(promote, dict):
-            return promote.get(name, default)
-        return getattr(promote, name, default) if promote is not None else default
+        return promote.get(name, default) if isinstance(promote, dict) else default
 
     return {"rule": get("rule", "pareto"), "k": get("k", 3), "objective": get("objective", None),
             "noise": get("noise", True), "z": get("noise_z", 2.0)}
@@ -170,23 +167,18 @@ def worker_nodes_lines(trials: list[Any]) -> list[str]:
 def _status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from hyla.search.config import load_study_config
+    from hyla.search.locate import locate_study
     from hyla.search.rungs import pareto_front, promotion_report
     from hyla.search.study import objective_table_rows
-    from hyla.search.storage import load_rung_studies, open_storage
+    from hyla.search.storage import load_rung_studies
 
-    cfg = None
-    if Path(args.study).suffix in (".yaml", ".yml") or Path(args.study).is_file():
-        cfg = load_study_config(args.study)
-        name, url = cfg.name, args.storage or cfg.storage_url()
+    if args.storage:
+        found = locate_study(args.storage, args.study_name or args.study, where="--storage")
     else:
-        if not args.storage:
-            raise ConfigError(f"study {args.study!r}: not a YAML file; pass --storage URL to look it up by name")
-        name, url = args.study, args.storage
-    storage = open_storage(url, where="--storage" if args.storage else f"{args.study}: storage", create=False)
-    studies = load_rung_studies(storage, name)
+        found = locate_study(args.study, args.study_name)
+    studies = load_rung_studies(found.storage, found.name)
     if not studies:
-        raise ConfigError(f"study {name!r}: not found in {url}")
+        raise ConfigError(f"study {found.name!r}: no rung studies ({found.name}/rung0 ...) in {found.source}")
     console = _console()
     objectives = [o["name"] for o in studies[0].user_attrs.get("objectives", [])] if 0 in studies else []
     for rung, study in studies.items():
@@ -215,7 +207,7 @@ def _status(args: argparse.Namespace) -> int:
         for row in rows:
             table.add_row(*row)
         _print_table(console, table, rows)
-        report = promotion_report(trials, directions, objectives, **_promote_settings(cfg, study, rung))
+        report = promotion_report(trials, directions, objectives, **_promote_settings(study, rung))
         noise = f"intervals ±{report.z:g} s.e.m." if report.z > 0 else "exact means"
         console.print(f"promotion ({report.rule}, k={report.k}, {noise}): trials "
                       + (", ".join(str(t.number) for t in report.promoted) or "none"))

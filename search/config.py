@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from hyla.config import ConfigError, from_mapping, load_yaml, to_mapping
+from hyla.config import ConfigError, did_you_mean, from_mapping, load_yaml, to_mapping
 from hyla.metrics import METRICS
 from hyla.proxy_train.proxy.config import PROXY_PRESETS, ProxyConfig
 
@@ -253,7 +253,8 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"{w}: objectives: empty; expected a subset of {', '.join(METRICS)}")
     for o in cfg.objectives:
         if o not in METRICS:
-            raise ConfigError(f"{w}: objectives: unknown objective {o!r}; expected a subset of {', '.join(METRICS)}")
+            raise ConfigError(f"{w}: objectives: unknown objective {o!r}{did_you_mean(o, METRICS)}; expected a "
+                              f"subset of {', '.join(METRICS)}")
     if len(set(cfg.objectives)) != len(cfg.objectives):
         raise ConfigError(f"{w}: objectives: {cfg.objectives} lists an objective twice")
     for name, lo in (("context", 1), ("n_trials", 0), ("retries", 0)):
@@ -269,7 +270,7 @@ def validate(cfg: StudyConfig) -> None:
             raise ConfigError(f"{w}: rungs[{i}].promote.noise_z: {p.noise_z} must be >= 0 (standard errors)")
         if p.objective is not None and p.objective not in cfg.objectives:
             raise ConfigError(f"{w}: rungs[{i}].promote.objective: {p.objective!r} is not one of the study "
-                              f"objectives {cfg.objectives}")
+                              f"objectives {cfg.objectives}{did_you_mean(p.objective, cfg.objectives)}")
     for s in cfg.full_runs.scales:
         if s not in FULL_SCALES:
             raise ConfigError(f"{w}: full_runs.scales: {s!r} is not allowed; expected any of {', '.join(FULL_SCALES)}")

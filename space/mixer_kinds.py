@@ -10,12 +10,11 @@ filled in by hyla).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyla.config import ConfigError
+from hyla.config import ConfigError, did_you_mean
 
 
 #: Options that hyla's model reads instead of fla's layer constructor (fla keeps them in its model config).
@@ -91,9 +90,8 @@ class MixerKind:
     def check_option_names(self, options: dict[str, Any]) -> None:
         for key in options:
             if key not in self.option_types:
-                close = difflib.get_close_matches(key, list(self.option_types), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"{self.name} options: unknown option {key!r}{hint}; "
+                raise ConfigError(f"{self.name} options: unknown option {key!r}"
+                                  f"{did_you_mean(key, self.option_types)}; "
                                   f"allowed: {', '.join(sorted(self.option_types))}")
 
     def resolve_options(self, d_model: int, overrides: dict[str, Any], where: str = "layer") -> dict[str, Any]:

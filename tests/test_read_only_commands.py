@@ -39,3 +39,58 @@ def test_a_study_that_never_ran_is_an_error_and_nothing_is_written(
     assert err.startswith("hyla: error: ") and len(err.strip().splitlines()) == 1, err
     assert _tree(tmp_path) == before, f"{' '.join(command)} {arg} wrote to disk"
     assert not os.path.exists(tmp_path / "hyla_runs")
+
+
+# -- one resolver: every command that reads a study takes the same STUDY -------------------------------------------
+@pytest.fixture(scope="module")
+def toy_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One finished study (rungs 0 and 1, test_analysis_fixtures) named five ways: YAML, journal, run directory,
+    ``journal:`` URL and an SQLite copy."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    from test_analysis_fixtures import build_study
+
+    root = tmp_path_factory.mktemp("toy")
+    journal = build_study(root)  # root/run/study.journal, study "toy"
+    dump_yaml({"name": "toy", "run_dir": "run"}, root / "toy.yaml")
+    url = f"sqlite:///{root / 'toy.db'}"
+    source = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    for name in ("toy/rung0", "toy/rung1"):
+        optuna.copy_study(from_study_name=name, from_storage=source, to_storage=url)
+    return {"yaml": str(root / "toy.yaml"), "journal": str(journal), "run_dir": str(journal.parent),
+            "journal_url": f"journal:{journal}", "sqlite": url}
+
+
+def test_search_status_takes_what_analysis_takes(toy_sources: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    outputs = {}
+    for kind, source in toy_sources.items():
+        assert main(["search", "status", source]) == 0, kind
+        outputs[kind] = capsys.readouterr().out
+        assert main(["analysis", "report", source, "--out", str(Path(toy_sources["journal"]).parent / "r.html")]) == 0
+        capsys.readouterr()
+    first = outputs["yaml"]
+    assert "toy/rung0" in first and "toy/rung1" in first and "Pareto set of toy/rung1" in first
+    assert all(out == first for out in outputs.values()), {k: v[:300] for k, v in outputs.items()}
+    assert main(["search", "status", "toy", "--storage", toy_sources["journal"]]) == 0  # a name + --storage
+    assert capsys.readouterr().out == first
+
+
+def test_study_and_objective_names_get_a_did_you_mean(toy_sources: dict[str, str], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "did you mean 'toy'?" in error(["search", "status", toy_sources["sqlite"], "--study", "tyo"])
+    assert "did you mean 'toy'?" in error(["analysis", "report", toy_sources["journal"], "--study", "tyo"])
+    assert "did you mean 'recall'?" in error(["analysis", "pareto", toy_sources["journal"], "--y", "recal"])
+    path = tmp_path / "typo.yaml"
+    dump_yaml({**study_dict(tmp_path, "typo"), "objectives": ["lm_loss", "recal"]}, path)
+    err = error(["search", "run", str(path)])
+    assert "objectives: unknown objective 'recal' (did you mean 'recall'?)" in err
+    assert not (tmp_path / "typo").exists()

@@ -126,7 +126,7 @@ def test_cli_end_to_end(journal: Path, tmp_path: Path, capsys: pytest.CaptureFix
     (["pareto", "{j}", "--x", "speed"], "pareto axis: 'speed'"),
     (["pareto", "{j}", "--out", "p.pdf"], "--out: 'p.pdf'"),
     (["pareto", "{j}", "--rung", "9"], "--rung: 9"),
-    (["report", "/nonexistent/study.journal"], "not a storage URL"),
+    (["report", "/nonexistent/study.journal"], "no such file or directory"),
     (["export", "{j}", "--pick", "fastest", "--out", "x"], "--pick: 'fastest'"),
     (["export", "{j}", "--trial", "42", "--out", "x"], "--trial: 42"),
     (["export", "{j}", "--trial", "0", "--scale", "7b", "--out", "x"], "--scale: '7b'"),

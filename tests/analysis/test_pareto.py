@@ -95,7 +95,7 @@ def test_pick_descriptions_name_the_front_or_metric(tmp_path: Path) -> None:
 
 
 def test_load_study_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not a storage URL"):
+    with pytest.raises(ConfigError, match="no such file or directory; expected a study YAML"):
         load_study(tmp_path / "missing.journal")
     with pytest.raises(ConfigError, match="no study.journal"):
         load_study(tmp_path)
