@@ -4,9 +4,12 @@ All math works on "minimisation values": each objective is multiplied by +1 (min
 point dominates another when it is <= in every coordinate and < in at least one.
 
 Knee: each objective of the front is normalised to [0, 1] over the front (0 = best value on the front); the
-knee is the front point closest (Euclidean) to the utopia point (0, ..., 0). This works for any number of
-objectives. For two objectives ``method="line"`` instead takes the point farthest from the straight line
-between the two extremes (the classic "elbow"); both are invariant to the units of the objectives.
+knee is the front point closest (Euclidean) to the utopia point (0, ..., 0) (`hyla.metrics.utopia_distances`, the
+rule the search's promotion starts from too). This works for any number of objectives. With the trials' standard
+errors (`pick` passes them) a gap to the best value counts only beyond ±2 s.e.m., so a proxy score whose
+differences are seed noise (a 40-step LM loss) does not decide the knee. For two objectives ``method="line"``
+instead takes the point farthest from the straight line between the two extremes (the classic "elbow"); both are
+invariant to the units of the objectives.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import math
 from collections.abc import Sequence
 
 from hyla.config import ConfigError
-from hyla.metrics import DIRECTIONS, check_directions, dominates, non_dominated_fronts  # noqa: F401 (re-export)
+from hyla.metrics import (DIRECTIONS, check_directions, dominates, non_dominated_fronts,  # noqa: F401 (re-export)
+                          utopia_distances)
 from hyla.analysis.study_data import StudyData, TrialRecord
 
+#: Half-width, in standard errors, within which the knee treats two means as tied (the promotion's default z).
+NOISE_Z = 2.0
 #: Named picks for `pick()` / `hyla analysis export --pick`.
 PICKS: tuple[str, ...] = ("knee", "best-recall", "min-kv", "best-loss")
 #: Single-metric picks: (metric ranked, tie-break metric).
@@ -39,21 +45,26 @@ def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) 
     return fronts[0] if fronts else []
 
 
-def knee_index(points: Sequence[Sequence[float]], directions: Sequence[str], method: str = "utopia") -> int:
-    """Index (into ``points``) of the knee of the non-dominated subset; see the module docstring."""
+def knee_index(points: Sequence[Sequence[float]], directions: Sequence[str], method: str = "utopia",
+               sems: Sequence[Sequence[float]] | None = None, z: float = NOISE_Z) -> int:
+    """Index (into ``points``) of the knee of the non-dominated subset; see the module docstring.
+
+    ``sems`` (``utopia`` only): one standard error per objective and point; gaps within ``z`` of them are ties.
+    """
     if not points:
         raise ConfigError("knee: no points")
     front = non_dominated(points, directions)
     if len(front) == 1:
         return front[0]
+    if method == "utopia":
+        dist = utopia_distances([points[i] for i in front], directions,
+                                None if sems is None else [sems[i] for i in front], z)
+        return front[min(range(len(front)), key=lambda i: (dist[i], points[front[i]][0]))]
     signs = _signs(directions)
     mins = [[s * points[i][k] for k, s in enumerate(signs)] for i in front]
     lo = [min(c) for c in zip(*mins)]
     hi = [max(c) for c in zip(*mins)]
     norm = [[(v - l) / (h - l) if h > l else 0.0 for v, l, h in zip(p, lo, hi)] for p in mins]
-    if method == "utopia":
-        dist = [math.sqrt(sum(v * v for v in p)) for p in norm]
-        return front[min(range(len(front)), key=lambda i: (dist[i], points[front[i]][0]))]
     if method == "line":
         if len(directions) != 2:
             raise ConfigError(f"knee method: 'line' needs exactly 2 objectives, got {len(directions)}; use 'utopia'")
@@ -100,7 +111,8 @@ def pick(data: StudyData, how: str, rung: int | None = None, metrics: Sequence[s
         if not usable:
             raise ConfigError(f"--pick knee: no complete feasible trial with {', '.join(metrics)} at rung {rung}")
         pts = [[r.metric(m) for m in metrics] for r in usable]
-        return usable[knee_index(pts, [data.direction(m) for m in metrics])]  # type: ignore[arg-type]
+        sems = [[r.sem(m) or 0.0 for m in metrics] for r in usable]  # unknown spread: the mean alone
+        return usable[knee_index(pts, [data.direction(m) for m in metrics], sems=sems)]  # type: ignore[arg-type]
     main, tie = _BY_METRIC[how]
     usable = _usable(records, [main], feasible_only=True)
     if not usable:

@@ -16,6 +16,7 @@ Base layer: imports nothing of hyla but `hyla.config`, and no torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -155,6 +156,28 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
     """True when ``a`` is at least as good as ``b`` in every objective and strictly better in one."""
     check_directions(directions)
     return better(oriented(a, directions), oriented(b, directions))
+
+
+def utopia_distances(points: Sequence[Sequence[float]], directions: Sequence[str],
+                     sems: Sequence[Sequence[float]] | None = None, z: float = 0.0) -> list[float]:
+    """Each point's distance to the utopia point of ``points`` (the best value of every objective among them); the
+    knee is the point with the smallest distance.
+
+    Every objective is normalised by its range over the points (an objective with range 0 is left out), so the
+    distance has no units. With ``sems`` (one standard error per objective and point), a point's gap to the best
+    counts only beyond noise: ``max(0, (v - z*sem) - min_j (v_j + z*sem_j))`` in smaller-is-better orientation,
+    so objectives whose differences are all within noise do not move the knee. Without sems (or z = 0) the gap is
+    ``v - min_j v_j``.
+    """
+    check_directions(directions)
+    pts = [oriented(p, directions) for p in points]
+    errs = [list(s) for s in sems] if sems is not None else [[0.0] * len(p) for p in pts]
+    if not pts:
+        return []
+    spans = [max(col) - min(col) for col in zip(*pts)]
+    best = [min(p[m] + z * e[m] for p, e in zip(pts, errs)) for m in range(len(spans))]
+    return [math.hypot(*(max(0.0, p[m] - z * e[m] - best[m]) / span for m, span in enumerate(spans) if span > 0))
+            for p, e in zip(pts, errs)]
 
 
 def sort_fronts(n: int, better: Callable[[int, int], bool]) -> list[list[int]]:

@@ -33,7 +33,8 @@ class PromoteConfig:
     """Which trials of a rung go on to the next rung (or to full runs after the last rung).
 
     Attributes:
-        rule: ``pareto`` = NSGA-II non-dominated sorting + crowding distance; ``topk`` = best by one objective.
+        rule: ``pareto`` = non-dominated sorting, the overflowing front cut knee first, then spread
+            (`hyla.search.rungs`); ``topk`` = best by one objective.
         k: at most this many trials are promoted.
         objective: the objective ranked by ``topk`` (default: the first objective).
         noise: compare trials by intervals ``mean ± noise_z · s.e.m.`` of their seeds (``hyla.search.rungs``),

@@ -3,10 +3,21 @@
 Optuna's pruners do not work for multi-objective studies, so fidelity levels are handled by hand: each rung is
 its own Optuna study and the promotion set of a rung is chosen here from its finished trials.
 
-- ``pareto``: NSGA-II style. Trials are sorted into non-dominated fronts; whole fronts are taken while they fit in
-  ``k``, and the front that overflows is cut by crowding distance (boundary points first, then the most isolated),
-  so the promoted set spreads along the trade-off instead of clustering.
+- ``pareto``: trials are sorted into non-dominated fronts; whole fronts are taken while they fit in ``k``, and the
+  front that overflows is cut **knee first, then spread** (below), so the promoted set holds the front's knee
+  region and reaches out along the trade-off from there.
 - ``topk``: the best ``k`` by one objective.
+
+Knee first, then spread (the cut of an overflowing front). Each objective is normalised by its range over the
+trials competing for the last places. The first place goes to the knee: the trial nearest the utopia point (the
+best value of every objective among them; `hyla.metrics.utopia_distances`, the knee `hyla analysis export --pick
+knee` takes too). Each further place goes to the trial farthest from every trial already taken (max-min distance),
+which reaches the extremes next. With noise on, both distances count a difference only beyond ``z`` standard
+errors of the two trials (``|a - b| - z*(sem_a + sem_b)``, floored at 0), so a proxy score that differs only by
+seed noise moves neither choice; ties go to the larger plain distance, then the lower trial number. Why not NSGA-II's
+crowding distance: it ranks every extreme of every objective first (infinite distance), so with a small ``k`` it
+promotes only the extremes, e.g. the pure Transformer and the pure linear model, and cuts every hybrid between
+them, the layouts a search is for.
 
 Exact dominance and the non-dominated sort (`dominates`, `sort_fronts`, `non_dominated_fronts`) are
 `hyla.metrics`' (analysis.pareto uses the same); the noise-aware relation below is built on them.
@@ -25,8 +36,8 @@ dominance. Its fronts ("noise fronts") are coarser than the exact ones: a layout
 in front 0 with the layout that beat it.
 
 Promotion takes noise fronts whole while they fit in ``k``. Inside the front that overflows, trials are taken by
-exact front rank of their means, then (``pareto``) crowding distance on the means within that exact rank, then
-trial number; ``topk`` orders by the mean and trial number (crowding adds nothing on one axis). So the noise only
+exact front rank of their means, then (``pareto``) knee first, then spread, within that exact rank; ``topk`` orders
+by the mean and trial number. So the noise only
 decides *which* trials compete for the last places; it never promotes a trial dominated beyond noise over one
 that is not. Members of noise front 0 that do not fit are not dropped silently: `promotion_report` lists them as
 candidates cut by ``k``.
@@ -46,7 +57,8 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from hyla.config import ConfigError
-from hyla.metrics import better, dominates, non_dominated_fronts, oriented, sort_fronts  # noqa: F401 (re-export)
+from hyla.metrics import (better, dominates, non_dominated_fronts, oriented, sort_fronts,  # noqa: F401 (re-export)
+                          utopia_distances)
 
 RULES: tuple[str, ...] = ("pareto", "topk")
 
@@ -70,29 +82,38 @@ def noise_fronts(points: Sequence[Sequence[float]], sems: Sequence[Sequence[floa
                                                                         directions, z))
 
 
-def crowding_distance(points: Sequence[Sequence[float]], front: Sequence[int]) -> dict[int, float]:
-    """NSGA-II crowding distance of each index in ``front`` (infinite at the extremes of any objective)."""
-    dist = {i: 0.0 for i in front}
-    if len(front) <= 2:
-        return {i: math.inf for i in front}
-    for m in range(len(points[front[0]])):
-        order = sorted(front, key=lambda i: points[i][m])
-        lo, hi = points[order[0]][m], points[order[-1]][m]
-        dist[order[0]] = dist[order[-1]] = math.inf
-        if hi == lo:
-            continue
-        for a, b, c in zip(order, order[1:], order[2:]):
-            dist[b] += (points[c][m] - points[a][m]) / (hi - lo)
-    return dist
+def knee_first(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], group: Sequence[int],
+               directions: Sequence[str], z: float = 0.0) -> list[int]:
+    """The indices of ``group`` in promotion order: the knee, then each time the one farthest from those taken
+    (see the module docstring). ``points``/``sems`` are indexed by the group's indices."""
+    left = sorted(group)
+    if len(left) <= 1:
+        return left
+    pts = {i: oriented(points[i], directions) for i in left}
+    spans = [max(col) - min(col) for col in zip(*pts.values())]
+
+    def apart(i: int, j: int, noise: float) -> float:
+        return math.hypot(*(max(0.0, abs(pts[i][m] - pts[j][m]) - noise * (sems[i][m] + sems[j][m])) / span
+                            for m, span in enumerate(spans) if span > 0))
+
+    dist = utopia_distances([points[i] for i in left], directions, [sems[i] for i in left], z)
+    plain = utopia_distances([points[i] for i in left], directions)
+    knee = min(range(len(left)), key=lambda n: (dist[n], plain[n], left[n]))
+    order = [left.pop(knee)]
+    while left:
+        far = max(left, key=lambda i: (min(apart(i, c, z) for c in order), min(apart(i, c, 0.0) for c in order), -i))
+        left.remove(far)
+        order.append(far)
+    return order
 
 
 def pareto_select(points: Sequence[Sequence[float]], directions: Sequence[str], k: int) -> list[int]:
-    """Up to ``k`` indices by front rank, ties in the last front broken by crowding distance (then index)."""
-    return _select(points, [[0.0] * len(p) for p in points], directions, 0.0, k, crowding=True)[0]
+    """Up to ``k`` indices by front rank, the last front cut knee first, then spread (exact means, no noise)."""
+    return _select(points, [[0.0] * len(p) for p in points], directions, 0.0, k, spread=True)[0]
 
 
 def _select(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], directions: Sequence[str], z: float,
-            k: int, crowding: bool) -> tuple[list[int], dict[int, int], dict[int, int]]:
+            k: int, spread: bool) -> tuple[list[int], dict[int, int], dict[int, int]]:
     """(chosen indices best first, noise front of each index, exact front of each index); see the module doc."""
     exact = {i: r for r, f in enumerate(non_dominated_fronts(points, directions)) for i in f}
     noisy = {i: r for r, f in enumerate(noise_fronts(points, sems, directions, z)) for i in f}
@@ -104,9 +125,8 @@ def _select(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], 
             continue
         for rank in sorted({exact[i] for i in front}):  # the overflowing front: exact rank groups in order
             group = [i for i in front if exact[i] == rank]
-            if len(chosen) + len(group) > k and crowding:
-                dist = crowding_distance(points, group)
-                group.sort(key=lambda i: (-dist[i], i))
+            if len(chosen) + len(group) > k and spread:
+                group = knee_first(points, sems, group, directions, z)
             chosen.extend(group[: k - len(chosen)])
             if len(chosen) >= k:
                 break
@@ -262,7 +282,7 @@ def promotion_report(trials: Sequence[FrozenTrial], directions: Sequence[str], o
         points, sems, dirs = [[p[m]] for p in points], [[s[m]] for s in sems], [directions[m]]
     else:
         dirs = list(directions)
-    idx, noisy, exact = _select(points, sems, dirs, z, k, crowding=rule == "pareto")
+    idx, noisy, exact = _select(points, sems, dirs, z, k, spread=rule == "pareto")
     picked = [feasible[i] for i in idx] + infeasible[: max(0, k - len(idx))]
     promoted = {t.number for t in picked}
     pos = {t.number: i for i, t in enumerate(feasible)}

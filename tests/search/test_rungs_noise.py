@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from hyla.config import ConfigError
 from hyla.search.rungs import (
-    crowding_distance, dominates, dominates_beyond_noise, noise_front, noise_fronts, non_dominated_fronts,
+    dominates, dominates_beyond_noise, knee_first, noise_front, noise_fronts, non_dominated_fronts,
     objective_sems, pareto_front, promotion_report, select_promoted,
 )
 
@@ -37,7 +37,8 @@ def _trial(number: int, values: list[float], sem: list[float | None] | None = No
 def _scene() -> list[FrozenTrial]:
     """A and D on the exact front; B exactly dominated by A but only within noise; E dominated by D beyond noise.
 
-    Exact fronts: [A, D], [E, B] (E and B trade off; both extremes of a 2-point front, so E wins on number).
+    Exact fronts: [A, D], [E, B] (E and B trade off; with exact means both are 1 from the utopia point of the pair,
+    so E wins on number).
     """
     s = [0.01, 0.01, 0.0]  # memory is deterministic: sem 0
     return [_trial(0, [2.00, 0.80, 100.0], s),   # A
@@ -70,8 +71,10 @@ def test_within_noise_is_kept_and_beyond_noise_dropped() -> None:
 
 def test_wider_or_narrower_intervals_change_the_verdict() -> None:
     trials = _scene()
-    # z = 0.4: A's and B's intervals no longer touch (0.004 + 0.004 < 0.01), so B is dominated again
-    assert _nums(select_promoted(trials, DIRS, NAMES, "pareto", 3, z=0.4)) == [0, 1, 2]
+    # z = 0.4: A's and B's intervals no longer touch (0.004 + 0.004 < 0.01), so B is dominated again: it leaves the
+    # noise front and competes with E for the last place (the knee-first cut, tests/test_search_promotion_knee.py)
+    assert _nums(noise_front(trials, DIRS, z=0.4)) == [0, 1]
+    assert _nums(select_promoted(trials, DIRS, NAMES, "pareto", 3, z=0.4))[:2] == [0, 1]
     # z = 8: D's and E's intervals overlap too (0.08 + 0.08 > 0.1 in loss): everything is one noise front
     assert len(noise_front(trials, DIRS, z=8.0)) == 4
 
@@ -91,7 +94,7 @@ def test_sem_absent_none_or_zero_is_exact() -> None:
 
 
 def _reference_select(trials: list[FrozenTrial], rule: str, k: int, m: int = 0) -> list[int]:
-    """The promotion rule before noise-awareness (exact fronts peeled one by one; crowding cut; topk sort)."""
+    """The promotion rule before noise-awareness (exact fronts peeled one by one; knee-first cut; topk sort)."""
     seen, done = set(), []
     for t in trials:
         if t.user_attrs["layout_key"] not in seen:
@@ -105,9 +108,8 @@ def _reference_select(trials: list[FrozenTrial], rule: str, k: int, m: int = 0) 
     while left and len(chosen) < k:
         front = [i for i in left if not any(dominates(pts[j], pts[i], DIRS) for j in left)]
         left = [i for i in left if i not in front]
-        if len(chosen) + len(front) > k:
-            dist = crowding_distance(pts, front)
-            front = sorted(front, key=lambda i: (-dist[i], i))[: k - len(chosen)]
+        if len(chosen) + len(front) > k:  # the cut rule itself: tests/test_search_promotion_knee.py
+            front = knee_first(pts, [[0.0] * len(p) for p in pts], front, DIRS)[: k - len(chosen)]
         chosen.extend(front)
     return [done[i].number for i in chosen]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import socket
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from optuna.distributions import FloatDistribution
 
 from hyla.config import ConfigError
 from hyla.search.config import load_study_config, study_config_from_dict
-from hyla.search.rungs import crowding_distance, non_dominated_fronts, pareto_select, select_promoted
+from hyla.search.rungs import non_dominated_fronts, pareto_select, select_promoted
 from hyla.search.prepare import prepare
 from hyla.search.storage import load_rung_studies, open_storage
 from hyla.search.study import counted, run_search
@@ -172,13 +171,11 @@ def test_quickstart_example_validates(tmp_path: Path) -> None:
 
 
 # -- promotion math ------------------------------------------------------------------------------------------
-def test_fronts_and_crowding() -> None:
+def test_fronts_and_the_knee_first_cut() -> None:
     pts = [(1.0, 5.0), (2.0, 3.0), (3.0, 1.0), (2.5, 3.5), (4.0, 4.0)]  # minimize both
     fronts = non_dominated_fronts(pts, ["minimize", "minimize"])
     assert fronts == [[0, 1, 2], [3], [4]]
-    d = crowding_distance(pts, [0, 1, 2])
-    assert math.isinf(d[0]) and math.isinf(d[2]) and d[1] == pytest.approx(2.0)
-    assert pareto_select(pts, ["minimize", "minimize"], 2) == [0, 2]  # extremes before the middle
+    assert pareto_select(pts, ["minimize", "minimize"], 2) == [1, 0]  # the knee, then the farthest (tie: index)
     assert pareto_select(pts, ["minimize", "minimize"], 4) == [0, 1, 2, 3]
     # maximize flips the order
     assert non_dominated_fronts([(1.0,), (2.0,)], ["maximize"]) == [[1], [0]]
