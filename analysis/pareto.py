@@ -46,10 +46,12 @@ def non_dominated(points: Sequence[Sequence[float]], directions: Sequence[str]) 
 
 
 def knee_index(points: Sequence[Sequence[float]], directions: Sequence[str], method: str = "utopia",
-               sems: Sequence[Sequence[float]] | None = None, z: float = NOISE_Z) -> int:
+               sems: Sequence[Sequence[float]] | None = None, z: float = NOISE_Z,
+               scale: Sequence[Sequence[float]] = ()) -> int:
     """Index (into ``points``) of the knee of the non-dominated subset; see the module docstring.
 
-    ``sems`` (``utopia`` only): one standard error per objective and point; gaps within ``z`` of them are ties.
+    ``utopia`` only: ``sems``, one standard error per objective and point (gaps within ``z`` of them are ties);
+    ``scale``, more value vectors that widen each objective's range (`pick` passes the first rung's trials).
     """
     if not points:
         raise ConfigError("knee: no points")
@@ -58,7 +60,7 @@ def knee_index(points: Sequence[Sequence[float]], directions: Sequence[str], met
         return front[0]
     if method == "utopia":
         dist = utopia_distances([points[i] for i in front], directions,
-                                None if sems is None else [sems[i] for i in front], z)
+                                None if sems is None else [sems[i] for i in front], z, scale)
         return front[min(range(len(front)), key=lambda i: (dist[i], points[front[i]][0]))]
     signs = _signs(directions)
     mins = [[s * points[i][k] for k, s in enumerate(signs)] for i in front]
@@ -112,7 +114,10 @@ def pick(data: StudyData, how: str, rung: int | None = None, metrics: Sequence[s
             raise ConfigError(f"--pick knee: no complete feasible trial with {', '.join(metrics)} at rung {rung}")
         pts = [[r.metric(m) for m in metrics] for r in usable]
         sems = [[r.sem(m) or 0.0 for m in metrics] for r in usable]  # unknown spread: the mean alone
-        return usable[knee_index(pts, [data.direction(m) for m in metrics], sems=sems)]  # type: ignore[arg-type]
+        first = _usable(data.select(rung=min(data.rungs), complete=True), metrics, feasible_only=False)
+        scale = [[r.metric(m) for m in metrics] for r in first]  # the search's spread (as promotion's knee)
+        return usable[knee_index(pts, [data.direction(m) for m in metrics], sems=sems,  # type: ignore[arg-type]
+                                 scale=scale)]
     main, tie = _BY_METRIC[how]
     usable = _usable(records, [main], feasible_only=True)
     if not usable:

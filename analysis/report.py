@@ -89,7 +89,7 @@ def _mean_sem(t: TrialRecord, m: str) -> str:
 
 def _trial_table(data: StudyData) -> str:
     metrics = data.metric_names()
-    head = ["rung", "trial", "state", "layout", "preset", "feasible", "seeds", *metrics, "parent", "fail reason"]
+    head = ["rung", "trial", "state", "layout", "preset", "feasible", "seeds", *metrics, "parent", "note"]
     rows = []
     for t in data.trials:
         cls = "fail" if t.state == "FAIL" else ("infeasible" if not t.feasible else "")
@@ -101,9 +101,11 @@ def _trial_table(data: StudyData) -> str:
             v = t.metric(m)
             cells.append(f'<td data-v="{"" if v is None else v}">{_mean_sem(t, m)}</td>')
         cells.append(f"<td>{'' if t.parent is None else t.parent}</td>")
-        cells.append(f'<td class="l">{html.escape((t.fail_reason or "")[:120])}</td>')
+        repeat = t.user_attrs.get("repeat_of")  # a pruned proposal of a layout the rung had (search/fresh.py)
+        note = t.fail_reason or (f"repeat of trial {repeat}: not trained" if repeat is not None else "")
+        cells.append(f'<td class="l">{html.escape(note[:120])}</td>')
         rows.append(f'<tr class="{cls}">{"".join(cells)}</tr>')
-    ths = "".join(f'<th class="{"l" if h in ("state", "layout", "preset", "fail reason") else ""}">'
+    ths = "".join(f'<th class="{"l" if h in ("state", "layout", "preset", "note") else ""}">'
                   f"{html.escape(h)}</th>" for h in head)
     legend = letter_legend(t.layout_string for t in data.trials)
     return (f'<table class="sortable" id="trials"><thead><tr>{ths}</tr></thead>'

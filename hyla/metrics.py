@@ -159,22 +159,24 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 
 
 def utopia_distances(points: Sequence[Sequence[float]], directions: Sequence[str],
-                     sems: Sequence[Sequence[float]] | None = None, z: float = 0.0) -> list[float]:
+                     sems: Sequence[Sequence[float]] | None = None, z: float = 0.0,
+                     scale: Sequence[Sequence[float]] = ()) -> list[float]:
     """Each point's distance to the utopia point of ``points`` (the best value of every objective among them); the
     knee is the point with the smallest distance.
 
-    Every objective is normalised by its range over the points (an objective with range 0 is left out), so the
-    distance has no units. With ``sems`` (one standard error per objective and point), a point's gap to the best
-    counts only beyond noise: ``max(0, (v - z*sem) - min_j (v_j + z*sem_j))`` in smaller-is-better orientation,
-    so objectives whose differences are all within noise do not move the knee. Without sems (or z = 0) the gap is
-    ``v - min_j v_j``.
+    Every objective is normalised by its range over the points and ``scale`` (more value vectors, e.g. every trial
+    of a search, so that two finalists are measured against the spread the search saw; an objective with range 0
+    is left out), so the distance has no units. With ``sems`` (one standard error per objective and point), a
+    point's gap to the best counts only beyond noise: ``max(0, (v - z*sem) - min_j (v_j + z*sem_j))`` in
+    smaller-is-better orientation, so objectives whose differences are all within noise do not move the knee.
+    Without sems (or z = 0) the gap is ``v - min_j v_j``.
     """
     check_directions(directions)
     pts = [oriented(p, directions) for p in points]
     errs = [list(s) for s in sems] if sems is not None else [[0.0] * len(p) for p in pts]
     if not pts:
         return []
-    spans = [max(col) - min(col) for col in zip(*pts)]
+    spans = [max(col) - min(col) for col in zip(*pts, *(oriented(v, directions) for v in scale))]
     best = [min(p[m] + z * e[m] for p, e in zip(pts, errs)) for m in range(len(spans))]
     return [math.hypot(*(max(0.0, p[m] - z * e[m] - best[m]) / span for m, span in enumerate(spans) if span > 0))
             for p, e in zip(pts, errs)]

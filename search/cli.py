@@ -93,11 +93,10 @@ def _promote(args: argparse.Namespace) -> int:
 def _report(cfg: Any, summary: Any, console: Any) -> None:
     from rich.table import Table
 
-    from hyla.search.study import objective_table_rows
-
     for r in summary.rungs:
         console.print(f"rung {r.rung}: {r.completed} completed ({r.reused} reused), {r.failed} failed, "
-                      f"{r.retried} worker retries")
+                      f"{r.retried} worker retries"
+                      + (f", {r.repeats} repeated proposals of scored layouts not trained" if r.repeats else ""))
     table = Table(title=f"Pareto set of {cfg.study_name(summary.pareto_rung)} ({len(summary.pareto)} trials)")
     for col in ("trial", "layout", "preset", "seeds", *cfg.objectives):
         table.add_column(col, overflow="fold")
@@ -169,7 +168,6 @@ def _status(args: argparse.Namespace) -> int:
 
     from hyla.search.locate import locate_study
     from hyla.search.rungs import pareto_front, promotion_report
-    from hyla.search.study import objective_table_rows
     from hyla.search.storage import load_rung_studies
 
     if args.storage:
@@ -192,6 +190,10 @@ def _status(args: argparse.Namespace) -> int:
                       + ", ".join(f"{k.lower()} {v}" for k, v in sorted(states.items())))
         for line in worker_nodes_lines(trials):
             console.print(f"  {line}")
+        repeats = [t for t in trials if t.state.name == "PRUNED" and "repeat_of" in t.user_attrs]
+        if repeats:
+            console.print(f"  pruned: {len(repeats)} proposal(s) of a layout the rung already had, not trained "
+                          "(repeat_of: " + ", ".join(f"{t.number}->{t.user_attrs['repeat_of']}" for t in repeats) + ")")
         for t in trials:
             if t.state.name == "RUNNING":
                 console.print(f"  running: trial {t.number} {t.user_attrs.get('layout_key', '')}")
@@ -207,7 +209,8 @@ def _status(args: argparse.Namespace) -> int:
         for row in rows:
             table.add_row(*row)
         _print_table(console, table, rows)
-        report = promotion_report(trials, directions, objectives, **_promote_settings(study, rung))
+        report = promotion_report(trials, directions, objectives, **_promote_settings(study, rung),
+                                  context=studies[min(studies)].get_trials(deepcopy=False))
         noise = f"intervals ±{report.z:g} s.e.m." if report.z > 0 else "exact means"
         console.print(f"promotion ({report.rule}, k={report.k}, {noise}): trials "
                       + (", ".join(str(t.number) for t in report.promoted) or "none"))
@@ -221,3 +224,19 @@ def _status(args: argparse.Namespace) -> int:
                 table.add_row(*row, e.note)
             _print_table(console, table, rows)
     return 0
+
+
+def objective_table_rows(trials: list[Any], objectives: list[str]) -> list[list[str]]:
+    """Rows (trial, layout string, preset, seeds, ``mean ± s.e.m.`` per objective) for console tables."""
+    from hyla.metrics import format_value
+    from hyla.search.rungs import n_seeds, objective_sems
+    from hyla.space.layout import Layout
+
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        layout = t.user_attrs.get("layout")
+        lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
+        vals = [format_value(n, v) + (f" ± {s:.2g}" if s > 0 else "")
+                for n, v, s in zip(objectives, t.values or [], objective_sems(t))]
+        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), str(n_seeds(t)), *vals])
+    return rows

@@ -223,8 +223,9 @@ def full_scale_problem(space: Any, scale: str) -> str:
     return ""
 
 
-def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[str]:
-    """Write a full-run spec per (promoted trial of the last rung, scale); train them only when enabled.
+def full_runs(prep: Prepared, last: optuna.Study, console: Any = None, first: optuna.Study | None = None) -> list[str]:
+    """Write a full-run spec per (promoted trial of the last rung, scale); train them only when enabled. ``first``
+    (rung 0) scales the knee-first cut, as in every promotion.
 
     Each spec holds the trial's layout carried to the scale (`hyla.space.presets.at_scale`: the same pattern at
     the scale's width, heads, MLP, vocab and depth), inline, so the YAML is the model that trains. A scale the
@@ -244,7 +245,8 @@ def full_runs(prep: Prepared, last: optuna.Study, console: Any = None) -> list[s
         return []
     promote = cfg.rungs[-1].promote
     picked = select_promoted(last.get_trials(deepcopy=False), cfg.directions, cfg.objectives, promote.rule,
-                             promote.k, promote.objective)
+                             promote.k, promote.objective, noise=promote.noise, z=promote.noise_z,
+                             context=first.get_trials(deepcopy=False) if first is not None else ())
     if not picked:
         return []
     try:

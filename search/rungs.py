@@ -9,15 +9,16 @@ its own Optuna study and the promotion set of a rung is chosen here from its fin
 - ``topk``: the best ``k`` by one objective.
 
 Knee first, then spread (the cut of an overflowing front). Each objective is normalised by its range over the
-trials competing for the last places. The first place goes to the knee: the trial nearest the utopia point (the
-best value of every objective among them; `hyla.metrics.utopia_distances`, the knee `hyla analysis export --pick
-knee` takes too). Each further place goes to the trial farthest from every trial already taken (max-min distance),
-which reaches the extremes next. With noise on, both distances count a difference only beyond ``z`` standard
-errors of the two trials (``|a - b| - z*(sem_a + sem_b)``, floored at 0), so a proxy score that differs only by
-seed noise moves neither choice; ties go to the larger plain distance, then the lower trial number. Why not NSGA-II's
-crowding distance: it ranks every extreme of every objective first (infinite distance), so with a small ``k`` it
-promotes only the extremes, e.g. the pure Transformer and the pure linear model, and cuts every hybrid between
-them, the layouts a search is for.
+competing trials and the search's first rung (``context``: at a late rung two finalists are measured against the
+spread the search saw, not only against each other). The first place goes to the knee: the trial nearest the
+utopia point (the best value of every objective among the competing trials; `hyla.metrics.utopia_distances`, the
+knee `hyla analysis export --pick knee` takes too). Each further place goes to the trial farthest from every
+trial already taken (max-min distance), which reaches the extremes next. With noise on, both distances count a
+difference only beyond ``z`` standard errors of the two trials (``|a - b| - z*(sem_a + sem_b)``, floored at 0),
+so a proxy score that differs only by seed noise moves neither choice; ties go to the larger plain distance, then
+the lower trial number. Why not NSGA-II's crowding distance: it ranks every extreme of every objective first
+(infinite distance), so with a small ``k`` it promotes only the extremes, e.g. the pure Transformer and the pure
+linear model, and cuts every hybrid between them, the layouts a search is for.
 
 Exact dominance and the non-dominated sort (`dominates`, `sort_fronts`, `non_dominated_fronts`) are
 `hyla.metrics`' (analysis.pareto uses the same); the noise-aware relation below is built on them.
@@ -83,21 +84,22 @@ def noise_fronts(points: Sequence[Sequence[float]], sems: Sequence[Sequence[floa
 
 
 def knee_first(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], group: Sequence[int],
-               directions: Sequence[str], z: float = 0.0) -> list[int]:
+               directions: Sequence[str], z: float = 0.0, scale: Sequence[Sequence[float]] = ()) -> list[int]:
     """The indices of ``group`` in promotion order: the knee, then each time the one farthest from those taken
-    (see the module docstring). ``points``/``sems`` are indexed by the group's indices."""
+    (see the module docstring). ``points``/``sems`` are indexed by the group's indices; ``scale``: more value
+    vectors that widen each objective's range (the normalisation)."""
     left = sorted(group)
     if len(left) <= 1:
         return left
     pts = {i: oriented(points[i], directions) for i in left}
-    spans = [max(col) - min(col) for col in zip(*pts.values())]
+    spans = [max(col) - min(col) for col in zip(*pts.values(), *(oriented(v, directions) for v in scale))]
 
     def apart(i: int, j: int, noise: float) -> float:
         return math.hypot(*(max(0.0, abs(pts[i][m] - pts[j][m]) - noise * (sems[i][m] + sems[j][m])) / span
                             for m, span in enumerate(spans) if span > 0))
 
-    dist = utopia_distances([points[i] for i in left], directions, [sems[i] for i in left], z)
-    plain = utopia_distances([points[i] for i in left], directions)
+    dist = utopia_distances([points[i] for i in left], directions, [sems[i] for i in left], z, scale)
+    plain = utopia_distances([points[i] for i in left], directions, scale=scale)
     knee = min(range(len(left)), key=lambda n: (dist[n], plain[n], left[n]))
     order = [left.pop(knee)]
     while left:
@@ -113,7 +115,8 @@ def pareto_select(points: Sequence[Sequence[float]], directions: Sequence[str], 
 
 
 def _select(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], directions: Sequence[str], z: float,
-            k: int, spread: bool) -> tuple[list[int], dict[int, int], dict[int, int]]:
+            k: int, spread: bool, scale: Sequence[Sequence[float]] = ()) -> tuple[list[int], dict[int, int],
+                                                                                   dict[int, int]]:
     """(chosen indices best first, noise front of each index, exact front of each index); see the module doc."""
     exact = {i: r for r, f in enumerate(non_dominated_fronts(points, directions)) for i in f}
     noisy = {i: r for r, f in enumerate(noise_fronts(points, sems, directions, z)) for i in f}
@@ -126,7 +129,7 @@ def _select(points: Sequence[Sequence[float]], sems: Sequence[Sequence[float]], 
         for rank in sorted({exact[i] for i in front}):  # the overflowing front: exact rank groups in order
             group = [i for i in front if exact[i] == rank]
             if len(chosen) + len(group) > k and spread:
-                group = knee_first(points, sems, group, directions, z)
+                group = knee_first(points, sems, group, directions, z, scale)
             chosen.extend(group[: k - len(chosen)])
             if len(chosen) >= k:
                 break
@@ -260,7 +263,7 @@ class PromotionReport:
 
 def promotion_report(trials: Sequence[FrozenTrial], directions: Sequence[str], objectives: Sequence[str],
                      rule: str, k: int, objective: str | None = None, *, noise: bool = True,
-                     z: float = 2.0) -> PromotionReport:
+                     z: float = 2.0, context: Sequence[FrozenTrial] = ()) -> PromotionReport:
     """The promotion set of a rung and the reason for every complete trial; arguments as `select_promoted`."""
     if rule not in RULES:
         raise ConfigError(f"promote.rule: {rule!r} is not allowed; expected pareto or topk")
@@ -282,7 +285,8 @@ def promotion_report(trials: Sequence[FrozenTrial], directions: Sequence[str], o
         points, sems, dirs = [[p[m]] for p in points], [[s[m]] for s in sems], [directions[m]]
     else:
         dirs = list(directions)
-    idx, noisy, exact = _select(points, sems, dirs, z, k, spread=rule == "pareto")
+    scale = [list(t.values) for t in context if t.state == TrialState.COMPLETE and t.values is not None]
+    idx, noisy, exact = _select(points, sems, dirs, z, k, spread=rule == "pareto", scale=scale)
     picked = [feasible[i] for i in idx] + infeasible[: max(0, k - len(idx))]
     promoted = {t.number for t in picked}
     pos = {t.number: i for i, t in enumerate(feasible)}
@@ -311,7 +315,7 @@ def _note(promoted: bool, front: int, noisy: bool) -> str:
 
 def select_promoted(trials: Sequence[FrozenTrial], directions: Sequence[str], objectives: Sequence[str],
                     rule: str, k: int, objective: str | None = None, *, noise: bool = True,
-                    z: float = 2.0) -> list[FrozenTrial]:
+                    z: float = 2.0, context: Sequence[FrozenTrial] = ()) -> list[FrozenTrial]:
     """The promotion set of a rung (noise-aware by default; see the module docstring).
 
     Args:
@@ -323,8 +327,12 @@ def select_promoted(trials: Sequence[FrozenTrial], directions: Sequence[str], ob
         objective: the ``topk`` objective (default: the first).
         noise: compare intervals ``v ± z*sem`` (trial user attr ``objective_sem``) instead of the bare means.
         z: interval half-width in sems (config ``promote.noise_z``).
+        context: more trials (the search's first rung) whose values only widen each objective's range for the
+            knee-first cut: a later rung holds a few finalists, and their differences are measured against the
+            spread the whole search saw, not only against each other.
 
     Returns:
         Promoted trials, best first; feasible trials first, infeasible ones only to fill up to ``k``.
     """
-    return list(promotion_report(trials, directions, objectives, rule, k, objective, noise=noise, z=z).promoted)
+    return list(promotion_report(trials, directions, objectives, rule, k, objective, noise=noise, z=z,
+                                 context=context).promoted)

@@ -8,7 +8,9 @@ the same params, user attr ``parent`` = trial number in rung r), so rung r+1 rep
 Resume is the normal path: running the same config again reloads every rung study. Trials left RUNNING by a dead
 driver are failed with ``fail_reason="driver stopped"`` and enqueued again once; such trials never count toward
 ``n_trials`` (which counts completed + failed), so nothing is counted twice and no completed trial is redone.
-A layout already completed in a rung is not retrained: its stored result is told again (user attr ``reused_from``).
+Rung 0 asks only for layouts it does not have yet (`hyla.search.fresh`: a repeated proposal is told PRUNED with
+``repeat_of`` and not counted). In later rungs a layout already completed is not retrained: its stored result is
+told again (user attr ``reused_from``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import ray
 from optuna.trial import FrozenTrial, TrialState
 
 from hyla.config import ConfigError, dump_yaml
-from hyla.metrics import METRICS, format_value
+from hyla.metrics import METRICS
 from hyla.search.config import StudyConfig
 from hyla.search.dispatch import Outcome, drive
+from hyla.search.fresh import FreshAsk
 from hyla.search.rungs import select_promoted
 from hyla.search.prepare import Prepared, prepare
 from hyla.search.storage import open_study
@@ -54,6 +57,8 @@ class RungSummary:
     failed: int = 0
     reused: int = 0
     retried: int = 0
+    repeats: int = 0  # proposals of a layout the rung already had: pruned, not trained (`hyla.search.fresh`)
+    exhausted: bool = False  # the space has no layout the rung lacks: it ended before n_trials
 
 
 @dataclass
@@ -122,11 +127,14 @@ def _enqueue_seeds(prep: Prepared, study: optuna.Study) -> None:
             study.enqueue_trial(params, user_attrs={"preset": preset, "parent": None}, skip_if_exists=True)
 
 
-def _enqueue_promoted(prep: Prepared, rung: int, prev: optuna.Study, study: optuna.Study) -> int:
-    """Enqueue rung-(rung-1) promotion set into ``study`` (each parent once, across resumes)."""
+def _enqueue_promoted(prep: Prepared, rung: int, prev: optuna.Study, study: optuna.Study,
+                      first: optuna.Study) -> int:
+    """Enqueue rung-(rung-1) promotion set into ``study`` (each parent once, across resumes); ``first``: rung 0,
+    whose spread scales the knee-first cut (`hyla.search.rungs`)."""
     promote = prep.cfg.rungs[rung - 1].promote
     picked = select_promoted(prev.get_trials(deepcopy=False), prep.cfg.directions, prep.cfg.objectives,
-                             promote.rule, promote.k, promote.objective, noise=promote.noise, z=promote.noise_z)
+                             promote.rule, promote.k, promote.objective, noise=promote.noise, z=promote.noise_z,
+                             context=first.get_trials(deepcopy=False))
     have = {t.user_attrs.get("parent") for t in study.get_trials(deepcopy=False)
             if t.user_attrs.get("fail_reason") != DRIVER_STOPPED}
     new = 0
@@ -154,6 +162,9 @@ class _RungDriver:
         self.dups: dict[str, list[_Job]] = collections.defaultdict(list)
         self.queue: collections.deque[_Job] = collections.deque()
         self.proxy = prep.proxies[rung]
+        self.fresh = FreshAsk(study, prep.space, prep.cfg.seed) if rung == 0 else None
+        if self.fresh is not None:
+            self.fresh.sweep(self.done_by_key, prep.cfg.n_trials)
         self.task = progress.add_task(f"rung {rung}", total=self._target(), completed=self.counted) if progress else None
 
     def _waiting(self) -> int:
@@ -168,15 +179,29 @@ class _RungDriver:
         return len(self.in_flight) + len(self.queue) + sum(map(len, self.dups.values()))
 
     def _more_to_ask(self) -> bool:
-        if self.rung == 0:
-            return self.counted + self._pending() < self.prep.cfg.n_trials
+        if self.fresh is not None:
+            return not self.fresh.exhausted and self.counted + self._pending() < self.prep.cfg.n_trials
         return self._waiting() > 0  # later rungs only replay enqueued (promoted) trials
+
+    def _have(self) -> dict[str, int]:
+        """Layout key -> trial number of every layout the rung has: scored, running or queued."""
+        have = {key: t.number for key, t in self.done_by_key.items()}
+        have.update((j.key, j.trial.number) for j in [*self.in_flight.values(), *self.queue])
+        return have
 
     def _ask(self) -> None:
         from hyla.space.search_space import constraint_values, suggest_layout
 
-        trial = self.study.ask()
-        layout = suggest_layout(trial, self.prep.space)
+        if self.fresh is not None:
+            asked = self.fresh.ask(self._have())
+            self.summary.repeats = self.fresh.repeats
+            if asked is None:
+                self._exhausted()
+                return
+            trial, layout = asked
+        else:
+            trial = self.study.ask()
+            layout = suggest_layout(trial, self.prep.space)
         key = layout.key()
         for k, v in (("layout", layout.to_dict()), ("layout_key", key), ("rung", self.rung)):
             trial.set_user_attr(k, v)
@@ -192,6 +217,14 @@ class _RungDriver:
             self.dups[key].append(job)  # wait for the identical layout already running
         else:
             self.queue.append(job)
+
+    def _exhausted(self) -> None:
+        self.summary.exhausted, n = True, self.counted + self._pending()
+        if self.console is not None:
+            self.console.print(f"rung {self.rung}: no layout of the space is left to try; {n} of n_trials "
+                               f"{self.prep.cfg.n_trials} trials")
+        if self.progress is not None:
+            self.progress.update(self.task, total=n)
 
     def _tell_reused(self, job: _Job, src: FrozenTrial) -> None:
         job.trial.set_user_attr("result", src.user_attrs.get("result"))
@@ -313,6 +346,7 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
         progress.start()
     try:
         prev: optuna.Study | None = None
+        first: optuna.Study | None = None
         for rung in range(max(todo) + 1):
             study = open_study(prep.storage, cfg.study_name(rung), cfg.directions, prep.study_attrs(rung),
                                sampler=prep.sampler(rung), where=cfg.where)
@@ -323,9 +357,9 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
                 if rung == 0:
                     _enqueue_seeds(prep, study)
                 else:
-                    _enqueue_promoted(prep, rung, prev, study)
+                    _enqueue_promoted(prep, rung, prev, study, first)
                 summary.rungs.append(_RungDriver(prep, rung, study, pool, progress, console).run())
-            prev = study
+            prev, first = study, first or study
         summary.pareto_rung = max(todo)
         from hyla.search.rungs import pareto_front
 
@@ -333,7 +367,7 @@ def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any
         if rungs is None or max(todo) == len(cfg.rungs) - 1:
             from hyla.search.prepare import full_runs
 
-            summary.full_run_specs = full_runs(prep, prev, console)
+            summary.full_run_specs = full_runs(prep, prev, console, first=first)
     finally:
         if progress is not None:
             progress.stop()
@@ -345,18 +379,3 @@ def write_resolved(cfg: StudyConfig) -> Path:
     path = cfg.run_path / "study.yaml"
     dump_yaml(cfg.to_dict(), path)
     return path
-
-
-def objective_table_rows(trials: list[FrozenTrial], objectives: list[str]) -> list[list[str]]:
-    """Rows (trial, layout string, preset, seeds, ``mean ± s.e.m.`` per objective) for console tables."""
-    from hyla.search.rungs import n_seeds, objective_sems
-    from hyla.space.layout import Layout
-
-    rows = []
-    for t in sorted(trials, key=lambda t: t.number):
-        layout = t.user_attrs.get("layout")
-        lay = Layout.from_dict(layout).layer_string(group=6) if layout else "?"
-        vals = [format_value(n, v) + (f" ± {s:.2g}" if s > 0 else "")
-                for n, v, s in zip(objectives, t.values or [], objective_sems(t))]
-        rows.append([str(t.number), lay, str(t.user_attrs.get("preset") or ""), str(n_seeds(t)), *vals])
-    return rows

@@ -64,3 +64,16 @@ def test_a_convex_front_gives_the_knee_then_both_extremes() -> None:
     # units do not matter
     scaled = [(x * 1000.0, y) for x, y in pts]
     assert pareto_select(scaled, ["minimize", "minimize"], 3) == [2, 0, 4]
+
+
+def test_finalists_are_measured_against_the_spread_of_the_whole_search() -> None:
+    """Rung 1 of the same quickstart holds two finalists, each the best in one objective, so either is 1 from the
+    utopia point of the pair and the noisier one wins by its wider interval; rung 0 as context sets the scale."""
+    rung1 = _trials({"NNNA": ([4.357, 0.9979, 539e3], [0.05, 0.0015, 0.0]),
+                     "NNNN": ([4.511, 0.3371, 36e3], [0.069, 0.041, 0.0])})
+    rung0 = _trials(QUICKSTART_RUNG0)
+    assert _layouts(select_promoted(rung1, DIRS, NAMES, "pareto", 1)) == ["NNNN"]
+    assert _layouts(select_promoted(rung1, DIRS, NAMES, "pareto", 1, context=rung0)) == ["NNNA"]
+    values = [list(t.values) for t in rung1]
+    sems = [t.user_attrs["objective_sem"] for t in rung1]
+    assert knee_index(values, DIRS, sems=sems, scale=[list(t.values) for t in rung0]) == 0

@@ -38,7 +38,7 @@ def test_two_rungs_then_resume_with_more_trials(tmp_path: Path) -> None:
     cfg = load_study_config(path)
     summary = run_search(cfg)
     rung0, rung1 = _studies(cfg)[0], _studies(cfg)[1]
-    t0 = rung0.get_trials()
+    t0 = [t for t in rung0.get_trials() if t.state != TrialState.PRUNED]  # pruned: repeats, never trained
     assert counted(t0) == 3 and all(t.state == TrialState.COMPLETE for t in t0)
     assert rung0.user_attrs["objectives"] == [{"name": "lm_loss", "direction": "minimize"},
                                               {"name": "recall", "direction": "maximize"},
@@ -63,11 +63,12 @@ def test_two_rungs_then_resume_with_more_trials(tmp_path: Path) -> None:
     # resume: 3 more rung-0 trials; nothing done before is redone or lost
     cfg6 = load_study_config(path, n_trials=6)
     summary = run_search(cfg6)
-    t0 = _studies(cfg6)[0].get_trials()
+    t0 = [t for t in _studies(cfg6)[0].get_trials() if t.state != TrialState.PRUNED]
     assert counted(t0) == 6 and len(t0) == 6
+    by_number = {t.number: t for t in t0}
     for n, (values, done) in first.items():
-        assert t0[n].values == values and t0[n].datetime_complete == done
-    new = [t for t in t0 if t.number >= 3]
+        assert by_number[n].values == values and by_number[n].datetime_complete == done
+    new = [t for t in t0 if t.number not in first]
     trained_new = sum(1 for t in new if "reused_from" not in t.user_attrs)
     assert len(_trained_dirs(cfg6, 0)) == trained0 + trained_new
     assert summary.rungs[0].completed == 3
@@ -89,24 +90,40 @@ def test_running_trial_left_by_dead_driver_is_redone_once(tmp_path: Path) -> Non
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["fail_reason"] == DRIVER_STOPPED
     redo = [t for t in trials if t.user_attrs.get("requeued_from") == 0]
     assert len(redo) == 1 and redo[0].state == TrialState.COMPLETE and redo[0].params == trials[0].params
-    assert counted(trials) == 2 and len(trials) == 3
+    assert counted(trials) == 2 and len([t for t in trials if t.state != TrialState.PRUNED]) == 3
     run_search(cfg)  # a second resume changes nothing
-    assert len(_studies(cfg)[0].get_trials()) == 3
+    assert len(_studies(cfg)[0].get_trials()) == len(trials)
 
 
-def test_duplicate_layouts_are_reused_not_retrained(tmp_path: Path) -> None:
+def test_a_space_of_one_layout_trains_it_once_and_stops(tmp_path: Path) -> None:
     space = {"scale": "tiny", "n_layers": 2, "mixers": ["gla"], "n_attention": [1]}  # exactly one layout
     cfg = study_config_from_dict(study_dict(tmp_path, "dup", n_trials=3, space=space), where="dup.yaml")
     summary = run_search(cfg)
     trials = _studies(cfg)[0].get_trials()
-    assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) == 3
-    trained = [t for t in trials if "reused_from" not in t.user_attrs]
-    assert len(trained) == 1 and len(_trained_dirs(cfg, 0)) == 1
-    for t in trials:
-        assert t.values == trained[0].values
-        if t is not trained[0]:
-            assert t.user_attrs["reused_from"] == trained[0].number
-    assert summary.rungs[0].reused == 2
+    assert [t.state for t in trials] == [TrialState.COMPLETE] and len(_trained_dirs(cfg, 0)) == 1
+    assert summary.rungs[0].exhausted and summary.rungs[0].completed == 1 and summary.rungs[0].repeats == 0
+    assert len(_studies(cfg)[0].get_trials()) == 1
+    run_search(load_study_config_dict(tmp_path, "dup", n_trials=5, space=space))  # more trials: still nothing new
+    assert len(_studies(cfg)[0].get_trials()) == 1
+
+
+def test_rung0_trials_are_distinct_layouts(tmp_path: Path) -> None:
+    """SPACE has 10 layouts from 2 x 3 x 2 = 12 parameter sets (no attention: any placement); 6 trials = 6 layouts.
+    A repeat proposal is pruned with ``repeat_of`` and not counted; a later rung still reuses stored results."""
+    cfg = study_config_from_dict(study_dict(tmp_path, "fresh", n_trials=6, seed=3), where="fresh.yaml")
+    summary = run_search(cfg)
+    trials = _studies(cfg)[0].get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert counted(trials) == 6 and len(done) == 6 and len(_trained_dirs(cfg, 0)) == 6
+    assert len({t.user_attrs["layout_key"] for t in done}) == 6
+    keys = {t.user_attrs["layout_key"]: t.number for t in done}
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(keys[t.user_attrs["layout_key"]] == t.user_attrs["repeat_of"] for t in pruned)
+    assert summary.rungs[0].repeats == len(pruned) and summary.rungs[0].reused == 0
+
+
+def load_study_config_dict(tmp_path: Path, name: str, **kw):
+    return study_config_from_dict(study_dict(tmp_path, name, **kw), where=f"{name}.yaml")
 
 
 def test_diverging_proxy_fails_with_reason(tmp_path: Path) -> None:
