@@ -15,7 +15,6 @@ import optuna
 
 from hyla.config import ConfigError, dump_yaml
 from hyla.proxy_train.proxy.config import ProxyConfig, score_needs
-from hyla.proxy_train.train.config import LOCAL_SUFFIXES
 from hyla.search.config import StudyConfig, check_ray_address
 from hyla.search.storage import open_storage
 
@@ -94,8 +93,8 @@ def _check_objectives_scored(cfg: StudyConfig, proxies: list[ProxyConfig]) -> No
 def _check_data_sources(cfg: StudyConfig, rung: int) -> None:
     """A missing local corpus or an unloadable tokenizer fails here, not in a worker after the study was created.
 
-    Cheap checks only: a hub corpus is not streamed here (the worker reports it), a local path must exist, and
-    the tokenizer is loaded (local files first; the hub only when reachable).
+    Cheap checks only (`hyla.proxy_train.train.text.check_text_source`): a hub corpus is not streamed here, a local path
+    must exist and hold text files, and the tokenizer is loaded (local files first; the hub only when reachable).
     """
     try:
         _check_text(cfg.rungs[rung].proxy)
@@ -105,13 +104,9 @@ def _check_data_sources(cfg: StudyConfig, rung: int) -> None:
 
 
 def _check_text(pc: ProxyConfig) -> None:
-    from hyla.proxy_train.train.text import get_tokenizer  # torch
+    from hyla.proxy_train.train.text import check_text_source, get_tokenizer  # torch
 
-    src = pc.text.source
-    if src != "stdlib" and not Path(src).expanduser().exists() and (
-            src.startswith(("/", ".", "~")) or src.endswith(LOCAL_SUFFIXES)):
-        raise ConfigError(f"text.source: path {src!r} does not exist; expected 'stdlib', an existing local "
-                          "file/directory or a hub dataset name")
+    check_text_source(pc.text)
     get_tokenizer(pc.tokenizer)
 
 

@@ -70,7 +70,8 @@ def test_wheel_install_imports_every_subpackage(tmp_path: Path) -> None:
     wheel = next((tmp_path / "dist").glob("hyla-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("hyla/cli.py", "hyla/space/layout.py", "hyla/proxy_train/model/mixers/__init__.py",
-                     "hyla/search/__init__.py", "hyla/analysis/__init__.py"):
+                     "hyla/search/__init__.py", "hyla/analysis/__init__.py",
+                     "hyla/data/wikitext2_sample.txt", "hyla/data/README.md"):  # text source wikitext2-sample
         assert expected in names
     env_dir, env = _venv(tmp_path)
     py = env_dir / "bin" / "python"

@@ -3,6 +3,10 @@
 ``hyla train SPEC.yaml --dry-run`` trains nothing: it prints the model the spec resolves to (layer string, shape,
 parameters, KV and state bytes of one sequence at the spec's ``seq_len``, training FLOPs per token) from
 `hyla.space.cost`, the same numbers as ``hyla space show`` of that layout, plus the token budget and steps.
+
+Both check the inputs before Ray starts (`hyla.proxy_train.train.full_run.check_inputs`: layout, text source,
+tokenizer, recall tasks): bad input is one line and exit 2, with nothing written. A dry run lists what only the
+Hugging Face hub could confirm, when the hub cannot be reached from here, as unchecked instead.
 """
 
 from __future__ import annotations
@@ -69,10 +73,14 @@ def _print_dry_run(report: dict[str, Any]) -> None:
     print(f"FLOPs    training, per token at seq_len {f['seq_len']}: {f['training']:.4g} ({human_count(f['training'])})")
     print(f"budget   {run['tokens']:,} tokens = {run['steps']:,} steps of {run['global_batch_tokens']:,} "
           f"(workers {run['num_workers']} x accumulation steps {run['accum_steps']})")
+    print("inputs   text source, tokenizer and recall tasks checked" if not run["unchecked"] else
+          "inputs   not checked here (the run checks them before it starts):")
+    for line in run["unchecked"]:
+        print(f"  {line}")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hyla.proxy_train.train.full_run import train_full
+    from hyla.proxy_train.train.full_run import check_inputs, train_full
     from hyla.proxy_train.train.full_spec import RunSpec
 
     if args.json and not args.dry_run:
@@ -85,12 +93,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is not None:
         spec = replace(spec, out_dir=args.out)
     spec = RunSpec.from_dict(spec.to_dict(), where=args.spec)  # re-validate the overridden spec
-    try:
-        spec.resolve_layout()
-    except ConfigError as e:  # the layout's own checks do not know the file: name it
+    try:  # layout, text source, tokenizer, recall tasks: before Ray starts and before anything is written
+        unchecked = check_inputs(spec, hub=not args.dry_run)
+    except ConfigError as e:  # the inputs' own checks do not know the file: name it
         raise (e if str(e).startswith(args.spec) else ConfigError(f"{args.spec}: {e}")) from None
     if args.dry_run:
         report = dry_run_report(spec)
+        report["run"]["unchecked"] = unchecked
         if args.json:
             print(json.dumps(report, indent=2))
         else:

@@ -26,7 +26,7 @@ from hyla.proxy_train.train.schedule import check_optimizer
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LOCAL_SUFFIXES", "TextConfig", "TrainConfig", "width_scaled_std"]
+__all__ = ["LOCAL_SUFFIXES", "SAMPLE", "TextConfig", "TrainConfig", "width_scaled_std"]
 
 def width_scaled_std(d_model: int) -> float:
     """The init std that gives a model of width ``d_model`` the per-layer gain of fla's flat 0.02 at width 1024:
@@ -38,13 +38,15 @@ def width_scaled_std(d_model: int) -> float:
 
 #: file types a local text source may hold (`hyla.proxy_train.train.text`)
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+#: The text source name of the prose sample shipped with hyla (`hyla.proxy_train.train.text.sample_path`).
+SAMPLE = "wikitext2-sample"
 
 
 @dataclass(frozen=True, kw_only=True)
 class TextConfig:
     """Where LM text comes from and how it is split (the sources: `hyla.proxy_train.train.text`)."""
 
-    source: str = "stdlib"  # "stdlib" | local file/dir | hub dataset name
+    source: str = "stdlib"  # "stdlib" | "wikitext2-sample" | local file/dir | hub dataset name
     config: str | None = None  # hub dataset config (e.g. "wikitext-2-raw-v1")
     split: str = "train"  # hub split to stream
     text_field: str = "text"  # column holding the text (json/parquet/hub)
@@ -55,7 +57,8 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if not self.source:
-            raise ConfigError("text.source: '' is empty; expected 'stdlib', a local path or a hub dataset name")
+            raise ConfigError(f"text.source: '' is empty; expected 'stdlib', {SAMPLE!r}, a local path or a hub "
+                              "dataset name")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"text.val_fraction: {self.val_fraction!r} must be in [0, 1)")
         if self.max_docs is not None and self.max_docs < 1:

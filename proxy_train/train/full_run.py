@@ -74,8 +74,62 @@ def _init_ray(address: str | None, num_workers: int) -> None:
         return
     if address:
         ray.init(address=address)
-    else:  # a small local instance: logical CPUs for the workers plus the Train controller
-        ray.init(num_cpus=num_workers + 1, include_dashboard=False, object_store_memory=256 * 2**20)
+    else:  # a small local instance: logical CPUs for the workers plus the Train controller. The dashboard serves
+        # the State API that Ray Train's placement-group cleaner polls: without it, every poll logs "Failed to
+        # query Ray Train Controller actor state" to the console.
+        ray.init(num_cpus=num_workers + 1, include_dashboard=True, object_store_memory=256 * 2**20)
+
+
+def check_inputs(spec: RunSpec, hub: bool = True) -> list[str]:
+    """What `train_full` and ``hyla train --dry-run`` refuse before Ray starts: the layout (at the scale's shape),
+    the text source (`check_text_source`: nothing is read), the tokenizer (loaded; at most the layout's
+    vocabulary) and the recall tasks at their contexts.
+
+    Args:
+        spec: the run.
+        hub: inputs that only the Hugging Face hub has must be checkable here; False (dry runs) lists them as
+            unchecked instead (the hub may be reachable where the run goes).
+
+    Returns:
+        One line per input that could not be checked here (empty with ``hub``).
+    """
+    from hyla.proxy_train.train.text import HubUnreachable, check_text_source, get_tokenizer
+
+    layout, unchecked = spec.resolve_layout(), []
+
+    def on_hub(check: Any) -> Any:
+        try:
+            return check()
+        except HubUnreachable as e:
+            if hub:
+                raise
+            unchecked.append(str(e))
+            return None
+
+    on_hub(lambda: check_text_source(spec.text))
+    tok = on_hub(lambda: get_tokenizer(spec.tokenizer))
+    if tok is None:
+        return unchecked
+    if tok.vocab_size > layout.vocab_size:
+        raise ConfigError(f"tokenizer: {spec.tokenizer!r} has {tok.vocab_size} ids but layout vocab_size is "
+                          f"{layout.vocab_size}; use a layout with vocab_size >= {tok.vocab_size}")
+    recall_tasks(spec, layout.vocab_size, tok, [])  # bad recall tasks/lengths fail here, before any training
+    return unchecked
+
+
+def _stop_on_config_error() -> Any:
+    """A Ray Train callback: a `ConfigError` in a worker is bad input, not a crash, so the run fails at once instead
+    of restarting the worker group ``max_failures`` times (Ray Train retries every worker error; an error raised in
+    a callback stops its controller without a retry)."""
+    from ray.train import UserCallback
+
+    class StopOnConfigError(UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, BaseException]) -> None:
+            for error in worker_exceptions.values():
+                if isinstance(error, ConfigError):
+                    raise ConfigError(str(error))
+
+    return StopOnConfigError()
 
 
 def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -> dict[str, Any]:
@@ -94,14 +148,7 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
         ConfigError: bad spec, a tokenizer larger than the layout's vocabulary, or a run directory that holds
             a finished result (never overwritten) or checkpoints while ``resume`` is False.
     """
-    from hyla.proxy_train.train.text import get_tokenizer
-
-    layout = spec.resolve_layout()
-    tok = get_tokenizer(spec.tokenizer)
-    if tok.vocab_size > layout.vocab_size:
-        raise ConfigError(f"tokenizer: {spec.tokenizer!r} has {tok.vocab_size} ids but layout vocab_size is "
-                          f"{layout.vocab_size}; use a layout with vocab_size >= {tok.vocab_size}")
-    recall_tasks(spec, layout.vocab_size, tok, [])  # bad recall tasks/lengths fail here, before any training
+    check_inputs(spec)
     run_dir = spec.run_dir()
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -117,7 +164,7 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     resolved.dump(run_dir / "spec.yaml")
     (run_dir / STOP_FILE).unlink(missing_ok=True)
 
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     _init_ray(address, spec.num_workers)
@@ -134,7 +181,8 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
                                      resources_per_worker={"GPU": 1} if spec.use_gpu else {"CPU": 1}),
         run_config=RunConfig(storage_path=str(run_dir / "ray"), name=f"attempt_{attempt}",
                              checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=spec.max_failures)),
+                             failure_config=FailureConfig(max_failures=spec.max_failures),
+                             callbacks=[_stop_on_config_error()]),
     )
     # Preemption: SIGTERM asks the workers (through the STOP file) to checkpoint and leave.
     previous = signal.signal(signal.SIGTERM, lambda *_: (run_dir / STOP_FILE).touch())
@@ -142,6 +190,13 @@ def train_full(spec: RunSpec, address: str | None = None, resume: bool = True) -
     t0 = time.time()
     try:
         trainer.fit()
+    except ControllerError as e:
+        if isinstance(e.controller_failure, ConfigError):  # from _stop_on_config_error: one line, exit 2
+            import ray
+
+            ray.shutdown()  # Ray's own log lines of the failure come before the one-line error, not after it
+            raise ConfigError(f"{e.controller_failure} (in a Ray Train worker; not retried)") from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     final = json.loads((run_dir / "final.json").read_text())

@@ -5,6 +5,9 @@ Sources (``TextConfig.source``):
 - ``"stdlib"``: the Python standard library's own ``.py`` files (``sysconfig.get_paths()["stdlib"]``, sorted by
   relative path, ``site-packages``/``dist-packages`` excluded). A real code corpus present on every machine, so a
   proxy run never needs the network.
+- ``"wikitext2-sample"``: English prose shipped with hyla (``hyla/data/wikitext2_sample.txt``: the first 22
+  articles of WikiText-2's validation split, ~300 KB, CC BY-SA 3.0; source and licence in ``hyla/data/README.md``),
+  one document per article. For examples and tests that want prose without a download.
 - a local path: a file or a directory (searched recursively, files sorted) of ``.txt``/``.jsonl``/``.json``/
   ``.parquet`` files, loaded through ``datasets.load_dataset("text"|"json"|"parquet", data_files=...)``.
   In a directory every ``.txt`` file is one document. A single ``.txt`` file is split: WikiText-style files
@@ -36,7 +39,13 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.train.config import LOCAL_SUFFIXES, TextConfig
+from hyla.proxy_train.train.config import LOCAL_SUFFIXES, SAMPLE, TextConfig
+
+
+class HubUnreachable(ConfigError):
+    """A text source or tokenizer that only the Hugging Face hub has, while the hub cannot be reached from here
+    (it may be reachable where the run goes: ``hyla train --dry-run`` reports it as unchecked)."""
+
 
 # A WikiText article title: " = Title = " (sub-sections use " = = Title = = " and must not split).
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")
@@ -70,16 +79,47 @@ def load_documents(cfg: TextConfig) -> tuple[list[str], list[str]]:
     return train, val
 
 
+def sample_path() -> Path:
+    """The prose sample shipped with hyla (text source ``wikitext2-sample``)."""
+    from importlib.resources import files
+
+    return Path(str(files("hyla") / "data" / "wikitext2_sample.txt"))
+
+
 def _read_source(cfg: TextConfig) -> list[str]:
     if cfg.source == "stdlib":
         return stdlib_documents(cfg.max_docs)
+    if cfg.source == SAMPLE:
+        return local_documents(sample_path(), cfg.text_field)
     path = Path(cfg.source).expanduser()
     if path.exists():
         return local_documents(path, cfg.text_field)
-    looks_local = cfg.source.startswith(("/", ".", "~")) or cfg.source.endswith(LOCAL_SUFFIXES)
-    if looks_local:
-        raise ConfigError(f"text.source: path {cfg.source!r} does not exist")
+    check_text_source(cfg)  # a missing local path: one line
     return hub_documents(cfg)
+
+
+def check_text_source(cfg: TextConfig) -> None:
+    """Refuse, without reading a document, a source that cannot be read here: a missing local path, a file of
+    another type, a folder without text files, a hub dataset with neither a cache nor a reachable hub. `hyla train`
+    and the search run it before Ray starts.
+
+    Raises:
+        ConfigError: one line naming the source and what is allowed.
+    """
+    path = Path(cfg.source).expanduser()
+    if cfg.source in ("stdlib", SAMPLE) or (path.exists() and _local_files(path)):
+        return
+    if cfg.source.startswith(("/", ".", "~")) or cfg.source.endswith(LOCAL_SUFFIXES):
+        raise ConfigError(f"text.source: path {cfg.source!r} does not exist; expected 'stdlib', {SAMPLE!r} (prose "
+                          "shipped with hyla), an existing file or directory, or a hub dataset name")
+    if not hub_cache_path(cfg).is_file() and not _hub_reachable():
+        raise _offline(cfg)
+
+
+def _offline(cfg: TextConfig) -> ConfigError:
+    return HubUnreachable(f"text.source: {cfg.source!r} is no local path and the hub could not be reached "
+                          f"(offline, no cache at {hub_cache_path(cfg)}); use a local path (file or directory of "
+                          f".txt/.jsonl/.json/.parquet), 'stdlib' or {SAMPLE!r}")
 
 
 def stdlib_documents(max_docs: int | None = None) -> list[str]:
@@ -101,18 +141,22 @@ def stdlib_documents(max_docs: int | None = None) -> list[str]:
     return docs
 
 
-def local_documents(path: Path, text_field: str = "text") -> list[str]:
-    """Documents of a local file or directory (rules in the module docstring)."""
-    if path.is_file():
-        if path.suffix not in LOCAL_SUFFIXES:
-            raise ConfigError(f"text.source: {str(path)!r} has suffix {path.suffix!r}; "
-                              f"expected one of {', '.join(LOCAL_SUFFIXES)}")
-        if path.suffix == ".txt":
-            return split_text_file(_load_txt([path])[0])
-        return _load_table([path], text_field)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+def _local_files(path: Path) -> list[Path]:
+    """The text files of a local source (a file, or a folder's files sorted); refuses anything else."""
+    if path.is_file() and path.suffix not in LOCAL_SUFFIXES:
+        raise ConfigError(f"text.source: {str(path)!r} has suffix {path.suffix!r}; "
+                          f"expected one of {', '.join(LOCAL_SUFFIXES)}")
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in LOCAL_SUFFIXES)
     if not files:
         raise ConfigError(f"text.source: directory {str(path)!r} has no {'/'.join(LOCAL_SUFFIXES)} files")
+    return files
+
+
+def local_documents(path: Path, text_field: str = "text") -> list[str]:
+    """Documents of a local file or directory (rules in the module docstring)."""
+    files = _local_files(path)
+    if path.is_file():
+        return split_text_file(_load_txt(files)[0]) if path.suffix == ".txt" else _load_table(files, text_field)
     txt = [f for f in files if f.suffix == ".txt"]
     tables = [f for f in files if f.suffix != ".txt"]
     return (_load_txt(txt) if txt else []) + (_load_table(tables, text_field) if tables else [])
@@ -193,9 +237,7 @@ def hub_documents(cfg: TextConfig) -> list[str]:
         with cache.open(encoding="utf-8") as fh:
             return [json.loads(line)["text"] for line in fh if line.strip()]
     if not _hub_reachable():
-        raise ConfigError(f"text.source: {cfg.source!r} is no local path and the hub could not be reached "
-                          f"(offline, no cache at {cache}); use a local path (file or directory of "
-                          ".txt/.jsonl/.json/.parquet) or 'stdlib'")
+        raise _offline(cfg)
     if cfg.max_docs is None:
         raise ConfigError(f"text.max_docs: null with hub dataset {cfg.source!r}; set a number of documents to stream")
     import datasets
@@ -292,7 +334,7 @@ def get_tokenizer(name: str = "byte") -> Tokenizer:
     if Path(name).expanduser().exists():
         raise ConfigError(f"tokenizer {name!r}: the directory has no loadable tokenizer files")
     if not _hub_reachable():
-        raise ConfigError(f"tokenizer {name!r}: not found locally and the hub is unreachable")
+        raise HubUnreachable(f"tokenizer {name!r}: not found locally and the hub is unreachable")
     try:
         return HFTokenizer(name, AutoTokenizer.from_pretrained(name))
     except (OSError, ValueError) as e:

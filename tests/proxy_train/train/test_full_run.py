@@ -21,10 +21,7 @@ from hyla.config import ConfigError
 from hyla.proxy_train.train.full_run import find_latest_checkpoint
 from hyla.proxy_train.train.full_spec import RunSpec, run_spec_for
 from hyla.proxy_train.train.full_loop import ShardStream, lr_lambda
-from conftest import REPO
 
-DATA = Path(os.environ.get("HYLA_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
-VALID = DATA / "valid.txt" if DATA.is_dir() else DATA
 TINY_LAYOUT = {"layers": ["gla", "gla", "gla", "attn"], "d_model": 32, "vocab_size": 260, "mlp_hidden": 64,
                "num_heads": 2, "name": "gla-3:1-d32"}
 
@@ -32,7 +29,7 @@ TINY_LAYOUT = {"layers": ["gla", "gla", "gla", "attn"], "d_model": 32, "vocab_si
 def tiny_spec(out_dir: Path, **kw) -> dict:
     spec = {"layout": TINY_LAYOUT, "scale": "custom", "tokens": 60 * 1024, "seq_len": 128,
             "global_batch_tokens": 1024, "micro_batch": 4, "lr": 3e-3, "warmup_steps": 5,
-            "text": {"source": str(VALID)}, "tokenizer": "byte", "checkpoint_every": 10, "log_every": 2,
+            "text": {"source": "wikitext2-sample"}, "tokenizer": "byte", "checkpoint_every": 10, "log_every": 2,
             "out_dir": str(out_dir), "num_workers": 2, "use_gpu": False, "bf16": False,
             "eval": {"val_tokens": 8192, "batch_size": 16, "recall_multiples": [2, 4],
                      "recall_tasks": ["ruler_single", "mqar"], "recall_examples": 8}}
@@ -110,7 +107,6 @@ def test_bad_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not VALID.is_file(), reason=f"test text {VALID} missing (set HYLA_TEST_DATA)")
 def test_kill_resume_export(tmp_path: Path) -> None:
     _kill_resume_export(tmp_path, tiny_spec(tmp_path / "run"))
 

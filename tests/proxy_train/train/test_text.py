@@ -13,13 +13,13 @@ import torch
 from hyla.config import ConfigError
 from hyla.proxy_train.train.config import TextConfig
 from hyla.proxy_train.train.text import (
-    ByteTokenizer, get_tokenizer, hub_cache_path, load_documents, pack_documents, pack_tokens, split_text_file,
+    ByteTokenizer, get_tokenizer, hub_cache_path, load_documents, pack_documents, pack_tokens, sample_path,
+    split_text_file,
 )
-from conftest import REPO
 
-WIKI_DIR = Path(os.environ.get("HYLA_TEST_DATA", REPO.parent / "shared" / "data" / "wikitext-2"))
+WIKI_DIR = Path(os.environ.get("HYLA_TEST_DATA", sample_path()))  # default: the WikiText-2 sample shipped with hyla
 WIKI = WIKI_DIR / "valid.txt" if WIKI_DIR.is_dir() else WIKI_DIR
-needs_wiki = pytest.mark.skipif(not WIKI.is_file(), reason=f"test data {WIKI} not present")
+needs_wiki = pytest.mark.skipif(not WIKI.is_file(), reason=f"HYLA_TEST_DATA={WIKI} does not exist")
 
 
 @pytest.fixture
@@ -44,6 +44,13 @@ def test_wikitext_split_by_article() -> None:
     assert len(docs) == len(titles) > 10
     assert all(d.startswith("= ") for d in docs)  # every document begins with its article title
     assert sum("= = " in d for d in docs) > 0  # sub-section headings stay inside their article
+
+
+def test_the_shipped_prose_sample_is_a_text_source() -> None:
+    train, val = load_documents(TextConfig(source="wikitext2-sample", val_fraction=0.1))
+    assert (len(train), len(val)) == (20, 2)  # 22 WikiText-2 articles, split by article
+    assert train[0].startswith("= Homarus gammarus =") and sum(map(len, train + val)) > 250_000
+    assert (sample_path().parent / "README.md").read_text().count("CC BY-SA 3.0") >= 1  # its licence beside it
 
 
 def test_plain_text_file_splits_into_paragraphs(tmp_path: Path) -> None:
