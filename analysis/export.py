@@ -123,9 +123,12 @@ def fla_inexact(layout: Layout) -> list[str]:
 
 def _check_fla(cfg: dict[str, Any]) -> dict[str, Any]:
     """Validate with fla's own config class (registered with AutoConfig by ``import fla``)."""
-    import fla  # noqa: F401  (registers fla's model types)
     from transformers import AutoConfig
 
+    from hyla.proxy_train.model.mixers.registry import quiet_fla
+
+    with quiet_fla():
+        import fla  # noqa: F401  (registers fla's model types)
     kw = {k: v for k, v in cfg.items() if k != "model_type"}
     try:
         parsed = AutoConfig.for_model(cfg["model_type"], **kw)

@@ -192,9 +192,13 @@ def write_fla_model(weights: RunWeights, fla_cfg: dict[str, Any], out: Path, not
 def write_fla_config(fla_cfg: dict[str, Any], out: Path, notes: list[str] = ()) -> None:
     """fla's config dict as ``out/config.json`` (with ``architectures``: fla's causal-LM class of that type, and
     ``hyla_export_notes``: where fla's model computes differently from hyla's, if anywhere)."""
-    import fla  # noqa: F401  (registers fla's model types)
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from hyla.proxy_train.model.mixers.registry import quiet_fla
+
+    with quiet_fla():
+        import fla  # noqa: F401  (registers fla's model types)
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = dict(fla_cfg)

@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-headless-shell", "/usr/bin/chromium-browser")
+#: The skip reason of every test that needs Chromium: what is missing and how to install it.
+NO_CHROMIUM = ("no chromium binary on PATH: PNG export and the browser checks of the HTML need it; install it with "
+               "apt-get install chromium")
 
 
 def chromium() -> str | None:

@@ -38,13 +38,14 @@ def unavailable_reason() -> str | None:
 
             pwd.getpwnam("postgres")
         except KeyError:
-            return "running as root and no 'postgres' system user to run the server as"
+            return ("running as root and no 'postgres' system user to run the server as (apt-get install "
+                    "postgresql creates it)")
         if shutil.which("runuser") is None:
-            return "running as root and runuser is missing"
+            return "running as root and runuser is missing (apt-get install util-linux)"
     try:
         import psycopg2  # noqa: F401  (the RDB driver the tests need)
     except ImportError:
-        return "psycopg2 is not installed"
+        return 'psycopg2 is not installed (pip install -e ".[dev]" installs psycopg2-binary)'
     return None
 
 

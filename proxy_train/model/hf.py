@@ -9,7 +9,8 @@ plain dict (``Layout.to_dict()``), so the checkpoint is self-describing.
 Generation: hyla's mixers keep one state per layer (KV caches for softmax heads, recurrent + conv states for linear
 mixers), not the key/value layers of transformers' ``DynamicCache``. The model therefore opts out of the default
 cache (``_supports_default_dynamic_cache() -> False``); its forward creates a `HylaCache` (the per-layer state list
-plus a token counter) on the first call with ``use_cache=True`` and returns it as ``past_key_values``. ``generate``
+plus a token counter) on the first call with ``use_cache=True`` and returns it as the output's ``cache``
+(``past_key_values`` before transformers 5). ``generate``
 hands it back on every step and, because a cache is in use, feeds only the newest token (transformers slices the
 inputs with ``next_sequence_length=1``), so decoding is truly incremental.
 """
@@ -27,6 +28,10 @@ from hyla.proxy_train.model.lm import HylaLM, LayerState
 from hyla.proxy_train.model.loss import token_loss
 
 __all__ = ["HylaCache", "HylaConfig", "HylaForCausalLM"]
+
+#: The output field of the cache: transformers 5.x calls it ``cache`` (``past_key_values`` is deprecated there and
+#: warns once per process), 4.x ``past_key_values``.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class HylaCache:
@@ -130,7 +135,7 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
             seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + input_ids.shape[1]
             cache = past_key_values if past_key_values is not None else HylaCache()
             cache.states, cache.seen_tokens = new_states, seen
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: cache})
 
 
 AutoConfig.register("hyla", HylaConfig, exist_ok=True)

@@ -32,6 +32,7 @@ import torch
 from hyla.config import ConfigError, dump_yaml
 from hyla.proxy_train.model.lm import HylaLM
 from hyla.proxy_train.model.loss import token_loss
+from hyla.proxy_train.model.mixers.registry import quiet_fla
 from hyla.proxy_train.proxy.config import ProxyConfig, lr_at
 from hyla.proxy_train.proxy.data import ProxyData, prepare_data
 from hyla.proxy_train.proxy.recall import family_name, family_of
@@ -45,7 +46,8 @@ from hyla.space.layout import Layout
 def _versions() -> dict[str, str]:
     out = {"torch": torch.__version__}
     try:
-        import fla
+        with quiet_fla():
+            import fla
         out["fla"] = getattr(fla, "__version__", "unknown")
     except Exception:  # fla missing must not fail a CPU-only attention run
         out["fla"] = "missing"

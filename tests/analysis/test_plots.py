@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from browser import chromium, dump_doms
+from browser import NO_CHROMIUM, chromium, dump_doms
 from hyla.analysis.plots import pareto_figure, write_html, write_png
 from hyla.analysis.report import layer_diagram, render_report, write_report
 from hyla.analysis.study_data import load_study
 from hyla.config import ConfigError
 from hyla.space.mixer_kinds import get_mixer_kind
 from study_fixtures import LAYOUTS, NOISE_ROWS, build_noise_study, build_study, tiny_layout
-
-NO_CHROMIUM = "no chromium binary (apt-get install chromium); the lead's .ci/run installs it"
 
 
 @pytest.fixture(scope="module")

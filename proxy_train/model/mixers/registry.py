@@ -9,8 +9,10 @@ package does not import fla.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from hyla.space.layout import ATTN
@@ -57,12 +59,27 @@ def mixer_module(name: str) -> str:
     return f"{_PACKAGE}.{_MODULES.get(name, name)}"
 
 
+@contextlib.contextmanager
+def quiet_fla() -> Iterator[None]:
+    """Import fla in this block without its "Triton is not supported on current platform, roll back to CPU" warning
+    (printed once, when fla is first imported) on a machine without CUDA: hyla runs its own PyTorch path there for
+    every mixer, so the line tells a user nothing. Every other warning shows, and this one too where CUDA is
+    present (there it means Triton is broken)."""
+    import torch
+
+    with warnings.catch_warnings():
+        if not torch.cuda.is_available():
+            warnings.filterwarnings("ignore", message="Triton is not supported on current platform", category=UserWarning)
+        yield
+
+
 def mixer_class(name: str) -> type:
     """The class registered for ``name`` (its module is imported on first use)."""
     if name not in _CLASSES:
         if name not in (*MIXER_NAMES, HEADWISE):
             raise KeyError(f"unknown mixer {name!r}; expected one of {', '.join(MIXER_NAMES)}")
-        importlib.import_module(mixer_module(name))
+        with quiet_fla():
+            importlib.import_module(mixer_module(name))
         if name not in _CLASSES:
             raise LookupError(f"{mixer_module(name)} registers no class for {name!r} "
                               f"(decorate it with @register_mixer({name!r}))")

@@ -156,9 +156,9 @@ def test_cache_reorder_selects_rows_of_every_state() -> None:
     ids = torch.randint(0, 256, (3, 7))
     order = torch.tensor([2, 0, 1])
     with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
+        cache = model(ids, use_cache=True).cache
         cache.reorder_cache(order)
-        want = model(ids[order], use_cache=True).past_key_values
+        want = model(ids[order], use_cache=True).cache
     n_tensors = 0
     for got_state, want_state in zip(cache.states, want.states):
         assert got_state.keys() == want_state.keys()
