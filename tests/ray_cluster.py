@@ -9,10 +9,18 @@ is written there, not to ``/tmp/ray``, so a plain ``ray.init()`` elsewhere on th
 Ray replaces a loopback ``--node-ip-address`` by the host's own address (``ray._private.services``), so both nodes
 register under that address; the driver still connects through ``127.0.0.1:PORT`` and attaches to the head's raylet
 (Ray prefers the head when several nodes share a host).
+
+Loaded machines: ``ray start`` waits a fixed 30 s for its raylet to register with the GCS (``ray._private.node``)
+and then gives up ("The current node timed out during startup"), which a busy 2-core laptop can exceed. Each node
+runs Ray's CLI with that wait stretched to 300 s (`PATIENT_RAY_START`); a node whose ``ray start`` still exits is
+reaped and started again on fresh ports while the start budget (`START_BUDGET`) lasts; and the cluster is handed
+out only when the GCS lists both nodes alive with their resources (`alive_nodes`): the real condition, polled, no
+fixed sleep.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -28,6 +36,28 @@ from pathlib import Path
 
 #: Environment of every Ray process the tests start (ARCHITECTURE.md), without a RAY_ADDRESS that points elsewhere.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+#: Seconds for both nodes to come up, retries included (an idle machine needs about 15).
+START_BUDGET = 300.0
+#: Ray's own ``ray start`` CLI with the patience of this harness: ``ray._private.node`` waits a fixed 30 s (its
+#: ``time.monotonic``) for the raylet to register, and on a loaded 2-core machine the raylet's Python agents alone
+#: can take longer to start. Here that module's monotonic clock runs 10x slower, so the wait is 300 s; every other
+#: part of the node (raylet, GCS, agents, health checks) is Ray's, unchanged.
+PATIENT_RAY_START = """
+import sys, time, types
+import ray._private.node as node
+
+class _PatientClock(types.ModuleType):
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def monotonic(self):
+        return time.monotonic() / 10
+
+node.time = _PatientClock("time")
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
 
 
 def free_port() -> int:
@@ -113,24 +143,51 @@ class Cluster:
         return pid
 
 
-def _start(name: str, args: list[str], temp_dir: Path, env: dict[str, str]) -> Node:
+def _command(name: str, args: list[str], temp_dir: Path, attempt: int) -> list[str]:
+    """The ``ray start --block`` command line of a node's start attempt (fresh ports each time)."""
     ports = [f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
              f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
              f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
-    log = temp_dir / f"{name}.log"
-    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address=127.0.0.1",
-           f"--temp-dir={temp_dir}", "--object-store-memory=80000000", "--disable-usage-stats", *ports, *args]
+    return [sys.executable, "-c", PATIENT_RAY_START, "start", "--block", "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp_dir}", "--object-store-memory=80000000", "--disable-usage-stats", *ports, *args]
+
+
+def _start(name: str, args: list[str], temp_dir: Path, env: dict[str, str], attempt: int) -> Node:
+    log = temp_dir / f"{name}-{attempt}.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(_command(name, args, temp_dir, attempt), env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     return Node(name, proc, log)
 
 
-def _wait_started(node: Node, deadline: float) -> None:
-    """Until ``ray start`` reports the node up (registered with the GCS) and its raylet's node id is known."""
-    while "Ray runtime started" not in node.log.read_text() or not node.find_node_id():
-        if node.proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"{node.name} did not start; log:\n{node.log.read_text()[-3000:]}")
-        time.sleep(0.2)
+def alive_nodes(gcs_address: str) -> dict[str, dict[str, float]]:
+    """``{node id (hex): total resources}`` of the nodes the GCS lists alive ({} while it does not answer)."""
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    try:
+        info = GcsClient(address=gcs_address).get_all_node_info(timeout=5)
+    except Exception:  # the GCS is not up yet, or too busy to answer within the timeout
+        return {}
+    return {node_id.hex(): dict(node.resources_total) for node_id, node in info.items()
+            if node.state == GcsNodeInfo.ALIVE}
+
+
+def _start_node(name: str, args: list[str], temp_dir: Path, env: dict[str, str], gcs_address: str,
+                deadline: float) -> Node:
+    """Start a node and return it once the GCS lists it alive; a ``ray start`` that exits first (Ray gave up on
+    its raylet) is reaped and started again until ``deadline``."""
+    for attempt in itertools.count(1):
+        node = _start(name, args, temp_dir, env, attempt)
+        while node.proc.poll() is None and time.time() < deadline:
+            if node.find_node_id() and node.node_id in alive_nodes(gcs_address):
+                return node
+            time.sleep(0.5)
+        _stop(node, grace=5)
+        if time.time() >= deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(temp_dir.glob(f"{name}-*.log")))
+            raise RuntimeError(f"{name} did not start within {START_BUDGET:.0f} s ({attempt} attempt(s)); logs:\n{logs}")
+    raise AssertionError("unreachable")
 
 
 def _check_not_default(gcs_port: int) -> None:
@@ -166,32 +223,35 @@ def _stop(node: Node, grace: float) -> None:
 @contextmanager
 def ray_cluster(head_cpus: int = 1, worker_cpus: int = 1, worker_resources: str = '{"hyla_test_worker": 1}',
                 head_env: dict[str, str] | None = None, worker_env: dict[str, str] | None = None,
-                timeout: float = 60.0) -> Iterator[Cluster]:
-    """Start a head and a worker node, yield the `Cluster` once both raylets run, then stop and reap both.
+                timeout: float = START_BUDGET) -> Iterator[Cluster]:
+    """Start a head and a worker node, yield the `Cluster` once the GCS lists both alive, then stop and reap both.
 
     Args:
         head_cpus, worker_cpus: logical CPUs of each node (= how many 1-CPU proxy workers each takes).
         worker_resources: ``--resources`` of the worker node (a custom resource marks it in ``ray status``).
         head_env, worker_env: extra environment of each node; its worker processes inherit it (e.g. a fault hook).
-        timeout: seconds for each node to come up.
+        timeout: seconds for both nodes to come up, restarts of a node whose ``ray start`` gave up included.
     """
     temp_dir = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))
     gcs = free_port()
-    # The GCS declares a node dead after `failure_threshold` missed health checks: about 2 s instead of Ray's 30 s.
-    head_env = clean_env(RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="4",
-                         RAY_health_check_timeout_ms="500", **(head_env or {}))
+    address = f"127.0.0.1:{gcs}"
+    # The GCS declares a node dead after `failure_threshold` failed health checks, one per `period`. A killed raylet
+    # refuses the check at once, so it is dead after about 5 s instead of Ray's 15; a live raylet that a loaded
+    # machine slows keeps Ray's 10 s to answer each check (at 0.5 s, as before, the GCS declared starting nodes
+    # dead under load: "The current node timed out during startup").
+    head_env = clean_env(RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="5",
+                         RAY_health_check_timeout_ms="10000", **(head_env or {}))
+    deadline = time.time() + timeout
     nodes: list[Node] = []
     try:
-        nodes.append(_start("head", ["--head", f"--port={gcs}", "--include-dashboard=false",
-                                     f"--ray-client-server-port={free_port()}", f"--num-cpus={head_cpus}"],
-                            temp_dir, head_env))
-        _wait_started(nodes[0], time.time() + timeout)
-        nodes.append(_start("worker", [f"--address=127.0.0.1:{gcs}", f"--num-cpus={worker_cpus}",
-                                       f"--resources={worker_resources}"],
-                            temp_dir, clean_env(**(worker_env or {}))))
-        _wait_started(nodes[1], time.time() + timeout)
+        nodes.append(_start_node("head", ["--head", f"--port={gcs}", "--include-dashboard=false",
+                                          f"--ray-client-server-port={free_port()}", f"--num-cpus={head_cpus}"],
+                                 temp_dir, head_env, address, deadline))
+        nodes.append(_start_node("worker", [f"--address={address}", f"--num-cpus={worker_cpus}",
+                                            f"--resources={worker_resources}"],
+                                 temp_dir, clean_env(**(worker_env or {})), address, deadline))
         _check_not_default(gcs)
-        yield Cluster(f"127.0.0.1:{gcs}", temp_dir, nodes[0], nodes[1])
+        yield Cluster(address, temp_dir, nodes[0], nodes[1])
     finally:
         for node in reversed(nodes):  # the worker first: it drains quickly while the GCS still answers
             _stop(node, grace=10 if node.name == "worker" else 20)
