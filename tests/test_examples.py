@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from hyla.cli import main
 from hyla.config import load_yaml
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = REPO / "examples"
 
 
 def _kind(data: dict) -> str:

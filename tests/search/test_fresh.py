@@ -12,8 +12,9 @@ from hyla.search.config import load_study_config
 from hyla.search.fresh import FreshAsk, enumerate_layouts
 from hyla.search.prepare import prepare
 from hyla.space.search_space import SearchSpace, load_space, suggest_layout
+from conftest import REPO
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
 SAMPLERS = {"tpe": lambda s: optuna.samplers.TPESampler(seed=s), "random": lambda s: optuna.samplers.RandomSampler(s),
             "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s)}
 

@@ -44,12 +44,12 @@ def test_a_study_that_never_ran_is_an_error_and_nothing_is_written(
 # -- one resolver: every command that reads a study takes the same STUDY -------------------------------------------
 @pytest.fixture(scope="module")
 def toy_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One finished study (rungs 0 and 1, test_analysis_fixtures) named five ways: YAML, journal, run directory,
+    """One finished study (rungs 0 and 1, study_fixtures) named five ways: YAML, journal, run directory,
     ``journal:`` URL and an SQLite copy."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    from test_analysis_fixtures import build_study
+    from study_fixtures import build_study
 
     root = tmp_path_factory.mktemp("toy")
     journal = build_study(root)  # root/run/study.journal, study "toy"
