@@ -51,7 +51,7 @@ class TextConfig:
     max_docs: int | None = None  # keep the first N documents (hub: the N streamed and cached)
     val_fraction: float = 0.05  # share of documents held out for validation
     seed: int = 0  # fixes the train/val split
-    cache_dir: str | None = None  # hub cache (default ~/.cache/hyla/text)
+    cache_dir: str | None = None  # hub cache (default $HYLA_CACHE_DIR/text, ~/.cache/hyla/text)
 
     def __post_init__(self) -> None:
         if not self.source:
