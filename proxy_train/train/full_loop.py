@@ -45,19 +45,25 @@ def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
 
 
 def build_model(spec: RunSpec) -> torch.nn.Module:
-    """``HylaForCausalLM`` for the spec's layout; ``compile`` compiles SwiGLUs and norms in place (fla kernels are
-    Triton already and do not trace well, so they stay eager; in-place ``Module.compile`` keeps state-dict keys)."""
+    """``HylaForCausalLM`` for the spec's layout with its kernel options (fused loss, norm, SwiGLU; recomputation);
+    ``compile`` compiles the plain-torch regions in place (`HylaForCausalLM.compile_regions`: block parts, head
+    and loss; fla's Triton kernels stay eager, state-dict keys unchanged)."""
     from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
-    from hyla.proxy_train.model.lm import SwiGLU
 
     layout = spec.resolve_layout()
     model = HylaForCausalLM(HylaConfig(layout=layout.to_dict(), gradient_checkpointing=spec.gradient_checkpointing,
-                                       fuse_linear_cross_entropy=spec.fused_loss))
+                                       fuse_linear_cross_entropy=spec.fused_loss, fuse_norm=spec.fuse_norm,
+                                       fuse_swiglu=spec.fuse_swiglu))
     if spec.compile:
-        for module in model.modules():
-            if isinstance(module, (SwiGLU, torch.nn.RMSNorm)):
-                module.compile()
+        model.compile_regions()
     return model
+
+
+def configure_torch(spec: RunSpec) -> None:
+    """Process-wide math settings of a run: ``tf32`` lets the float32 matrix products left outside bf16 autocast
+    (fla's fused loss accumulates the head's weight gradient in fp32; fp32 runs) use TF32 tensor cores."""
+    torch.backends.cuda.matmul.allow_tf32 = spec.tf32
+    torch.backends.cudnn.allow_tf32 = spec.tf32
 
 
 class Startup:
@@ -179,6 +185,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(spec.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
 
+    configure_torch(spec)
     started = time.time()
     startup = Startup(started)
     model = build_model(spec)
