@@ -9,17 +9,20 @@ and ``bench_speed.json`` in ``--out`` is rewritten after every phase, so a call 
 measured. Phases, most important first:
 
 part 1 (a fresh machine: the first-ever compile happens here)
-  train_cold:gla      hyla train gla-6:1@340m, empty kernel cache: launch -> first optimizer step (compilation and
-                      autotuning of every kernel the model meets), then steady tokens/s, MFU, peak memory
-  train_warm:gla      the same spec in a second process: time to its first optimizer step (target <= 30 s)
-  levers:gla          bench_340m: gla-6:1 under each kernel option (fused loss/norm/SwiGLU, tf32, recompute + 2x)
+  train_cold:gla      hyla train gla-6:1@340m, empty kernel cache, to step 5: launch -> first optimizer step is the
+                      first-ever compilation and autotuning of every kernel the model meets
+  train_warm:gla      the same spec in a second process: its time to the first step (target <= 30 s), then the
+                      steady tokens/s, MFU and peak memory over --train-steps steps (the log's windows after start-up)
+  levers:gla          bench_340m: gla-6:1 under each speed option (fused loss/norm/SwiGLU, tf32, recompute + 2x batch)
   train_cold:transformer / train_warm:transformer
-  archive             the kernel cache into --out (kernel_cache.tar.gz[.NN], kernel_autotune.tar.gz), to seed a
-                      later call on a fresh machine (--seed-cache)
+  archive             the kernel cache into --out (kernel_cache.tar.gz.NN, kernel_autotune.tar.gz), to seed part 2
+                      on a fresh machine (--seed-cache)
 part 2
+  train:transformer   hyla train transformer@340m (again, if part 1 ran it: a second sample of its noise)
   side_by_side        bench_340m: hyla transformer / gla-6:1 / gla-pure beside fla's GLAForCausalLM and transformers'
                       LlamaForCausalLM (sdpa), same card, same process
-  levers:compile      bench_340m: torch.compile configurations of gla-6:1 and transformer, transformer's levers
+  levers:compile      bench_340m: torch.compile configurations of gla-6:1 and transformer
+  levers:transformer  bench_340m: transformer under part 1's options
   train_fast:gla / train_fast:transformer   hyla train with --fast-options (default: fused loss, norm, SwiGLU, tf32)
   gdn (--gdn: needs tilelang on Hopper with triton < 3.7.1)   hyla train gdn-6:1 cold/warm, fla's GatedDeltaNet beside
   train_1.3b          hyla train gla-6:1@1.3b with --fast-options, micro-batch 4: MFU and peak memory on one GPU
@@ -316,8 +319,8 @@ def packing(b: Bench) -> dict[str, Any]:
 
 def archive_cache(b: Bench) -> dict[str, Any]:
     """The kernel cache into ``--out``: the whole of it (``kernel_cache.tar.gz``, split in `PART_MB` MiB parts, at
-    most `MAX_PARTS`) and the autotuning results alone (``kernel_autotune.tar.gz``: Triton then skips the benchmarking of a
-    kernel's configurations and compiles only the winner)."""
+    most `MAX_PARTS`) and the autotuning results alone (``kernel_autotune.tar.gz``: Triton then skips the
+    benchmarking of a kernel's configurations and compiles only the winner)."""
     root = b.cache / "kernels"
     if not root.is_dir():
         return {"status": "skipped: no kernel cache"}
@@ -375,40 +378,43 @@ def phases(b: Bench) -> list[Phase]:
     compile_levers = ["compile", "fused+tf32+compile", "fused+compile+mlp2x"]
     if b.smoke:  # each kind of configuration once (CPU steps are slow, CPU compiles slower)
         gla_levers, compile_levers = ["eager", "fused+tf32", "fused+mlp2x"], ["fused+tf32+compile"]
-    steps_cold, steps_warm = (4, 2) if b.smoke else (a.train_steps, 10)
+    # A cold run stops soon after its first step (the compile is what it measures); the warm second process
+    # gives both its time to the first step and the steady throughput.
+    steps_cold, steps = (2, 4) if b.smoke else (5, a.train_steps)
     part1 = [
         Phase("train_cold:gla", 60, lambda: hyla_train(b, "train_cold:gla", "gla-6:1", steps_cold)),
-        Phase("train_warm:gla", 60, lambda: hyla_train(b, "train_warm:gla", "gla-6:1", steps_warm)),
+        Phase("train_warm:gla", 60, lambda: hyla_train(b, "train_warm:gla", "gla-6:1", steps)),
         Phase("levers:gla", 60, lambda: bench_340m(b, "levers:gla", [f"hyla:{b.layout_arg('gla-6:1')}"],
                                                     gla_levers)),
         Phase("train_cold:transformer", 60,
               lambda: hyla_train(b, "train_cold:transformer", "transformer", steps_cold)),
-        Phase("train_warm:transformer", 45,
-              lambda: hyla_train(b, "train_warm:transformer", "transformer", steps_warm)),
+        Phase("train_warm:transformer", 60,
+              lambda: hyla_train(b, "train_warm:transformer", "transformer", steps)),
     ]
     side = [f"hyla:{b.layout_arg('transformer')}", f"llama:{b.layout_arg('transformer')}",
             f"hyla:{b.layout_arg('gla-6:1')}", f"hyla:{b.layout_arg('gla-pure')}", f"fla:{b.layout_arg('gla-pure')}"]
-    part2 = [
+    part2 = [  # a fresh machine unless seeded (--seed-cache) or still warm from part 1
+        Phase("train:transformer", 60, lambda: hyla_train(b, "train:transformer", "transformer", steps)),
         Phase("side_by_side", 90, lambda: bench_340m(b, "side_by_side", side, ["eager", "fused+tf32"])),
         Phase("levers:compile", 90, lambda: bench_340m(
             b, "levers:compile", [f"hyla:{b.layout_arg('gla-6:1')}", f"hyla:{b.layout_arg('transformer')}"],
             compile_levers)),
         Phase("levers:transformer", 60, lambda: bench_340m(
             b, "levers:transformer", [f"hyla:{b.layout_arg('transformer')}"], gla_levers)),
-        Phase("train_fast:gla", 60, lambda: hyla_train(b, "train_fast:gla", "gla-6:1", steps_cold, fast)),
+        Phase("train_fast:gla", 60, lambda: hyla_train(b, "train_fast:gla", "gla-6:1", steps, fast)),
         Phase("train_fast:transformer", 60,
-              lambda: hyla_train(b, "train_fast:transformer", "transformer", steps_cold, fast)),
+              lambda: hyla_train(b, "train_fast:transformer", "transformer", steps, fast)),
     ]
     if a.gdn:
         part2 += [
             Phase("train_cold:gdn", 90, lambda: hyla_train(b, "train_cold:gdn", "gdn-6:1", steps_cold)),
-            Phase("train_warm:gdn", 60, lambda: hyla_train(b, "train_warm:gdn", "gdn-6:1", steps_warm)),
+            Phase("train_warm:gdn", 60, lambda: hyla_train(b, "train_warm:gdn", "gdn-6:1", steps)),
             Phase("side_by_side:gdn", 60, lambda: bench_340m(
                 b, "side_by_side:gdn", [f"hyla:{b.layout_arg('gdn-6:1')}", f"hyla:{b.layout_arg('gdn-pure')}",
                                         f"fla:{b.layout_arg('gdn-pure')}"], ["eager", "fused+tf32"])),
         ]
     part2 += [
-        Phase("train_1.3b", 90, lambda: hyla_train(b, "train_1.3b", "gla-6:1", steps_warm + 5, fast, scale="1.3b",
+        Phase("train_1.3b", 90, lambda: hyla_train(b, "train_1.3b", "gla-6:1", 15, fast, scale="1.3b",
                                                    micro_batch=4)),
         Phase("packing", 120, lambda: packing(b)),
     ]
@@ -427,9 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-cache", default=None, help="folder with kernel_cache.tar.gz.NN or kernel_autotune.tar.gz "
                    "from an earlier call, unpacked into --cache first")
     p.add_argument("--fresh-cache", action="store_true", help="empty --cache first (a true first-ever compile)")
-    p.add_argument("--max-seconds", type=float, default=570.0, help="wall-clock budget of the whole command")
+    p.add_argument("--max-seconds", type=float, default=500.0, help="wall-clock budget of this script (the "
+                   "device call's 600 s less the staging)")
     p.add_argument("--reserve", type=float, default=25.0, help="seconds kept for the archive and the last write")
-    p.add_argument("--train-steps", type=int, default=30, help="steps of a measured hyla train run")
+    p.add_argument("--train-steps", type=int, default=30, help="steps of a measured (warm) hyla train run")
     p.add_argument("--bench-steps", type=int, default=10, help="timed steps per bench_340m row")
     p.add_argument("--packing-steps", type=int, default=60)
     p.add_argument("--micro-batch", type=int, default=8)

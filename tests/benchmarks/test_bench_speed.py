@@ -77,7 +77,7 @@ def test_cpu_smoke_phases_end_to_end(tmp_path: Path) -> None:
     assert train["status"] == "ok" and train["ended"] == "stopped: measured enough", train
     assert train["first_step"] == 1 and set(train["startup"]) == {"model_ready", "data_ready", "first_step_done"}
     assert train["launch_to_first_step_s"] > train["startup"]["first_step_done"]
-    assert train["steady"]["tokens_per_s"] > 0 and train["rows"][-1]["step"] >= 4
+    assert train["steady"]["tokens_per_s"] > 0 and train["rows"][-1]["step"] >= 2
     side = {(r["target"].split(":")[0], Path(r["target"].split(":", 1)[1]).stem, r["config"]): r
             for r in report["phases"]["side_by_side"]["rows"]}
     assert side[("fla", "gla-pure", "as shipped")]["status"].startswith("skipped: fla's models run Triton kernels")
