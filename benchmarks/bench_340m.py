@@ -45,11 +45,15 @@ from typing import Any
 
 import torch
 
-from hyla.proxy_train.train.full_loop import build_model, configure_torch  # what hyla train builds and sets
-from hyla.proxy_train.train.full_spec import RunSpec, peak_flops
-from hyla.proxy_train.train.trainer import MicroBatch, Trainer
-from hyla.space.cost import flops_per_token
-from hyla.space.presets import load_layout
+from hyla.cache_dirs import use_kernel_caches
+
+use_kernel_caches()  # before fla loads: the kernels hyla train compiled on this machine (hyla.cache_dirs)
+
+from hyla.proxy_train.train.full_loop import build_model, configure_torch  # noqa: E402  (what hyla train builds)
+from hyla.proxy_train.train.full_spec import RunSpec, peak_flops  # noqa: E402
+from hyla.proxy_train.train.trainer import MicroBatch, Trainer  # noqa: E402
+from hyla.space.cost import flops_per_token  # noqa: E402
+from hyla.space.presets import load_layout  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import log, machine_info, write_json  # noqa: E402  (shared benchmark helpers)

@@ -155,9 +155,9 @@ class Bench:
             except ProcessLookupError:
                 pass
             proc.wait(timeout=60)
+        wall = round(time.time() - t, 1)
         self._stop_ray()
-        self._wait_gpu_free()
-        return {"exit_code": code, "ended": reason, "wall_s": round(time.time() - t, 1)}
+        return {"exit_code": code, "ended": reason, "wall_s": wall, "gpu_free_after_s": self._wait_gpu_free()}
 
     def _stop_ray(self) -> None:
         """Ray's processes share the killed driver's fate (its process group, parent-death signals); on the device
@@ -167,16 +167,28 @@ class Bench:
             subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], env=self.env(),
                            capture_output=True, timeout=60)
 
-    def _wait_gpu_free(self, limit: float = 30.0) -> None:
+    def _wait_gpu_free(self, limit: float = 30.0) -> float | None:
+        """Seconds until no other process holds the GPU (the next phase starts on a free card); None when one
+        still does after ``limit`` (recorded with the phase) or there is no nvidia-smi."""
         if self.smoke or not shutil.which("nvidia-smi"):
-            return
+            return None
         t = time.time()
         while time.time() - t < limit:
             out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
-                                 capture_output=True, text=True).stdout.strip()
-            if not out:
-                return
+                                 capture_output=True, text=True).stdout.split()
+            if not [pid for pid in out if pid.strip() != str(os.getpid())]:
+                return round(time.time() - t, 1)
             time.sleep(1)
+        return None
+
+
+def gpu_info() -> dict[str, Any]:
+    """The GPUs as nvidia-smi lists them (name, memory, driver), without touching CUDA in this process."""
+    if not shutil.which("nvidia-smi"):
+        return {"gpu": None}
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip().splitlines()
+    return {"gpu": [line.strip() for line in out], "gpu_count": len(out)}
 
 
 def _importable(name: str) -> bool:
@@ -470,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                          "env": use_kernel_caches()}
     if args.seed_cache:
         b.report["cache"]["seed"] = seed_cache(b, Path(args.seed_cache))
-    b.report["machine"] = machine_info("cpu" if b.smoke else "cuda")
+    b.report["machine"] = {**machine_info("cpu"), **gpu_info()}  # no CUDA context here: the runs need the GPU
     b.save()
     for ph in plan:
         if b.left() < ph.needs_s + (0 if ph.name == "archive" else args.reserve):

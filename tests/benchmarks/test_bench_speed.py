@@ -63,12 +63,13 @@ def test_kernel_cache_archive_seeds_a_fresh_cache(tmp_path: Path) -> None:
 
 
 def test_cpu_smoke_phases_end_to_end(tmp_path: Path) -> None:
-    """hyla train (a real run, stopped once its log has the steps) and the side-by-side through bench_340m: hyla
-    and transformers' Llama of the same shape (same parameter count), fla's model skipped off CUDA."""
+    """hyla train (a real run, stopped once its log has the steps); the side-by-side through bench_340m: hyla and
+    transformers' Llama of the same shape (same parameter count), fla's model skipped off CUDA; a compiled
+    configuration, whose Inductor kernels land in the run's kernel cache and in the archive."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_speed.py"), "--cpu-smoke", "--out", str(out),
                            "--work", str(tmp_path / "work"), "--cache", str(tmp_path / "cache"),
-                           "--phases", "train_cold:gla,side_by_side", "--max-seconds", "900"],
+                           "--phases", "train_cold:gla,side_by_side,levers:compile,archive", "--max-seconds", "900"],
                           capture_output=True, text=True, timeout=960, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "bench_speed.json").read_text())
@@ -84,3 +85,9 @@ def test_cpu_smoke_phases_end_to_end(tmp_path: Path) -> None:
     llama, hyla = side[("llama", "transformer", "as shipped")], side[("hyla", "transformer", "eager")]
     assert llama["status"] == "ok" and hyla["status"] == "ok" and llama["params"] == hyla["params"]
     assert side[("hyla", "gla-6_1", "fused+tf32")]["settings"] == speed.FAST
+    compiled = report["phases"]["levers:compile"]["rows"]
+    assert compiled and all(r["status"] == "ok" and r["settings"]["compile"] for r in compiled)
+    inductor = tmp_path / "cache" / "kernels" / "inductor"
+    assert any(p.is_file() for p in inductor.rglob("*"))  # bench_340m compiled into hyla's kernel cache
+    archive = report["phases"]["archive"]
+    assert archive["files"] > 0 and archive["status"] == "ok: 1 part(s)" and (out / "kernel_cache.tar.gz.00").is_file()
