@@ -21,17 +21,17 @@ part 2
   train:transformer   hyla train transformer@340m (again, if part 1 ran it: a second sample of its noise)
   side_by_side        bench_340m: hyla transformer / gla-6:1 / gla-pure beside fla's GLAForCausalLM and transformers'
                       LlamaForCausalLM (sdpa), same card, same process
-  levers:compile      bench_340m: torch.compile configurations of gla-6:1 and transformer
-  levers:transformer  bench_340m: transformer under part 1's options
   train_fast:gla / train_fast:transformer   hyla train with --fast-options (default: fused loss, norm, SwiGLU, tf32)
+  levers:transformer  bench_340m: transformer under part 1's options
+  levers:compile      bench_340m: torch.compile configurations of gla-6:1 and transformer
   gdn (--gdn: needs tilelang on Hopper with triton < 3.7.1)   hyla train gdn-6:1 cold/warm, fla's GatedDeltaNet beside
   train_1.3b          hyla train gla-6:1@1.3b with --fast-options, micro-batch 4: MFU and peak memory on one GPU
   packing             bench_packing: gla-6:1@small proxies on 1 vs 4 Ray workers sharing the GPU
   archive
 
-    python benchmarks/bench_speed.py --part 1 --out "$OUT"            # on the device (see the README, GPU runs)
+    python benchmarks/bench_speed.py --part 1 --out "$OUT"            # on the device (docs/gpu-machine.md)
     python benchmarks/bench_speed.py --cpu-smoke --out /tmp/speed       # every phase end to end, tiny, on the CPU
-    python benchmarks/bench_speed.py --part 2 --dry                     # print the plan and the commands
+    python benchmarks/bench_speed.py --part 2 --dry                     # print the phases of part 2
 """
 
 from __future__ import annotations
@@ -408,14 +408,14 @@ def phases(b: Bench) -> list[Phase]:
     part2 = [  # a fresh machine unless seeded (--seed-cache) or still warm from part 1
         Phase("train:transformer", 60, lambda: hyla_train(b, "train:transformer", "transformer", steps)),
         Phase("side_by_side", 90, lambda: bench_340m(b, "side_by_side", side, ["eager", "fused+tf32"])),
-        Phase("levers:compile", 90, lambda: bench_340m(
-            b, "levers:compile", [f"hyla:{b.layout_arg('gla-6:1')}", f"hyla:{b.layout_arg('transformer')}"],
-            compile_levers)),
-        Phase("levers:transformer", 60, lambda: bench_340m(
-            b, "levers:transformer", [f"hyla:{b.layout_arg('transformer')}"], gla_levers)),
         Phase("train_fast:gla", 60, lambda: hyla_train(b, "train_fast:gla", "gla-6:1", steps, fast)),
         Phase("train_fast:transformer", 60,
               lambda: hyla_train(b, "train_fast:transformer", "transformer", steps, fast)),
+        Phase("levers:transformer", 60, lambda: bench_340m(
+            b, "levers:transformer", [f"hyla:{b.layout_arg('transformer')}"], gla_levers)),
+        Phase("levers:compile", 90, lambda: bench_340m(
+            b, "levers:compile", [f"hyla:{b.layout_arg('gla-6:1')}", f"hyla:{b.layout_arg('transformer')}"],
+            compile_levers)),
     ]
     if a.gdn:
         part2 += [
