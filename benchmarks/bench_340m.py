@@ -129,6 +129,8 @@ def bench_one(target: str, config: str, args: argparse.Namespace, device: torch.
         opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=tuple(spec.betas),
                                 weight_decay=spec.weight_decay, fused=device.type == "cuda")
         params = sum(p.numel() for p in model.parameters())
+        flags = {k: v for k, v in vars(model.config).items() if k.startswith("fuse_")}  # fla's kernel switches
+        flags["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
 
         def loss_fn(b: MicroBatch) -> torch.Tensor:  # the model's own shifted loss over the same T tokens
             return model(input_ids=b.inputs, labels=b.inputs).loss
@@ -165,7 +167,7 @@ def bench_one(target: str, config: str, args: argparse.Namespace, device: torch.
             "batch": batch, "seq_len": args.seq_len, "params": params, "hyla_params": _hyla_params(layout),
             "tokens_per_s": round(tps, 1), "step_s": round(mean, 4), "step_s_sd": round(sd, 4),
             "flops_per_token": fpt, "mfu": round(tps * fpt / peak, 4) if peak else None,
-            "warmup_s": round(warm_s, 1), "final_loss": loss, "settings": CONFIGS[config] if kind == "hyla" else {},
+            "warmup_s": round(warm_s, 1), "final_loss": loss, "settings": CONFIGS[config] if kind == "hyla" else flags,
             "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda"
             else None}
 
