@@ -54,19 +54,22 @@ def log(msg: str) -> None:
 def setup_env(triton_cache: str | None = None) -> dict[str, str]:
     """Set the compile-cache environment (inherited by spawned workers); returns what is in effect.
 
-    ``TRITON_CACHE_DIR`` (default /tmp/hyla_triton) keeps compiled kernels across processes and commands;
-    ``TRITON_CACHE_AUTOTUNING=1`` stores autotuning results there too; ``FLA_CACHE_MODE`` (fla 0.6.0,
+    The product's kernel caches (`hyla.cache_dirs.use_kernel_caches`: Triton's kernels and autotuning results,
+    Inductor's, under ``$HYLA_CACHE_DIR/kernels``), so a benchmark shares them with ``hyla train`` and the search's
+    workers; ``triton_cache`` overrides ``TRITON_CACHE_DIR``. ``FLA_CACHE_MODE`` (fla 0.6.0,
     ``fla/ops/utils/cache.py``) reads pre-tuned configs from ``FLA_CONFIG_DIR`` when present. Values already in
     the environment win, except ``triton_cache`` when given.
     """
+    from hyla.cache_dirs import use_kernel_caches
+
     if triton_cache:
         os.environ["TRITON_CACHE_DIR"] = triton_cache
-    os.environ.setdefault("TRITON_CACHE_DIR", "/tmp/hyla_triton")
-    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+    use_kernel_caches()
     os.environ.setdefault("FLA_CACHE_MODE", FLA_CACHE_MODE_DEFAULT)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     Path(os.environ["TRITON_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
-    keys = ("TRITON_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "FLA_CACHE_MODE", "FLA_CONFIG_DIR")
+    keys = ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_AUTOTUNING", "FLA_CACHE_RESULTS",
+            "FLA_CACHE_MODE", "FLA_CONFIG_DIR")
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
@@ -364,7 +367,7 @@ def add_common_args(ap: Any, name: str) -> None:
                     help="wall-clock cap; stops cleanly and writes partial results (default 540, fits 10 min)")
     ap.add_argument("--out", default=str(default_out(name)), help="result JSON path")
     ap.add_argument("--triton-cache", default=None, help="TRITON_CACHE_DIR (default $TRITON_CACHE_DIR or "
-                                                         "/tmp/hyla_triton)")
+                                                         "$HYLA_CACHE_DIR/kernels/triton)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override a ProxyConfig field (repeatable), e.g. --set eval_batches=1")
 

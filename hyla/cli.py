@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from hyla.cache_dirs import use_kernel_caches
 from hyla.config import ConfigError
 
 #: subcommand -> (module, one-line help)
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    use_kernel_caches()  # before any subcommand imports fla: one kernel cache per machine (hyla.cache_dirs)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

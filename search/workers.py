@@ -2,6 +2,9 @@
 
 Keeping the actor alive keeps its process warm: the proxy trainer's tokenized-corpus cache, imported torch/fla and
 (on GPU) Triton's compiled kernels survive from one trial to the next, which on a GPU saves minutes per trial.
+Every worker points Triton and Inductor at its node's kernel cache (`hyla.cache_dirs`) before fla loads, so the
+workers of a machine share compiled and autotuned kernels on disk: a fresh worker (a replacement, the next
+search) starts warm.
 
 A worker process that dies (segfault, OOM-killer, ``os._exit``, or its whole node lost) surfaces as
 ``ray.exceptions.RayActorError``; the pool replaces the actor and the driver queues the trial again
@@ -33,6 +36,7 @@ from typing import Any
 
 import ray
 
+from hyla.cache_dirs import kernel_caches_in_effect, use_kernel_caches
 from hyla.config import ConfigError
 from hyla.proxy_train.proxy.config import ProxyConfig
 
@@ -98,7 +102,9 @@ class _ProxyWorkerImpl:
     """
 
     def __init__(self, device: str | None = None) -> None:
-        # Import the trainer once per process, not once per trial.
+        # This node's kernel caches first (before fla loads), so that Triton compiles and autotunes a kernel once
+        # per machine, not once per worker; then the trainer, imported once per process, not once per trial.
+        use_kernel_caches()
         from hyla.proxy_train.proxy.run import run_proxy
 
         self._run_proxy = run_proxy
@@ -155,6 +161,10 @@ class _ProxyWorkerImpl:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def kernel_caches(self) -> dict[str, str | None]:
+        """This worker's Triton/Inductor cache variables (`hyla.cache_dirs.kernel_caches_in_effect`)."""
+        return kernel_caches_in_effect()
 
     def ready(self) -> dict[str, Any]:
         """Where this worker runs: Ray node id, node IP, host name and process id (the trial's ``worker_node``)."""

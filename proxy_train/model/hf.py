@@ -26,6 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from hyla.proxy_train.model.hf_config import HylaConfig
 from hyla.proxy_train.model.lm import HylaLM, LayerState
 from hyla.proxy_train.model.loss import token_loss
+from hyla.proxy_train.model.parts import triton_kernels_on
 
 __all__ = ["HylaCache", "HylaConfig", "HylaForCausalLM"]
 
@@ -68,8 +69,25 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: HylaConfig) -> None:
         super().__init__(config)
-        self.model = HylaLM(config.to_layout(), gradient_checkpointing=config.gradient_checkpointing)
+        self.model = HylaLM(config.to_layout(), gradient_checkpointing=config.gradient_checkpointing,
+                            fuse_norm=config.fuse_norm,
+                            fuse_swiglu=config.fuse_swiglu)
+        #: `head_loss`, or its torch.compile'd form (`compile_regions`); a plain attribute
+        self.head_loss_fn = self.head_loss
         self.post_init()
+
+    def head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the last block's output and their cross entropy against ``targets`` (the first
+        ``targets.shape[1]`` positions: ``labels[:, 1:]`` is scored against the logits of positions ``:-1``)."""
+        logits = self.model.logits(hidden)
+        return logits, token_loss(logits[:, :targets.shape[1]], targets)
+
+    def compile_regions(self, **options: Any) -> None:
+        """torch.compile the plain-torch regions in place: the blocks' (`HylaLM.compile_blocks`) and the final
+        norm, head and cross entropy (fused by Inductor instead of an fp32 copy of the logits); fla's kernels and
+        the fused loss stay eager. Parameters and state-dict keys are unchanged."""
+        self.model.compile_blocks(**options)
+        self.head_loss_fn = torch.compile(self.head_loss, **{"dynamic": False, **options})
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -119,17 +137,16 @@ class HylaForCausalLM(PreTrainedModel, GenerationMixin):
         hidden, new_states = self.model.hidden(input_ids, states=states, use_cache=use_cache)
         targets = shift_labels if shift_labels is not None else labels[:, 1:] if labels is not None else None
         loss, logits = None, None
-        if targets is not None and self.config.fuse_linear_cross_entropy and hidden.is_cuda:
+        if targets is not None and self.config.fuse_linear_cross_entropy and triton_kernels_on(hidden):
             from fla.modules import FusedLinearCrossEntropyLoss
 
             h = self.model.norm(hidden)
             h = h if shift_labels is not None else h[:, :-1]
             loss = FusedLinearCrossEntropyLoss()(h, targets, self.model.lm_head.weight)
+        elif targets is not None:
+            logits, loss = self.head_loss_fn(hidden, targets)
         else:
             logits = self.model.logits(hidden)
-            if targets is not None:
-                n = targets.shape[1]  # labels[:, 1:] is scored against the logits of positions :-1
-                loss = token_loss(logits[:, :n], targets)
         cache = None
         if use_cache:
             seen = (past_key_values.seen_tokens if past_key_values is not None else 0) + input_ids.shape[1]

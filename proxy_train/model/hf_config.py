@@ -24,23 +24,30 @@ class HylaConfig(PretrainedConfig):
 
     Args:
         layout: ``Layout.to_dict()`` (or a `Layout`); None only for transformers' internal default construction.
-        gradient_checkpointing: recompute blocks in backward during training.
+        gradient_checkpointing: recompute activations in backward during training: True or ``"block"`` whole
+            blocks, ``"mixer"`` or ``"mlp"`` that half of every block (`HylaLM`).
         fuse_linear_cross_entropy: on CUDA, a forward with labels computes the loss with fla's
             ``FusedLinearCrossEntropyLoss`` on the final hidden states and the head weight (chunked: the
             ``(B, T, vocab)`` logits are never materialised; the output's ``logits`` is then None), as fla's models.
+        fuse_norm: fla's fused RMSNorm (with the residual add) on CUDA, as fla's ``fuse_norm``.
+        fuse_swiglu: fla's fused SwiGLU + down projection on CUDA, as fla's ``fuse_swiglu``.
+        The fused options change kernels only: parameters and names stay, a checkpoint loads either way.
     """
 
     model_type = "hyla"
     #: called after every HylaConfig is built (set by `hyla._hf_auto`: registers the model class)
     after_build: ClassVar[Callable[[], None] | None] = None
 
-    def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool = False,
-                 fuse_linear_cross_entropy: bool = False, **kwargs: Any) -> None:
+    def __init__(self, layout: dict[str, Any] | Layout | None = None, gradient_checkpointing: bool | str = False,
+                 fuse_linear_cross_entropy: bool = False, fuse_norm: bool = False, fuse_swiglu: bool = False,
+                 **kwargs: Any) -> None:
         if isinstance(layout, Layout):
             layout = layout.to_dict()
         self.layout = dict(layout) if layout is not None else None
         self.gradient_checkpointing = gradient_checkpointing
         self.fuse_linear_cross_entropy = fuse_linear_cross_entropy
+        self.fuse_norm = fuse_norm
+        self.fuse_swiglu = fuse_swiglu
         if self.layout is not None:
             # Mirror the standard names so generic transformers utilities find them.
             kwargs.setdefault("vocab_size", self.layout["vocab_size"])

@@ -24,14 +24,16 @@ layer i of L starting at i/L) and hands row i to bounded layer i, whose gate bec
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hyla.proxy_train.model.mixers import build_mixer
+from hyla.proxy_train.model.parts import RMSNorm, SwiGLU
+from hyla.proxy_train.model.recompute import recompute_mode
 from hyla.space.layout import Layout
 
 #: A per-layer inference state: the mixer's dict of tensors (plus e.g. an int position), or None before prefill.
@@ -41,26 +43,12 @@ LayerState = dict[str, Any] | None
 RESIDUAL_PROJ = ("o_proj", "out_proj", "down_proj")
 
 
-class SwiGLU(nn.Module):
-    """SwiGLU MLP: ``down(silu(gate(x)) * up(x))``, no biases (as LLaMA / fla's GatedMLP).
-
-    Args:
-        d: model width.
-        hidden: inner width (``Layout.mlp_hidden``).
-    """
-
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class HybridBlock(nn.Module):
     """One pre-norm residual block around any token mixer: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
+
+    Two halves: `mix` (``mixer(mixer_norm(x))``) and `ffn` (the residual add, ``mlp_norm`` and the MLP), so
+    that either can be recomputed in the backward pass on its own (`HylaLM`'s ``gradient_checkpointing``) and
+    `ffn` compiled (`HylaLM.compile_blocks`).
 
     Args:
         layout: the model layout.
@@ -71,22 +59,44 @@ class HybridBlock(nn.Module):
         super().__init__()
         d = layout.d_model
         self.index = index
-        self.mixer_norm = nn.RMSNorm(d, eps=layout.norm_eps)
+        self.mixer_norm = RMSNorm(d, eps=layout.norm_eps)
         self.mixer = build_mixer(layout, index)
-        self.mlp_norm = nn.RMSNorm(d, eps=layout.norm_eps)
+        self.mlp_norm = RMSNorm(d, eps=layout.norm_eps)
         self.mlp = SwiGLU(d, layout.mlp_hidden)
         #: the mixer takes row ``index`` of the LM's lower-bound table (HGRN/HGRN-2; never layer 0, as fla)
         self.bounded = index > 0 and index in layout.bounded_layers()
+        #: `ffn` and `mix`, or their torch.compile'd forms (`HylaLM.compile_blocks`; plain attributes)
+        self.ffn_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.ffn
+        self.mix_fn: Callable[..., tuple[torch.Tensor, LayerState]] = self.mix
 
     def forward(self, x: torch.Tensor, state: LayerState = None, use_cache: bool = False,
-                lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
+                lower_bound: torch.Tensor | None = None, recompute: str | None = None
+                ) -> tuple[torch.Tensor, LayerState]:
         """(B, T, D) -> (B, T, D) and the mixer's new state (None unless ``use_cache``); ``lower_bound`` is this
-        layer's forget-gate bound (bounded layers only)."""
-        extra = {"lower_bound": lower_bound} if lower_bound is not None else {}
-        y, new_state = self.mixer(self.mixer_norm(x), state=state, use_cache=use_cache, **extra)
-        x = x + y
-        x = x + self.mlp(self.mlp_norm(x))
+        layer's forget-gate bound (bounded layers only); ``recompute`` ``"mixer"`` or ``"mlp"`` recomputes that
+        half in the backward pass instead of keeping its activations (training only)."""
+        if recompute == "mixer":
+            y, new_state = checkpoint(self.mix_fn, x, None, False, lower_bound, use_reentrant=False)
+        elif state is None and not use_cache:  # training and scoring: the compiled form when there is one
+            y, new_state = self.mix_fn(x, None, False, lower_bound)
+        else:
+            y, new_state = self.mix(x, state, use_cache, lower_bound)
+        if recompute == "mlp":
+            x = checkpoint(self.ffn_fn, x, y, use_reentrant=False)
+        else:
+            x = self.ffn_fn(x, y)
         return x, (new_state if use_cache else None)
+
+    def mix(self, x: torch.Tensor, state: LayerState = None, use_cache: bool = False,
+            lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerState]:
+        """The mixer half: ``mixer(mixer_norm(x))`` -> (y, new state)."""
+        extra = {"lower_bound": lower_bound} if lower_bound is not None else {}
+        return self.mixer(self.mixer_norm(x), state=state, use_cache=use_cache, **extra)
+
+    def ffn(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The MLP half: ``r = x + y; r + mlp(mlp_norm(r))`` (fla's fused norm adds ``y`` in its kernel)."""
+        h, x = self.mlp_norm(y, residual=x)
+        return x + self.mlp(h)
 
 
 class HylaLM(nn.Module):
@@ -94,24 +104,47 @@ class HylaLM(nn.Module):
 
     Args:
         layout: the layout (mixers per layer, widths, vocab).
-        gradient_checkpointing: recompute each block in the backward pass (saves activation memory; training
-            only, ignored when ``use_cache`` is set).
+        gradient_checkpointing: recompute activations in the backward pass instead of keeping them (training
+            only, ignored when ``use_cache`` is set): True or ``"block"`` whole blocks (least memory); ``"mixer"``
+            or ``"mlp"`` only that half of every block (selective: less recomputation, less memory saved).
+        fuse_norm: the block and final norms run fla's fused RMSNorm kernel on CUDA, the MLP's norm with the
+            residual add in it (`parts.RMSNorm`); same parameters and arithmetic.
+        fuse_swiglu: the MLPs run fla's fused SwiGLU + down projection on CUDA (`parts.SwiGLU`); same parameters.
     """
 
-    def __init__(self, layout: Layout, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, layout: Layout, gradient_checkpointing: bool | str = False, *, fuse_norm: bool = False,
+                 fuse_swiglu: bool = False) -> None:
         super().__init__()
+        recompute_mode(gradient_checkpointing)  # a bad value fails here
         self.layout = layout
         self.gradient_checkpointing = gradient_checkpointing
         d = layout.d_model
         self.embeddings = nn.Embedding(layout.vocab_size, d)
         self.blocks = nn.ModuleList(HybridBlock(layout, i) for i in range(layout.n_layers))
-        self.norm = nn.RMSNorm(d, eps=layout.norm_eps)
+        self.norm = RMSNorm(d, eps=layout.norm_eps)
         self.lm_head = nn.Linear(d, layout.vocab_size, bias=False)
         shape = layout.lower_bound_shape()
         self.lower_bounds = nn.Parameter(torch.zeros(shape)) if shape else None
         if self.lower_bounds is not None:
             self.lower_bounds._no_weight_decay = True  # logits of a softmax over layers, not a weight matrix
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.fused = fuse_norm
+            elif isinstance(module, SwiGLU):
+                module.fused = fuse_swiglu
         self.reset_parameters()
+
+    def compile_blocks(self, **options: Any) -> None:
+        """torch.compile the parts of every block that are plain torch (regional compilation: parameters, names
+        and state dict unchanged): each block's `HybridBlock.ffn` (residual add, norm, SwiGLU) and, for softmax
+        attention layers, the whole mixer half (norm, projections, RoPE, SDPA). fla's Triton mixers stay eager.
+        The blocks share the compiled code (one graph per distinct half, not one per layer); training shapes
+        are static, so ``dynamic=False`` unless ``options`` say otherwise."""
+        options = {"dynamic": False, **options}
+        for block in self.blocks:
+            block.ffn_fn = torch.compile(block.ffn, **options)
+            if getattr(block.mixer, "KIND", None) == "attn":
+                block.mix_fn = torch.compile(block.mix, **options)
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
@@ -161,14 +194,17 @@ class HylaLM(nn.Module):
             raise ValueError(f"states has {len(states)} entries; the model has {len(self.blocks)} layers")
         x = self.embed(input_ids)
         bounds = self.bound_rows()
+        recompute = None
+        if self.training and not use_cache and torch.is_grad_enabled():
+            recompute = recompute_mode(self.gradient_checkpointing)
         new_states: list[LayerState] = []
         for i, block in enumerate(self.blocks):
             state = states[i] if states is not None else None
             lb = bounds[i] if block.bounded else None
-            if self.gradient_checkpointing and self.training and not use_cache and torch.is_grad_enabled():
+            if recompute == "block":
                 x, s = checkpoint(block, x, None, False, lb, use_reentrant=False)
             else:
-                x, s = block(x, state, use_cache, lb)
+                x, s = block(x, state, use_cache, lb, recompute)
             new_states.append(s)
         return x, (new_states if use_cache else None)
 

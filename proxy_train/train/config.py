@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hyla.config import ConfigError, from_mapping
+from hyla.proxy_train.model.recompute import CHECKPOINTING
 from hyla.proxy_train.train.schedule import check_optimizer
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ class TextConfig:
     max_docs: int | None = None  # keep the first N documents (hub: the N streamed and cached)
     val_fraction: float = 0.05  # share of documents held out for validation
     seed: int = 0  # fixes the train/val split
-    cache_dir: str | None = None  # hub cache (default ~/.cache/hyla/text)
+    cache_dir: str | None = None  # hub cache (default $HYLA_CACHE_DIR/text, ~/.cache/hyla/text)
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -92,7 +93,8 @@ class TrainConfig:
         text: LM corpus (`hyla.proxy_train.train.text.TextConfig`).
         tokenizer: ``byte`` or a transformers tokenizer name/path.
         compile: torch.compile on CUDA (what is compiled is the loop's choice; ignored on CPU).
-        gradient_checkpointing: recompute blocks in backward (less activation memory).
+        gradient_checkpointing: recompute activations in backward (less activation memory): true or ``block``
+            whole blocks, ``mixer`` or ``mlp`` that half of every block (selective; `HylaLM`).
         log_every: optimizer steps between log lines.
     """
 
@@ -111,7 +113,7 @@ class TrainConfig:
     text: TextConfig = field(default_factory=TextConfig)
     tokenizer: str = "byte"
     compile: bool = False
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | str = field(default=False, metadata={"choices": CHECKPOINTING})
     log_every: int = 10
 
     def check_training(self, prefix: str) -> None:

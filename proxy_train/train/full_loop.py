@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hyla.cache_dirs import kernel_caches_in_effect, use_kernel_caches
 from hyla.proxy_train.train.full_spec import CKPT_META, CKPT_STATE, STOP_FILE, RunSpec, peak_flops, recall_tasks
 from hyla.proxy_train.train.evaluate import autocast_logits, lm_loss
 from hyla.proxy_train.train.schedule import wsd_lr
@@ -44,19 +45,39 @@ def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
 
 
 def build_model(spec: RunSpec) -> torch.nn.Module:
-    """``HylaForCausalLM`` for the spec's layout; ``compile`` compiles SwiGLUs and norms in place (fla kernels are
-    Triton already and do not trace well, so they stay eager; in-place ``Module.compile`` keeps state-dict keys)."""
+    """``HylaForCausalLM`` for the spec's layout with its kernel options (fused loss, norm, SwiGLU; recomputation);
+    ``compile`` compiles the plain-torch regions in place (`HylaForCausalLM.compile_regions`: block parts, head
+    and loss; fla's Triton kernels stay eager, state-dict keys unchanged)."""
     from hyla.proxy_train.model.hf import HylaConfig, HylaForCausalLM
-    from hyla.proxy_train.model.lm import SwiGLU
 
     layout = spec.resolve_layout()
     model = HylaForCausalLM(HylaConfig(layout=layout.to_dict(), gradient_checkpointing=spec.gradient_checkpointing,
-                                       fuse_linear_cross_entropy=spec.fused_loss))
+                                       fuse_linear_cross_entropy=spec.fused_loss, fuse_norm=spec.fuse_norm,
+                                       fuse_swiglu=spec.fuse_swiglu))
     if spec.compile:
-        for module in model.modules():
-            if isinstance(module, (SwiGLU, torch.nn.RMSNorm)):
-                module.compile()
+        model.compile_regions()
     return model
+
+
+def configure_torch(spec: RunSpec) -> None:
+    """Process-wide math settings of a run: ``tf32`` lets the float32 matrix products left outside bf16 autocast
+    (fla's fused loss accumulates the head's weight gradient in fp32; fp32 runs) use TF32 tensor cores."""
+    torch.backends.cuda.matmul.allow_tf32 = spec.tf32
+    torch.backends.cudnn.allow_tf32 = spec.tf32
+
+
+class Startup:
+    """Seconds from the worker loop's start to each stage of a process's start-up (the first log row's
+    ``startup``): where a cold start goes (model and optimizer, data, first step: compilation and autotuning)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.stages: dict[str, float] = {}
+
+    def mark(self, stage: str) -> dict[str, float]:
+        """Record ``stage`` as done now; returns every stage so far."""
+        self.stages[stage] = round(time.time() - self.started, 2)
+        return dict(self.stages)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -156,6 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from hyla.proxy_train.train.text import get_tokenizer, load_documents, pack_tokens
 
+    use_kernel_caches()  # before build_model imports fla (a Ray node need not have the driver's environment)
     spec = RunSpec.from_dict(config["spec"], where="spec")
     run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()
@@ -163,7 +185,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(spec.seed)  # same init everywhere (DDP also broadcasts rank 0's weights)
 
+    configure_torch(spec)
     started = time.time()
+    startup = Startup(started)
     model = build_model(spec)
     inner = model.model
     n_params = inner.num_params()
@@ -177,6 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step, cursor = load_checkpoint(model, optimizer, scheduler, rank, config.get("resume_path"))
     random.seed(spec.seed + rank)
+    startup.mark("model_ready")
 
     # Data: this rank's share of the documents, only as many tokens as it will consume.
     tok = get_tokenizer(spec.tokenizer)
@@ -185,6 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     windows = pack_tokens(train_docs[rank::world], tok, spec.seq_len, max_tokens=per_rank_tokens)
     stream = ShardStream(windows.to(torch.int32), spec.micro_batch, spec.seed, rank)
     stream.cursor = cursor
+    startup.mark("data_ready")
 
     def micro_batches() -> Iterator[MicroBatch]:
         for _ in range(spec.accum_steps):
@@ -200,7 +226,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       grad_clip=spec.grad_clip, accum_steps=spec.accum_steps)
     meter, log_path = trainer.meter, run_dir / "train_log.jsonl"
     model.train()
-    status, last_saved = "finished", step
+    status, last_saved, first = "finished", step, True
     while step < spec.total_steps:
         if _stop_requested(run_dir, device):
             status = "stopped"
@@ -208,14 +234,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainer.step(step, micro_batches())
         scheduler.step()
         step += 1
-        if step % spec.log_every == 0 or step == spec.total_steps:
+        if first or step % spec.log_every == 0 or step == spec.total_steps:
             if dist.is_initialized() and world > 1:
                 dist.all_reduce(meter.loss_sum, op=dist.ReduceOp.SUM)
                 meter.loss_sum /= world
             tps = meter.tokens_per_s(world)
             row = {"step": step, "loss": round(float(meter.loss_sum) / meter.steps, 5),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tps, 1),
-                   "mfu": round(tps * fpt / (peak * world), 5) if peak else None, "time": time.time()}
+                   "mfu": round(tps * fpt / (peak * world), 5) if peak else None, "time": time.time(),
+                   "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                   if device.type == "cuda" else None}
+            if first:  # this process's first step, logged as soon as it is done: compilation and set-up are over
+                row["startup"] = startup.mark("first_step_done")
+                first = False
             if rank == 0:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
@@ -282,14 +313,19 @@ def evaluate(model: torch.nn.Module, spec: RunSpec, device: torch.device) -> dic
 
 
 def _throughput(log_path: Path, since: float) -> dict[str, Any]:
-    """Mean tokens/s and MFU over this attempt's log rows, the first one (compilation, warm-up) left out."""
+    """Mean tokens/s and MFU over this attempt's log rows, its first step's row (compilation, warm-up) left out,
+    and the peak GPU memory (GiB, None on CPU) of the attempt."""
     rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
-    rows = [r for r in rows if r["time"] >= since][1:]
+    rows = [r for r in rows if r["time"] >= since]
+    peaks = [r["peak_mem_gib"] for r in rows if r.get("peak_mem_gib") is not None]
+    peak = max(peaks) if peaks else None
+    rows = rows[1:]
     if not rows:
-        return {"tokens_per_s": None, "mfu": None}
+        return {"tokens_per_s": None, "mfu": None, "peak_mem_gib": peak}
     tps = sum(r["tokens_per_s"] for r in rows) / len(rows)
     mfus = [r["mfu"] for r in rows if r["mfu"] is not None]
-    return {"tokens_per_s": round(tps, 1), "mfu": round(sum(mfus) / len(mfus), 5) if mfus else None}
+    return {"tokens_per_s": round(tps, 1), "mfu": round(sum(mfus) / len(mfus), 5) if mfus else None,
+            "peak_mem_gib": peak}
 
 
 def finish(model: torch.nn.Module, spec: RunSpec, run_dir: Path, *, status: str, step: int, n_params: int,
@@ -305,6 +341,7 @@ def finish(model: torch.nn.Module, spec: RunSpec, run_dir: Path, *, status: str,
                              "tokens_seen": step * spec.global_batch_tokens, "params": n_params,
                              "layout_key": layout.key(), "layout_name": layout.name, "device": str(device),
                              "num_workers": spec.num_workers, "strategy": spec.strategy,
+                             "kernel_caches": kernel_caches_in_effect(),
                              **_throughput(run_dir / "train_log.jsonl", started)}
     if status == "finished":
         from hyla.proxy_train.train.text import HFTokenizer, get_tokenizer

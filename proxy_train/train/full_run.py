@@ -4,7 +4,9 @@ A `RunSpec` (YAML, strict) says what to train; `train_full(spec)` runs it throug
 (DDP or FSDP, one worker per GPU) and writes into ``spec.out_dir``::
 
     spec.yaml          the resolved spec (layout inline, tokens filled in)
-    train_log.jsonl    one line per log step: step, loss, lr, tokens/s, MFU (rank 0)
+    train_log.jsonl    one line per log step: step, loss, lr, tokens/s, MFU, peak GPU memory (rank 0); also
+                       each process's first step, with ``startup`` (seconds to the model, the data, the end
+                       of that step: a cold start's compilation shows there)
     ray/attempt_N/     Ray Train checkpoints of attempt N (model, optimizer, scheduler, step, data cursor, RNG)
     model/             the final HF checkpoint (``AutoModelForCausalLM.from_pretrained`` after
                        ``import hyla``) plus the tokenizer when it is a transformers one; ``hyla analysis export

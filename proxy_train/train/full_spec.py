@@ -55,7 +55,9 @@ class RunSpec(TrainConfig):
 
     Besides the fields below it has `TrainConfig`'s (min_lr_ratio, decay_fraction, weight_decay, betas, grad_clip,
     seed, compile, gradient_checkpointing, log_every), which mean what they mean for a proxy. ``compile`` compiles
-    the SwiGLU MLPs and norms in place (fla's kernels stay eager); ``log_every`` also paces the Ray reports.
+    the plain-torch regions (`HylaForCausalLM.compile_regions`: every block's MLP half, softmax attention's mixer
+    half, the head and loss; fla's kernels stay eager); ``log_every`` also paces the Ray reports. The fused
+    options, ``tf32`` and ``compile`` change kernels, not parameters: a checkpoint resumes and exports with any.
     """
 
     WARMUP_FIELD: ClassVar[str] = "warmup_steps"
@@ -80,6 +82,9 @@ class RunSpec(TrainConfig):
     strategy: str = field(default="ddp", metadata={"choices": ("ddp", "fsdp")})
     bf16: bool = True  # bf16 autocast on CUDA (CPU runs in fp32)
     fused_loss: bool = False  # CUDA: fla's fused linear cross-entropy (no (B, T, vocab) logits tensor)
+    fuse_norm: bool = False  # CUDA: fla's fused RMSNorm kernels, the residual add in the MLP's norm
+    fuse_swiglu: bool = False  # CUDA: fla's fused SwiGLU + down projection (keeps fewer MLP activations)
+    tf32: bool = False  # TF32 tensor cores for the fp32 matrix products outside autocast (the fused loss's)
     eval: EvalSpec = field(default_factory=EvalSpec)
 
     def __post_init__(self) -> None:

@@ -225,7 +225,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def hub_cache_path(cfg: TextConfig) -> Path:
     """The jsonl file caching the streamed hub documents of ``cfg``."""
-    root = Path(cfg.cache_dir or Path.home() / ".cache" / "hyla" / "text").expanduser()
+    from hyla.cache_dirs import cache_root
+
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root() / "text"
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.source}--{cfg.config or 'default'}--{cfg.split}")
     return root / f"{safe}--{cfg.max_docs or 'all'}.jsonl"
 

@@ -167,8 +167,8 @@ def _kill_resume_export(tmp_path: Path, spec: dict) -> None:
     rows = _log_rows(out)
     after = [r for r in rows if killed_at < r["time"] < stopped_at]
     last = [r for r in rows if r["time"] > stopped_at]
-    # The step counter continues from the checkpoint, it does not restart.
-    assert after[0]["step"] == ckpt_step + log_every
+    # The step counter continues from the checkpoint, it does not restart (a process logs its first step at once).
+    assert after[0]["step"] == ckpt_step + 1 and after[1]["step"] == ckpt_step + log_every
     assert stopped["steps"] < last[0]["step"] <= stopped["steps"] + log_every and last[-1]["step"] == total
     # The loss continues too: the first loss after resuming is near the one logged at the checkpoint, far
     # below the initial loss (a restart from scratch would be back near ln(260) = 5.56).

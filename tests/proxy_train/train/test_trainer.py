@@ -252,7 +252,9 @@ def test_full_run_stops_on_a_non_finite_loss_without_checkpointing_it(tmp_path: 
     run_dir.mkdir()
     train_loop_per_worker({"spec": spec.to_dict(), "run_dir": str(run_dir), "resume_path": None})
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3, 6] and math.isfinite(rows[0]["loss"]) and math.isnan(rows[1]["loss"])
+    # the process's first step is logged too (its start-up), then every log_every steps
+    assert [r["step"] for r in rows] == [1, 3, 6] and "startup" in rows[0]
+    assert math.isfinite(rows[1]["loss"]) and math.isnan(rows[2]["loss"])
     final = json.loads((run_dir / "final.json").read_text())
     assert final["status"] == "diverged" and final["steps"] == 6 and "eval" not in final
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["step_3"]  # the NaN state is not saved
