@@ -41,6 +41,13 @@ LayerState = dict[str, Any] | None
 RESIDUAL_PROJ = ("o_proj", "out_proj", "down_proj")
 
 
+def bound_rows(table: torch.Tensor) -> torch.Tensor:
+    """Every layer's forget-gate lower bound from fla's table of logits ``(n_layers, width)``: the softmax over
+    layers, accumulated and shifted so that layer 0's row is 0 (fp32)."""
+    p = table.softmax(0, dtype=torch.float)
+    return p.cumsum(0) - p[0]
+
+
 class SwiGLU(nn.Module):
     """SwiGLU MLP: ``down(silu(gate(x)) * up(x))``, no biases (as LLaMA / fla's GatedMLP).
 
@@ -175,10 +182,7 @@ class HylaLM(nn.Module):
     def bound_rows(self) -> torch.Tensor | None:
         """Every layer's forget-gate lower bound, ``(n_layers, width)`` fp32 (fla's HGRN models): the softmax of
         ``lower_bounds`` over layers, accumulated and shifted so that layer 0's row is 0; None without bounds."""
-        if self.lower_bounds is None:
-            return None
-        p = self.lower_bounds.softmax(0, dtype=torch.float)
-        return p.cumsum(0) - p[0]
+        return None if self.lower_bounds is None else bound_rows(self.lower_bounds)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D): the input of the first block (forward hooks on ``embeddings`` apply)."""
