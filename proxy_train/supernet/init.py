@@ -7,57 +7,51 @@
   neutral start: the branch adds nothing until it trains).
 - ``fresh``: the LM's own init (`hyla.proxy_train.model.lm.init_weights`, width-scaled std, seeded).
 
-`initialise` returns the recipe that decides the result, which enters the supernet's cache key.
+The store's `init_recipe` names what decides the result, which enters the supernet's cache key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
 import torch
 
 from hyla.config import ConfigError
 from hyla.proxy_train.model.lm import init_weights
 from hyla.proxy_train.supernet.model import Supernet
 from hyla.proxy_train.train.config import width_scaled_std
+from hyla.space.layout import LayerSpec
 
-#: ``(supernet, kinds) -> {layer: {kind: mixer state dict}}``: stage-1 mixers of the teacher (``transfer``)
-TransferSource = Callable[[Supernet, list[str]], dict[int, dict[str, dict[str, torch.Tensor]]]]
+#: a linear spec (kind and options) -> the teacher's stage-1 mixer of that kind for every layer (state dicts)
+TransferSource = Callable[[LayerSpec], list[dict[str, torch.Tensor]]]
 
 
 @torch.no_grad()
-def initialise(net: Supernet, how: str, seed: int = 0, transfer: TransferSource | None = None,
-               transfer_key: str | None = None) -> dict[str, Any]:
-    """Set every linear branch of ``net`` as ``how`` says (module docstring); returns the init's recipe.
+def initialise(net: Supernet, how: str, seed: int = 0, transfer: TransferSource | None = None) -> None:
+    """Set every linear branch of ``net`` as ``how`` says (module docstring); the store's `init_recipe` names it.
 
     Args:
         net: the supernet (branches changed in place).
         how: ``transfer``, ``mapped`` or ``fresh``.
         seed: seed of ``fresh``.
         transfer: where ``transfer`` gets the stage-1 mixers from (required for it).
-        transfer_key: the stage-1 entry's content key (for the recipe).
     """
     branches = [(int(i), name, mixer) for i, layer in net.branches.items() for name, mixer in layer.items()]
     if how == "fresh":
         torch.manual_seed(seed)
         for _, _, mixer in branches:
             init_weights(mixer, width_scaled_std(net.shape.d_model), net.shape.n_layers)
-        return {"init": "fresh", "seed": seed}
+        return
     if how == "mapped":
         from hyla.proxy_train.retrofit.mapping import map_attention
 
         for i, _, mixer in branches:
             map_attention(mixer, net.teacher_attention(i), start="neutral")
-        return {"init": "mapped"}
+        return
     if how == "transfer":
         if transfer is None:
             raise ConfigError("supernet.train.init: transfer needs the teacher's stage-1 cache (a retrofit recipe)")
-        kinds = sorted({name for _, name, _ in branches})
-        states = transfer(net, kinds)
+        states = {name: transfer(spec) for name, spec in net.branch_specs.items()}
         for i, name, mixer in branches:
-            if i not in states or name not in states[i]:
-                raise ConfigError(f"supernet.train.init: the stage-1 cache has no {name} mixer for layer {i}")
-            mixer.load_state_dict(states[i][name], strict=True)
-        return {"init": "transfer", "stage1": transfer_key}
+            mixer.load_state_dict(states[name][i], strict=True)
+        return
     raise ConfigError(f"supernet.train.init: {how!r} is not allowed; expected transfer, mapped or fresh")

@@ -112,6 +112,8 @@ class Supernet(nn.Module):
         self.hw_norms = nn.ModuleDict()
         self.bounds = nn.ParameterDict()
         self._bounded: dict[tuple[int, str], str] = {}  # (layer, branch) -> bounds key
+        #: branch name -> its linear spec (kind and options, no softmax heads or window)
+        self.branch_specs: dict[str, LayerSpec] = {}
         for i, options in enumerate(choices):
             for spec in options:
                 if not spec.is_attention:
@@ -123,7 +125,8 @@ class Supernet(nn.Module):
         layer = self.branches[str(i)] if str(i) in self.branches else nn.ModuleDict()
         self.branches[str(i)] = layer
         if name not in layer:
-            pure = self.shape.with_layers([LayerSpec(mixer=spec.mixer, options=spec.options)] * self.shape.n_layers)
+            self.branch_specs[name] = LayerSpec(mixer=spec.mixer, options=spec.options)
+            pure = self.shape.with_layers([self.branch_specs[name]] * self.shape.n_layers)
             layer[name] = build_mixer(pure, i)
             width = pure.lower_bound_shape()
             if width is not None and i > 0:  # as HybridBlock: layer 0 never takes a bound

@@ -88,7 +88,7 @@ def load_or_train(teacher: HylaLM, teacher_key: str, choices: Choices, sampler: 
             log(f"supernet {path.stem}: loaded from the cache")
             return net.to(device).eval(), {**info, "key": path.stem, "cached": True}
         t0 = time.perf_counter()
-        initialise(net, cfg.init, cfg.seed, transfer, transfer_key)
+        initialise(net, cfg.init, cfg.seed, transfer)
         init_s = time.perf_counter() - t0
         log(f"supernet {path.stem}: training ({cfg.steps} steps, {cfg.layouts_per_step} layouts a step)")
         run = train_supernet(net, teacher, data, sampler, cfg, device, log)
