@@ -8,9 +8,10 @@ from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.proxy_train.tasks.multihop import MultiHop
 from hyla.proxy_train.tasks.ruler import NeedleTask, VariableTracking
 from hyla.proxy_train.tasks.suite import PRESETS, TASKS, RecallSuite, RecallTaskSpec
+from hyla.proxy_train.tasks.levels import LEVEL_SETS, graded_levels, level_profile, state_pairs  # noqa: E402 (after suite)
 
 __all__ = [
-    "IGNORE", "MQAR", "PRESETS", "TASKS", "FuzzyRecall", "InContextRecall", "Memorization", "MultiHop", "NeedleTask",
+    "IGNORE", "LEVEL_SETS", "MQAR", "PRESETS", "TASKS", "FuzzyRecall", "InContextRecall", "Memorization", "MultiHop", "NeedleTask",
     "NoisyRecall", "RecallSuite", "RecallTaskSpec", "SelectiveCopying", "VariableTracking", "position_accuracy",
-    "span_exact_match",
+    "span_exact_match", "graded_levels", "level_profile", "state_pairs",
 ]
