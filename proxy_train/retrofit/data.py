@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from hyla.config import ConfigError
 from hyla.proxy_train.train.config import TextConfig
-from hyla.proxy_train.train.text import get_tokenizer
-from hyla.proxy_train.proxy.data import _packed
+from hyla.proxy_train.train.text import get_tokenizer, packed_windows
 from hyla.proxy_train.tasks.common import IGNORE
 
 
@@ -72,8 +71,8 @@ class RetrofitData:
         self.pool_y = torch.stack([p[1] for p in pools])
         self.eval = {name: self._pad(*g.generate(eval_examples, 2 * (7919 * i + 1) + 1))
                      for i, (name, g) in enumerate(zip(self.level_names, self.generators))}
-        self.text = _packed(text, 0, tok, seq_len, text_tokens)
-        val = _packed(text, 1, tok, seq_len, eval_text_rows * (seq_len + 1))
+        self.text = packed_windows(text, 0, tok, seq_len, text_tokens)
+        val = packed_windows(text, 1, tok, seq_len, eval_text_rows * (seq_len + 1))
         self.eval_text = (val[:, :-1], val[:, 1:])
         self.floors = {name: float(getattr(g, "floor", 0.0)) for name, g in zip(self.level_names, self.generators)}
 
