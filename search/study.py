@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hyla.config import ConfigError, dump_yaml
 from hyla.metrics import METRICS, format_value
+from hyla.proxy_train.proxy.recall import batch_size
 from hyla.search.config import StudyConfig
 from hyla.search.rungs import select_promoted
 from hyla.search.prepare import Prepared, prepare
@@ -149,11 +150,13 @@ class _RungDriver:
         self.done_by_key: dict[str, FrozenTrial] = {t.user_attrs["layout_key"]: t for t in trials
                                                     if t.state == TrialState.COMPLETE and "layout_key" in t.user_attrs}
         self.counted = counted(trials)
-        self.in_flight: dict[ray.ObjectRef, _Job] = {}
+        self.in_flight: dict[ray.ObjectRef, list[_Job]] = {}
         self.dups: dict[str, list[_Job]] = collections.defaultdict(list)
         self.queue: collections.deque[_Job] = collections.deque()
         self.free = pool.ready_slots()  # idle and ready: no trial is in flight between rungs
         self.proxy = prep.proxies[rung]
+        #: trials per worker call: 1, or many when the rung's recall family scores many at once (supernet)
+        self.batch = batch_size(self.proxy)
         self.task = progress.add_task(f"rung {rung}", total=self._target(), completed=self.counted) if progress else None
 
     def _waiting(self) -> int:
@@ -165,7 +168,7 @@ class _RungDriver:
         return self.counted + self._waiting()
 
     def _pending(self) -> int:
-        return len(self.in_flight) + len(self.queue) + sum(map(len, self.dups.values()))
+        return sum(map(len, self.in_flight.values())) + len(self.queue) + sum(map(len, self.dups.values()))
 
     def _more_to_ask(self) -> bool:
         if self.rung == 0:
@@ -188,7 +191,7 @@ class _RungDriver:
         job = _Job(trial, layout, key)
         if key in self.done_by_key:
             self._tell_reused(job, self.done_by_key[key])
-        elif any(j.key == key for j in [*self.in_flight.values(), *self.queue]):
+        elif any(j.key == key for j in [*(j for jobs in self.in_flight.values() for j in jobs), *self.queue]):
             self.dups[key].append(job)  # wait for the identical layout already running
         else:
             self.queue.append(job)
@@ -223,12 +226,18 @@ class _RungDriver:
         self._count(ok=False)
         self.queue.extend(self.dups.pop(job.key, []))  # duplicates now train on their own
 
-    def _submit(self, job: _Job, slot: int) -> None:
-        job.slot = slot
-        # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
-        out = (self.prep.run_path / "trials" / f"rung{self.rung}" / f"trial{job.trial.number:05d}").absolute()
-        ref = self.pool.submit(slot, job.layout.to_dict(), self.proxy, str(out))
-        self.in_flight[ref] = job
+    def _submit(self, jobs: list[_Job], slot: int) -> None:
+        outs = []
+        for job in jobs:
+            job.slot = slot
+            # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
+            outs.append(str((self.prep.run_path / "trials" / f"rung{self.rung}"
+                             / f"trial{job.trial.number:05d}").absolute()))
+        if self.batch == 1:
+            ref = self.pool.submit(slot, jobs[0].layout.to_dict(), self.proxy, outs[0])
+        else:
+            ref = self.pool.submit_batch(slot, [j.layout.to_dict() for j in jobs], self.proxy, outs)
+        self.in_flight[ref] = jobs
 
     def _finish(self, ref: ray.ObjectRef) -> None:
         if ref in self.pool.starting:  # a (re)started worker is ready, or failed to start and was restarted
@@ -239,29 +248,38 @@ class _RungDriver:
                 if note and self.console is not None:
                     self.console.print(note)
             return
-        job = self.in_flight.pop(ref)
-        node = self.pool.nodes[job.slot]
-        if node is not None:
-            job.trial.set_user_attr("worker_node", node)
+        jobs = self.in_flight.pop(ref)
+        slot = jobs[0].slot
+        node = self.pool.nodes[slot]
+        for job in jobs:
+            if node is not None:
+                job.trial.set_user_attr("worker_node", node)
         try:
-            result = ray.get(ref)
+            answer = ray.get(ref)
         except ray.exceptions.RayActorError as e:
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            job.deaths.append({**(node or {}), "error": msg})
-            job.trial.set_user_attr("worker_deaths", job.deaths)
-            self.pool.replace(job.slot)  # its slot takes trials again once the new actor is ready
-            job.attempts += 1
-            if job.attempts <= self.prep.cfg.retries:
-                self.summary.retried += 1
-                self.queue.appendleft(job)  # next free worker: the replacement may find no room (node lost)
-                return
-            self._fail(job, f"worker died {job.attempts} time(s): {msg}", status="worker_died")
+            self.pool.replace(slot)  # its slot takes trials again once the new actor is ready
+            for job in reversed(jobs):
+                job.deaths.append({**(node or {}), "error": msg})
+                job.trial.set_user_attr("worker_deaths", job.deaths)
+                job.attempts += 1
+                if job.attempts <= self.prep.cfg.retries:
+                    self.summary.retried += 1
+                    self.queue.appendleft(job)  # next free worker: the replacement may find no room (node lost)
+                else:
+                    self._fail(job, f"worker died {job.attempts} time(s): {msg}", status="worker_died")
             return
         except ray.exceptions.RayError as e:
-            self.free.append(job.slot)
-            self._fail(job, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
+            self.free.append(slot)
+            for job in jobs:
+                self._fail(job, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
             return
-        self.free.append(job.slot)
+        self.free.append(slot)
+        for job, result in zip(jobs, answer if self.batch > 1 else [answer], strict=True):
+            self._record(job, result)
+
+    def _record(self, job: _Job, result: dict[str, Any]) -> None:
+        """Tell one finished trial's result (or its failure)."""
         status = result.get("status")
         if status == "config_error":
             self._fail(job, result["fail_reason"], status="failed", result=result)
@@ -287,10 +305,11 @@ class _RungDriver:
     def run(self) -> RungSummary:
         while True:
             while self.free and (self.queue or self._more_to_ask()):
-                if not self.queue:
+                if len(self.queue) < self.batch and self._more_to_ask():
                     self._ask()
                     continue
-                self._submit(self.queue.popleft(), self.free.pop())
+                self._submit([self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))],
+                             self.free.pop())
             if not self.in_flight and not self.queue and not self._more_to_ask():
                 return self.summary
             waiting = [*self.in_flight, *self.pool.starting]

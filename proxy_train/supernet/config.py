@@ -1,4 +1,5 @@
-"""The supernet's recipe: how it trains (`SupernetTrain`, part of its cache key) and how it scores (`SupernetScore`).
+"""The supernet's recipe: how it trains (`SupernetTrain`, part of its cache key) and how it scores (`SupernetScore`);
+`SupernetRecall` is the ``recall: {family: supernet, ...}`` mapping of a proxy config (torch-free, as every config).
 
 Defaults follow PostNAS (Jet-Nemotron, arXiv 2508.15884; ``/work/shared/REFERENCE.md``): the teacher's attention,
 MLPs, embeddings and norms stay frozen and only the linear branches (and head-wise norms, bound tables) train; each
@@ -7,11 +8,11 @@ step samples sub-networks and distils them to the teacher's logits, plus the rec
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
-from hyla.config import ConfigError, from_mapping
+from hyla.config import ConfigError
+from hyla.proxy_train.retrofit.config import RetrofitConfig
+from hyla.space.search_space import SearchSpace
 
 #: how the linear branches start (`hyla.proxy_train.supernet.init`)
 INITS = ("transfer", "mapped", "fresh")
@@ -106,16 +107,25 @@ class SupernetScore:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SupernetConfig:
-    """The supernet part of a study: its training recipe and how it scores."""
+class SupernetRecall:
+    """``recall: {family: supernet, ...}``.
 
+    Attributes:
+        retrofit: the teacher, its level set and text, stage 1, device and cache (issue 31's `RetrofitConfig`;
+            its ``distill`` part is not used).
+        train: how the supernet trains (`SupernetTrain`).
+        score: how a layout is scored (`SupernetScore`).
+        space: the search space the supernet covers; a study sets it to its own space (None: the layout's own
+            kinds, free placement, no head-wise heads).
+        batch: trials per worker call in a search (many layouts share one routed pass).
+    """
+
+    retrofit: RetrofitConfig = field(default_factory=RetrofitConfig)
     train: SupernetTrain = field(default_factory=SupernetTrain)
     score: SupernetScore = field(default_factory=SupernetScore)
+    space: SearchSpace | None = None
+    batch: int = 256
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "supernet") -> SupernetConfig:
-        """Parse a mapping strictly (unknown keys refused, nested parts parsed)."""
-        return from_mapping(cls, data, where)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ConfigError(f"recall.batch: {self.batch} must be >= 1")

@@ -25,9 +25,9 @@ from hyla.space.layout import LayerSpec
 TransferSource = Callable[[LayerSpec], list[dict[str, torch.Tensor]]]
 
 
-@torch.no_grad()
 def initialise(net: Supernet, how: str, seed: int = 0, transfer: TransferSource | None = None) -> None:
     """Set every linear branch of ``net`` as ``how`` says (module docstring); the store's `init_recipe` names it.
+    Not under ``no_grad``: ``transfer`` may train stage 1 first.
 
     Args:
         net: the supernet (branches changed in place).
