@@ -11,6 +11,8 @@ up lazily by name (`family_runner`), so a family whose module is missing fails o
   (``hyla.proxy_train.probe.runner.run_probes``; the recipe is ``ctx.options["probe"]`` over `PROBE_DEFAULTS`
   of the scale, its steps x the job's budget). It scores on its own MQAR levels, not on the level set.
 - ``capacity``: ``hyla.proxy_train.retrofit.capacity.run_capacity_family`` (the capacity-composed score).
+- ``supernet``: ``hyla.proxy_train.supernet.family.run_supernet_family``: scores by inheritance from one supernet
+  per seed over the calibration's own space (issue 32), the teacher and stage 1 being the retrofit's.
 - ``retrofit``: ``hyla.proxy_train.retrofit.proxy.run_retrofit_family``, the hook the retrofit proxy implements
   with this signature: score each job's layout on ``ctx.level_set`` after its retrofit with ``job.seed`` (the
   data order) at ``job.budget`` x its rung-0 steps; put the teacher's training time in ``FamilyResult.shared``
@@ -37,6 +39,7 @@ FAMILIES: dict[str, str] = {
     "probe": "hyla.proxy_train.retrofit.family:run_probe_family",
     "capacity": "hyla.proxy_train.retrofit.capacity:run_capacity_family",
     "retrofit": "hyla.proxy_train.retrofit.proxy:run_retrofit_family",
+    "supernet": "hyla.proxy_train.supernet.family:run_supernet_family",
 }
 #: the from-scratch probe's recipe per scale (``RecallProbeConfig`` fields); ``small`` is the product's preset
 PROBE_DEFAULTS: dict[str, dict[str, Any]] = {
