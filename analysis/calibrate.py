@@ -14,6 +14,10 @@ duplicates) are averaged.
 ``--reference-rung R`` takes the reference from the study itself: the layouts of rung R (trials of one layout
 averaged) against the same layouts at ``--rung`` (default R - 1). This is the multi-fidelity check the promotion
 rule relies on: does the cheap rung rank the promoted layouts as the bigger budget does?
+
+Beside the rank agreement (or alone, without a reference) the command reports the paper's four qualitative
+findings on the compared rung's trials (`hyla.analysis.findings`: recall rises with attention, LM loss flat
+across ratios, pure recall far worse, RetNet/HGRN hybrids worst), each holding, failing or undecided.
 """
 
 from __future__ import annotations
@@ -255,13 +259,17 @@ def calibration_figure(data: StudyData, rung: int, results: list[MetricCalibrati
     return fig
 
 
-def write_calibration(data: StudyData, rung: int, results: list[MetricCalibration], out_dir: str | Path) -> list[Path]:
-    """Write ``calibration.json`` and ``calibration.html`` into ``out_dir``."""
+def write_calibration(data: StudyData, rung: int, results: list[MetricCalibration], out_dir: str | Path,
+                      findings: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``calibration.json`` (with the paper's ``findings`` when given) and, with rank results,
+    ``calibration.html`` into ``out_dir``."""
     from hyla.analysis.plots import write_html
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = out / "calibration.json"
-    js.write_text(json.dumps({"study": data.name, "rung": rung, "metrics": [asdict(r) for r in results]},
-                             indent=2) + "\n")
+    js.write_text(json.dumps({"study": data.name, "rung": rung, "metrics": [asdict(r) for r in results],
+                              "paper_findings": findings}, indent=2, default=str) + "\n")
+    if not results:
+        return [js]
     return [js, write_html(calibration_figure(data, rung, results), out / "calibration.html")]

@@ -61,13 +61,17 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     ex.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     ex.set_defaults(func=_export)
 
-    ca = sub.add_parser("calibrate", help="rank agreement (Spearman, Kendall + bootstrap CIs) with a reference CSV")
+    ca = sub.add_parser("calibrate", help="rank agreement (Spearman, Kendall + bootstrap CIs) with a reference, and "
+                                          "the paper's four findings on the study's trials")
     _study_args(ca)
     ca.add_argument("--reference", default=None, help="CSV: column 'layout' (preset or YAML) + metric columns")
     ca.add_argument("--reference-rung", type=int, default=None,
                     help="use this rung of the study as the reference (multi-fidelity consistency; --rung "
                          "defaults to the rung below)")
-    ca.add_argument("--rung", type=int, default=None, help="rung to compare (default: the one with most matches)")
+    ca.add_argument("--rung", type=int, default=None, help="rung to compare (default: the one with most matches; "
+                                                           "without a reference: the top rung)")
+    ca.add_argument("--flat-tol", type=float, default=0.03, help="paper finding 2: max relative LM-loss spread")
+    ca.add_argument("--far-factor", type=float, default=1.5, help="paper finding 3: hybrid/pure recall factor")
     ca.add_argument("--out", default="calibration", help="output directory (calibration.json, calibration.html)")
     ca.set_defaults(func=_calibrate)
     pl = sub.add_parser("placement", help="which K layers of a trained Transformer (a `hyla train` checkpoint or a "
@@ -201,13 +205,22 @@ def _placement(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from hyla.analysis.calibrate import calibrate, write_calibration
+    from hyla.analysis.findings import format_findings, paper_findings, study_records
 
     data = _load(args)
-    rung, results = calibrate(data, args.reference, rung=args.rung, reference_rung=args.reference_rung)
+    results = []
+    if args.reference is None and args.reference_rung is None:  # the paper's findings alone
+        rung = data.top_rung() if args.rung is None else args.rung
+        if rung not in data.rungs:
+            raise ConfigError(f"--rung: {rung} is not a rung of study {data.name!r}; rungs: {data.rungs}")
+    else:
+        rung, results = calibrate(data, args.reference, rung=args.rung, reference_rung=args.reference_rung)
     for r in results:
         print(f"{r.metric} (rung {rung}, n={r.n}): Spearman {r.spearman:.3f} "
               f"[{r.spearman_ci[0]:.3f}, {r.spearman_ci[1]:.3f}], Kendall {r.kendall:.3f} "
               f"[{r.kendall_ci[0]:.3f}, {r.kendall_ci[1]:.3f}]")
-    for f in write_calibration(data, rung, results, args.out):
+    findings = paper_findings(study_records(data, rung), args.flat_tol, args.far_factor)
+    print(f"the paper's findings on rung {rung}:\n" + format_findings(findings))
+    for f in write_calibration(data, rung, results, args.out, findings):
         print(f"wrote {f}")
     return 0

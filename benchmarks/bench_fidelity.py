@@ -5,19 +5,11 @@ Runs a set of layouts x seeds x budgets through the product's own proxy code, ap
 already there are skipped). A probe-only proxy (``train_lm: false``, e.g. ``benchmarks/fidelity_gpu.yaml``) runs
 in this process through ``hyla.proxy_train.probe.runner.run_probes``, every (layout, seed, lr) of a budget side
 by side on the device (the probe's ``concurrent``); a proxy with an LM part runs ``run_proxy`` on ``--p`` of the
-product's Ray workers (``hyla.search.workers``, through ``common.run_jobs``). ``--analyze`` (also run after every
-run) computes (``fidelity_checks.py``):
-
-- **reproducible**: mean pairwise Spearman rho between the seeds' rankings of the layouts (target >= 0.8);
-- **graded**: the Transformer's accuracy on the easiest level (target >= 0.9) and whether the pure linear
-  layouts of different mixers tie (their seed means differ by more than 2 pooled s.e.m.);
-- **trends**: pooled Spearman rho between the number of attention layers and recall over the linear-mixer
-  layouts (target >= 0.6) and, per mixer, whether every hybrid's mean beats the pure layout's;
-- **consistent**: Spearman rho between the budget-1 means and the budget-``--budgets[-1]`` means (target >= 0.8);
-- **fast**: the wall time of each session (the calibration set's target: <= 15 min on one H200);
-- **paper_findings**: the paper's four qualitative findings from the seed means (``findings.py``: recall rises
-  with attention, LM loss flat across ratios, pure recall far worse, RetNet/HGRN hybrids worst; ``--flat-tol``,
-  ``--far-factor``), each ``holds`` True/False, or None when the layouts cannot tell (e.g. the calibration set).
+product's Ray workers (``hyla.search.workers``, through the search's own scheduler ``hyla.search.dispatch.drive``).
+``--analyze [JSONL]`` (also run after every run) computes the fidelity checks of ``hyla.analysis.fidelity``
+(reproducible, graded, trends, consistent across budgets, and the paper's four findings of
+``hyla.analysis.findings`` with ``--flat-tol`` and ``--far-factor``) and records each session's wall time (the
+calibration set's target: <= 15 min on one H200).
 
 ``--metric lm_val_loss`` runs the same checks on the LM proxy's loss, and ``between_variants`` gives the Spearman
 rho between variants (e.g. two corpora) per budget: how far a ranking moves with the corpus.
@@ -63,15 +55,15 @@ from common import (
     proxy_config,
     read_json,
     read_jsonl,
-    run_jobs,
+    run_timed,
     setup_env,
     slowest_first,
     start_workers,
     wait_ready,
     write_json,
 )
-from fidelity_checks import analyze, between_variants
-from findings import decidable, format_findings, layout_traits
+from hyla.analysis.fidelity import analyze, between_variants
+from hyla.analysis.findings import decidable, format_findings, layout_traits
 
 NAME = "bench_fidelity"
 CALIBRATION = ["transformer"] + [f"{m}-{r}" for m in ("gla", "gdn", "hgrn2") for r in ("pure", "24:1", "6:1", "3:1")] \
@@ -226,7 +218,7 @@ def run_in_process(args: argparse.Namespace, todo: list[dict[str, Any]], deadlin
 
 def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Deadline,
              session: dict[str, Any]) -> None:
-    """Proxies with an LM part: ``run_proxy`` on ``--p`` of the product's Ray workers (``common.run_jobs``); a
+    """Proxies with an LM part: ``run_proxy`` on ``--p`` of the product's Ray workers (``common.run_timed``); a
     worker that dies fails only its own job (a fresh worker takes its place)."""
     pool = None
     try:
@@ -242,7 +234,7 @@ def run_pool(args: argparse.Namespace, todo: list[dict[str, Any]], deadline: Dea
             left[0] -= 1
             _append(args.jsonl, make_record(job["layout"], job, msg), job, session, left[0])
 
-        unfinished = run_jobs(pool, jobs, deadline, finished)
+        unfinished = run_timed(pool, jobs, deadline, finished)
         if unfinished:
             log(f"cap reached with {len(unfinished)} jobs unfinished (they run next time)")
     finally:
@@ -314,13 +306,16 @@ def main() -> int:
                     help="layout order within a seed: expected-longest first (default) or as listed")
     ap.add_argument("--flat-tol", type=float, default=0.03, help="paper finding 2: max relative LM-loss spread")
     ap.add_argument("--far-factor", type=float, default=1.5, help="paper finding 3: hybrid/pure recall factor")
-    ap.add_argument("--analyze", nargs="?", const="", default=None, metavar="FILE",
-                    help="only analyse: the --jsonl records, or a fidelity_v2 records FILE (issue 31's checks per "
-                         "proxy family beside count-attn; hyla.analysis.fidelity_v2)")
+    ap.add_argument("--analyze", nargs="?", const=True, default=False, metavar="FILE",
+                    help="only analyse the records (of FILE when given, else of --jsonl); a fidelity_v2 records FILE "
+                         "(its name says fidelity_v2) gets issue 31's checks per proxy family beside count-attn "
+                         "(hyla.analysis.fidelity_v2)")
     args = ap.parse_args()
-    if args.analyze:
+    if isinstance(args.analyze, str) and "fidelity_v2" in Path(args.analyze).name:
         return analyze_v2(args.analyze)
-    if args.analyze is not None:
+    if isinstance(args.analyze, str):
+        args.jsonl = args.analyze
+    if args.analyze:
         write_summary(args, dict(parse_variant(v) for v in args.variant), None)
         return 0
     return run(args)

@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (check_device, Deadline, add_common_args, close_workers, load_layouts, log, machine_info,  # noqa: E402
-                    main_guard, parse_sets, proxy_config, read_json, run_jobs, setup_env, start_workers, wait_ready,
+                    main_guard, parse_sets, proxy_config, read_json, run_timed, setup_env, start_workers, wait_ready,
                     write_json)
 
 NAME = "bench_packing"
@@ -115,7 +115,7 @@ def measure_round(pool: Any, p: int, layout: Any, config: Any, deadline: Deadlin
         if kind != "result" or not payload["step_starts"]:  # never reached the barrier
             barrier.leave.remote()
 
-    run_jobs(pool, jobs, deadline, finished)
+    run_timed(pool, jobs, deadline, finished)
     ray.kill(barrier)
     ok = [r for r in runs.values() if "result" in r and r["result"]["status"] == "ok"]
     rec: dict[str, Any] = {

@@ -1,10 +1,9 @@
 """Does depth decide when a hybrid learns recall? The recall probe of the same layouts at several depths.
 
-On an H200 the first `small` probe (24 layers, width 128, T 128, pairs 2-32) left the hybrids (GDN 3:1, GLA 3:1) on the 1/pairs
-plateau for 1500-2500 steps at every LR while the Transformer solved MQAR in 400. This runs the probe (the
-product's ``run_probes``; seeds and LRs of a layout stacked) on layouts built by the product's presets at a
-chosen depth and width (``presets.hybrid`` / ``transformer`` on an ad hoc ``Scale``: the paper's placement), so
-depth can be varied with everything else fixed. Small enough for a CPU.
+Runs the recall probe (the product's ``run_probes``; seeds and LRs of a layout stacked) on layouts built by the
+product's presets at a chosen depth and width (``presets.hybrid`` / ``transformer`` on an ad hoc ``Scale``: the
+paper's placement), so depth can be varied with everything else fixed. Small enough for a CPU. Why it exists and
+what it measured: docs/recall-probe.md, docs/recall-probe-cpu.md.
 
     python benchmarks/bench_probe_depth.py --depths 8 24 --layouts transformer retnet-3:1 gla-3:1 \\
         --lrs 0.001 0.003 --steps 600 --zero-init none linear --device cpu

@@ -1,22 +1,13 @@
 """Does the recall score rank layouts? Train a few layouts with one proxy recipe, several seeds, and compare recall.
 
-CPU default (``python benchmarks/bench_recall.py``, ~8 min on 2 cores): shallow 4-layer x d_model 64 layouts
-(pure GLA, GLA 3:1, GLA 1:1, pure attention, and RetNet 1:1) trained with the recipe of
-``tests/test_train.py::test_attention_learns_mqar_and_linear_ranks_lower``: MQAR at T = 32 with 4 and 8 pairs
-(16 keys, 16 values) as 24 of 32 rows, LM text in the rest, 450 steps at a constant lr 1e-3, width-scaled init.
+CPU default (``python benchmarks/bench_recall.py``): shallow 4-layer x d_model 64 layouts (pure GLA, GLA 3:1,
+GLA 1:1, pure attention, and RetNet 1:1) trained with the recipe of
+``tests/proxy_train/proxy/test_run_proxy.py::test_attention_learns_mqar_and_linear_ranks_lower``: MQAR at T = 32
+with 4 and 8 pairs (16 keys, 16 values) as 24 of 32 rows, LM text in the rest, 450 steps at a constant lr 1e-3,
+width-scaled init.
 The study (arXiv 2507.06457) found recall rising with the attention share and pure linear models recalling worst.
 
-Measured on this 2-core CPU machine (``results/bench_recall_cpu.json``, 450 steps, seeds 0 and 1, 490 s in all;
-recall = mean of the two MQAR levels, chance 1/16, "copy some context value" 0.125-0.25):
-
-    transformer 1.000 (1.000, 1.000)   retnet-1:1 0.568 (0.362, 0.773)   gla-1:1 0.232 (0.218, 0.247)
-    gla-3:1     0.204 (0.200, 0.209)   gla-pure   0.197 (0.189, 0.205)
-
-and with 1000 steps, seed 0 (``results/bench_recall_cpu_1000steps.json``, ``--set steps=1000``): gla-1:1 0.994,
-gla-3:1 0.201, gla-pure 0.200. Recall rises with the attention share and pure GLA is lowest, but the circuit
-forms abruptly, so at a fixed budget a layout is either solved (~1) or on the plateau (~0.2): the ordering among
-hybrids is "which solved first", and RetNet 1:1 was mid-transition (seeds 0.36 / 0.77). One attention layer on
-top of 3 GLA layers (GLA without short conv) had not solved it after 1000 steps.
+What it measured (CPU, with the ablations of the recipe): docs/proxy-recipe.md.
 
 GPU check of a preset (``--proxy small --layouts transformer gla-6:1 gla-pure --tokens 12000000 --device cuda``):
 the same comparison with a proxy preset and preset layouts; ``--set key=value`` overrides proxy fields (e.g.

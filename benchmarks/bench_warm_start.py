@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (check_device, Deadline, add_common_args, close_workers, load_layouts, log, machine_info,  # noqa: E402
-                    main_guard, parse_sets, proxy_config, run_jobs, setup_env, start_workers, wait_ready, write_json)
+                    main_guard, parse_sets, proxy_config, run_timed, setup_env, start_workers, wait_ready, write_json)
 
 NAME = "bench_warm_start"
 TARGET_S = 5.0  # trials after the first should reach their first completed step this fast
@@ -103,7 +103,7 @@ def main() -> int:
                 log(f"worker ready after {ready[0]:.1f} s (pid {pool.nodes[0]['pid']})")
             log(f"trial {i + 1}/{len(layouts)}: {lay.name} ({config.total_steps} steps)")
             msgs: list[tuple[str, int, Any, Any]] = []
-            run_jobs(pool, [{"id": f"t{i}", "layout": lay, "config": config}], deadline,
+            run_timed(pool, [{"id": f"t{i}", "layout": lay, "config": config}], deadline,
                      lambda msg, job, out=msgs: out.append(msg))
             if not msgs:
                 log("cap reached during the trial; writing partial results")

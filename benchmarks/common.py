@@ -5,10 +5,10 @@ Proxies run on the actors of ``hyla.search.workers`` (`WorkerPool`, the ones ``h
 GPU (``1/N`` of it each). A worker imports torch once and then runs any number of proxy trials, which is the whole
 point: Triton compiles and autotunes a kernel once per process, so only the first trial of a worker pays it.
 
-`run_jobs` hands a list of trials to the free workers, oldest first, and reports each finished one as a message
-``(kind, slot, job_id, payload)``: ``("result", ...)`` with the ``ProxyResult`` dict under ``"result"`` plus when
-it ran, or ``("error", ...)`` with a one-line ``"error"`` (bad input, an escaped exception, a dead worker; a dead
-worker's actor is replaced and its slot takes trials again once the new one is up). Timing comes from
+`run_timed` hands a list of trials to the search's own scheduler (``hyla.search.dispatch.drive``: free workers,
+oldest job first, a dead worker's actor replaced) and reports each finished one as a message ``(kind, slot,
+job_id, payload)``: ``("result", ...)`` with the ``ProxyResult`` dict under ``"result"`` plus when it ran, or
+``("error", ...)`` with a one-line ``"error"`` (bad input, an escaped exception, a dead worker). Timing comes from
 `WorkerPool.submit_timed`: ``t_submit`` (driver), ``t_recv``/``t_end`` (worker) and ``step_starts``, the wall time
 at which each LM step of ``run_proxy`` began (its ``on_step`` callback, right after the previous step's
 ``float(loss)``, which synchronises the GPU), so ``step_starts[1]`` is the end of step 0 (``t_first_step``).
@@ -287,16 +287,14 @@ def close_workers(pool: Any) -> None:
         ray.shutdown()
 
 
-def _message(slot: int, job: dict[str, Any], t_submit: float, ref: Any) -> tuple[str, int, Any, dict[str, Any]]:
-    """The message of one finished trial (see the module docstring); raises RayActorError for a dead worker."""
-    import ray
-
-    try:
-        out = ray.get(ref)
-    except ray.exceptions.RayActorError:
-        raise
-    except ray.exceptions.RayError as e:
-        return ("error", slot, job["id"], {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"})
+def _message(job: dict[str, Any], outcome: Any, t_submit: float) -> tuple[str, int, Any, dict[str, Any]]:
+    """The message of one finished trial (see the module docstring) from its ``hyla.search.dispatch.Outcome``."""
+    slot = outcome.slot
+    if outcome.kind == "died":
+        return ("error", slot, job["id"], {"error": f"worker died: {outcome.error}"})
+    if outcome.kind == "error":
+        return ("error", slot, job["id"], {"error": outcome.error})
+    out = outcome.value
     result = out["result"]
     if "layout_key" not in result:  # the worker's own failure dicts (config_error, an escaped exception)
         return ("error", slot, job["id"], {"error": f"{result['status']}: {result.get('fail_reason')}"})
@@ -318,11 +316,12 @@ def slowest_first(layouts: list[Any]) -> list[Any]:
     return sorted(layouts, key=cost, reverse=True)  # stable: equal costs keep the given order
 
 
-def run_jobs(pool: Any, jobs: list[dict[str, Any]], deadline: Deadline,
-             on_message: Callable[[tuple[str, int, Any, dict[str, Any]], dict[str, Any]], None],
-             can_start: Callable[[], bool] | None = None,
-             on_start: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run ``jobs`` on the pool's workers, in order, one per free worker; ``on_message(msg, job)`` per finished job.
+def run_timed(pool: Any, jobs: list[dict[str, Any]], deadline: Deadline,
+              on_message: Callable[[tuple[str, int, Any, dict[str, Any]], dict[str, Any]], None],
+              can_start: Callable[[], bool] | None = None,
+              on_start: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``jobs`` on the pool's workers through the search's scheduler (``hyla.search.dispatch.drive``), in
+    order, one per free worker, each with `WorkerPool.submit_timed`; ``on_message(msg, job)`` per finished job.
 
     Args:
         pool: from `start_workers`.
@@ -336,43 +335,26 @@ def run_jobs(pool: Any, jobs: list[dict[str, Any]], deadline: Deadline,
         The jobs that did not finish: never started, or still running at the deadline (kill them with
         `close_workers`).
     """
-    import ray
+    from hyla.search.dispatch import drive
 
     todo = list(jobs)
-    free = list(pool.ready_slots())  # the pool is idle between calls
-    running: dict[Any, tuple[int, dict[str, Any], float]] = {}
-    while True:
-        while free and todo and not deadline.expired() and (can_start is None or can_start()):
-            slot, job = free.pop(0), todo.pop(0)
-            t = time.time()
-            ref = pool.submit_timed(slot, job["layout"].to_dict(), job["config"], job.get("out_dir"),
-                                    job.get("before_first_step"))
-            running[ref] = (slot, job, t)
-            if on_start is not None:
-                on_start(slot, job)
-        starting = list(pool.starting) if todo and not deadline.expired() else []
-        if not running and not (starting and not free):
-            break
-        done, _ = ray.wait([*running, *starting], num_returns=1, timeout=min(10.0, max(0.05, deadline.left())))
-        if not done:
-            if deadline.expired():
-                break
-            continue
-        if done[0] in pool.starting:  # a replacement worker is up (or failed to start and was restarted)
-            slot = pool.started(done[0])
-            if slot is not None:
-                free.append(slot)
-            continue
-        slot, job, t_submit = running.pop(done[0])
-        try:
-            msg = _message(slot, job, t_submit, done[0])
-            free.append(slot)
-        except ray.exceptions.RayActorError as e:  # the process died (segfault, OOM killer, CUDA fault ...)
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            msg = ("error", slot, job["id"], {"error": f"worker died: {first}"})
-            pool.replace(slot)
-        on_message(msg, job)
-    return todo + [job for _, job, _ in running.values()]
+    t_submit: dict[int, float] = {}
+
+    def submit(slot: int, job: dict[str, Any]) -> Any:
+        t_submit[id(job)] = time.time()
+        ref = pool.submit_timed(slot, job["layout"].to_dict(), job["config"], job.get("out_dir"),
+                                job.get("before_first_step"))
+        if on_start is not None:
+            on_start(slot, job)
+        return ref
+
+    def finished(job: dict[str, Any], outcome: Any) -> None:
+        on_message(_message(job, outcome, t_submit[id(job)]), job)
+
+    cap = None if deadline.max_seconds is None else time.monotonic() + deadline.left()
+    unfinished = drive(pool, lambda: todo.pop(0) if todo else None, submit, finished, deadline=cap,
+                       can_start=can_start)
+    return unfinished + todo
 
 
 def add_common_args(ap: Any, name: str) -> None:

@@ -14,6 +14,7 @@ A layout already completed in a rung is not retrained: its stored result is told
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from hyla.config import ConfigError, dump_yaml
 from hyla.metrics import METRICS, format_value
 from hyla.proxy_train.proxy.recall import batch_size
 from hyla.search.config import StudyConfig
+from hyla.search.dispatch import Outcome, drive
 from hyla.search.rungs import select_promoted
 from hyla.search.prepare import Prepared, prepare
 from hyla.search.storage import open_study
@@ -150,10 +152,9 @@ class _RungDriver:
         self.done_by_key: dict[str, FrozenTrial] = {t.user_attrs["layout_key"]: t for t in trials
                                                     if t.state == TrialState.COMPLETE and "layout_key" in t.user_attrs}
         self.counted = counted(trials)
-        self.in_flight: dict[ray.ObjectRef, list[_Job]] = {}
+        self.in_flight: dict[int, _Job] = {}  # trial number -> job
         self.dups: dict[str, list[_Job]] = collections.defaultdict(list)
         self.queue: collections.deque[_Job] = collections.deque()
-        self.free = pool.ready_slots()  # idle and ready: no trial is in flight between rungs
         self.proxy = prep.proxies[rung]
         #: trials per worker call: 1, or many when the rung's recall family scores many at once (supernet)
         self.batch = batch_size(self.proxy)
@@ -168,7 +169,7 @@ class _RungDriver:
         return self.counted + self._waiting()
 
     def _pending(self) -> int:
-        return sum(map(len, self.in_flight.values())) + len(self.queue) + sum(map(len, self.dups.values()))
+        return len(self.in_flight) + len(self.queue) + sum(map(len, self.dups.values()))
 
     def _more_to_ask(self) -> bool:
         if self.rung == 0:
@@ -191,7 +192,7 @@ class _RungDriver:
         job = _Job(trial, layout, key)
         if key in self.done_by_key:
             self._tell_reused(job, self.done_by_key[key])
-        elif any(j.key == key for j in [*(j for jobs in self.in_flight.values() for j in jobs), *self.queue]):
+        elif any(j.key == key for j in [*self.in_flight.values(), *self.queue]):
             self.dups[key].append(job)  # wait for the identical layout already running
         else:
             self.queue.append(job)
@@ -226,60 +227,57 @@ class _RungDriver:
         self._count(ok=False)
         self.queue.extend(self.dups.pop(job.key, []))  # duplicates now train on their own
 
-    def _submit(self, jobs: list[_Job], slot: int) -> None:
+    def _next_job(self) -> list[_Job] | None:
+        """The next trials to train together, up to ``batch`` of them (asking the sampler while fewer are queued),
+        or None when there is none now."""
+        while len(self.queue) < self.batch and self._more_to_ask():
+            self._ask()
+        if not self.queue:
+            return None
+        return [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+
+    def _submit(self, slot: int, jobs: list[_Job]) -> ray.ObjectRef:
         outs = []
         for job in jobs:
             job.slot = slot
+            self.in_flight[job.trial.number] = job
             # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
             outs.append(str((self.prep.run_path / "trials" / f"rung{self.rung}"
                              / f"trial{job.trial.number:05d}").absolute()))
         if self.batch == 1:
-            ref = self.pool.submit(slot, jobs[0].layout.to_dict(), self.proxy, outs[0])
-        else:
-            ref = self.pool.submit_batch(slot, [j.layout.to_dict() for j in jobs], self.proxy, outs)
-        self.in_flight[ref] = jobs
+            return self.pool.submit(slot, jobs[0].layout.to_dict(), self.proxy, outs[0])
+        return self.pool.submit_batch(slot, [j.layout.to_dict() for j in jobs], self.proxy, outs)
 
-    def _finish(self, ref: ray.ObjectRef) -> None:
-        if ref in self.pool.starting:  # a (re)started worker is ready, or failed to start and was restarted
-            slot = self.pool.started(ref)
-            if slot is not None:
-                self.free.append(slot)
-                note = self.pool.startup_note()
-                if note and self.console is not None:
-                    self.console.print(note)
-            return
-        jobs = self.in_flight.pop(ref)
-        slot = jobs[0].slot
-        node = self.pool.nodes[slot]
-        for job in jobs:
-            if node is not None:
-                job.trial.set_user_attr("worker_node", node)
-        try:
-            answer = ray.get(ref)
-        except ray.exceptions.RayActorError as e:
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            self.pool.replace(slot)  # its slot takes trials again once the new actor is ready
-            for job in reversed(jobs):
-                job.deaths.append({**(node or {}), "error": msg})
-                job.trial.set_user_attr("worker_deaths", job.deaths)
-                job.attempts += 1
-                if job.attempts <= self.prep.cfg.retries:
-                    self.summary.retried += 1
-                    self.queue.appendleft(job)  # next free worker: the replacement may find no room (node lost)
-                else:
-                    self._fail(job, f"worker died {job.attempts} time(s): {msg}", status="worker_died")
-            return
-        except ray.exceptions.RayError as e:
-            self.free.append(slot)
-            for job in jobs:
-                self._fail(job, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}")
-            return
-        self.free.append(slot)
-        for job, result in zip(jobs, answer if self.batch > 1 else [answer], strict=True):
-            self._record(job, result)
+    def _ready(self, slot: int) -> None:
+        note = self.pool.startup_note()
+        if note and self.console is not None:
+            self.console.print(note)
 
-    def _record(self, job: _Job, result: dict[str, Any]) -> None:
-        """Tell one finished trial's result (or its failure)."""
+    def _finish(self, jobs: list[_Job], outcome: Outcome) -> None:
+        """Every trial of a finished call: a batch's answer holds one result per trial."""
+        many = outcome.kind == "result" and self.batch > 1
+        for job, value in zip(reversed(jobs), reversed(outcome.value if many else [outcome.value] * len(jobs)),
+                              strict=True):  # reversed: retried trials keep their order at the queue's front
+            self._finish_one(job, dataclasses.replace(outcome, value=value))
+
+    def _finish_one(self, job: _Job, outcome: Outcome) -> None:
+        del self.in_flight[job.trial.number]
+        if outcome.node is not None:
+            job.trial.set_user_attr("worker_node", outcome.node)
+        if outcome.kind == "died":  # the pool replaces the actor: its slot takes trials again once it is ready
+            job.deaths.append({**(outcome.node or {}), "error": outcome.error})
+            job.trial.set_user_attr("worker_deaths", job.deaths)
+            job.attempts += 1
+            if job.attempts <= self.prep.cfg.retries:
+                self.summary.retried += 1
+                self.queue.appendleft(job)  # next free worker: the replacement may find no room (node lost)
+                return
+            self._fail(job, f"worker died {job.attempts} time(s): {outcome.error}", status="worker_died")
+            return
+        if outcome.kind == "error":
+            self._fail(job, outcome.error)
+            return
+        result = outcome.value
         status = result.get("status")
         if status == "config_error":
             self._fail(job, result["fail_reason"], status="failed", result=result)
@@ -303,20 +301,8 @@ class _RungDriver:
             self._tell_reused(dup, frozen)
 
     def run(self) -> RungSummary:
-        while True:
-            while self.free and (self.queue or self._more_to_ask()):
-                if len(self.queue) < self.batch and self._more_to_ask():
-                    self._ask()
-                    continue
-                self._submit([self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))],
-                             self.free.pop())
-            if not self.in_flight and not self.queue and not self._more_to_ask():
-                return self.summary
-            waiting = [*self.in_flight, *self.pool.starting]
-            if not waiting:
-                raise RuntimeError("no proxy worker is running or starting")  # the pool always restarts one
-            ready, _ = ray.wait(waiting, num_returns=1)
-            self._finish(ready[0])
+        drive(self.pool, self._next_job, self._submit, self._finish, on_ready=self._ready)
+        return self.summary
 
 
 def run_search(cfg: StudyConfig, *, rungs: list[int] | None = None, console: Any = None,

@@ -11,9 +11,10 @@ cluster may have no room for the replacement, and its slot then stays idle until
 the retried trial forever. Python exceptions inside a proxy are not deaths: ``run_proxy`` turns
 divergence/OOM/errors into a result status itself, and anything that still escapes comes back as a "failed" result.
 
-Benchmarks drive the same actors (``benchmarks/common.py``): `WorkerPool.submit_timed` runs a proxy like
-`WorkerPool.submit` and also returns when it ran (start, end, the start of every LM step), and it can hold the run
-before its step 0 (``before_first_step``, e.g. a start barrier so that runs sharing a GPU train together).
+Trials reach the actors through the one scheduler, `hyla.search.dispatch.drive`, which the search's rung driver and
+the benchmarks share. Benchmarks submit with `WorkerPool.submit_timed`, which runs a proxy like `WorkerPool.submit`
+and also returns when it ran (start, end, the start of every LM step), and can hold the run before its step 0
+(``before_first_step``, e.g. a start barrier so that runs sharing a GPU train together).
 
 Fault injection (used by the tests, harmless otherwise): when ``HYLA_FAULT_EXIT_FILE`` is set in a worker's
 environment, each run increments the counter in that file and calls ``os._exit(3)`` while the count is below

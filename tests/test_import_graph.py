@@ -40,7 +40,7 @@ PROXY_TRAIN_FACE = ("hyla.proxy_train", "hyla.proxy_train.cli")
 @dataclass(frozen=True)
 class Allowed:
     importer: str  # exact module name
-    imported: str  # exact module name, or "*cli" for any package's CLI module (cli, fullscale_cli)
+    imported: str  # exact module name, or "*cli" for any package's CLI module (cli, or a NAME_cli)
     lazy_only: bool  # allowed only inside a function
     reason: str
 

@@ -1,10 +1,10 @@
 """The one evaluator of hyla's LMs: held-out LM loss and recall accuracy, for proxies and full runs alike.
 
-Proxy LM runs (`train.run_proxy`), their recall suite (`tasks.suite.RecallSuite.evaluate`) and full runs
-(`fullscale_loop.evaluate`) score with these functions (a recall level with `tasks.common.level_accuracy`,
+Proxy LM runs (`hyla.proxy_train.proxy.run.run_proxy`), their recall suite (`tasks.suite.RecallSuite.evaluate`)
+and full runs (`full_loop.evaluate`) score with these functions (a recall level with `tasks.common.level_accuracy`,
 which the suite calls too), so a proxy's ``lm_val_loss``/``recall`` and a full run's ``val_loss``/``recall`` mean
 the same thing. The recall probe scores its stacked replicas on the device itself
-(`probe_runner`), with the same per-position accuracy (`tasks.common.position_accuracy`).
+(`hyla.proxy_train.probe.stack.ProbeStack.score`), with the same per-position accuracy (`tasks.common.position_accuracy`).
 
 Every function takes a ``logits_fn``: CPU or device inputs ``(B, T)`` -> fp32 logits ``(B, T, V)``
 (`autocast_logits` makes one from a model's forward).

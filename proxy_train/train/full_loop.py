@@ -33,7 +33,7 @@ from hyla.proxy_train.train.trainer import MicroBatch, Trainer
 
 
 def lr_lambda(spec: RunSpec) -> Callable[[int], float]:
-    """The LR multiplier of a full run for torch's ``LambdaLR``: `lr_schedule.wsd_lr` with peak 1 (linear warm-up
+    """The LR multiplier of a full run for torch's ``LambdaLR``: `schedule.wsd_lr` with peak 1 (linear warm-up
     to 1, then with the default ``decay_fraction`` 1 a cosine over every later step down to ``min_lr_ratio``).
 
     A plain function, not a ``functools.partial``: ``LambdaLR.state_dict`` saves callable objects' attributes,

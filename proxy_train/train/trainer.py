@@ -2,7 +2,7 @@
 
 A `Trainer` step at optimizer step ``s``:
 
-1. sets every parameter group's lr to ``lr_at(s)`` (each loop's `lr_schedule.wsd_lr`);
+1. sets every parameter group's lr to ``lr_at(s)`` (each loop's `schedule.wsd_lr`);
 2. runs ``accum_steps`` micro-batches: ``loss_fn(batch)`` under bf16 autocast (when asked), then
    ``(loss / accum_steps).backward()``; under DDP only the last micro-batch's backward all-reduces (``no_sync``);
 3. with ``check_finite``, reads the loss back and skips the update when it is NaN/inf;
@@ -12,10 +12,10 @@ A `Trainer` step at optimizer step ``s``:
 Its `Meter` keeps the loss, steps, tokens and wall time since the last reset: a log window of a full run, a
 whole proxy run. What differs stays in the loops, which hand the trainer their loss function and batches:
 
-- proxies (`train._Loop.run`): one micro-batch of LM rows followed by recall rows, loss `mixed_loss` (each part's
+- proxies (`hyla.proxy_train.proxy.run._Loop.run`): one micro-batch of LM rows followed by recall rows, loss `mixed_loss` (each part's
   token-mean cross-entropy, mixed by their row shares), a finite check every step (divergence is a result
   status), a progress bar, ``on_step``;
-- full runs (`fullscale_loop.train_loop_per_worker`): ``ShardStream`` micro-batches, the model's own loss (fla's
+- full runs (`full_loop.train_loop_per_worker`): ``ShardStream`` micro-batches, the model's own loss (fla's
   fused cross-entropy on CUDA), the STOP file, log rows with the loss averaged over ranks and MFU, checkpoints.
 """
 

@@ -162,3 +162,25 @@ def test_calibrate_rung_against_a_higher_rung(journal: Path) -> None:
         calibrate(data, reference_rung=5)
     with pytest.raises(ConfigError, match="reference rung itself"):
         calibrate(data, reference_rung=1, rung=1)
+
+
+def test_calibrate_reports_the_paper_findings(journal: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a reference, `hyla analysis calibrate` reports the paper's four findings on a rung's trials (seed
+    values, pooled per layout); with one, beside the rank agreement."""
+    from hyla.analysis.findings import FINDINGS, paper_findings, study_records
+
+    data = load_study(journal)
+    records = study_records(data, 0)
+    complete = data.select(rung=0, complete=True)
+    assert {r["layout_name"] for r in records} == {t.layout_key for t in complete}
+    assert len(records) == sum(len(t.seed_values("recall")) for t in complete)
+    assert main(["analysis", "calibrate", str(journal), "--rung", "0", "--out", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert "the paper's findings on rung 0" in out and "1. recall rises with attention share" in out
+    saved = json.loads((tmp_path / "f" / "calibration.json").read_text())
+    assert saved["metrics"] == [] and saved["paper_findings"] == json.loads(json.dumps(paper_findings(records)))
+    assert set(FINDINGS) <= set(saved["paper_findings"]) and not (tmp_path / "f" / "calibration.html").exists()
+    csv, _ = _reference(tmp_path, journal, rows=4)
+    assert main(["analysis", "calibrate", str(journal), "--reference", str(csv), "--out", str(tmp_path / "c")]) == 0
+    both = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    assert both["metrics"] and both["paper_findings"]["n_layouts"] == len({t.layout_key for t in complete})

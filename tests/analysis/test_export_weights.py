@@ -38,8 +38,8 @@ def tiny(layers: tuple[str, ...], norm_eps: float = 1e-5) -> dict:
 
 def save_run(run_dir: Path, layout: dict, step: int = 7, seed: int = 0) -> torch.nn.Module:
     """A run directory as `hyla train` leaves it mid-run: spec.yaml and one Ray checkpoint (state.pt + meta), the
-    model built by ``fullscale_loop.build_model`` and its state taken with ``get_state_dict(full_state_dict=True)``
-    as ``fullscale_loop.save_checkpoint`` does. Every parameter is perturbed (norm weights too, which start at 1),
+    model built by ``full_loop.build_model`` and its state taken with ``get_state_dict(full_state_dict=True)``
+    as ``full_loop.save_checkpoint`` does. Every parameter is perturbed (norm weights too, which start at 1),
     so a swapped name shows in the logits."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 
 from hyla.proxy_train.model.mixers.common import chunking, kernels_in_effect
 
-#: Chunk length of the chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small. Also on a
-#: GPU: at C 64 the recall probe's GLA ran at 2.5 steps/s and ran out of memory with 4 probes per H200
-#: (benchmarks/results/bench_probe_speed_h200_c64.json); inside a CUDA graph more, smaller kernels cost little.
+#: Chunk length of the chunked scans: pairwise decay tensors are (C, C, K) per head, so keep C small, on a GPU too
+#: (inside a CUDA graph more, smaller kernels cost little; the probe's speed by chunk: docs/gpu-notes.md).
 CPU_CHUNK = 16
 
 

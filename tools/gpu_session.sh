@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Steps of a GPU session on a lent device machine (no package index there; /tmp survives between back-to-back
+# calls while the machine stays warm). Run from the repository root; each step is one call:
+#
+#   bash tools/gpu_session.sh stage-whl1        # carry .whl1: fla + z3 for tilelang      -> /tmp/site
+#   bash tools/gpu_session.sh stage-whl2        # carry .whl2 .whl: tilelang -> /tmp/site2, .whl -> /tmp/site
+#   bash tools/gpu_session.sh stage-whl         # carry .whl: fla, optuna, ... -> /tmp/site (no tilelang)
+#   bash tools/gpu_session.sh stage-ray         # carry .rayx: Ray (stripped tarball) + its missing deps -> /tmp/site
+#   bash tools/gpu_session.sh stage-hyla        # hyla itself (no deps) -> /tmp/site, benchmarks -> /tmp/hyla_bench
+#   bash tools/gpu_session.sh grid-start ARGS   # paper grid in the background (setsid), survives the call:
+#                                                    # bench_fidelity.py --layouts grid --seeds 0 --budgets 1 ARGS
+#                                                    # (ARGS win); after stage-ray: an LM proxy runs on hyla's Ray workers
+#   bash tools/gpu_session.sh tests ARGS        # pytest on the GPU-marked tests (-m gpu), log to $OUT
+#   bash tools/gpu_session.sh tests-start ARGS  # the same in the background, log next to the grid's
+#   bash tools/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT
+#
+# Why the stages: a call carries at most 64 MiB. Ray's wheel is 76 MiB, so .rayx holds it unpacked, without its
+# Java jars, RLlib, Serve and dashboard web client, as an xz tarball (see docs/gpu-machine.md); GatedDeltaNet on
+# Hopper with triton 3.6 needs tilelang (fla issue #640; docs/gpu-notes.md), split over .whl1/.whl2 by tilelang_wheels.sh.
+# .rayx comes from tools/make_rayx.sh. Every step exports the environment the others rely on (PYTHONPATH,
+# the Triton/fla caches in /tmp); a background grid inherits it.
+set -euo pipefail
+REPO=$(pwd)
+export PYTHONPATH=/tmp/site:/tmp/site2 TRITON_CACHE_DIR=/tmp/hyla_triton TRITON_CACHE_AUTOTUNING=1 \
+    FLA_CACHE_MODE=fuzzy PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
+OUT=${OUT:-/tmp/hyla_out}
+GRID=/tmp/hyla_grid
+# from /tmp, not the repo root: its hyla/ would shadow the installed package (space/ etc. map into it)
+gpu_pytest() { (cd /tmp && python3 -m pytest "$REPO/tests" -m gpu -p no:cacheprovider -rA "$@"); }
+pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "$@"; }
+
+case "${1:-}" in
+  env) ;;  # sourced for the exports above
+  stage-whl1) pipi --target /tmp/site .whl1/*.whl ;;
+  stage-whl2)
+    pipi --target /tmp/site2 .whl2/*.whl
+    pipi --target /tmp/site .whl/*.whl ;;
+  stage-whl) pipi --target /tmp/site .whl/*.whl ;;  # without GatedDeltaNet on Hopper: no tilelang needed
+  stage-hyla)
+    python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site "$REPO"
+    mkdir -p /tmp/hyla_bench && cp -r "$REPO"/benchmarks/. /tmp/hyla_bench/ ;;
+  stage-ray)
+    pipi --target /tmp/site .rayx/*.whl
+    tar -xJf .rayx/ray.tar.xz -C /tmp/site
+    python3 -c "import ray, ray.train.torch; print('ray', ray.__version__)" ;;
+  grid-start)
+    shift
+    mkdir -p "$GRID"
+    for f in bench_fidelity_grid.jsonl bench_fidelity_grid.json; do  # resume what earlier machines finished
+      [ -f "$GRID/$f" ] || [ ! -f "$REPO/benchmarks/results/$f" ] || cp "$REPO/benchmarks/results/$f" "$GRID/"
+    done
+    # from copies in /tmp: the next call replaces the checkout while this keeps running
+    setsid nohup python3 /tmp/hyla_bench/bench_fidelity.py --layouts grid --seeds 0 --budgets 1 \
+      --jsonl "$GRID/bench_fidelity_grid.jsonl" --out "$GRID/bench_fidelity_grid.json" "$@" \
+      > "$GRID/grid.log" 2>&1 < /dev/null &
+    echo "grid started (pid $!)" ;;
+  tests)
+    shift
+    mkdir -p "$OUT"
+    set +e
+    gpu_pytest -q "$@" 2>&1 | tee "$OUT/gpu_tests.log"
+    status=${PIPESTATUS[0]}
+    set -e
+    echo "pytest exit $status" ;;
+  tests-start)  # the same in the background (setsid): survives the call; grid-wait copies its log
+    shift
+    mkdir -p "$GRID"
+    export -f gpu_pytest && export REPO
+    setsid nohup bash -c 'gpu_pytest -v "$@"' gpu_pytest "$@" > "$GRID/gpu_tests.log" 2>&1 < /dev/null &
+    echo "tests started" ;;
+  grid-wait)
+    limit=${2:-540}
+    start=$(date +%s)
+    while pgrep -f hyla_bench/bench_fidelity.py > /dev/null && (( $(date +%s) - start < limit )); do sleep 5; done
+    mkdir -p "$OUT" && cp "$GRID"/* "$OUT"/ 2>/dev/null || true
+    tail -n 15 "$GRID/grid.log" ;;
+  *) echo "usage: gpu_session.sh env|stage-whl|stage-whl1|stage-whl2|stage-ray|stage-hyla|grid-start ARGS|tests ARGS|tests-start ARGS|grid-wait SECONDS" >&2
+     exit 2 ;;
+esac
