@@ -89,6 +89,7 @@ class SupernetScore:
         finetune_steps: optional short fine-tune of each layout's inherited weights before scoring (0: none; the
             layouts of a chunk then cannot share a pass and are scored one by one).
         finetune_lr: its learning rate (constant, AdamW, the supernet's loss on fresh rows).
+        bf16: score under bf16 autocast on CUDA (the scores themselves in fp32; CPU always fp32).
     """
 
     eval_examples: int = 64
@@ -96,6 +97,7 @@ class SupernetScore:
     chunk: int = 32
     finetune_steps: int = 0
     finetune_lr: float = 3e-4
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         if self.eval_examples < 1 or self.eval_text_rows < 1 or self.chunk < 1 or self.finetune_steps < 0:

@@ -17,76 +17,104 @@ loss for that many steps, then scored alone (no routing, the supernet untouched)
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hyla.proxy_train.model.lm import HylaLM, param_groups
-from hyla.proxy_train.model.loss import token_loss
+from hyla.proxy_train.model.loss import IGNORE, token_loss
+from hyla.proxy_train.retrofit.family import suite_score
 from hyla.proxy_train.supernet.config import SupernetScore, SupernetTrain
 from hyla.proxy_train.supernet.model import Supernet
 from hyla.proxy_train.supernet.route import prefix_order, run_many
-from hyla.proxy_train.supernet.train import DistillData, kl_positions, kl_to_teacher, layout_loss, teacher_pass
+from hyla.proxy_train.supernet.train import DistillData, kl_positions, layout_loss, teacher_pass
 from hyla.proxy_train.tasks.common import position_accuracy
 from hyla.space.layout import LayerSpec
 
 
 @dataclass
 class EvalRows:
-    """Every held-out row on the device: ``inputs``/``targets`` (N, T); ``levels`` = (name, rows, per-example score
-    function); ``text`` = the text rows; ``teacher_text`` = the teacher's logits of the text rows."""
+    """Every held-out row on the device (`eval_rows`).
+
+    Attributes:
+        inputs, targets: (N, T): the levels' examples, then the text rows.
+        text: the text rows.
+        teacher_logp: the teacher's log-probabilities of the text rows (fp32).
+        levels: level names, in order.
+        answers: (rows, cols) of every scored position of the levels scored per answer token (`position_accuracy`,
+            the default), ``answer_targets`` their targets, ``answer_example`` their example (index into the levels'
+            examples) and ``example_level`` each example's level index; ``example_count`` its scored positions.
+        other: (level index, rows, score function) of levels with their own per-example score (RULER's spans).
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
-    levels: list[tuple[str, slice, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]]
     text: slice
-    teacher_text: torch.Tensor
+    teacher_logp: torch.Tensor
+    levels: list[str]
+    answers: tuple[torch.Tensor, torch.Tensor]
+    answer_targets: torch.Tensor
+    answer_example: torch.Tensor
+    example_level: torch.Tensor
+    example_count: torch.Tensor
+    other: list[tuple[int, slice, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]]
 
 
 @torch.no_grad()
 def eval_rows(data: DistillData, teacher: HylaLM, cfg: SupernetScore, device: torch.device) -> EvalRows:
     """The first ``eval_examples`` held-out examples of each level and ``eval_text_rows`` text rows of ``data``."""
-    xs, ys, levels, start = [], [], [], 0
-    for name, gen in zip(data.level_names, data.generators):
+    xs, ys, other, level_of, start = [], [], [], [], 0
+    for i, (name, gen) in enumerate(zip(data.level_names, data.generators)):
         x, y = data.eval[name]
         x, y = x[: cfg.eval_examples], y[: cfg.eval_examples]
         xs.append(x), ys.append(y)
-        levels.append((name, slice(start, start + len(x)), getattr(gen, "score", position_accuracy)))
+        score = getattr(gen, "score", position_accuracy)
+        if score is not position_accuracy:
+            other.append((i, slice(start, start + len(x)), score))
+        level_of += [i if score is position_accuracy else -1] * len(x)
         start += len(x)
     tx, ty = data.eval_text
     xs.append(tx[: cfg.eval_text_rows]), ys.append(ty[: cfg.eval_text_rows])
     text = slice(start, start + len(xs[-1]))
     inputs, targets = torch.cat(xs).to(device), torch.cat(ys).to(device)
-    teacher_text = teacher.to(device).eval()(inputs[text])[0].float()
-    return EvalRows(inputs, targets, levels, text, teacher_text)
-
-
-def aggregate_recall(levels: dict[str, float]) -> float:
-    """Mean over the levels of each task (the level key's part before ``@``, hop counts pooled), then over tasks."""
-    per_task: dict[str, list[float]] = {}
-    for level, value in levels.items():
-        per_task.setdefault(level.split("@", 1)[0].rstrip("0123456789"), []).append(value)
-    return statistics.fmean(statistics.fmean(v) for v in per_task.values())
+    example_level = torch.tensor(level_of, dtype=torch.long, device=device)
+    scored = (targets[:start] != IGNORE) & (example_level >= 0)[:, None]
+    rows_, cols = scored.nonzero(as_tuple=True)
+    teacher_logp = F.log_softmax(teacher.to(device).eval()(inputs[text])[0].float(), -1)
+    return EvalRows(inputs, targets, text, teacher_logp, list(data.level_names), (rows_, cols), targets[rows_, cols],
+                    rows_, example_level, scored.sum(1), other)
 
 
 @torch.no_grad()
-def metrics(logits: torch.Tensor, rows: EvalRows) -> dict[str, Any]:
-    """A layout's scores from its logits of every eval row (module docstring)."""
-    preds = logits.argmax(-1)
-    levels = {}
-    for name, r, score in rows.levels:
-        per_example = score(preds[r].cpu(), rows.targets[r].cpu())
-        per_example = per_example[~torch.isnan(per_example)]
-        levels[name] = float(per_example.mean()) if len(per_example) else 0.0
-    text = logits[rows.text]
-    every = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-    return {"recall": aggregate_recall(levels), "recall_tasks": levels,
-            "lm_val_loss": float(token_loss(text, rows.targets[rows.text])),
-            "kl_to_teacher": float(kl_to_teacher(text, rows.teacher_text, every))}
+def metrics(hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], rows: EvalRows) -> dict[str, Any]:
+    """A layout's scores from its last block's output ``hidden`` (N, T, D) of every eval row and its ``head``
+    (final norm and LM head): logits only where something is scored (module docstring)."""
+    n_levels, n_ex = len(rows.levels), len(rows.example_level)
+    preds = head(hidden[rows.answers]).argmax(-1)
+    hits = torch.zeros(n_ex, device=hidden.device).index_add_(0, rows.answer_example,
+                                                            (preds == rows.answer_targets).float())
+    valid = (rows.example_count > 0) & (rows.example_level >= 0)
+    per_example = torch.where(valid, hits / rows.example_count.clamp(min=1), torch.zeros_like(hits))
+    level = rows.example_level.clamp(min=0)
+    sums = torch.zeros(n_levels, device=hidden.device).index_add_(0, level, per_example * valid)
+    counts = torch.zeros(n_levels, device=hidden.device).index_add_(0, level, valid.float())
+    text = head(hidden[rows.text]).float()
+    t_logp, s_logp = rows.teacher_logp, F.log_softmax(text, -1)
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+    lm = token_loss(text, rows.targets[rows.text])
+    values = torch.cat([torch.where(counts > 0, sums / counts.clamp(min=1), torch.zeros_like(sums)),
+                        torch.stack([lm, kl])]).tolist()  # one device sync per layout
+    levels = dict(zip(rows.levels, values[:n_levels]))
+    for i, r, score in rows.other:  # a level with its own per-example score: its full logits
+        per = score(head(hidden[r]).argmax(-1).cpu(), rows.targets[r].cpu())
+        per = per[~torch.isnan(per)]
+        levels[rows.levels[i]] = float(per.mean()) if len(per) else 0.0
+    return {"recall": suite_score(levels), "recall_tasks": levels, "lm_val_loss": values[n_levels],
+            "kl_to_teacher": values[n_levels + 1]}
 
 
 def score_layouts(net: Supernet, rows: EvalRows, layouts: Sequence[Sequence[LayerSpec]], cfg: SupernetScore,
@@ -104,6 +132,8 @@ def score_layouts(net: Supernet, rows: EvalRows, layouts: Sequence[Sequence[Laye
     """
     out: list[dict[str, Any] | None] = [None] * len(layouts)
     order = prefix_order(layouts)
+    device = rows.inputs.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     was = net.training
     net.eval()
     with torch.no_grad():
@@ -111,10 +141,14 @@ def score_layouts(net: Supernet, rows: EvalRows, layouts: Sequence[Sequence[Laye
             chunk = order[start:start + (cfg.chunk if finetune is None else 1)]
             if finetune is not None:
                 model = finetune(layouts[chunk[0]]).eval()
-                out[chunk[0]] = metrics(model(rows.inputs)[0], rows)
+                with autocast:
+                    out[chunk[0]] = metrics(model.hidden(rows.inputs)[0], model.logits, rows)
             else:
-                for node in run_many(net, rows.inputs, [layouts[j] for j in chunk]):
-                    scores = metrics(net.base.logits(node.x), rows)
+                with autocast:
+                    nodes = run_many(net, rows.inputs, [layouts[j] for j in chunk])
+                for node in nodes:
+                    with autocast:
+                        scores = metrics(node.x, net.base.logits, rows)
                     for m in node.members:
                         out[chunk[m]] = dict(scores)
             if on_chunk is not None:
