@@ -97,15 +97,12 @@ def run_placement(req: PlacementRequest, log: Callable[[str], None] = print) -> 
 
     from hyla.proxy_train.retrofit.config import RetrofitConfig
     from hyla.proxy_train.retrofit.data import RetrofitData
-    from hyla.proxy_train.retrofit.transfer import load_transfer
-    from hyla.proxy_train.supernet.choices import LayerSampler
-    from hyla.proxy_train.supernet.config import SupernetScore, SupernetTrain
-    from hyla.proxy_train.supernet.placement import beam_search, importance, placed
-    from hyla.proxy_train.supernet.score import eval_rows, score_layouts
-    from hyla.proxy_train.supernet.store import load_or_train, state_key
+    from hyla.proxy_train.supernet.config import SupernetScore
+    from hyla.proxy_train.supernet.placement import OBJECTIVES, placed, placement_supernet, search_placement
+    from hyla.proxy_train.supernet.score import eval_rows
+    from hyla.proxy_train.supernet.store import state_key
 
     t0 = time.perf_counter()
-    from hyla.proxy_train.supernet.placement import OBJECTIVES
 
     if req.objective not in OBJECTIVES:
         raise ConfigError(f"--objective: {req.objective!r} is not allowed; expected one of {', '.join(OBJECTIVES)}")
@@ -134,35 +131,17 @@ def run_placement(req: PlacementRequest, log: Callable[[str], None] = print) -> 
     key = state_key(teacher)
     log(f"placement: {source} model {key} ({teacher.layout.n_layers} layers, d {teacher.layout.d_model}); "
         f"stage 1 for {req.mixer}")
-    stage1 = load_transfer(teacher, key, linear, rcfg, data, device, log)
-    choices = tuple((LayerSpec(mixer="attn"), linear) for _ in range(n))
-    sampler = LayerSampler(choices, p_attention=req.attention_layers / n)
-    train = SupernetTrain(steps=req.supernet_steps, seed=req.seed, init="transfer")
-    data_recipe = {"levels": rcfg.levels, "seq_len": rcfg.seq_len, "text": dataclasses.asdict(rcfg.text),
-                   "pool_rows": rcfg.pool_rows}
-    net, info = load_or_train(teacher, key, choices, sampler, data, data_recipe, train, device,
-                              transfer=lambda spec: stage1.states, transfer_key=f"{key}:{linear.to_obj()}",
-                              cache_root=rcfg.cache_dir, log=log)
+    net, info, stage1 = placement_supernet(teacher, key, data, rcfg, linear, req.attention_layers,
+                                           req.supernet_steps, device, req.seed, log=log)
     score_cfg = SupernetScore(eval_examples=req.eval_examples, eval_text_rows=rcfg.eval_text_rows)
-    rows = eval_rows(data, teacher, score_cfg, device)
-    imp = importance(net, rows, linear, score_cfg)
-    best, trace = beam_search(net, rows, linear, req.attention_layers, score_cfg, req.beam, req.objective, log=log)
-    from hyla.space.search_space import placement_indices
-
-    uniform = placement_indices("uniform_last", n, req.attention_layers)
-    top = tuple(sorted(sorted(range(n), key=lambda i: -imp[i]["kl"])[: req.attention_layers]))
-    compared = {"searched": best.attention, "uniform": uniform, "importance": top}
-    scores = score_layouts(net, rows, [placed(n, a, linear) for a in compared.values()], score_cfg)
-    layout = teacher.layout.with_layers(placed(n, best.attention, linear),
-                                        name=f"{req.mixer}-at{','.join(map(str, best.attention))}")
+    found = search_placement(net, eval_rows(data, teacher, score_cfg, device), linear, req.attention_layers,
+                             score_cfg, req.beam, req.objective, log=log)
+    layout = teacher.layout.with_layers(placed(n, found["attention"], linear),
+                                        name=f"{req.mixer}-at{','.join(map(str, found['attention']))}")
     out.mkdir(parents=True, exist_ok=True)
     layout.dump(out / "layout.yaml")
     record = {"model": str(req.model), "source": source, "model_key": key, "request": dataclasses.asdict(req),
-              "layout": layout.to_dict(), "attention": list(best.attention),
-              "candidates": {name: {"attention": list(a), "scores": s}
-                             for (name, a), s in zip(compared.items(), scores)},
-              "importance": [{k: v for k, v in r.items() if k != "scores"} for r in imp],
-              "trace": [[{"attention": list(c.attention), **c.scores} for c in step] for step in trace],
+              "layout": layout.to_dict(), **found,
               "stage1_error": {"before": stage1.error_before, "after": stage1.error_after},
               "supernet": {k: info.get(k) for k in ("key", "cached", "train_s", "init_s")},
               "wall_s": time.perf_counter() - t0}
@@ -170,5 +149,5 @@ def run_placement(req: PlacementRequest, log: Callable[[str], None] = print) -> 
     from hyla.analysis.placement_report import write_placement_report
 
     write_placement_report(record, layout, out / "report.html")
-    log(f"placement: attention at {list(best.attention)} -> {out / 'layout.yaml'}, {out / 'report.html'}")
+    log(f"placement: attention at {found['attention']} -> {out / 'layout.yaml'}, {out / 'report.html'}")
     return record
