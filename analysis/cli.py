@@ -75,6 +75,24 @@ def add_parser(subparsers: Any, name: str, help_text: str) -> None:
     ca.add_argument("--far-factor", type=float, default=1.5, help="paper finding 3: hybrid/pure recall factor")
     ca.add_argument("--out", default="calibration", help="output directory (calibration.json, calibration.html)")
     ca.set_defaults(func=_calibrate)
+    pl = sub.add_parser("placement", help="which K layers of a trained Transformer (a `hyla train` checkpoint or a "
+                                          "local HF Llama directory) keep attention: per-layer importance and a "
+                                          "beam search on a placement supernet")
+    pl.add_argument("model", metavar="MODEL", help="`hyla train` run/checkpoint/model dir, or an HF Llama directory")
+    pl.add_argument("--attention-layers", type=int, required=True, help="K: attention layers to keep")
+    pl.add_argument("--mixer", default="gdn", help="linear kind of the other layers (default gdn)")
+    pl.add_argument("--beam", type=int, default=3, help="beam width (1 = greedy; default 3, as PostNAS)")
+    pl.add_argument("--objective", default="recall", help="recall (ties by KL) or kl (default recall)")
+    pl.add_argument("--levels", default="retrofit-tiny", help="recall level set (default retrofit-tiny)")
+    pl.add_argument("--seq-len", type=int, default=128, help="row length (default 128)")
+    pl.add_argument("--transfer-steps", type=int, default=300, help="stage-1 attention-transfer steps")
+    pl.add_argument("--supernet-steps", type=int, default=200, help="supernet distillation steps (0: stage 1 only)")
+    pl.add_argument("--eval-examples", type=int, default=128, help="held-out examples per recall level")
+    pl.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pl.add_argument("--cache-dir", default=None, help="cache (default $HYLA_CACHE_DIR or ~/.cache/hyla)")
+    pl.add_argument("--seed", type=int, default=0, help="supernet seed")
+    pl.add_argument("--out", default="placement", help="output directory (layout.yaml, placement.json, report.html)")
+    pl.set_defaults(func=_placement)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
@@ -168,6 +186,21 @@ def _export(args: argparse.Namespace) -> int:
     print("load it:")
     for line in loading_instructions(res):
         print(f"  {line}")
+    return 0
+
+
+def _placement(args: argparse.Namespace) -> int:
+    from hyla.analysis.placement import PlacementRequest, run_placement
+
+    req = PlacementRequest(model=args.model, attention_layers=args.attention_layers, mixer=args.mixer, beam=args.beam,
+                           objective=args.objective, levels=args.levels, seq_len=args.seq_len,
+                           transfer_steps=args.transfer_steps, supernet_steps=args.supernet_steps,
+                           eval_examples=args.eval_examples, out=args.out, cache_dir=args.cache_dir,
+                           device=args.device, seed=args.seed)
+    record = run_placement(req)
+    for name, c in record["candidates"].items():
+        s = c["scores"]
+        print(f"{name:10s} attention at {c['attention']}: recall {s['recall']:.3f}, KL {s['kl_to_teacher']:.4f}")
     return 0
 
 

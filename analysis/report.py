@@ -37,7 +37,7 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
   }).forEach(r => body.appendChild(r));
 }));
 """
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1300px;color:#222}
 h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
@@ -195,7 +195,7 @@ def render_report(data: StudyData, z: float = 2.0) -> str:
     config = yaml.safe_dump(data.config, sort_keys=False) if data.config else "(no config recorded)"
     title = html.escape(f"hyla study {data.name}")
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head><body>
+<html><head><meta charset="utf-8"><title>{title}</title><style>{PAGE_CSS}</style></head><body>
 <h1>{title}</h1><p>source: <code>{html.escape(data.source)}</code> — objectives: {html.escape(objs)}</p>
 <ul>{''.join(counts)}</ul>
 <h2>Pareto fronts</h2>{_plots(data, z)}

@@ -22,6 +22,7 @@ Finished jobs (``ok``, or ``diverged``, which a re-run would repeat) are skipped
 
     python benchmarks/bench_fidelity.py --proxy benchmarks/fidelity_gpu.yaml --layouts calibration --budgets 1 4
     python benchmarks/bench_fidelity.py --analyze
+    python benchmarks/bench_fidelity.py --analyze benchmarks/results/fidelity_v2_cpu_tiny.jsonl   # issue 31's checks
     python benchmarks/bench_fidelity.py --proxy benchmarks/grid_proxy.yaml --layouts grid --seeds 0 --budgets 1 \
         --p 5 --jsonl benchmarks/results/grid.jsonl --out benchmarks/results/grid.json   # the paper grid (LM proxy)
     python benchmarks/bench_fidelity.py --device cpu --proxy tests_probe.yaml --layouts a.yaml b.yaml --p 2
@@ -305,15 +306,34 @@ def main() -> int:
                     help="layout order within a seed: expected-longest first (default) or as listed")
     ap.add_argument("--flat-tol", type=float, default=0.03, help="paper finding 2: max relative LM-loss spread")
     ap.add_argument("--far-factor", type=float, default=1.5, help="paper finding 3: hybrid/pure recall factor")
-    ap.add_argument("--analyze", nargs="?", const=True, default=False, metavar="JSONL",
-                    help="only analyse the records (of JSONL when given, else of --jsonl)")
+    ap.add_argument("--analyze", nargs="?", const=True, default=False, metavar="FILE",
+                    help="only analyse the records (of FILE when given, else of --jsonl); a fidelity_v2 records FILE "
+                         "(its name says fidelity_v2) gets issue 31's checks per proxy family beside count-attn "
+                         "(hyla.analysis.fidelity_v2)")
     args = ap.parse_args()
+    if isinstance(args.analyze, str) and "fidelity_v2" in Path(args.analyze).name:
+        return analyze_v2(args.analyze)
     if isinstance(args.analyze, str):
         args.jsonl = args.analyze
     if args.analyze:
         write_summary(args, dict(parse_variant(v) for v in args.variant), None)
         return 0
     return run(args)
+
+
+def analyze_v2(path: str) -> int:
+    """Print the fidelity v2 checks of a records file and write them beside it (``<stem>.analysis.json``)."""
+    from hyla.analysis.fidelity_v2 import analyze as analyze_families
+    from hyla.analysis.fidelity_v2 import format_report, read_records
+    from hyla.config import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--analyze: {path}: file not found")
+    analysis = analyze_families(read_records(path))
+    print(format_report(analysis), flush=True)
+    out = write_json(Path(path).with_suffix(".analysis.json"), analysis)
+    log(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

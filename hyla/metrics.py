@@ -89,6 +89,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            description="recall-suite score of the proxy"),
     Metric("recall_auc", "maximize", "recall AUC (mean accuracy over the probe's training)", "", "recall_auc",
            number, description="area under the recall probe's learning curve: how early recall was learned"),
+    Metric("kl_to_teacher", "minimize", "KL to the teacher (nats / token)", "", "kl_to_teacher", number,
+           description="held-out KL(teacher || layout) of a teacher-initialised proxy (supernet)"),
     Metric("kv_bytes", "minimize", "KV cache bytes / seq", "bytes", "kv_bytes", human_bytes, exact=True,
            cost=("memory", "kv_bytes"), description="softmax KV cache per sequence at the study's context"),
     Metric("memory_bytes", "minimize", "KV + state bytes / seq", "bytes", "state_bytes", human_bytes, exact=True,
@@ -101,7 +103,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 #: preferred plot axes: x = the first exact cost a study has, y = the first proxy score
 COST_AXES: tuple[str, ...] = ("memory_bytes", "kv_bytes", "params")
-SCORE_AXES: tuple[str, ...] = ("recall", "recall_auc", "lm_loss", "tokens_per_s")
+SCORE_AXES: tuple[str, ...] = ("recall", "recall_auc", "lm_loss", "kl_to_teacher", "tokens_per_s")
 
 
 def get_metric(name: str, where: str = "metric") -> Metric:

@@ -7,6 +7,7 @@ the opened storage (an RDB is connected to) and a checked Ray address. Only then
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,15 @@ def _read_space(cfg: StudyConfig) -> Any:
     if isinstance(cfg.space, dict):
         return SearchSpace.from_dict(cfg.space, where=f"{cfg.where}: space")
     raise ConfigError(f"{cfg.where}: space: expected a mapping or a path, got {type(cfg.space).__name__}")
+
+
+def with_study_space(proxy: ProxyConfig, space: Any) -> ProxyConfig:
+    """A recall family that covers the study's space (``supernet``: ``recall.space``) gets the study's own space
+    when its config leaves it unset."""
+    recall = proxy.recall
+    if recall is None or "space" not in {f.name for f in dataclasses.fields(recall)} or recall.space is not None:
+        return proxy
+    return dataclasses.replace(proxy, recall=dataclasses.replace(recall, space=space))
 
 
 def _check_objectives_scored(cfg: StudyConfig, proxies: list[ProxyConfig]) -> None:
@@ -166,7 +176,7 @@ def prepare(cfg: StudyConfig) -> Prepared:
         ConfigError: any bad field, missing file, unreachable storage or Ray address (one line, file and field).
     """
     space = _load_space(cfg)
-    proxies = [rung.proxy for rung in cfg.rungs]
+    proxies = [with_study_space(rung.proxy, space) for rung in cfg.rungs]
     for r in range(len(cfg.rungs)):
         _check_data_sources(cfg, r)
     _check_objectives_scored(cfg, proxies)

@@ -16,6 +16,7 @@ told again (user attr ``reused_from``).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hyla.config import ConfigError, dump_yaml
 from hyla.metrics import METRICS
+from hyla.proxy_train.proxy.recall import batch_size
 from hyla.search.config import StudyConfig
 from hyla.search.dispatch import Outcome, drive
 from hyla.search.fresh import FreshAsk
@@ -165,6 +167,8 @@ class _RungDriver:
         self.fresh = FreshAsk(study, prep.space, prep.cfg.seed) if rung == 0 else None
         if self.fresh is not None:
             self.fresh.sweep(self.done_by_key, prep.cfg.n_trials)
+        #: trials per worker call: 1, or many when the rung's recall family scores many at once (supernet)
+        self.batch = batch_size(self.proxy)
         self.task = progress.add_task(f"rung {rung}", total=self._target(), completed=self.counted) if progress else None
 
     def _waiting(self) -> int:
@@ -256,25 +260,40 @@ class _RungDriver:
         self._count(ok=False)
         self.queue.extend(self.dups.pop(job.key, []))  # duplicates now train on their own
 
-    def _next_job(self) -> _Job | None:
-        """The next trial to train (asking the sampler while none is queued), or None when there is none now."""
-        while not self.queue and self._more_to_ask():
+    def _next_job(self) -> list[_Job] | None:
+        """The next trials to train together, up to ``batch`` of them (asking the sampler while fewer are queued),
+        or None when there is none now."""
+        while len(self.queue) < self.batch and self._more_to_ask():
             self._ask()
-        return self.queue.popleft() if self.queue else None
+        if not self.queue:
+            return None
+        return [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
 
-    def _submit(self, slot: int, job: _Job) -> ray.ObjectRef:
-        job.slot = slot
-        # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
-        out = (self.prep.run_path / "trials" / f"rung{self.rung}" / f"trial{job.trial.number:05d}").absolute()
-        self.in_flight[job.trial.number] = job
-        return self.pool.submit(slot, job.layout.to_dict(), self.proxy, str(out))
+    def _submit(self, slot: int, jobs: list[_Job]) -> ray.ObjectRef:
+        outs = []
+        for job in jobs:
+            job.slot = slot
+            self.in_flight[job.trial.number] = job
+            # absolute: a worker on another node must not resolve a relative run_dir against its own working dir
+            outs.append(str((self.prep.run_path / "trials" / f"rung{self.rung}"
+                             / f"trial{job.trial.number:05d}").absolute()))
+        if self.batch == 1:
+            return self.pool.submit(slot, jobs[0].layout.to_dict(), self.proxy, outs[0])
+        return self.pool.submit_batch(slot, [j.layout.to_dict() for j in jobs], self.proxy, outs)
 
     def _ready(self, slot: int) -> None:
         note = self.pool.startup_note()
         if note and self.console is not None:
             self.console.print(note)
 
-    def _finish(self, job: _Job, outcome: Outcome) -> None:
+    def _finish(self, jobs: list[_Job], outcome: Outcome) -> None:
+        """Every trial of a finished call: a batch's answer holds one result per trial."""
+        many = outcome.kind == "result" and self.batch > 1
+        for job, value in zip(reversed(jobs), reversed(outcome.value if many else [outcome.value] * len(jobs)),
+                              strict=True):  # reversed: retried trials keep their order at the queue's front
+            self._finish_one(job, dataclasses.replace(outcome, value=value))
+
+    def _finish_one(self, job: _Job, outcome: Outcome) -> None:
         del self.in_flight[job.trial.number]
         if outcome.node is not None:
             job.trial.set_user_attr("worker_node", outcome.node)

@@ -105,9 +105,9 @@ class _ProxyWorkerImpl:
         # This node's kernel caches first (before fla loads), so that Triton compiles and autotunes a kernel once
         # per machine, not once per worker; then the trainer, imported once per process, not once per trial.
         use_kernel_caches()
-        from hyla.proxy_train.proxy.run import run_proxy
+        from hyla.proxy_train.proxy.run import run_proxies, run_proxy
 
-        self._run_proxy = run_proxy
+        self._run_proxy, self._run_proxies = run_proxy, run_proxies
         self._device = device
         self.trials_run = 0
 
@@ -135,12 +135,30 @@ class _ProxyWorkerImpl:
         return {"result": result, "t_start": t_start, "t_end": time.time(), "step_starts": steps.starts(),
                 "pid": os.getpid()}
 
+    def run_batch(self, layouts: list[dict[str, Any]], proxy: ProxyConfig,
+                  out_dirs: list[str | None]) -> list[dict[str, Any]]:
+        """Score many layouts in one call (`hyla.proxy_train.proxy.run.run_proxies`: a recall family that scores
+        many at once, e.g. the supernet); always one result dict per layout."""
+        from hyla.space.layout import Layout
+
+        self.trials_run += len(layouts)
+        out = self._guarded(lambda device: [r.to_dict() for r in self._run_proxies(
+            [Layout.from_dict(d) for d in layouts], proxy, out_dirs, progress=False, device=device)], proxy)
+        return out if isinstance(out, list) else [out] * len(layouts)
+
     def _run(self, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None,
              on_step: Callable[[int], None] | None) -> dict[str, Any]:
         from hyla.space.layout import Layout
 
-        _fault_hook()
         self.trials_run += 1
+        return self._guarded(lambda device: self._run_proxy(Layout.from_dict(layout), proxy, out_dir=out_dir,
+                                                            progress=False, device=device, on_step=on_step).to_dict(),
+                             proxy)
+
+    def _guarded(self, run: Callable[[str | None], Any], proxy: ProxyConfig) -> Any:
+        """``run(device)``; bad input becomes ``config_error`` (the driver stops the search), any other escape a
+        ``failed`` result (``run_proxy`` already maps divergence/OOM, so this is a bug)."""
+        _fault_hook()
         try:
             if not isinstance(proxy, ProxyConfig):  # the driver parsed it once; it travels typed
                 raise TypeError(f"proxy: a ProxyConfig is expected, got {type(proxy).__name__}")
@@ -149,12 +167,10 @@ class _ProxyWorkerImpl:
 
             if device is None and not torch.cuda.is_available():
                 device = "cpu"
-            result = self._run_proxy(Layout.from_dict(layout), proxy, out_dir=out_dir,
-                                     progress=False, device=device, on_step=on_step)
-            return result.to_dict()
-        except ConfigError as e:  # bad input (proxy config vs layout): the driver stops the search
+            return run(device)
+        except ConfigError as e:
             return {"status": "config_error", "fail_reason": str(e)}
-        except Exception as e:  # run_proxy already maps divergence/OOM; this is a bug
+        except Exception as e:  # noqa: BLE001
             tb = traceback.format_exc(limit=3).strip().splitlines()
             return {"status": "failed", "fail_reason": f"{type(e).__name__}: {e}".splitlines()[0],
                     "traceback_tail": tb[-3:]}
@@ -257,6 +273,11 @@ class WorkerPool:
 
     def submit(self, slot: int, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None) -> ray.ObjectRef:
         return self.actors[slot].run.remote(layout, proxy, out_dir)
+
+    def submit_batch(self, slot: int, layouts: list[dict[str, Any]], proxy: ProxyConfig,
+                     out_dirs: list[str | None]) -> ray.ObjectRef:
+        """Many layouts in one call (`_ProxyWorkerImpl.run_batch`): the answer is one result dict per layout."""
+        return self.actors[slot].run_batch.remote(layouts, proxy, out_dirs)
 
     def submit_timed(self, slot: int, layout: dict[str, Any], proxy: ProxyConfig, out_dir: str | None,
                      before_first_step: Callable[[], None] | None = None) -> ray.ObjectRef:

@@ -7,7 +7,7 @@ ones, each with its reason). `hyla.cli` (the ``hyla`` command, in hyla/ but abov
 `hyla.__main__` may be imported by nothing but `hyla.__main__`.
 
 Inside ``hyla.proxy_train`` the concept subpackages are layers too (`PROXY_TRAIN_LAYERS`: model <- tasks <- train
-<- probe <- proxy, then ``hyla.proxy_train.cli`` on top), and every module of it lies in one of them (only the
+<- probe <- retrofit <- supernet <- proxy, then ``hyla.proxy_train.cli`` on top), and every module of it lies in one of them (only the
 package's ``__init__`` and ``cli`` stand beside them).
 
 No import cycle at all: neither module-level imports (including ``if TYPE_CHECKING:`` blocks and class bodies) nor
@@ -31,7 +31,8 @@ REPO = Path(importlib.util.find_spec("hyla").origin).parent.parent  # type: igno
 TOP = ("hyla.cli", "hyla.__main__")
 #: the concept subpackages of hyla.proxy_train, lowest first (`hyla.proxy_train.cli` stands above them all)
 PROXY_TRAIN_LAYERS = ("hyla.proxy_train.model", "hyla.proxy_train.tasks", "hyla.proxy_train.train",
-                      "hyla.proxy_train.probe", "hyla.proxy_train.proxy")
+                      "hyla.proxy_train.probe", "hyla.proxy_train.retrofit", "hyla.proxy_train.supernet",
+                      "hyla.proxy_train.proxy")
 #: the modules of hyla.proxy_train that are in none of its concept subpackages
 PROXY_TRAIN_FACE = ("hyla.proxy_train", "hyla.proxy_train.cli")
 

@@ -74,15 +74,15 @@ def test_search_and_analysis_agree() -> None:
     assert empty.metric_names() == names
 
     mem, pc = inference_memory(layout, 64), param_count(layout)
-    result = {"lm_val_loss": 2.5, "recall": 0.75, "recall_auc": 0.5, "tokens_per_s": 900.0, "kv_bytes": mem.kv_bytes,
-              "state_bytes": mem.total_bytes, "params": pc.total,
-              "sem": {"lm_val_loss": 0.05, "recall": 0.01, "recall_auc": 0.02}}
+    result = {"lm_val_loss": 2.5, "recall": 0.75, "recall_auc": 0.5, "kl_to_teacher": 0.3, "tokens_per_s": 900.0,
+              "kv_bytes": mem.kv_bytes, "state_bytes": mem.total_bytes, "params": pc.total,
+              "sem": {"lm_val_loss": 0.05, "recall": 0.01, "recall_auc": 0.02, "kl_to_teacher": 0.03}}
     values = objective_values(SimpleNamespace(cfg=cfg), layout, result)
     rec = _record(result)  # analysis reads the result dict by the same fields
     assert values == [rec.metric(n) for n in names]
     assert values[names.index("memory_bytes")] == mem.total_bytes and values[names.index("params")] == pc.total
     sems = result_sems(SimpleNamespace(cfg=cfg), result)
-    assert sems == [rec.sem(n) for n in names] == [0.05, 0.01, 0.02, 0.0, 0.0, 0.0, None]
+    assert sems == [rec.sem(n) for n in names] == [0.05, 0.01, 0.02, 0.03, 0.0, 0.0, 0.0, None]
     for n, v in zip(names, values):
         assert report_format(n, v) == format_value(n, v) == METRICS[n].format(v)
         assert _label(n) == METRICS[n].label

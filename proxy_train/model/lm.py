@@ -43,6 +43,43 @@ LayerState = dict[str, Any] | None
 RESIDUAL_PROJ = ("o_proj", "out_proj", "down_proj")
 
 
+@torch.no_grad()
+def init_weights(module: nn.Module, std: float, n_layers: int) -> None:
+    """The LM's init of every ``nn.Linear``/``nn.Embedding`` inside ``module`` (module docstring): N(0, std) weights,
+    zero biases, residual output projections scaled by 1/sqrt(2 n_layers); other parameters untouched."""
+    residual_scale = 1.0 / math.sqrt(2 * n_layers)
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+            if name.rsplit(".", 1)[-1] in RESIDUAL_PROJ:
+                sub.weight.mul_(residual_scale)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of ``module``'s trainable parameters: decay matrices (and embeddings), never norms, biases,
+    1-D gates or ``_no_weight_decay`` parameters (fla's A_log, dt_bias, D; the lower-bound logits)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2 or getattr(p, "_no_weight_decay", False):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def bound_rows(table: torch.Tensor) -> torch.Tensor:
+    """Every layer's forget-gate lower bound from fla's table of logits ``(n_layers, width)``: the softmax over
+    layers, accumulated and shifted so that layer 0's row is 0 (fp32)."""
+    p = table.softmax(0, dtype=torch.float)
+    return p.cumsum(0) - p[0]
+
+
 class HybridBlock(nn.Module):
     """One pre-norm residual block around any token mixer: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
 
@@ -149,16 +186,7 @@ class HylaLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02) -> None:
         """Re-initialise Linear/Embedding weights (see module docstring); fla's special parameters are untouched."""
-        residual_scale = 1.0 / math.sqrt(2 * self.layout.n_layers)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-                if name.rsplit(".", 1)[-1] in RESIDUAL_PROJ:
-                    module.weight.mul_(residual_scale)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+        init_weights(self, std, self.layout.n_layers)
         if self.lower_bounds is not None:
             self.lower_bounds.zero_()  # fla's init: layer i of L starts at the bound i/L
 
@@ -211,10 +239,7 @@ class HylaLM(nn.Module):
     def bound_rows(self) -> torch.Tensor | None:
         """Every layer's forget-gate lower bound, ``(n_layers, width)`` fp32 (fla's HGRN models): the softmax of
         ``lower_bounds`` over layers, accumulated and shifted so that layer 0's row is 0; None without bounds."""
-        if self.lower_bounds is None:
-            return None
-        p = self.lower_bounds.softmax(0, dtype=torch.float)
-        return p.cumsum(0) - p[0]
+        return None if self.lower_bounds is None else bound_rows(self.lower_bounds)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D): the input of the first block (forward hooks on ``embeddings`` apply)."""
@@ -227,15 +252,7 @@ class HylaLM(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: decay matrices (and the embedding), never norms, biases, 1-D gates or ``_no_weight_decay``
         parameters (fla's A_log, dt_bias, D; the lower-bound logits)."""
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            if p.dim() < 2 or getattr(p, "_no_weight_decay", False):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return param_groups(self, weight_decay)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Proxy data: the LM windows, validation windows and recall suite of one run, cached per worker process.
 
-Documents and packed tokens are cached by text config, so repeated trials in one long-lived worker do not re-read
-or re-tokenize the corpus; only as many training tokens as a run consumes are tokenized.
+Documents and packed tokens are cached by text config (`hyla.proxy_train.train.text.packed_windows`), so repeated
+trials in one long-lived worker do not re-read or re-tokenize the corpus; only as many training tokens as a run
+consumes are tokenized.
 """
 
 from __future__ import annotations
@@ -14,37 +15,8 @@ from hyla.config import ConfigError
 from hyla.proxy_train.proxy.config import ProxyConfig
 from hyla.proxy_train.tasks.suite import RecallSuite
 from hyla.proxy_train.train.stream import ShardStream
-from hyla.proxy_train.train.config import TextConfig
-from hyla.proxy_train.train.text import get_tokenizer, load_documents, pack_tokens
+from hyla.proxy_train.train.text import cached_documents, get_tokenizer, packed_windows
 from hyla.space.layout import Layout
-
-
-#: Per-process caches so repeated trials in one worker do not re-read or re-tokenize the corpus.
-_DOCS_CACHE: dict[TextConfig, tuple[list[str], list[str]]] = {}
-_PACK_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
-
-
-def _documents(text: TextConfig) -> tuple[list[str], list[str]]:
-    if text not in _DOCS_CACHE:
-        _DOCS_CACHE[text] = load_documents(text)
-    return _DOCS_CACHE[text]
-
-
-def _packed(text: TextConfig, split: int, tokenizer: Any, seq_len: int, max_tokens: int) -> torch.Tensor:
-    key = (text, split, tokenizer.name, seq_len, max_tokens)
-    if key not in _PACK_CACHE:
-        docs = _documents(text)[split]
-        if not docs:
-            raise ConfigError(f"text: the {'validation' if split else 'training'} split of {text.source!r} is "
-                              "empty; add documents or change val_fraction")
-        _PACK_CACHE[key] = pack_tokens(docs, tokenizer, seq_len, max_tokens=max_tokens)
-    return _PACK_CACHE[key]
-
-
-def clear_data_cache() -> None:
-    """Forget cached documents and packed tokens (e.g. after the corpus changed on disk)."""
-    _DOCS_CACHE.clear()
-    _PACK_CACHE.clear()
 
 
 class ProxyData:
@@ -88,12 +60,12 @@ def prepare_data(layout: Layout, cfg: ProxyConfig) -> ProxyData:
         return ProxyData(cfg, torch.empty(0, cfg.seq_len + 1, dtype=torch.long), torch.empty(0, cfg.seq_len + 1,
                                                                                           dtype=torch.long), None)
     need = cfg.total_steps * cfg.batch_size * (cfg.seq_len + 1)  # upper bound: LM rows <= batch_size
-    train = _packed(cfg.text, 0, tokenizer, cfg.seq_len, need)
+    train = packed_windows(cfg.text, 0, tokenizer, cfg.seq_len, need)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
-    val = _packed(cfg.text, 1, tokenizer, cfg.seq_len, cfg.eval_batches * eval_bs * (cfg.seq_len + 1))
+    val = packed_windows(cfg.text, 1, tokenizer, cfg.seq_len, cfg.eval_batches * eval_bs * (cfg.seq_len + 1))
     suite = None
     if cfg.suite is not None:
-        kwargs = dict(vocab_size=layout.vocab_size, tokenizer=tokenizer, haystack_docs=_documents(cfg.text)[1],
+        kwargs = dict(vocab_size=layout.vocab_size, tokenizer=tokenizer, haystack_docs=cached_documents(cfg.text)[1],
                       seq_len_cap=cfg.suite.max_len, train_seq_len=cfg.seq_len)
         if cfg.suite.tasks:
             suite = RecallSuite.from_specs(cfg.suite.tasks, **kwargs)

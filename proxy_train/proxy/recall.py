@@ -5,6 +5,10 @@
 - ``family: probe`` (`hyla.proxy_train.probe.config.RecallProbeConfig`): the recall probe, MQAR trained apart from
   the LM, every seed and learning rate side by side after the LM runs. It fills ``recall``, ``recall_auc``,
   ``recall_tasks`` and ``probe``.
+- ``family: supernet`` (`hyla.proxy_train.supernet.config.SupernetRecall`): scored by inheritance from one
+  weight-sharing supernet over the study's space (trained once, cached); with ``train_lm: false`` it fills
+  ``recall``, ``recall_tasks``, ``lm_val_loss`` and ``kl_to_teacher``, and a search sends a worker many trials per
+  call (``run_many``, `batch_size`).
 - ``recall: null``: no recall score.
 
 Each family is one entry of `RECALL_FAMILIES`: its config dataclass (the mapping's other keys), the `ProxyResult`
@@ -21,6 +25,7 @@ from typing import Any
 
 from hyla.config import ConfigError, variant_name
 from hyla.proxy_train.probe.config import RecallProbeConfig
+from hyla.proxy_train.supernet.config import SupernetRecall
 from hyla.space.layout import Layout
 
 
@@ -88,6 +93,9 @@ class RecallFamily:
         run: ``(proxy config, layout, seeds, device, progress) -> one dict of result fields per seed``, called
             after every seed's LM run (or instead of it, ``train_lm: false``); exceptions fail the trial.
         check: ``(its config, layout) -> None``; raises ConfigError for a layout it cannot score (before work).
+        run_many: ``(proxy config, layouts, seeds, device, progress) -> per layout, one dict per seed``: many
+            layouts in one call (a family that scores by inheritance); with ``train_lm: false`` a search sends a
+            rung's trials to a worker ``recall.batch`` at a time (`batch_size`, `run_proxies`).
     """
 
     config: type
@@ -96,6 +104,26 @@ class RecallFamily:
     in_lm_run: bool = False
     run: Callable[[Any, Layout, list[int], Any, bool], list[dict[str, Any]]] | None = None
     check: Callable[[Any, Layout], None] | None = None
+    run_many: Callable[[Any, list[Layout], list[int], Any, bool], list[list[dict[str, Any]]]] | None = None
+
+
+def _run_supernet(proxy: Any, layout: Layout, seeds: list[int], dev: Any, progress: bool) -> list[dict[str, Any]]:
+    from hyla.proxy_train.supernet.family import run  # torch: only where a supernet scores
+
+    return run(proxy, layout, seeds, dev, progress)
+
+
+def _run_supernet_many(proxy: Any, layouts: list[Layout], seeds: list[int], dev: Any,
+                       progress: bool) -> list[list[dict[str, Any]]]:
+    from hyla.proxy_train.supernet.family import run_many
+
+    return run_many(proxy, layouts, seeds, dev, progress)
+
+
+def _check_supernet(recall: SupernetRecall, layout: Layout) -> None:
+    from hyla.proxy_train.supernet.family import check
+
+    check(recall, layout)
 
 
 #: every recall family, by its ``family`` name
@@ -103,11 +131,14 @@ RECALL_FAMILIES: dict[str, RecallFamily] = {
     "suite": RecallFamily(SuiteRecall, frozenset({"recall"}), "recall: {family: suite}", in_lm_run=True),
     "probe": RecallFamily(RecallProbeConfig, frozenset({"recall", "recall_auc"}), "recall: {family: probe}",
                           run=_run_probe, check=_check_probe),
+    "supernet": RecallFamily(SupernetRecall, frozenset({"recall", "lm_val_loss", "kl_to_teacher"}),
+                             "recall: {family: supernet} (with train_lm: false for its LM loss)", run=_run_supernet,
+                             check=_check_supernet, run_many=_run_supernet_many),
 }
 #: the tagged union of ``ProxyConfig.recall``: family name -> config class
 RECALL_CONFIGS: dict[str, type] = {name: family.config for name, family in RECALL_FAMILIES.items()}
 #: what ``ProxyConfig.recall`` holds (besides None)
-RecallConfig = SuiteRecall | RecallProbeConfig
+RecallConfig = SuiteRecall | RecallProbeConfig | SupernetRecall
 
 
 def family_name(recall: Any) -> str:
@@ -118,3 +149,11 @@ def family_name(recall: Any) -> str:
 def family_of(recall: Any) -> RecallFamily:
     """The `RecallFamily` of a recall config."""
     return RECALL_FAMILIES[family_name(recall)]
+
+
+def batch_size(proxy: Any) -> int:
+    """Layouts a search sends a worker per call under ``proxy`` (a `ProxyConfig`): its recall family's ``batch``
+    when the family scores many at once (``run_many``) and no LM run trains per layout, else 1."""
+    if proxy.recall is None or proxy.train_lm or family_of(proxy.recall).run_many is None:
+        return 1
+    return max(1, int(getattr(proxy.recall, "batch", 1)))

@@ -21,7 +21,12 @@ class ProxyResult:
     `hyla.proxy_train.proxy.recall`). ``recall_auc`` (probe only) is the area under the probe's learning curve
     (`hyla.proxy_train.probe.stack.curve_auc`).
 
-    Noise: ``lm_val_loss``, ``recall``, ``recall_auc``, ``train_loss`` and ``recall_tasks`` are means over ``seeds``;
+    ``kl_to_teacher`` (families that start from a teacher, e.g. ``supernet``) is the token-mean KL(teacher || model)
+    on held-out text; ``family_extra`` has one entry per seed of what such a family records beside its scores (the
+    supernet's cache key and training time).
+
+    Noise: ``lm_val_loss``, ``recall``, ``recall_auc``, ``train_loss``, ``kl_to_teacher`` and ``recall_tasks`` are
+    means over ``seeds``;
     ``seed_values[metric]`` holds one value per seed and ``sem[metric]`` the standard error of the mean
     (sample std / sqrt(n); None with one seed, where the spread is unknown). ``probe`` has one entry per seed
     when recall comes from the recall probe (best LR, per-LR scores, learning curves).
@@ -33,6 +38,7 @@ class ProxyResult:
     recall: float | None = None
     proxy_family: str | None = None
     recall_auc: float | None = None
+    kl_to_teacher: float | None = None
     recall_tasks: dict[str, float] = field(default_factory=dict)
     train_loss: float | None = None
     params: int = 0
@@ -55,6 +61,7 @@ class ProxyResult:
     seed_values: dict[str, list[float]] = field(default_factory=dict)
     sem: dict[str, float | None] = field(default_factory=dict)
     probe: list[dict[str, Any]] = field(default_factory=list)
+    family_extra: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,7 +72,7 @@ class ProxyResult:
 
 
 #: Per-seed metrics whose mean, per-seed values and standard error a `ProxyResult` reports.
-SEED_METRICS = ("lm_val_loss", "recall", "recall_auc", "train_loss")
+SEED_METRICS = ("lm_val_loss", "recall", "recall_auc", "kl_to_teacher", "train_loss")
 
 
 def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -75,7 +82,7 @@ def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[st
     """
     bad = next((f for f in per_seed if f["status"] != "ok"), None)
     ok = [f for f in per_seed if f["status"] == "ok"]
-    out: dict[str, Any] = {k: v for k, v in (bad or per_seed[0]).items() if k not in ("probe",)}
+    out: dict[str, Any] = {k: v for k, v in (bad or per_seed[0]).items() if k not in ("probe", "family_extra")}
     out["seeds"] = seeds[: len(per_seed)]
     out["seed_values"], out["sem"] = {}, {}
     for m in SEED_METRICS:
@@ -92,4 +99,5 @@ def aggregate_seeds(per_seed: list[dict[str, Any]], seeds: list[int]) -> dict[st
     out["tokens_per_s"] = statistics.fmean(speeds) if speeds else None
     out["tokens_seen"] = sum(f.get("tokens_seen", 0) for f in per_seed)
     out["probe"] = [f["probe"] for f in per_seed if f.get("probe")]
+    out["family_extra"] = [f["family_extra"] for f in per_seed if f.get("family_extra")]
     return out

@@ -100,24 +100,13 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
     """
     t0 = time.perf_counter()
     dev = resolve_device(device or config.device)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None and (out / "result.json").exists() and not overwrite:
-        raise ConfigError(f"{out}: already holds a finished result.json; choose another out_dir or pass overwrite")
+    out = _check_out(out_dir, overwrite)
     data = prepare_data(layout, config)  # validates tokenizer/vocab/corpus/suite: ConfigError before work
     family = family_of(config.recall) if config.recall is not None else None
     if family is not None and family.check is not None:
         family.check(config.recall, layout)  # e.g. the probe's symbols must fit the layout's vocab
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(config.to_dict(), out / "config.yaml")
-        layout.dump(out / "layout.yaml")
-
-    counts = param_count(layout)
-    mem = inference_memory(layout, config.memory_context, dtype=config.memory_dtype)
-    base = dict(params=counts.total, non_embedding_params=counts.non_embedding, kv_bytes=mem.kv_bytes,
-                recurrent_bytes=mem.total_bytes - mem.kv_bytes, state_bytes=mem.total_bytes,
-                context=config.memory_context, layout_key=layout.key(), layout_name=layout.name, device=str(dev),
-                versions=_versions(), proxy_family=family_name(config.recall) if config.recall is not None else None)
+    _write_inputs(out, layout, config)
+    base = _base_fields(layout, config, dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     seeds = [config.seed + i for i in range(config.seeds)]
@@ -136,6 +125,72 @@ def run_proxy(layout: Layout, config: ProxyConfig, out_dir: str | Path | None = 
     if out is not None:
         _write_json(result.to_dict(), out / "result.json")
     return result
+
+
+def run_proxies(layouts: list[Layout], config: ProxyConfig, out_dirs: list[str | Path | None] | None = None,
+                progress: bool = False, device: str | None = None, overwrite: bool = False) -> list[ProxyResult]:
+    """Score many layouts in one call of their recall family's ``run_many`` (a family that scores by inheritance,
+    e.g. ``supernet``; no LM run, ``train_lm: false``). Each result is what `run_proxy` would return for its
+    layout, its ``wall_s`` the call's time shared equally; a failure of the call fails every layout.
+
+    Raises:
+        ConfigError: the config trains an LM or its family cannot score many at once; bad input (as `run_proxy`).
+    """
+    t0 = time.perf_counter()
+    family = family_of(config.recall) if config.recall is not None else None
+    if config.train_lm or family is None or family.run_many is None:
+        raise ConfigError("proxy config: scoring many layouts in one call needs train_lm: false and a recall "
+                          "family that scores many at once (recall: {family: supernet})")
+    dev = resolve_device(device or config.device)
+    outs = [_check_out(d, overwrite) for d in (out_dirs or [None] * len(layouts))]
+    if len(outs) != len(layouts):
+        raise ConfigError(f"run_proxies: {len(outs)} out_dirs for {len(layouts)} layouts")
+    for layout in layouts:
+        if family.check is not None:
+            family.check(config.recall, layout)
+    for out, layout in zip(outs, layouts):
+        _write_inputs(out, layout, config)
+    seeds = [config.seed + i for i in range(config.seeds)]
+    try:
+        scored = family.run_many(config, layouts, seeds, dev, progress)
+        per_layout = [[{"status": "ok", **fields_} for fields_ in seeds_] for seeds_ in scored]
+    except Exception as e:  # noqa: BLE001 - a failing call is a result of each trial, not a crash of the worker
+        per_layout = [[_failure(e)] for _ in layouts]
+    finally:
+        _release(dev)
+    share, peak = (time.perf_counter() - t0) / max(1, len(layouts)), _peak_mem(dev)
+    results = []
+    for layout, out, per_seed in zip(layouts, outs, per_layout):
+        result = ProxyResult(**_base_fields(layout, config, dev), **aggregate_seeds(per_seed, seeds),
+                             peak_mem_bytes=peak, wall_s=share)
+        if out is not None:
+            _write_json(result.to_dict(), out / "result.json")
+        results.append(result)
+    return results
+
+
+def _check_out(out_dir: str | Path | None, overwrite: bool) -> Path | None:
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and (out / "result.json").exists() and not overwrite:
+        raise ConfigError(f"{out}: already holds a finished result.json; choose another out_dir or pass overwrite")
+    return out
+
+
+def _write_inputs(out: Path | None, layout: Layout, config: ProxyConfig) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config.to_dict(), out / "config.yaml")
+        layout.dump(out / "layout.yaml")
+
+
+def _base_fields(layout: Layout, config: ProxyConfig, dev: torch.device) -> dict[str, Any]:
+    """The result fields every proxy of ``layout`` has: exact sizes and memory, names, device, versions, family."""
+    counts = param_count(layout)
+    mem = inference_memory(layout, config.memory_context, dtype=config.memory_dtype)
+    return dict(params=counts.total, non_embedding_params=counts.non_embedding, kv_bytes=mem.kv_bytes,
+                recurrent_bytes=mem.total_bytes - mem.kv_bytes, state_bytes=mem.total_bytes,
+                context=config.memory_context, layout_key=layout.key(), layout_name=layout.name, device=str(dev),
+                versions=_versions(), proxy_family=family_name(config.recall) if config.recall is not None else None)
 
 
 def _failure(e: BaseException) -> dict[str, Any]:

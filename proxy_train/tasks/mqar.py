@@ -56,6 +56,21 @@ class MQAR(SymbolTask):
         return 2 * self.num_kv_pairs
 
     @property
+    def pairs(self) -> int:
+        """Key-value pairs in the context (what a recurrent state must hold)."""
+        return self.num_kv_pairs
+
+    @property
+    def lookups(self) -> int:
+        """Dependent lookups an answer needs: one."""
+        return 1
+
+    @property
+    def floor(self) -> float:
+        """Accuracy of guessing one of the context's values (the 1/pairs plateau)."""
+        return 1.0 / self.num_kv_pairs
+
+    @property
     def level(self) -> str:
         """Suite key of this difficulty level, e.g. ``mqar@128x8``."""
         return f"mqar@{self.seq_len}x{self.num_kv_pairs}"

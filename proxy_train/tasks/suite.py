@@ -1,7 +1,7 @@
 """The recall suite: named task levels, named sets of levels, a training mix and held-out evaluation.
 
-A level is one task at one length and parameter set, keyed like ``mqar@128x8`` (MQAR: T x pairs) or
-``icr@128`` / ``ruler_single@256`` (others: T). ``RecallSuite.evaluate`` returns the accuracy of every level and
+A level is one task at one length and parameter set, keyed like ``mqar@128x8`` (MQAR: T x pairs),
+``hop2@64x4`` (multi-hop: hops, T x chains) or ``icr@128`` / ``ruler_single@256`` (others: T). ``RecallSuite.evaluate`` returns the accuracy of every level and
 ``"recall"``, the suite score: levels are averaged within each task first, then tasks are averaged, so a task with
 three MQAR levels weighs as much as one with a single level (MAD averages over difficulty levels the same way).
 
@@ -31,11 +31,13 @@ from hyla.config import ConfigError, from_mapping
 from hyla.proxy_train.tasks.common import IGNORE, level_accuracy, position_accuracy
 from hyla.proxy_train.tasks.mad import FuzzyRecall, InContextRecall, Memorization, NoisyRecall, SelectiveCopying
 from hyla.proxy_train.tasks.mqar import MQAR
+from hyla.proxy_train.tasks.multihop import MultiHop
 from hyla.proxy_train.tasks.ruler import NeedleTask, VariableTracking
 
 #: task name -> (generator class, fixed constructor arguments); RULER tasks are text tasks (need a tokenizer).
 TASKS: dict[str, tuple[type, dict[str, Any]]] = {
     "mqar": (MQAR, {}),
+    "hop": (MultiHop, {}),
     "icr": (InContextRecall, {}),
     "noisy_recall": (NoisyRecall, {}),
     "fuzzy_recall": (FuzzyRecall, {}),

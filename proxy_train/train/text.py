@@ -408,3 +408,34 @@ def pack_tokens(docs: Sequence[str], tokenizer: Tokenizer, seq_len: int,
                 max_tokens: int | None = None) -> torch.Tensor:
     """``pack_documents`` without the counts: LongTensor ``(N, seq_len + 1)``."""
     return pack_documents(docs, tokenizer, seq_len, max_tokens)[0]
+
+
+#: Per-process caches so repeated trials in one worker do not re-read or re-tokenize the corpus.
+_DOCS_CACHE: dict[TextConfig, tuple[list[str], list[str]]] = {}
+_PACK_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def cached_documents(text: TextConfig) -> tuple[list[str], list[str]]:
+    """`load_documents`, read once per process and text config."""
+    if text not in _DOCS_CACHE:
+        _DOCS_CACHE[text] = load_documents(text)
+    return _DOCS_CACHE[text]
+
+
+def packed_windows(text: TextConfig, split: int, tokenizer: Tokenizer, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """`pack_tokens` of the training (``split`` 0) or validation (1) documents of ``text``, cached per process by
+    (text, split, tokenizer, seq_len, max_tokens); an empty split is a ConfigError."""
+    key = (text, split, tokenizer.name, seq_len, max_tokens)
+    if key not in _PACK_CACHE:
+        docs = cached_documents(text)[split]
+        if not docs:
+            raise ConfigError(f"text: the {'validation' if split else 'training'} split of {text.source!r} is "
+                              "empty; add documents or change val_fraction")
+        _PACK_CACHE[key] = pack_tokens(docs, tokenizer, seq_len, max_tokens=max_tokens)
+    return _PACK_CACHE[key]
+
+
+def clear_text_cache() -> None:
+    """Forget cached documents and packed tokens (e.g. after the corpus changed on disk)."""
+    _DOCS_CACHE.clear()
+    _PACK_CACHE.clear()

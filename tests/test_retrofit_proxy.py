@@ -1,0 +1,115 @@
+"""The retrofit proxy end to end at a tiny shape: teacher cache and lock, exactness, stages, per-seed scores."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import torch
+
+from hyla.config import ConfigError
+from hyla.proxy_train.retrofit.config import RetrofitConfig
+from hyla.proxy_train.retrofit.distill import assemble
+from hyla.proxy_train.retrofit.proxy import Retrofitter, retrofit_data, retrofit_scores
+from hyla.proxy_train.retrofit.teacher import load_teacher
+from hyla.space.layout import LayerSpec
+from hyla.space.presets import Scale
+
+SCALE = Scale("retrofit-test", 4, 32, 2, 64, 512)
+
+
+def _cfg(cache: Path, **teacher: object) -> RetrofitConfig:
+    return RetrofitConfig.from_dict({
+        "teacher": {"recall_steps": 12, "mix_steps": 6, "batch_size": 8, "solved_at": 0.0, "retries": 0,
+                    "eval_examples": 16, **teacher},
+        "transfer": {"steps": 8, "batch_size": 4}, "distill": {"steps": 4, "batch_size": 4},
+        "pool_rows": 64, "eval_examples": 16, "eval_text_rows": 4, "text": {"max_docs": 40},
+        "cache_dir": str(cache), "device": "cpu"})
+
+
+def _load_in_child(cache: str, out: str) -> None:
+    torch.set_num_threads(1)
+    cfg = _cfg(Path(cache))
+    layout = SCALE.layout(["attn"] * 4)
+    run = load_teacher(layout, cfg, retrofit_data(layout, cfg), torch.device("cpu"), log=lambda s: None)
+    torch.save({"state": run.model.state_dict(), "cached": run.cached}, out)
+
+
+def test_two_processes_train_the_teacher_once(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    outs = [str(tmp_path / f"out{i}.pt") for i in range(2)]
+    procs = [ctx.Process(target=_load_in_child, args=(str(tmp_path / "cache"), o)) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+        assert p.exitcode == 0
+    a, b = (torch.load(o) for o in outs)
+    assert sorted([a["cached"], b["cached"]]) == [False, True]  # one trained, the other waited and loaded
+    assert a["state"].keys() == b["state"].keys()
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert len(list((tmp_path / "cache" / "teacher").glob("*.pt"))) == 1
+
+
+@pytest.fixture(scope="module")
+def retrofitter(tmp_path_factory: pytest.TempPathFactory) -> Retrofitter:
+    torch.manual_seed(0)
+    return Retrofitter(SCALE.layout(["attn"] * 4), _cfg(tmp_path_factory.mktemp("cache")), log=lambda s: None)
+
+
+def test_all_attention_retrofit_is_the_teacher(retrofitter: Retrofitter) -> None:
+    teacher = retrofitter.teacher.model
+    student = assemble(SCALE.layout(["attn"] * 4), teacher, {})
+    x = retrofitter.data.eval_text[0][:2]
+    assert torch.equal(student.eval()(x)[0], teacher.eval()(x)[0])
+
+
+def test_stage1_lowers_every_layers_error(retrofitter: Retrofitter) -> None:
+    tr = retrofitter.transfer(LayerSpec(mixer="gdn"))
+    assert len(tr.states) == 4
+    assert all(after < before for before, after in zip(tr.error_before, tr.error_after))
+    assert retrofitter.transfer(LayerSpec(mixer="gdn")) is tr  # once per study
+
+
+def test_neutral_hybrid_before_stage2_keeps_the_attention_layers(retrofitter: Retrofitter) -> None:
+    # with stage 1 skipped (0 steps), a linear layer adds nothing: the student is the teacher without them
+    teacher = retrofitter.teacher.model
+    cfg = retrofitter.cfg
+    layout = SCALE.layout(["gla", "attn", "gla", "attn"])
+    from hyla.proxy_train.retrofit.transfer import train_transfer
+
+    import dataclasses
+    tr = train_transfer(teacher, LayerSpec(mixer="gla"), dataclasses.replace(cfg.transfer, steps=0),
+                        retrofitter.data, torch.device("cpu"), log=lambda s: None)
+    student = assemble(layout, teacher, {LayerSpec(mixer="gla"): tr}).eval()
+    x = retrofitter.data.eval_text[0][:2]
+    removed = [teacher.blocks[i].mixer.o_proj.weight.clone() for i in (0, 2)]
+    with torch.no_grad():
+        for i in (0, 2):
+            teacher.blocks[i].mixer.o_proj.weight.zero_()
+        expected = teacher.eval()(x)[0]
+        for i, w in zip((0, 2), removed):
+            teacher.blocks[i].mixer.o_proj.weight.copy_(w)
+    torch.testing.assert_close(student(x)[0], expected)
+
+
+def test_scores_per_seed_reproducible(retrofitter: Retrofitter) -> None:
+    layout = SCALE.layout(["gla", "attn", "gla", "attn"], name="gla-2:1")
+    a, b = retrofitter.score_seed(layout, 0), retrofitter.score_seed(layout, 1)
+    again = retrofitter.score_seed(layout, 0)
+    assert a["levels"].keys() == set(retrofitter.data.level_names)
+    assert {"recall", "lm_loss", "kl", "before", "steps", "wall_s", "teacher", "transfer_error"} <= a.keys()
+    assert a["levels"] == again["levels"] and a["kl"] == again["kl"]
+    assert a["train_loss"] != b["train_loss"]  # another seed, another data order
+    assert a["steps"] == 4 and retrofitter.score_seed(layout, 0, budget=2)["steps"] == 8
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="head-wise"):
+        retrofit_scores(SCALE.layout(["attn", {"mixer": "gla", "attn_heads": 1}, "attn", "attn"]), _cfg(tmp_path),
+                        [0])
+    with pytest.raises(ConfigError, match="retrofit.teacher"):
+        RetrofitConfig.from_dict({"teacher": {"lr": 0}})
+    with pytest.raises(ConfigError, match="solved_at"):
+        retrofit_scores(SCALE.layout(["attn"] * 4), _cfg(tmp_path / "c2", solved_at=1.0), [0])
