@@ -38,6 +38,11 @@ class TeacherConfig:
         decay_fraction: share of all steps that decay.
         weight_decay: AdamW decay on matrices.
         curriculum: share of the recall phase over which the harder levels are admitted, easiest first.
+        subset_rows: share of the rows whose forward keeps only a random subset of the attention layers (k of
+            the L layers, k uniform in 1..L, the others' outputs zeroed), in both phases. Without it the teacher put
+            MQAR retrieval in layer 0 alone (zeroing it: 0.03; any other layer: 1.0), a layer every uniform hybrid
+            replaces, so every gla hybrid scored alike after stage 2; with it no single layer is needed and a
+            layout's kept attention layers keep part of the retrieval (notes, teacher E).
         prev_token: add a learned previous-token embedding (as the recall probe): the teacher's retrieval needs
             one attention layer per lookup instead of two; every student inherits it.
         zero_init: residual output projections that start at zero (``recall_probe.zero_residual_outputs``).
@@ -58,6 +63,7 @@ class TeacherConfig:
     decay_fraction: float = 0.2
     weight_decay: float = 0.0
     curriculum: float = 0.5
+    subset_rows: float = 0.75
     prev_token: bool = True
     zero_init: str = field(default="all", metadata={"choices": ("none", "linear", "all")})
     init_std: float | None = None
@@ -73,6 +79,8 @@ class TeacherConfig:
                               f"are required (got {self.recall_steps}, {self.mix_steps}, {self.batch_size}, "
                               f"{self.eval_examples})")
         _positive(w, lr=self.lr)
+        if not 0.0 <= self.subset_rows <= 1.0:
+            raise ConfigError(f"{w}.subset_rows: {self.subset_rows} must be in [0, 1]")
         if not 0.0 <= self.lm_share < 1.0 or not 0.0 <= self.curriculum <= 1.0 or not 0.0 <= self.solved_at <= 1.0:
             raise ConfigError(f"{w}: lm_share in [0, 1), curriculum in [0, 1] and solved_at in [0, 1] are required "
                               f"(got {self.lm_share}, {self.curriculum}, {self.solved_at})")
