@@ -51,6 +51,7 @@ class TeacherConfig:
             level, or the next seed is tried (``retries``). 0 turns the check off (smoke runs and tests).
         retries: further teacher seeds tried (``seed + 1, ...``) when one does not solve every level.
         eval_examples: held-out examples per level for the solved-check.
+        check_every: log every level's accuracy on 64 held-out examples every this many steps (0 = never).
         seed: the teacher's seed (its initialisation and data order): a recorded choice of the study.
     """
 
@@ -70,6 +71,7 @@ class TeacherConfig:
     solved_at: float = 0.9
     retries: int = 1
     eval_examples: int = 256
+    check_every: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,8 +86,8 @@ class TeacherConfig:
         if not 0.0 <= self.lm_share < 1.0 or not 0.0 <= self.curriculum <= 1.0 or not 0.0 <= self.solved_at <= 1.0:
             raise ConfigError(f"{w}: lm_share in [0, 1), curriculum in [0, 1] and solved_at in [0, 1] are required "
                               f"(got {self.lm_share}, {self.curriculum}, {self.solved_at})")
-        if self.retries < 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise ConfigError(f"{w}: retries, warmup and weight_decay must be >= 0")
+        if self.retries < 0 or self.warmup < 0 or self.weight_decay < 0 or self.check_every < 0:
+            raise ConfigError(f"{w}: retries, warmup, weight_decay and check_every must be >= 0")
 
     @property
     def steps(self) -> int:
@@ -172,7 +174,8 @@ class RetrofitConfig:
     Attributes:
         levels: the graded level set every model trains and is scored on (``hyla.proxy_train.tasks.levels``:
             ``retrofit-tiny``, ``retrofit-mini``, ``retrofit-small``).
-        seq_len: row length of training batches; shorter levels are right-padded (no loss there).
+        seq_len: row length of training batches; shorter levels are right-padded (no loss there). None = the
+            level set's longest level.
         text: the LM text (byte tokenizer) of the teacher's second phase, stage 1, stage 2 and the LM scores.
         teacher, transfer, distill: the three parts (their docstrings).
         pool_rows: training examples generated per level (every stage draws its rows from them).
@@ -185,7 +188,7 @@ class RetrofitConfig:
     """
 
     levels: str = "retrofit-tiny"
-    seq_len: int = 128
+    seq_len: int | None = None
     text: TextConfig = field(default_factory=TextConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
@@ -198,7 +201,7 @@ class RetrofitConfig:
     kernels: str = field(default="torch", metadata={"choices": ("auto", "fla", "torch", "cores")})
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2 or min(self.pool_rows, self.eval_examples, self.eval_text_rows) < 1:
+        if (self.seq_len is not None and self.seq_len < 2) or min(self.pool_rows, self.eval_examples, self.eval_text_rows) < 1:
             raise ConfigError(f"retrofit: seq_len >= 2 and pool_rows, eval_examples, eval_text_rows >= 1 are "
                               f"required (got {self.seq_len}, {self.pool_rows}, {self.eval_examples}, "
                               f"{self.eval_text_rows})")

@@ -128,13 +128,32 @@ def floor_score(data: RetrofitData) -> float:
     return suite_score(data.floors)
 
 
+def nest(options: dict[str, Any]) -> dict[str, Any]:
+    """``{"teacher.recall_steps": 900, "seq_len": 64}`` -> ``{"teacher": {"recall_steps": 900}, "seq_len": 64}``
+    (the driver's ``--set retrofit.teacher.recall_steps=900``); nested mappings are merged."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"retrofit options: {key!r} sets a field inside {part!r}, which is not a mapping")
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
 def run_retrofit_family(jobs: list[FamilyJob], ctx: FamilyContext,
                         on_result: Callable[[FamilyJob, FamilyResult], None]) -> None:
     """The calibration driver's runner (``family.Runner``): every job through one `Retrofitter`
-    (``ctx.options["retrofit"]`` are `RetrofitConfig` fields over the defaults, ``levels`` = ``ctx.level_set``)."""
+    (``ctx.options["retrofit"]`` are `RetrofitConfig` fields over the defaults, dotted keys for nested parts;
+    ``levels`` = ``ctx.level_set``)."""
     if not jobs:
         return
-    opts = dict(ctx.options.get("retrofit", {}))
+    opts = nest(dict(ctx.options.get("retrofit", {})))
     opts.setdefault("levels", ctx.level_set)
     opts.setdefault("device", ctx.device)
     if ctx.cache_root is not None:

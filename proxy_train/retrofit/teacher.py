@@ -77,12 +77,14 @@ def recall_loss(logits: torch.Tensor, batch: Batch, lm_weight: float | None = No
 
 
 @torch.no_grad()
-def level_scores(model: nn.Module, data: RetrofitData, device: torch.device, batch_size: int = 64) -> dict[str, float]:
-    """Held-out accuracy per level (the share of answers predicted exactly, mean over examples)."""
+def level_scores(model: nn.Module, data: RetrofitData, device: torch.device, batch_size: int = 64,
+                 examples: int | None = None) -> dict[str, float]:
+    """Held-out accuracy per level (the share of answers predicted exactly, mean over the first ``examples``
+    examples, all when None)."""
     was = model.training
     model.eval()
     fn = lambda x: model(x.to(device))[0]  # noqa: E731
-    out = {name: level_accuracy(fn, x, y, batch_size) for name, (x, y) in data.eval.items()}
+    out = {name: level_accuracy(fn, x[:examples], y[:examples], batch_size) for name, (x, y) in data.eval.items()}
     model.train(was)
     return out
 
@@ -174,6 +176,9 @@ def train_once(layout: Layout, cfg: TeacherConfig, data: RetrofitData, seed: int
         opt.zero_grad(set_to_none=True)
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             log(f"teacher seed {seed} step {step + 1}/{cfg.steps}: loss {float(loss):.3f}")
+        if cfg.check_every and (step + 1) % cfg.check_every == 0:
+            levels = level_scores(model, data, device, examples=64)
+            log(f"teacher seed {seed} step {step + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in levels.items()))
     if subsets is not None:
         subsets.remove()
     return model, level_scores(model, data, device)
@@ -215,7 +220,8 @@ def teacher_recipe(layout: Layout, rcfg: RetrofitConfig) -> dict[str, Any]:
     shape = teacher_layout(layout).to_dict()
     shape.pop("name", None)
     return {"version": CODE_VERSION, "layout": shape, "levels": rcfg.levels, "seq_len": rcfg.seq_len,
-            "text": dataclasses.asdict(rcfg.text), "teacher": dataclasses.asdict(rcfg.teacher),
+            "text": dataclasses.asdict(rcfg.text),
+            "teacher": {k: v for k, v in dataclasses.asdict(rcfg.teacher).items() if k != "check_every"},
             "pool_rows": rcfg.pool_rows, "eval_examples": rcfg.eval_examples}
 
 
