@@ -206,6 +206,13 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _ties(graded: dict[str, Any]) -> str:
+    n = graded["n_pure"]
+    ties = [" ~ ".join(t) for t in graded["pure_ties"]]
+    shown = ", ".join(ties[:3]) + (", ..." if len(ties) > 3 else "")
+    return f"{len(ties)} of {n * (n - 1) // 2} pairs of pure layouts tie" + (f" ({shown})" if ties else "")
+
+
 def format_report(analysis: dict[str, Any]) -> str:
     """Per family: the checks with their numbers and PASS/FAIL, and the layouts' means at the rung-0 budget."""
     checks = ("reproducible", "graded", "on_trend", "findings", "consistent", "fast")
@@ -226,7 +233,7 @@ def format_report(analysis: dict[str, Any]) -> str:
             f"== {fam}: {a['n_records']} records ({a['n_failed']} failed), budgets {sorted(a['budgets'])}",
             f"  reproducible  {_fmt(rep['pass'])}  mean seed-pair Spearman {_fmt(rep['value'])} (>= 0.8)",
             f"  graded        {_fmt(gr['pass'])}  {len(gr['at_floor'])}/{len(c['layouts'])} layouts at the floor "
-            f"({_fmt(gr['floor_share'])}, <= 0.2); pure ties {gr['pure_ties'] or 'none'} of {gr['n_pure']} pure",
+            f"({_fmt(gr['floor_share'])}, <= 0.2); {_ties(gr)}",
             f"  on trend      {_fmt(tr['pass'])}  mean Spearman over mixers {_fmt(tr['value'])} (>= 0.7): "
             + ", ".join(f"{m} {_fmt(v['spearman'])}" for m, v in tr["per_mixer"].items())
             + f"; every pure below its hybrids {_fmt(tr['every_pure_below'])}",

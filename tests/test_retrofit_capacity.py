@@ -114,3 +114,35 @@ def test_family_lookup_and_suite_score() -> None:
     # tasks are the level keys' prefixes, hop counts pooled: mean(mqar levels), mean(hop levels), then the mean
     assert suite_score({"mqar@64x4": 1.0, "mqar@64x8": 0.5, "hop1@64x4": 0.2, "hop3@64x4": 0.4}) == \
         pytest.approx((0.75 + 0.3) / 2)
+
+
+def test_concurrent_measurers_train_once(tmp_path, monkeypatch) -> None:
+    """Two callers at once (threads, each with its own file lock handle): one trains, the other waits and reads."""
+    import threading
+    import time
+
+    import hyla.proxy_train.probe_runner as runner
+
+    calls = []
+
+    def fake_run_probes(jobs, cfg, dev, init_std, log=None, **kw):
+        calls.append(len(jobs))
+        time.sleep(0.5)  # the other caller arrives while this one holds the lock
+        return [{"status": "ok", "lr": j.lr, "seed": j.seed, "score": 0.5, "levels": [0.6, 0.4], "auc": 0.1,
+                 "steps": 2, "diverged": False, "curve": [], "cuda_graph": False, "wall_s": 1.0, "stacked": len(jobs)}
+                for j in jobs]
+
+    monkeypatch.setattr(runner, "run_probes", fake_run_probes)
+    scale = Scale("cap-lock", 2, 16, 1, 32, 64)
+    recipe = CapacityRecipe(steps=2, lrs=(1e-3,))
+    out = [None, None]
+
+    def call(i: int) -> None:
+        out[i] = measure_curves(["gla"], scale, [2, 4], 16, recipe, [0], 1, "cpu", str(tmp_path), log=lambda _: None)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and out[0] == out[1] and out[0][("gla", 0)].acc == {2: 0.6, 4: 0.4}

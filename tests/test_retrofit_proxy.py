@@ -113,3 +113,30 @@ def test_bad_input(tmp_path: Path) -> None:
         RetrofitConfig.from_dict({"teacher": {"lr": 0}})
     with pytest.raises(ConfigError, match="solved_at"):
         retrofit_scores(SCALE.layout(["attn"] * 4), _cfg(tmp_path / "c2", solved_at=1.0), [0])
+
+
+def test_layer_subsets_zero_the_dropped_layers() -> None:
+    import numpy as np
+
+    from hyla.proxy_train.retrofit.teacher import LayerSubsets, build_model
+
+    torch.manual_seed(0)
+    model = build_model(SCALE.layout(["attn"] * 4), prev_token=True).eval()
+    x = torch.randint(0, 512, (6, 16))
+    plain = model(x)[0]
+    subsets = LayerSubsets(model, share=0.5)
+    subsets.draw(6, np.random.default_rng(0), torch.device("cpu"))
+    mask = subsets.mask.clone()
+    assert ((mask.sum(1) >= 1) & (mask.sum(1) <= 4)).all() and (mask == 1).all(1).any()
+    masked = model(x)[0]
+    subsets.remove()
+    for r in range(6):
+        dropped = [i for i in range(4) if mask[r, i] == 0]
+        saved = {i: model.blocks[i].mixer.o_proj.weight.detach().clone() for i in dropped}
+        with torch.no_grad():
+            for i in dropped:
+                model.blocks[i].mixer.o_proj.weight.zero_()
+            torch.testing.assert_close(masked[r], model(x[r:r + 1])[0][0])
+            for i, w in saved.items():
+                model.blocks[i].mixer.o_proj.weight.copy_(w)
+    torch.testing.assert_close(model(x)[0], plain)  # hooks removed

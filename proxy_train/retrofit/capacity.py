@@ -32,8 +32,9 @@ Combination rule (fixed before calibration; `capacity_score`)
     attention layer does one as well as attention does in the protocol, and the hops no attention layer covers
     fall to linear layers at their measured rate; (iii) hops succeed or fail independently (the product), and a
     failed chain still guesses among the context's values (the floor), which makes a pure linear layout's score
-    on an MQAR level exactly its measured accuracy; (iv) placement is ignored, only counts matter (the paper
-    only compares uniform placements).
+    on an MQAR level exactly its measured accuracy (or the floor, where the 2-layer model has not even learned
+    to copy a value from the context: accuracy below 1/P); (iv) placement is ignored, only counts matter (the
+    paper only compares uniform placements).
 
     What it predicts, written down before seeing a calibration: within a mixer, pure < 24:1 < 12:1 <= 6:1 = 3:1
     = the Transformer on a level set with at most 4 hops (4 attention layers cover every hop); all hybrids of

@@ -38,6 +38,11 @@ class TeacherConfig:
         decay_fraction: share of all steps that decay.
         weight_decay: AdamW decay on matrices.
         curriculum: share of the recall phase over which the harder levels are admitted, easiest first.
+        subset_rows: share of the rows whose forward keeps only a random subset of the attention layers (k of
+            the L layers, k uniform in 1..L, the others' outputs zeroed), in both phases. Without it the teacher put
+            MQAR retrieval in layer 0 alone (zeroing it: 0.03; any other layer: 1.0), a layer every uniform hybrid
+            replaces, so every gla hybrid scored alike after stage 2; with it no single layer is needed and a
+            layout's kept attention layers keep part of the retrieval (notes, teacher E).
         prev_token: add a learned previous-token embedding (as the recall probe): the teacher's retrieval needs
             one attention layer per lookup instead of two; every student inherits it.
         zero_init: residual output projections that start at zero (``recall_probe.zero_residual_outputs``).
@@ -46,6 +51,7 @@ class TeacherConfig:
             level, or the next seed is tried (``retries``). 0 turns the check off (smoke runs and tests).
         retries: further teacher seeds tried (``seed + 1, ...``) when one does not solve every level.
         eval_examples: held-out examples per level for the solved-check.
+        check_every: log every level's accuracy on 64 held-out examples every this many steps (0 = never).
         seed: the teacher's seed (its initialisation and data order): a recorded choice of the study.
     """
 
@@ -58,12 +64,14 @@ class TeacherConfig:
     decay_fraction: float = 0.2
     weight_decay: float = 0.0
     curriculum: float = 0.5
+    subset_rows: float = 0.75
     prev_token: bool = True
     zero_init: str = field(default="all", metadata={"choices": ("none", "linear", "all")})
     init_std: float | None = None
     solved_at: float = 0.9
     retries: int = 1
     eval_examples: int = 256
+    check_every: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,11 +81,13 @@ class TeacherConfig:
                               f"are required (got {self.recall_steps}, {self.mix_steps}, {self.batch_size}, "
                               f"{self.eval_examples})")
         _positive(w, lr=self.lr)
+        if not 0.0 <= self.subset_rows <= 1.0:
+            raise ConfigError(f"{w}.subset_rows: {self.subset_rows} must be in [0, 1]")
         if not 0.0 <= self.lm_share < 1.0 or not 0.0 <= self.curriculum <= 1.0 or not 0.0 <= self.solved_at <= 1.0:
             raise ConfigError(f"{w}: lm_share in [0, 1), curriculum in [0, 1] and solved_at in [0, 1] are required "
                               f"(got {self.lm_share}, {self.curriculum}, {self.solved_at})")
-        if self.retries < 0 or self.warmup < 0 or self.weight_decay < 0:
-            raise ConfigError(f"{w}: retries, warmup and weight_decay must be >= 0")
+        if self.retries < 0 or self.warmup < 0 or self.weight_decay < 0 or self.check_every < 0:
+            raise ConfigError(f"{w}: retries, warmup, weight_decay and check_every must be >= 0")
 
     @property
     def steps(self) -> int:
@@ -128,6 +138,12 @@ class DistillConfig:
         task_weight: weight of the answers' cross-entropy.
         temperature: softmax temperature of the KL (the loss is scaled by T^2).
         train: which parameters train: ``all`` or ``mixers`` (the linear mixers only; the rest stays the teacher's).
+        stand_in: how a replaced layer starts: ``silent`` (its kind's stage-1 mixer with the output-norm weight
+            set to 0: the stage-1 features, no output yet; the student starts as the teacher without the replaced
+            layers), ``trained`` (the stage-1 mixer as trained) or ``mapped`` (the mapping alone at its neutral
+            start, no stage 1). Measured at tiny (notes): ``trained`` drowned the kept attention layers' retrieval
+            (gla-3:1 0.42 on 2 pairs after stage 2, vs 0.91 silent), ``mapped`` left the linear layers idle (pure
+            gla 0.10 vs 0.26 silent).
     """
 
     steps: int = 100
@@ -138,6 +154,7 @@ class DistillConfig:
     task_weight: float = 1.0
     temperature: float = 1.0
     train: str = field(default="all", metadata={"choices": ("all", "mixers")})
+    stand_in: str = field(default="silent", metadata={"choices": ("silent", "trained", "mapped")})
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -157,7 +174,8 @@ class RetrofitConfig:
     Attributes:
         levels: the graded level set every model trains and is scored on (``hyla.proxy_train.tasks.levels``:
             ``retrofit-tiny``, ``retrofit-mini``, ``retrofit-small``).
-        seq_len: row length of training batches; shorter levels are right-padded (no loss there).
+        seq_len: row length of training batches; shorter levels are right-padded (no loss there). None = the
+            level set's longest level.
         text: the LM text (byte tokenizer) of the teacher's second phase, stage 1, stage 2 and the LM scores.
         teacher, transfer, distill: the three parts (their docstrings).
         pool_rows: training examples generated per level (every stage draws its rows from them).
@@ -170,7 +188,7 @@ class RetrofitConfig:
     """
 
     levels: str = "retrofit-tiny"
-    seq_len: int = 128
+    seq_len: int | None = None
     text: TextConfig = field(default_factory=TextConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
@@ -183,7 +201,7 @@ class RetrofitConfig:
     kernels: str = field(default="torch", metadata={"choices": ("auto", "fla", "torch", "cores")})
 
     def __post_init__(self) -> None:
-        if self.seq_len < 2 or min(self.pool_rows, self.eval_examples, self.eval_text_rows) < 1:
+        if (self.seq_len is not None and self.seq_len < 2) or min(self.pool_rows, self.eval_examples, self.eval_text_rows) < 1:
             raise ConfigError(f"retrofit: seq_len >= 2 and pool_rows, eval_examples, eval_text_rows >= 1 are "
                               f"required (got {self.seq_len}, {self.pool_rows}, {self.eval_examples}, "
                               f"{self.eval_text_rows})")

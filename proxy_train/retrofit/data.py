@@ -40,7 +40,7 @@ class RetrofitData:
     Args:
         levels: level-set name (a ``RecallSuite`` preset such as ``retrofit-tiny``).
         vocab_size: the models' vocabulary (task symbols sit at its top).
-        seq_len: row length; every level must fit.
+        seq_len: row length; every level must fit (None = the longest level).
         text: LM text source (byte tokenizer).
         pool_rows: training examples generated per level.
         eval_examples: held-out examples per level.
@@ -48,7 +48,7 @@ class RetrofitData:
         eval_text_rows: held-out text rows.
     """
 
-    def __init__(self, levels: str, vocab_size: int, seq_len: int, text: TextConfig, pool_rows: int = 4096,
+    def __init__(self, levels: str, vocab_size: int, seq_len: int | None, text: TextConfig, pool_rows: int = 4096,
                  eval_examples: int = 256, text_tokens: int = 2_000_000, eval_text_rows: int = 32) -> None:
         from hyla.proxy_train.tasks.suite import RecallSuite
 
@@ -57,6 +57,7 @@ class RetrofitData:
             raise ConfigError(f"retrofit: the layout's vocab_size {vocab_size} is smaller than the byte tokenizer's "
                               f"{tok.vocab_size}")
         suite = RecallSuite.named(levels, vocab_size)
+        seq_len = seq_len or max(s.seq_len for s in suite.specs)
         too_long = [s for s in suite.specs if s.seq_len > seq_len]
         if too_long:
             raise ConfigError(f"retrofit.seq_len: {seq_len} is shorter than level {too_long[0].task}@"

@@ -2,8 +2,10 @@
 
 Assembly (`assemble`): the student is a `HylaLM` of the layout (with the teacher's previous-token embedding when
 the teacher has one). Embeddings, norms, MLPs, the head and every attention layer are the teacher's own weights;
-each linear layer ``i`` is its kind's stage-1 mixer ``i`` (`transfer.Transfer`); forget-gate lower bounds start
-as in any fresh model (what stage 1 assumed). So the all-attention layout's student is the teacher, exactly.
+each linear layer ``i`` is its kind's stage-1 mixer ``i`` (`transfer.Transfer`), by default ``silent``: its
+output-norm weight set to 0, so the student starts as the teacher without the replaced layers and stage 2 fades
+the stand-ins in (``DistillConfig.stand_in``); forget-gate lower bounds start as in any fresh model (what stage 1
+assumed). So the all-attention layout's student is the teacher, exactly.
 
 Stage 2 (`distill`): every parameter (or only the linear mixers, ``DistillConfig.train``) trains on the KL
 divergence to the teacher's next-token distribution (text rows: every position; recall rows: the answers) plus
@@ -30,6 +32,7 @@ from hyla.proxy_train.train.schedule import wsd_lr
 from hyla.proxy_train.model.lm import HylaLM
 from hyla.proxy_train.retrofit.config import DistillConfig
 from hyla.proxy_train.retrofit.data import Batch, RetrofitData
+from hyla.proxy_train.retrofit.mapping import output_norm_weight
 from hyla.proxy_train.retrofit.teacher import build_model, level_scores
 from hyla.proxy_train.retrofit.transfer import Transfer
 from hyla.proxy_train.tasks.common import IGNORE
@@ -63,8 +66,9 @@ def linear_specs(layout: Layout) -> list[LayerSpec]:
 
 
 @torch.no_grad()
-def assemble(layout: Layout, teacher: HylaLM, transfers: dict[LayerSpec, Transfer]) -> HylaLM:
-    """The student of ``layout`` before stage 2 (module docstring)."""
+def assemble(layout: Layout, teacher: HylaLM, transfers: dict[LayerSpec, Transfer],
+             silent: bool = True) -> HylaLM:
+    """The student of ``layout`` before stage 2 (module docstring); ``silent`` zeroes the stand-ins' output."""
     check_shape(layout, teacher.layout)
     student = build_model(layout, hasattr(teacher, "prev_token_embedding"))
     own = student.state_dict()
@@ -80,6 +84,8 @@ def assemble(layout: Layout, teacher: HylaLM, transfers: dict[LayerSpec, Transfe
         if spec not in transfers:
             raise ConfigError(f"retrofit: no stage-1 transfer for layers[{i}] ({spec.to_obj()!r})")
         student.blocks[i].mixer.load_state_dict(transfers[spec].states[i])
+        if silent:
+            output_norm_weight(student.blocks[i].mixer).zero_()
     return student
 
 

@@ -43,7 +43,7 @@ FAMILIES: dict[str, str] = {
 }
 #: the from-scratch probe's recipe per scale (``RecallProbeConfig`` fields); ``small`` is the product's preset
 PROBE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": {"seq_len": 32, "pairs": [2, 4, 8], "steps": 100, "batch_size": 16, "lrs": [1e-3], "warmup": 10,
+    "tiny": {"seq_len": 32, "pairs": [2, 4, 8], "steps": 40, "batch_size": 16, "lrs": [1e-3], "warmup": 10,
              "eval_every": 25, "eval_examples": 128, "zero_init": "all", "pool_rows": 4096},
     "small": {"seq_len": 128, "pairs": [2, 4, 8, 16], "steps": 1500, "batch_size": 32, "lrs": [1e-3],
               "eval_every": 100, "width": 64, "scan_chunk": 16, "concurrent": 16, "zero_init": "all"},

@@ -187,6 +187,15 @@ MAPPERS: dict[str, Callable[[nn.Module, _Source], nn.Parameter]] = {
 }
 
 
+def output_norm_weight(mixer: nn.Module) -> nn.Parameter:
+    """The weight of a mapped kind's last normalisation (its zero makes the layer's output exactly zero)."""
+    for name in ("g_norm_swish_gate", "o_norm", "g_norm", "norm"):
+        norm = getattr(mixer, name, None)
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            return norm.weight
+    raise ConfigError(f"retrofit mapping: {type(mixer).__name__} has no output norm weight")
+
+
 @torch.no_grad()
 def map_attention(mixer: nn.Module, attn: SoftmaxAttention, start: str = "neutral") -> None:
     """Initialise the linear ``mixer`` (a hyla mixer module of any kind in `MAPPERS`) from the trained ``attn``

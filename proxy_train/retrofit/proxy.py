@@ -31,7 +31,7 @@ from hyla.proxy_train.retrofit.data import RetrofitData
 from hyla.proxy_train.retrofit.distill import assemble, check_shape, distill, linear_specs, score
 from hyla.proxy_train.retrofit.family import FamilyContext, FamilyJob, FamilyResult, suite_score
 from hyla.proxy_train.retrofit.teacher import TeacherRun, load_teacher, teacher_layout
-from hyla.proxy_train.retrofit.transfer import Transfer, load_transfer
+from hyla.proxy_train.retrofit.transfer import Transfer, load_transfer, train_transfer
 from hyla.space.layout import LayerSpec, Layout
 
 _DATA: dict[tuple[Any, ...], RetrofitData] = {}
@@ -83,7 +83,10 @@ class Retrofitter:
         return kernel_path(self.cfg.kernels)
 
     def transfer(self, spec: LayerSpec) -> Transfer:
-        """The stage-1 mixers of ``spec`` (cached per study)."""
+        """The stage-1 mixers of ``spec`` (cached per study; the mapping alone when ``stand_in`` is ``mapped``)."""
+        if spec not in self.transfers and self.cfg.distill.stand_in == "mapped":
+            self.transfers[spec] = train_transfer(self.teacher.model, spec, dataclasses.replace(
+                self.cfg.transfer, steps=0, start="neutral"), self.data, self.device, self.log)
         if spec not in self.transfers:
             with self._kernels():
                 tr = load_transfer(self.teacher.model, self.teacher.key, spec, self.cfg, self.data, self.device,
@@ -100,7 +103,7 @@ class Retrofitter:
         t1 = time.perf_counter()
         teacher = self.teacher.model
         with self._kernels():
-            student = assemble(layout, teacher, transfers)
+            student = assemble(layout, teacher, transfers, silent=self.cfg.distill.stand_in == "silent")
             before = score(student, teacher, self.data, self.device)
             steps = self.cfg.distill.steps * budget
             run = distill(student, teacher, self.cfg.distill, self.data, seed, steps, self.device)
@@ -125,13 +128,32 @@ def floor_score(data: RetrofitData) -> float:
     return suite_score(data.floors)
 
 
+def nest(options: dict[str, Any]) -> dict[str, Any]:
+    """``{"teacher.recall_steps": 900, "seq_len": 64}`` -> ``{"teacher": {"recall_steps": 900}, "seq_len": 64}``
+    (the driver's ``--set retrofit.teacher.recall_steps=900``); nested mappings are merged."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"retrofit options: {key!r} sets a field inside {part!r}, which is not a mapping")
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
 def run_retrofit_family(jobs: list[FamilyJob], ctx: FamilyContext,
                         on_result: Callable[[FamilyJob, FamilyResult], None]) -> None:
     """The calibration driver's runner (``family.Runner``): every job through one `Retrofitter`
-    (``ctx.options["retrofit"]`` are `RetrofitConfig` fields over the defaults, ``levels`` = ``ctx.level_set``)."""
+    (``ctx.options["retrofit"]`` are `RetrofitConfig` fields over the defaults, dotted keys for nested parts;
+    ``levels`` = ``ctx.level_set``)."""
     if not jobs:
         return
-    opts = dict(ctx.options.get("retrofit", {}))
+    opts = nest(dict(ctx.options.get("retrofit", {})))
     opts.setdefault("levels", ctx.level_set)
     opts.setdefault("device", ctx.device)
     if ctx.cache_root is not None:

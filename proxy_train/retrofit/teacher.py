@@ -42,7 +42,7 @@ from hyla.proxy_train.model.loss import token_loss
 from hyla.space.layout import ATTN, Layout
 
 #: changes whenever the teacher's code changes what a cached teacher is (part of its cache key)
-CODE_VERSION = "teacher-1"
+CODE_VERSION = "teacher-2"
 
 
 def teacher_layout(layout: Layout) -> Layout:
@@ -77,14 +77,52 @@ def recall_loss(logits: torch.Tensor, batch: Batch, lm_weight: float | None = No
 
 
 @torch.no_grad()
-def level_scores(model: nn.Module, data: RetrofitData, device: torch.device, batch_size: int = 64) -> dict[str, float]:
-    """Held-out accuracy per level (the share of answers predicted exactly, mean over examples)."""
+def level_scores(model: nn.Module, data: RetrofitData, device: torch.device, batch_size: int = 64,
+                 examples: int | None = None) -> dict[str, float]:
+    """Held-out accuracy per level (the share of answers predicted exactly, mean over the first ``examples``
+    examples, all when None)."""
     was = model.training
     model.eval()
     fn = lambda x: model(x.to(device))[0]  # noqa: E731
-    out = {name: level_accuracy(fn, x, y, batch_size) for name, (x, y) in data.eval.items()}
+    out = {name: level_accuracy(fn, x[:examples], y[:examples], batch_size) for name, (x, y) in data.eval.items()}
     model.train(was)
     return out
+
+
+class LayerSubsets:
+    """Forward hooks that zero the attention output of the layers a row does not keep (``TeacherConfig.subset_rows``).
+
+    ``draw(rows, rng)`` picks, for a share of the rows, k random layers to keep (k uniform in 1..L); the next forward
+    multiplies every other layer's mixer output of those rows by 0 (the layer adds nothing, exactly as a replaced
+    layer at the retrofit's neutral start). ``clear()`` turns it off (evaluation, the teacher's logits).
+    """
+
+    def __init__(self, model: HylaLM, share: float) -> None:
+        self.share, self.n_layers = share, len(model.blocks)
+        self.mask: torch.Tensor | None = None
+        self.handles = [b.mixer.register_forward_hook(self._hook(i)) for i, b in enumerate(model.blocks)]
+
+    def _hook(self, i: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, inputs: Any, output: tuple[torch.Tensor, Any]) -> Any:
+            if self.mask is None:
+                return None
+            return output[0] * self.mask[:, i, None, None].to(output[0].dtype), output[1]
+        return hook
+
+    def draw(self, rows: int, rng: np.random.Generator, device: torch.device) -> None:
+        L = self.n_layers
+        keep = rng.integers(1, L + 1, (rows, 1))
+        ranks = rng.random((rows, L)).argsort(1).argsort(1)
+        mask = (ranks < keep) | (rng.random((rows, 1)) >= self.share)
+        self.mask = torch.as_tensor(mask, dtype=torch.float32, device=device)
+
+    def clear(self) -> None:
+        self.mask = None
+
+    def remove(self) -> None:
+        self.clear()
+        for h in self.handles:
+            h.remove()
 
 
 @dataclass
@@ -115,6 +153,7 @@ def train_once(layout: Layout, cfg: TeacherConfig, data: RetrofitData, seed: int
     n_levels = len(data.level_names)
     ramp = max(1, round(cfg.curriculum * cfg.recall_steps))
     n_text_mix = round(cfg.batch_size * cfg.lm_share)
+    subsets = LayerSubsets(model, cfg.subset_rows) if cfg.subset_rows > 0 else None
     for step in range(cfg.steps):
         lr = wsd_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.decay_fraction, 0.1)
         for group in opt.param_groups:
@@ -122,7 +161,11 @@ def train_once(layout: Layout, cfg: TeacherConfig, data: RetrofitData, seed: int
         recall_phase = step < cfg.recall_steps
         admitted = 1 + (n_levels - 1) * step // ramp if (recall_phase and cfg.curriculum) else n_levels
         batch = data.batch(rng, cfg.batch_size, 0 if recall_phase else n_text_mix, admitted)
+        if subsets is not None:
+            subsets.draw(cfg.batch_size, rng, device)
         logits = model(batch.inputs.to(device))[0]
+        if subsets is not None:
+            subsets.clear()
         loss = recall_loss(logits, Batch(batch.inputs, batch.targets.to(device), batch.n_text))
         if not torch.isfinite(loss):
             raise ConfigError(f"retrofit.teacher: the loss became {float(loss)} at step {step} (seed {seed}); "
@@ -133,6 +176,11 @@ def train_once(layout: Layout, cfg: TeacherConfig, data: RetrofitData, seed: int
         opt.zero_grad(set_to_none=True)
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             log(f"teacher seed {seed} step {step + 1}/{cfg.steps}: loss {float(loss):.3f}")
+        if cfg.check_every and (step + 1) % cfg.check_every == 0:
+            levels = level_scores(model, data, device, examples=64)
+            log(f"teacher seed {seed} step {step + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in levels.items()))
+    if subsets is not None:
+        subsets.remove()
     return model, level_scores(model, data, device)
 
 
@@ -172,7 +220,8 @@ def teacher_recipe(layout: Layout, rcfg: RetrofitConfig) -> dict[str, Any]:
     shape = teacher_layout(layout).to_dict()
     shape.pop("name", None)
     return {"version": CODE_VERSION, "layout": shape, "levels": rcfg.levels, "seq_len": rcfg.seq_len,
-            "text": dataclasses.asdict(rcfg.text), "teacher": dataclasses.asdict(rcfg.teacher),
+            "text": dataclasses.asdict(rcfg.text),
+            "teacher": {k: v for k, v in dataclasses.asdict(rcfg.teacher).items() if k != "check_every"},
             "pool_rows": rcfg.pool_rows, "eval_examples": rcfg.eval_examples}
 
 

@@ -61,6 +61,23 @@ def check_positive(where: str, **values: int | float) -> None:
             raise ConfigError(f"{where}.{name}: {value!r} must be >= 1")
 
 
+def filler(rng: np.random.Generator, task_vocab: int, excluded: np.ndarray, seq_len: int) -> np.ndarray:
+    """Random symbol offsets ``(n, seq_len)`` drawn uniformly from ``[0, task_vocab)`` minus each row's
+    ``excluded`` offsets ``(n, m)`` (distinct per row): filler that never repeats a row's keys."""
+    n, m = excluded.shape
+    allowed = np.ones((n, task_vocab), dtype=bool)
+    allowed[np.arange(n)[:, None], excluded] = False
+    allowed_ids = np.argsort(~allowed, axis=1, kind="stable")[:, : task_vocab - m]  # allowed offsets, in order
+    return np.take_along_axis(allowed_ids, rng.integers(0, task_vocab - m, (n, seq_len)), 1)
+
+
+def power_law_gaps(rng: np.random.Generator, n: int, space: int, count: int, alpha: float) -> np.ndarray:
+    """``count`` distinct gaps per row from ``0..space-1``, ``p(gap = i - 1) ∝ i^(alpha - 1)`` (Zoology's query
+    gaps), in random order: Gumbel top-k over the log-probabilities."""
+    log_p = (alpha - 1) * np.log(np.arange(1, space + 1, dtype=np.float64))
+    return np.argsort(-(log_p + rng.gumbel(size=(n, space))), axis=1)[:, :count]
+
+
 def to_tensors(inputs: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)), \
         torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64))

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.tasks.common import IGNORE, SymbolTask, check_positive, make_rng, to_tensors
+from hyla.proxy_train.tasks.common import (
+    IGNORE, SymbolTask, check_positive, filler, make_rng, power_law_gaps, to_tensors,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,14 +90,9 @@ class MQAR(SymbolTask):
         rows = np.arange(n)[:, None]
         keys = rng.random((n, half)).argsort(axis=1)[:, :pairs]  # symbol offsets, distinct per row
         values = half + rng.random((n, self.task_vocab - half)).argsort(axis=1)[:, :pairs]
-        # filler: any task symbol except this row's keys (allowed offsets first, in order, then a uniform pick)
-        allowed = np.ones((n, self.task_vocab), dtype=bool)
-        allowed[rows, keys] = False
-        allowed_ids = np.argsort(~allowed, axis=1, kind="stable")[:, : self.task_vocab - pairs]
-        inputs = np.take_along_axis(allowed_ids, rng.integers(0, self.task_vocab - pairs, (n, self.seq_len)), 1)
+        inputs = filler(rng, self.task_vocab, keys, self.seq_len)  # never one of this row's keys
         inputs[:, 0:ctx:2], inputs[:, 1:ctx:2] = keys, values
-        log_p = (self.alpha - 1) * np.log(np.arange(1, space + 1, dtype=np.float64))  # p(i) ∝ i^(alpha-1)
-        gaps = np.argsort(-(log_p + rng.gumbel(size=(n, space))), axis=1)[:, :pairs]
+        gaps = power_law_gaps(rng, n, space, pairs, self.alpha)
         query_pos = ctx + 2 * gaps
         inputs[rows, query_pos] = keys
         targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)

@@ -37,7 +37,9 @@ import numpy as np
 import torch
 
 from hyla.config import ConfigError
-from hyla.proxy_train.tasks.common import IGNORE, SymbolTask, check_positive, make_rng, to_tensors
+from hyla.proxy_train.tasks.common import (
+    IGNORE, SymbolTask, check_positive, filler, make_rng, power_law_gaps, to_tensors,
+)
 
 ORDERS = ("random", "chain")
 
@@ -109,15 +111,10 @@ class MultiHop(SymbolTask):
         if self.order == "chain":  # increasing within a chain: links keep their order, chains interleave
             sort_key = np.sort(sort_key, axis=2)
         perm = sort_key.reshape(n, links).argsort(axis=1)
-        # filler: any symbol but this row's variables (allowed offsets first, in order, then a uniform pick)
-        allowed = np.ones((n, self.task_vocab), dtype=bool)
-        allowed[rows, heads] = False
-        allowed_ids = np.argsort(~allowed, axis=1, kind="stable")[:, : self.task_vocab - links]
-        inputs = np.take_along_axis(allowed_ids, rng.integers(0, self.task_vocab - links, (n, self.seq_len)), 1)
+        inputs = filler(rng, self.task_vocab, heads, self.seq_len)  # never one of this row's variables
         inputs[:, 0:ctx:2] = np.take_along_axis(heads, perm, 1)
         inputs[:, 1:ctx:2] = np.take_along_axis(refs, perm, 1)
-        log_p = (self.alpha - 1) * np.log(np.arange(1, space + 1, dtype=np.float64))  # p(i) ∝ i^(alpha-1)
-        gaps = np.argsort(-(log_p + rng.gumbel(size=(n, space))), axis=1)[:, :c]
+        gaps = power_law_gaps(rng, n, space, c, self.alpha)
         query_pos = ctx + 2 * gaps
         inputs[rows, query_pos] = variables[:, :, -1]
         targets = np.full((n, self.seq_len), IGNORE, dtype=np.int64)
