@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, Deadline, add_common_args, log, machine_info, main_guard, parse_sets, read_jsonl
-from findings import layout_traits
+from hyla.analysis.findings import layout_traits
 
 NAME = "fidelity_v2"
 CALIBRATION_V2 = ["transformer"] \
