@@ -246,7 +246,17 @@ def format_report(analysis: dict[str, Any]) -> str:
             f"  fast          {_fmt(a['fast']['pass'])}  " + "; ".join(
                 f"budget {b}: {v['fast']['seconds']:.0f} s ({v['fast']['shared_s']:.0f} s shared)"
                 for b, v in sorted(a["budgets"].items())) + f" on {a['fast']['device']}",
-            f"  layouts at budget {b0} (mean ± s.e.m. over seeds; floor):"]
-        for name, t in sorted(c["layouts"].items(), key=lambda kv: -kv[1]["mean"]):
-            lines.append(f"    {name:22s} {t['mean']:.3f} ± {t['sem']:.3f} (n {t['n']}; floor {t['floor']:.3f})")
+        ]
+        for b, v in sorted(a["budgets"].items())[1:]:  # the larger budgets' own checks (seeds may be fewer)
+            lines.append(f"  at budget {b}: reproducible {_fmt(v['reproducible']['value'])}, graded "
+                         f"{_fmt(v['graded']['pass'])} ({len(v['graded']['at_floor'])} at the floor, "
+                         f"{len(v['graded']['pure_ties'])} pure ties), on trend {_fmt(v['on_trend']['pass'])} "
+                         f"({_fmt(v['on_trend']['value'])}), findings {_fmt(v['findings']['pass'])}")
+        names = sorted(c["layouts"], key=lambda n: -c["layouts"][n]["mean"])
+        lines.append("  layouts, mean ± s.e.m. over seeds (n) at budget " + ", ".join(map(str, sorted(a["budgets"])))
+                     + f"; floor {c['layouts'][names[0]]['floor']:.3f}:")
+        for name in names:
+            cells = [f"{t['mean']:.3f} ± {t['sem']:.3f} ({t['n']})" for t in
+                     (a["budgets"][b]["layouts"].get(name) for b in sorted(a["budgets"])) if t is not None]
+            lines.append(f"    {name:16s} " + "   ".join(cells))
     return "\n".join(lines)
