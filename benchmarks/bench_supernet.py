@@ -27,7 +27,8 @@ from the cache (``--cache-dir``).
     # GPU (one H100/H200, one call of <= 10 min): throughput at small, validity and placement at tiny
     python benchmarks/bench_supernet.py --device cuda --scale small --max-seconds 420 --out $OUT/supernet_gpu.json
 
-A second command with the same ``--out`` adds its parts to the JSON (each part records its own command).
+A command adds its parts to the JSON at ``--out`` as each ends (``runs``: each part's command and machine), so
+commands with the same ``--out`` may run one after another or side by side.
 """
 
 from __future__ import annotations
@@ -372,15 +373,15 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     deadline = Deadline(args.max_seconds)
     records = Records(Path(args.records) if args.records else Path(args.out).with_suffix(".jsonl"))
-    out: dict[str, Any] = read_json(args.out) if Path(args.out).exists() else {"benchmark": NAME}
     command = " ".join([Path(sys.executable).name, *sys.argv])
-    out.update({"command": command, "machine": machine_info(args.device)})
     for part in args.parts:
-        t0, load = time.perf_counter(), os.getloadavg()
+        t0, load, out = time.perf_counter(), os.getloadavg(), {"command": command, "machine": machine_info(args.device)}
         PARTS[part](args, out, records, deadline)
-        out.setdefault("runs", {})[part] = {"command": command, "machine": out["machine"], "wall_s":
-                                            time.perf_counter() - t0, "load_average": [load, os.getloadavg()]}
-        write_json(args.out, out)
+        out["runs"] = {part: {"command": command, "machine": out["machine"], "wall_s": time.perf_counter() - t0,
+                              "load_average": [load, os.getloadavg()]}}
+        # re-read: another command may have added its parts meanwhile
+        merged = read_json(args.out) if Path(args.out).exists() else {"benchmark": NAME}
+        write_json(args.out, {**merged, **out, "runs": {**merged.get("runs", {}), **out["runs"]}})
         log(f"{part} done in {out['runs'][part]['wall_s']:.0f} s -> {args.out}")
     return 0
 
