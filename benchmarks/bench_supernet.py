@@ -20,12 +20,15 @@ Every stand-alone run is appended to ``--records`` (JSONL, keyed by the recipe) 
 ``--max-seconds`` continues where it stopped when the same command runs again; teachers, stage 1 and supernets come
 from the cache (``--cache-dir``).
 
-    # CPU (2 shared cores): throughput at mini, then validity and placement at tiny on an MQAR-only level set
-    python benchmarks/bench_supernet.py --device cpu --parts throughput --out benchmarks/results/supernet_cpu.json
-    python benchmarks/bench_supernet.py --device cpu --parts validity placement --mqar-levels mqar64:64:2,4,8,16:64 \\
-        --set retrofit.levels=mqar64 --set retrofit.seq_len=64 --out benchmarks/results/supernet_cpu.json
-    # GPU (one H100/H200, one call of <= 10 min): throughput at small, validity and placement at tiny
-    python benchmarks/bench_supernet.py --device cuda --scale small --max-seconds 420 --out $OUT/supernet_gpu.json
+    # CPU (2 shared cores; one torch thread per process: 2 threads on a loaded machine ran ~10x slower):
+    # throughput at mini, then validity and placement at tiny on an MQAR-only level set, side by side
+    python benchmarks/bench_supernet.py --device cpu --parts throughput --scale mini --layouts 128 \\
+        --supernet-steps 100 --eval-examples 16 --out benchmarks/results/supernet_cpu.json --set ...
+    python benchmarks/bench_supernet.py --device cpu --threads 1 --parts validity --mqar-levels \\
+        exp-mqar64:64:2,4,8,16:64 --set retrofit.levels=exp-mqar64 --set retrofit.seq_len=64 --calibration ... \\
+        --out benchmarks/results/supernet_cpu.json
+    # (the exact commands: the result's ``runs``; docs/supernet.md)
+    # GPU (one H100/H200, one call of <= 10 min): benchmarks/supernet_gpu.sh
 
 A command adds its parts to the JSON at ``--out`` as each ends (``runs``: each part's command and machine), so
 commands with the same ``--out`` may run one after another or side by side.
@@ -65,7 +68,8 @@ def register_mqar_levels(spec: str) -> str:
         levels = tuple(RecallTaskSpec("mqar", int(seq_len), {"num_kv_pairs": int(p), "task_vocab": int(vocab)})
                        for p in pairs.split(","))
     except ValueError:
-        raise ConfigError(f"--mqar-levels: {spec!r} is not NAME:T:P1,P2,...:VOCAB (e.g. mqar64:64:2,4,8,16:64)")
+        raise ConfigError(f"--mqar-levels: {spec!r} is not NAME:T:P1,P2,...:VOCAB (e.g. mqar64:64:2,4,8,16:64)"
+                          ) from None
     SUITE_LEVELS[name] = levels
     return name
 
@@ -208,6 +212,15 @@ def rank_agreement(inherited: dict[str, list[float]], other: dict[str, list[floa
             "layouts": len(both), "rho_per_supernet_seed": per_seed}
 
 
+def seed_agreement(scores: dict[str, list[float]]) -> list[float | None]:
+    """Spearman of seed 0's scores against each other seed's, over the layouts with both: the ceiling any
+    other score's rank agreement with these can reach."""
+    from hyla.analysis.calibrate import spearman
+
+    seeds = min((len(v) for v in scores.values()), default=0)
+    return [spearman([v[0] for v in scores.values()], [v[s] for v in scores.values()]) for s in range(1, seeds)]
+
+
 def validity(args: argparse.Namespace, out: dict[str, Any], records: Records, deadline: Deadline) -> None:
     from hyla.proxy_train.retrofit.proxy import Retrofitter
     from hyla.proxy_train.supernet.family import calibration_space, supernet_run
@@ -244,6 +257,7 @@ def validity(args: argparse.Namespace, out: dict[str, Any], records: Records, de
         "retrofit": dataclasses.asdict(recall.retrofit), "supernet_train": dataclasses.asdict(recall.train),
         "supernets": supernets, "vs_standalone": vs_alone, "vs_probe": vs_probe,
         "standalone_vs_probe": rank_agreement(alone, probe) if alone else None,
+        "standalone_seed_vs_seed": seed_agreement(alone),
         "per_layout": {n: {"inherited": inherited[n], "standalone": alone.get(n), "probe": probe.get(n)}
                        for n in inherited}}
     out["inherited_vs_standalone_spearman"] = vs_alone["rho"]
@@ -298,12 +312,13 @@ def placement(args: argparse.Namespace, out: dict[str, Any], records: Records, d
     rows = eval_rows(rf.data, teacher, cfg, rf.device)
     results: dict[str, Any] = {}
     for k in args.budgets:
-        net, info, stage1 = placement_supernet(teacher, rf.teacher.key, rf.data, rcfg, linear, k, args.supernet_steps,
-                                               rf.device, build=lambda lay: build_model(lay, prev), log=log)
-        t0 = time.perf_counter()
-        with rf._kernels():
+        with rf._kernels():  # on CUDA the recipe's mixer kernels (torch: no Triton compilation)
+            net, info, stage1 = placement_supernet(teacher, rf.teacher.key, rf.data, rcfg, linear, k,
+                                                   args.supernet_steps, rf.device,
+                                                   build=lambda lay: build_model(lay, prev), log=log)
+            t0 = time.perf_counter()
             found = search_placement(net, rows, linear, k, cfg, args.beam, log=log)
-        search_s = time.perf_counter() - t0
+            search_s = time.perf_counter() - t0
         trained: dict[str, Any] = {}
         for name in ("searched", "uniform"):
             attn = found["candidates"][name]["attention"]

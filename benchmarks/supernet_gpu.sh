@@ -46,8 +46,9 @@ set +e
   --set retrofit.teacher.recall_steps=300 --set retrofit.teacher.mix_steps=100 --set retrofit.teacher.solved_at=0 \
   --set retrofit.teacher.retries=0 --set retrofit.transfer.steps=100 ${SETS:-}) 2>&1 | tee -a "$OUT/supernet_gpu.log"
 rc=${PIPESTATUS[0]}
-if [ "$rc" = 0 ]; then  # no new stand-alone run starts in the last RESERVE seconds (default 120)
-  (cd /tmp && timeout "$(left)" "${BENCH[@]}" --parts validity placement --max-seconds $(($(left) - ${RESERVE:-120})) \
+RESERVE=${RESERVE:-120}  # no new stand-alone run starts in the last RESERVE seconds
+if [ "$rc" = 0 ] && [ "$(left)" -gt $((RESERVE + 30)) ]; then
+  (cd /tmp && timeout "$(left)" "${BENCH[@]}" --parts validity placement --max-seconds $(($(left) - RESERVE)) \
     --mqar-levels "$LEVELS" --set "retrofit.levels=${LEVELS%%:*}" --set retrofit.seq_len=64 \
     --set retrofit.teacher.recall_steps=700 --set retrofit.teacher.mix_steps=500 --set retrofit.transfer.steps=200 \
     ${SETS:-} ${VALIDITY_ARGS:-}) 2>&1 | tee -a "$OUT/supernet_gpu.log"
