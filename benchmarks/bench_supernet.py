@@ -20,15 +20,9 @@ Every stand-alone run is appended to ``--records`` (JSONL, keyed by the recipe) 
 ``--max-seconds`` continues where it stopped when the same command runs again; teachers, stage 1 and supernets come
 from the cache (``--cache-dir``).
 
-    # CPU (2 shared cores; one torch thread per process: 2 threads on a loaded machine ran ~10x slower):
-    # throughput at mini, then validity and placement at tiny on an MQAR-only level set, side by side
-    python benchmarks/bench_supernet.py --device cpu --parts throughput --scale mini --layouts 128 \\
-        --supernet-steps 100 --eval-examples 16 --out benchmarks/results/supernet_cpu.json --set ...
-    python benchmarks/bench_supernet.py --device cpu --threads 1 --parts validity --mqar-levels \\
-        exp-mqar64:64:2,4,8,16:64 --set retrofit.levels=exp-mqar64 --set retrofit.seq_len=64 --calibration ... \\
-        --out benchmarks/results/supernet_cpu.json
-    # (the exact commands: the result's ``runs``; docs/supernet.md)
-    # GPU (one H100/H200, one call of <= 10 min): benchmarks/supernet_gpu.sh
+The CPU commands of the committed results (one torch thread per process, ``--threads 1``: with 2 threads on the
+loaded 2-core machine a run was ~10x slower) are in docs/supernet.md and in each result's ``runs``; on one GPU,
+one call of <= 10 min: ``bash benchmarks/supernet_gpu.sh``.
 
 A command adds its parts to the JSON at ``--out`` as each ends (``runs``: each part's command and machine), so
 commands with the same ``--out`` may run one after another or side by side.

@@ -26,9 +26,10 @@ VALIDITY = ("--set retrofit.seq_len=32 "  # the smoke level set's rows are 32 lo
 def test_the_gpu_command_runs_every_part_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "DEVICE": "cpu", "SCALE": "mini", "LAYOUTS": "6", "PYTHON": sys.executable,
            "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "LEVELS": "smoke:32:2,4:32", "SETS": SETS,
-           "VALIDITY_ARGS": VALIDITY, "TRITON_CACHE_DIR": str(tmp_path / "tc")}
+           "VALIDITY_ARGS": VALIDITY, "TRITON_CACHE_DIR": str(tmp_path / "tc"),
+           "MAX_SECONDS": "1400"}  # a cap, not a target: the placement's stand-alone runs must start on a busy machine
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "supernet_gpu.sh")], capture_output=True, text=True,
-                          env=env, timeout=900)
+                          env=env, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "supernet_gpu.json").read_text())
     assert res["throughput"]["layouts"] == 6 and res["layouts_per_minute"] > 0
