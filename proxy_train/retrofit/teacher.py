@@ -205,7 +205,8 @@ def train_teacher(layout: Layout, cfg: TeacherConfig, data: RetrofitData, device
         log(f"teacher seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in levels.items()))
         failed = {k: v for k, v in levels.items() if v < cfg.solved_at}
         if not failed:
-            return TeacherRun(model.cpu(), seed, levels, text_loss(model, data, device), time.perf_counter() - t0)
+            loss = text_loss(model, data, device)  # on the device, before the model moves to the CPU
+            return TeacherRun(model.cpu(), seed, levels, loss, time.perf_counter() - t0)
         name = min(failed, key=failed.get)
         worst = (name, failed[name], seed)
     name, score, seed = worst
