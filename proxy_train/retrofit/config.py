@@ -33,7 +33,16 @@ class TeacherConfig:
             a language model that keeps its recall.
         lm_share: share of the text rows in the second phase.
         batch_size: rows per step.
-        lr: peak learning rate (AdamW, warm-up, constant, cosine decay over the last ``decay_fraction``).
+        lr: peak learning rate (AdamW, warm-up, constant, cosine decay over the last ``decay_fraction``); None =
+            width-scaled ``3e-3 * sqrt(32 / d_model)`` (`teacher_lr`): 3e-3 at width 32, where the tiny teacher
+            learned; 1.06e-3 at 256, where 3e-3 made the recall loss rise (3.47 -> 4.5 after step 100) and 1e-3
+            learned the retrofit-tiny levels in 1000 steps (H100, ``benchmarks/results/fidelity_v2_gpu_small.md``).
+        warmup_levels: a named level set trained first, recall rows only, for ``warmup_levels_steps`` steps and
+            never scored (None = none): short, easy levels where the retrieval circuit forms quickly, before the
+            scored levels. At width 256 a teacher on ``retrofit-small`` alone (T 512, 32-120 pairs) stayed at
+            chance for 1600-2800 steps at lr 3e-4/1e-3/3e-3, while ``retrofit-tiny`` (T 128, 4-32 pairs) was
+            learned within 1000 (same file). Not yet measured as a warm-up.
+        warmup_levels_steps: steps of the warm-up phase (0 with no ``warmup_levels``).
         warmup: warm-up steps.
         decay_fraction: share of all steps that decay.
         weight_decay: AdamW decay on matrices.
@@ -59,7 +68,9 @@ class TeacherConfig:
     mix_steps: int = 600
     lm_share: float = 0.5
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float | None = None
+    warmup_levels: str | None = None
+    warmup_levels_steps: int = 0
     warmup: int = 50
     decay_fraction: float = 0.2
     weight_decay: float = 0.0
@@ -80,7 +91,11 @@ class TeacherConfig:
             raise ConfigError(f"{w}: recall_steps >= 1, mix_steps >= 0, batch_size >= 2 and eval_examples >= 1 "
                               f"are required (got {self.recall_steps}, {self.mix_steps}, {self.batch_size}, "
                               f"{self.eval_examples})")
-        _positive(w, lr=self.lr)
+        if self.lr is not None:
+            _positive(w, lr=self.lr)
+        if (self.warmup_levels is None) != (self.warmup_levels_steps == 0) or self.warmup_levels_steps < 0:
+            raise ConfigError(f"{w}: warmup_levels and warmup_levels_steps > 0 go together (got "
+                              f"{self.warmup_levels!r}, {self.warmup_levels_steps})")
         if not 0.0 <= self.subset_rows <= 1.0:
             raise ConfigError(f"{w}.subset_rows: {self.subset_rows} must be in [0, 1]")
         if not 0.0 <= self.lm_share < 1.0 or not 0.0 <= self.curriculum <= 1.0 or not 0.0 <= self.solved_at <= 1.0:
@@ -91,8 +106,12 @@ class TeacherConfig:
 
     @property
     def steps(self) -> int:
-        """Optimizer steps of both phases."""
-        return self.recall_steps + self.mix_steps
+        """Optimizer steps of all phases (warm-up levels, recall, mix)."""
+        return self.warmup_levels_steps + self.recall_steps + self.mix_steps
+
+    def peak_lr(self, d_model: int) -> float:
+        """``lr``, or the width-scaled default ``3e-3 * sqrt(32 / d_model)`` when it is None."""
+        return self.lr if self.lr is not None else 3e-3 * (32 / d_model) ** 0.5
 
 
 @dataclass(frozen=True, kw_only=True)

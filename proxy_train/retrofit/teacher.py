@@ -42,7 +42,7 @@ from hyla.proxy_train.model.loss import token_loss
 from hyla.space.layout import ATTN, Layout
 
 #: changes whenever the teacher's code changes what a cached teacher is (part of its cache key)
-CODE_VERSION = "teacher-2"
+CODE_VERSION = "teacher-3"
 
 
 def teacher_layout(layout: Layout) -> Layout:
@@ -58,6 +58,14 @@ def build_model(layout: Layout, prev_token: bool) -> HylaLM:
         model.add_module("prev_token_embedding", prev)
         model.embeddings.register_forward_hook(prev.hook)
     return model
+
+
+def warmup_data(cfg: TeacherConfig, vocab_size: int, data: RetrofitData) -> RetrofitData | None:
+    """The warm-up levels' rows (``cfg.warmup_levels``, recall rows only, their own row length), or None."""
+    if cfg.warmup_levels is None:
+        return None
+    return RetrofitData(cfg.warmup_levels, vocab_size, None, data.text_config, pool_rows=data.pool_rows,
+                        eval_examples=1, text_tokens=8192, eval_text_rows=1)  # text: never drawn
 
 
 def init_std(cfg: TeacherConfig, d_model: int) -> float:
@@ -148,19 +156,25 @@ def train_once(layout: Layout, cfg: TeacherConfig, data: RetrofitData, seed: int
         nn.init.normal_(model.prev_token_embedding.weight, std=init_std(cfg, layout.d_model))
     zero_residual_outputs(model, cfg.zero_init)
     model.to(device).train()
-    opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+    peak = cfg.peak_lr(layout.d_model)
+    opt = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=peak, betas=(0.9, 0.98))
     rng = np.random.default_rng([seed, 0x7EAC])
+    warm = warmup_data(cfg, layout.vocab_size, data)
     n_levels = len(data.level_names)
     ramp = max(1, round(cfg.curriculum * cfg.recall_steps))
     n_text_mix = round(cfg.batch_size * cfg.lm_share)
     subsets = LayerSubsets(model, cfg.subset_rows) if cfg.subset_rows > 0 else None
     for step in range(cfg.steps):
-        lr = wsd_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.decay_fraction, 0.1)
+        lr = wsd_lr(step, cfg.steps, peak, cfg.warmup, cfg.decay_fraction, 0.1)
         for group in opt.param_groups:
             group["lr"] = lr
-        recall_phase = step < cfg.recall_steps
-        admitted = 1 + (n_levels - 1) * step // ramp if (recall_phase and cfg.curriculum) else n_levels
-        batch = data.batch(rng, cfg.batch_size, 0 if recall_phase else n_text_mix, admitted)
+        k = step - cfg.warmup_levels_steps  # step within the scored levels' phases
+        recall_phase = k < cfg.recall_steps
+        if warm is not None and k < 0:
+            batch = warm.batch(rng, cfg.batch_size, 0)
+        else:
+            admitted = 1 + (n_levels - 1) * k // ramp if (recall_phase and cfg.curriculum) else n_levels
+            batch = data.batch(rng, cfg.batch_size, 0 if recall_phase else n_text_mix, admitted)
         if subsets is not None:
             subsets.draw(cfg.batch_size, rng, device)
         logits = model(batch.inputs.to(device))[0]
@@ -169,7 +183,7 @@ def train_once(layout: Layout, cfg: TeacherConfig, data: RetrofitData, seed: int
         loss = recall_loss(logits, Batch(batch.inputs, batch.targets.to(device), batch.n_text))
         if not torch.isfinite(loss):
             raise ConfigError(f"retrofit.teacher: the loss became {float(loss)} at step {step} (seed {seed}); "
-                              f"lower retrofit.teacher.lr ({cfg.lr})")
+                              f"lower retrofit.teacher.lr ({peak})")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
