@@ -21,8 +21,8 @@ SCALE = Scale("retrofit-test", 4, 32, 2, 64, 512)
 
 def _cfg(cache: Path, **teacher: object) -> RetrofitConfig:
     return RetrofitConfig.from_dict({
-        "teacher": {"recall_steps": 12, "mix_steps": 6, "batch_size": 8, "solved_at": 0.0, "retries": 0,
-                    "eval_examples": 16, **teacher},
+        "teacher": {"recall_steps": 12, "mix_steps": 6, "batch_size": 8, "solved_at": 0.0, "robust_at": 0.0,
+                    "retries": 0, "eval_examples": 16, **teacher},
         "transfer": {"steps": 8, "batch_size": 4}, "distill": {"steps": 4, "batch_size": 4},
         "pool_rows": 64, "eval_examples": 16, "eval_text_rows": 4, "text": {"max_docs": 40},
         "cache_dir": str(cache), "device": "cpu"})
