@@ -58,7 +58,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gpu-small": {"device": "cuda", "scale": "small", "families": ["capacity", "retrofit", "probe"],
                   "budgets": [1, 4], "jsonl": str(RESULTS_DIR / "fidelity_v2_gpu_small.jsonl"), "max_seconds": 540.0,
                   "sets": ["capacity.steps=1000", "capacity.lrs=[0.001, 0.003, 0.01]",
-                           "retrofit.teacher.unsolved=drop", "retrofit.teacher.check_every=100"]},
+                           "retrofit.teacher.unsolved=drop", "retrofit.teacher.check_every=100",
+                           # from random weights a 24 x 256 teacher stayed at chance on retrofit-small for 1600-2800
+                           # steps, and learned retrofit-tiny in 1000 (results/fidelity_v2_gpu_small.md): warm up
+                           "retrofit.teacher.warmup_levels=retrofit-tiny", "retrofit.teacher.warmup_levels_steps=800"]},
 }
 
 
