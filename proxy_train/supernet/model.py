@@ -37,7 +37,7 @@ from hyla.proxy_train.model.mixers import build_mixer
 from hyla.proxy_train.model.mixers.attention import SoftmaxAttention
 from hyla.proxy_train.model.mixers.headwise import HeadwiseHybrid
 from hyla.proxy_train.supernet.choices import Choices, check_in_choices
-from hyla.space.layout import ATTN, LayerSpec, Layout
+from hyla.space.layout import LayerSpec, Layout
 
 Builder = Callable[[Layout], HylaLM]
 

@@ -17,6 +17,7 @@ loss for that many steps, then scored alone (no routing, the supernet untouched)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,8 @@ class EvalRows:
             the default), ``answer_targets`` their targets, ``answer_example`` their example (index into the levels'
             examples) and ``example_level`` each example's level index; ``example_count`` its scored positions.
         other: (level index, rows, score function) of levels with their own per-example score (RULER's spans).
+        buckets: (rows, length) groups: a level's rows only matter up to its last scored position, so shorter
+            levels run without their right padding (causal models: the padding never changes earlier positions).
     """
 
     inputs: torch.Tensor
@@ -62,6 +65,17 @@ class EvalRows:
     example_level: torch.Tensor
     example_count: torch.Tensor
     other: list[tuple[int, slice, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]]
+    buckets: list[tuple[torch.Tensor, int]]
+
+    def hidden(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """One layout's (N, T, D) last-block output from its per-bucket outputs (zeros past a bucket's length)."""
+        (rows, length), x = self.buckets[0], parts[0]
+        if len(parts) == 1 and length == self.inputs.shape[1]:
+            return x
+        out = x.new_zeros(self.inputs.shape[0], self.inputs.shape[1], x.shape[-1])
+        for (rows, length), x in zip(self.buckets, parts):
+            out[rows, :length] = x
+        return out
 
 
 @torch.no_grad()
@@ -85,8 +99,16 @@ def eval_rows(data: DistillData, teacher: HylaLM, cfg: SupernetScore, device: to
     scored = (targets[:start] != IGNORE) & (example_level >= 0)[:, None]
     rows_, cols = scored.nonzero(as_tuple=True)
     teacher_logp = F.log_softmax(teacher.to(device).eval()(inputs[text])[0].float(), -1)
+    t = torch.arange(inputs.shape[1], device=device)
+    last = torch.where(targets != IGNORE, t, -1).amax(1) + 1  # a row matters up to its last scored position
+    last[text] = inputs.shape[1]
+    length = torch.zeros_like(last)
+    ends = list(itertools.accumulate(len(x) for x in xs))
+    for a, b in zip([0, *ends], ends):  # one length per level (and the text)
+        length[a:b] = last[a:b].max()
+    buckets = [((length == n).nonzero(as_tuple=True)[0], int(n)) for n in sorted(set(length.tolist()), reverse=True)]
     return EvalRows(inputs, targets, text, teacher_logp, list(data.level_names), (rows_, cols), targets[rows_, cols],
-                    rows_, example_level, scored.sum(1), other)
+                    rows_, example_level, scored.sum(1), other, buckets)
 
 
 @torch.no_grad()
@@ -145,11 +167,12 @@ def score_layouts(net: Supernet, rows: EvalRows, layouts: Sequence[Sequence[Laye
                     out[chunk[0]] = metrics(model.hidden(rows.inputs)[0], model.logits, rows)
             else:
                 with autocast:
-                    nodes = run_many(net, rows.inputs, [layouts[j] for j in chunk])
-                for node in nodes:
+                    per_bucket = [run_many(net, rows.inputs[r, :n], [layouts[j] for j in chunk])
+                                  for r, n in rows.buckets]
+                for nodes in zip(*per_bucket):  # the same layouts: the same nodes, in the same order
                     with autocast:
-                        scores = metrics(node.x, net.base.logits, rows)
-                    for m in node.members:
+                        scores = metrics(rows.hidden([node.x for node in nodes]), net.base.logits, rows)
+                    for m in nodes[0].members:
                         out[chunk[m]] = dict(scores)
             if on_chunk is not None:
                 on_chunk(start + len(chunk))

@@ -66,6 +66,7 @@ def test_inherited_scores_are_the_standalone_models_scores() -> None:
     net = Supernet(teacher, layer_choices(toy.SPACE))
     initialise(net, "fresh", seed=1)
     rows = eval_rows(data, teacher, SupernetScore(eval_examples=16, eval_text_rows=8), CPU)
+    assert [n for _, n in rows.buckets][-1] <= 16 < rows.buckets[0][1] == 32  # the short level runs unpadded
     rng = np.random.default_rng(0)
     layouts = [SpaceSampler(toy.SPACE)(rng) for _ in range(6)]
     scores = score_layouts(net, rows, layouts, SupernetScore(chunk=4))

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hyla.proxy_train.model.lm import HylaLM
+from hyla.proxy_train.model.loss import IGNORE
 from hyla.proxy_train.tasks.mqar import MQAR
 from hyla.space.layout import ATTN
 from hyla.space.search_space import HeadwiseSpace, SearchSpace
@@ -25,15 +27,22 @@ class Batch:
 
 
 class ToyData:
-    """MQAR levels (pools and held-out sets) and random-token "text" rows, with `RetrofitData`'s interface."""
+    """MQAR levels (pools and held-out sets, right-padded to ``seq_len`` as `RetrofitData` pads them; the first
+    level is half as long) and random-token "text" rows, with `RetrofitData`'s interface."""
 
     def __init__(self, vocab: int = 512, seq_len: int = 32, pairs: tuple[int, ...] = (2, 4), n_eval: int = 32,
                  pool: int = 256, seed: int = 0) -> None:
-        self.generators = [MQAR(vocab_size=vocab, seq_len=seq_len, num_kv_pairs=p, task_vocab=64) for p in pairs]
+        self.generators = [MQAR(vocab_size=vocab, seq_len=seq_len // 2 if i == 0 else seq_len, num_kv_pairs=p,
+                                task_vocab=64) for i, p in enumerate(pairs)]
         self.level_names = [g.level for g in self.generators]
-        pools = [g.generate(pool, 2 * i) for i, g in enumerate(self.generators)]
+
+        def pad(xy: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            return (F.pad(xy[0], (0, seq_len - xy[0].shape[1])),
+                    F.pad(xy[1], (0, seq_len - xy[1].shape[1]), value=IGNORE))
+
+        pools = [pad(g.generate(pool, 2 * i)) for i, g in enumerate(self.generators)]
         self.pool_x, self.pool_y = torch.stack([p[0] for p in pools]), torch.stack([p[1] for p in pools])
-        self.eval = {g.level: g.generate(n_eval, 2 * i + 1) for i, g in enumerate(self.generators)}
+        self.eval = {g.level: pad(g.generate(n_eval, 2 * i + 1)) for i, g in enumerate(self.generators)}
         g = torch.Generator().manual_seed(seed)
         self.text = torch.randint(0, 64, (128, seq_len + 1), generator=g)
         val = torch.randint(0, 64, (16, seq_len + 1), generator=g)
