@@ -28,7 +28,7 @@ from the cache (``--cache-dir``).
         exp-mqar64:64:2,4,8,16:64 --set retrofit.levels=exp-mqar64 --set retrofit.seq_len=64 --calibration ... \\
         --out benchmarks/results/supernet_cpu.json
     # (the exact commands: the result's ``runs``; docs/supernet.md)
-    # GPU (one H100/H200, one call of <= 10 min): benchmarks/supernet_gpu.sh
+    # GPU (one H100/H200, one call of <= 10 min): tools/supernet_gpu.sh
 
 A command adds its parts to the JSON at ``--out`` as each ends (``runs``: each part's command and machine), so
 commands with the same ``--out`` may run one after another or side by side.
