@@ -175,12 +175,12 @@ def family_checks(records: list[dict[str, Any]], min_noise: float = 0.01) -> dic
     if budgets:
         b0 = budgets[0]
         b1 = 4 * b0 if 4 * b0 in budgets else budgets[-1]
-        rho = None
+        rho, common = None, []
         if b1 != b0:
             lo, hi = out["budgets"][b0]["layouts"], out["budgets"][b1]["layouts"]
             common = sorted(set(lo) & set(hi))
             rho = spearman([lo[n]["mean"] for n in common], [hi[n]["mean"] for n in common])
-        out["consistent"] = {"budgets": [b0, b1], "value": rho,
+        out["consistent"] = {"budgets": [b0, b1], "value": rho, "n_layouts": len(common),
                              "pass": None if rho is None else rho >= TARGETS["consistent"]}
         fast = out["budgets"][b0]["fast"]
         gpu = fast["device"] not in ("cpu", "unknown")
@@ -242,7 +242,8 @@ def format_report(analysis: dict[str, Any]) -> str:
             + "; bottom third: "
             + (", ".join(f"{n} {'yes' if v else 'no'}" for n, v in fi["bottom_third"]["layouts"].items()) or "n/a"),
             f"  consistent    {_fmt(a['consistent']['pass'])}  Spearman budget {a['consistent']['budgets'][0]} vs "
-            f"{a['consistent']['budgets'][1]}: {_fmt(a['consistent']['value'])} (>= 0.8)",
+            f"{a['consistent']['budgets'][1]}: {_fmt(a['consistent']['value'])} (>= 0.8) over "
+            f"{a['consistent'].get('n_layouts', 0)} layouts",
             f"  fast          {_fmt(a['fast']['pass'])}  " + "; ".join(
                 f"budget {b}: {v['fast']['seconds']:.0f} s ({v['fast']['shared_s']:.0f} s shared)"
                 for b, v in sorted(a["budgets"].items())) + f" on {a['fast']['device']}",

@@ -311,6 +311,10 @@ def main() -> int:
                          "(its name says fidelity_v2) gets issue 31's checks per proxy family beside count-attn "
                          "(hyla.analysis.fidelity_v2)")
     args = ap.parse_args()
+    if isinstance(args.analyze, str) and not Path(args.analyze).is_file():
+        from hyla.config import ConfigError
+
+        raise ConfigError(f"--analyze: {args.analyze}: file not found")
     if isinstance(args.analyze, str) and "fidelity_v2" in Path(args.analyze).name:
         return analyze_v2(args.analyze)
     if isinstance(args.analyze, str):

@@ -22,7 +22,7 @@ from the cache (``--cache-dir``).
 
 The CPU commands of the committed results (one torch thread per process, ``--threads 1``: with 2 threads on the
 loaded 2-core machine a run was ~10x slower) are in docs/supernet.md and in each result's ``runs``; on one GPU,
-one call of <= 10 min: ``bash benchmarks/supernet_gpu.sh``.
+one call of <= 10 min: ``bash tools/supernet_gpu.sh``.
 
 A command adds its parts to the JSON at ``--out`` as each ends (``runs``: each part's command and machine), so
 commands with the same ``--out`` may run one after another or side by side.

@@ -40,6 +40,14 @@ PROXY_PRESETS: dict[str, dict[str, Any]] = {
                          "batch_size": 32, "lrs": [1e-3], "eval_every": 100, "width": 64, "scan_chunk": 16,
                          "concurrent": 16, "zero_init": "all"}},
 }
+# The retrofit family (issue 31) on each preset's LM run: recall from a cached teacher of the layout's shape, the
+# level set its teacher solves at that scale (tiny: MQAR only, checked on CPU; small: levels the teacher does not
+# solve are dropped and said so). Not the default: see benchmarks/results/fidelity_v2_cpu_tiny.md for its checks.
+PROXY_PRESETS["tiny-retrofit"] = {**PROXY_PRESETS["tiny"],
+                                  "recall": {"family": "retrofit", "levels": "retrofit-tiny-mqar"}}
+PROXY_PRESETS["small-retrofit"] = {**PROXY_PRESETS["small"],
+                                   "recall": {"family": "retrofit", "levels": "retrofit-small",
+                                              "teacher": {"unsolved": "drop"}}}
 
 #: the LM run's measured `ProxyResult` fields, and what a proxy needs to fill them (for error messages)
 LM_SCORES = frozenset({"lm_val_loss", "tokens_per_s"})

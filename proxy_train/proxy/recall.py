@@ -9,6 +9,10 @@
   weight-sharing supernet over the study's space (trained once, cached); with ``train_lm: false`` it fills
   ``recall``, ``recall_tasks``, ``lm_val_loss`` and ``kl_to_teacher``, and a search sends a worker many trials per
   call (``run_many``, `batch_size`).
+- ``family: retrofit`` (`hyla.proxy_train.retrofit.config.RetrofitConfig`): issue 31's teacher-initialised proxy:
+  each layout starts from one cached softmax teacher (its attention layers kept, each linear layer its kind's
+  stage-1 stand-in), is distilled briefly (``distill.steps``, the seed orders the data) and scored on the graded
+  levels. It fills ``recall``, ``recall_tasks`` and ``kl_to_teacher`` (and ``lm_val_loss`` with ``train_lm: false``).
 - ``recall: null``: no recall score.
 
 Each family is one entry of `RECALL_FAMILIES`: its config dataclass (the mapping's other keys), the `ProxyResult`
@@ -25,6 +29,7 @@ from typing import Any
 
 from hyla.config import ConfigError, variant_name
 from hyla.proxy_train.probe.config import RecallProbeConfig
+from hyla.proxy_train.retrofit.config import RetrofitConfig
 from hyla.proxy_train.supernet.config import SupernetRecall
 from hyla.space.layout import Layout
 
@@ -126,6 +131,18 @@ def _check_supernet(recall: SupernetRecall, layout: Layout) -> None:
     check(recall, layout)
 
 
+def _run_retrofit(proxy: Any, layout: Layout, seeds: list[int], dev: Any, progress: bool) -> list[dict[str, Any]]:
+    from hyla.proxy_train.retrofit.proxy import run_family  # torch: only where a retrofit scores
+
+    return run_family(proxy, layout, seeds, dev, progress)
+
+
+def _check_retrofit(recall: RetrofitConfig, layout: Layout) -> None:
+    from hyla.proxy_train.retrofit.proxy import check
+
+    check(recall, layout)
+
+
 #: every recall family, by its ``family`` name
 RECALL_FAMILIES: dict[str, RecallFamily] = {
     "suite": RecallFamily(SuiteRecall, frozenset({"recall"}), "recall: {family: suite}", in_lm_run=True),
@@ -134,11 +151,14 @@ RECALL_FAMILIES: dict[str, RecallFamily] = {
     "supernet": RecallFamily(SupernetRecall, frozenset({"recall", "lm_val_loss", "kl_to_teacher"}),
                              "recall: {family: supernet} (with train_lm: false for its LM loss)", run=_run_supernet,
                              check=_check_supernet, run_many=_run_supernet_many),
+    "retrofit": RecallFamily(RetrofitConfig, frozenset({"recall", "lm_val_loss", "kl_to_teacher"}),
+                             "recall: {family: retrofit} (with train_lm: false for its LM loss)", run=_run_retrofit,
+                             check=_check_retrofit),
 }
 #: the tagged union of ``ProxyConfig.recall``: family name -> config class
 RECALL_CONFIGS: dict[str, type] = {name: family.config for name, family in RECALL_FAMILIES.items()}
 #: what ``ProxyConfig.recall`` holds (besides None)
-RecallConfig = SuiteRecall | RecallProbeConfig | SupernetRecall
+RecallConfig = SuiteRecall | RecallProbeConfig | SupernetRecall | RetrofitConfig
 
 
 def family_name(recall: Any) -> str:

@@ -5,7 +5,7 @@ Measurement (Zoology's 2-layer protocol, `measure_curves`)
     For a mixer kind x (every linear kind of the calibration's layouts, and ``attn``) at the calibration's scale:
     a model of two x layers with the scale's width, heads, MLP and vocab, so each layer has exactly the state of
     an x layer in the scale's layouts. It trains on MQAR alone through the recall probe's trainer
-    (``probe_runner.run_probes``: the same previous-token help for every kind, curriculum, early stop at 0.99)
+    (``probe.runner.run_probes``: the same previous-token help for every kind, curriculum, early stop at 0.99)
     at T = the level set's MQAR length, over every pair count P the level set's levels hold (MQAR pairs, and the
     c x k links of each hop level), with 2 x max P symbols. The best of ``lrs`` (four in [1e-4, 1e-2]) by mean
     accuracy counts; ``acc_x(P)`` is its held-out accuracy at P pairs. A curve is cached per (kind, scale, level
@@ -137,6 +137,7 @@ def measure_curves(kinds: Sequence[str], scale: str, pairs: Sequence[int], seq_l
     """
     import torch
     from hyla.proxy_train.probe.runner import ProbeJob, best_of_lrs, run_probes
+    from hyla.proxy_train.probe.levels import probe_levels
 
     cfg = recipe.probe_config(pairs, seq_len, budget)
     out: dict[tuple[str, int], Curve] = {}
@@ -152,7 +153,7 @@ def measure_curves(kinds: Sequence[str], scale: str, pairs: Sequence[int], seq_l
                     f"steps, pairs {list(cfg.pairs)}, T {cfg.seq_len})")
                 jobs = [ProbeJob(layout, s, lr) for s in missing for lr in cfg.lrs]
                 runs = run_probes(jobs, cfg, torch.device(device), None, log=log)
-                levels = cfg.levels(layout.vocab_size)
+                levels = probe_levels(cfg, layout.vocab_size)
                 for s in missing:
                     mine = [r for j, r in zip(jobs, runs) if j.seed == s]
                     best = best_of_lrs(mine, levels, 0.0)

@@ -28,12 +28,23 @@ class TeacherConfig:
 
     Attributes:
         recall_steps: first phase, recall rows only. At lr 3e-3 a 24 x 32 Transformer leaves the MQAR plateau in
-            200-400 steps this way; with LM rows mixed in from the start (or at lr 1e-3) it had not after 1100.
+            200-400 steps this way (700-900 with every row a subset row); with LM rows mixed in from the start (or
+            at lr 1e-3) it had not after 1100. 1200 leave the subset rows a few hundred steps after the transition
+            (700 did not: the transition came at 600-700); 2000 did not make seed 0 more robust (notes).
         mix_steps: second phase, LM text and recall rows (``lm_share`` of the rows are text): the teacher becomes
             a language model that keeps its recall.
         lm_share: share of the text rows in the second phase.
         batch_size: rows per step.
-        lr: peak learning rate (AdamW, warm-up, constant, cosine decay over the last ``decay_fraction``).
+        lr: peak learning rate (AdamW, warm-up, constant, cosine decay over the last ``decay_fraction``); None =
+            width-scaled ``3e-3 * sqrt(32 / d_model)`` (`teacher_lr`): 3e-3 at width 32, where the tiny teacher
+            learned; 1.06e-3 at 256, where 3e-3 made the recall loss rise (3.47 -> 4.5 after step 100) and 1e-3
+            learned the retrofit-tiny levels in 1000 steps (H100, ``benchmarks/results/fidelity_v2_gpu_small.md``).
+        warmup_levels: a named level set trained first, recall rows only, for ``warmup_levels_steps`` steps and
+            never scored (None = none): short, easy levels where the retrieval circuit forms quickly, before the
+            scored levels. At width 256 a teacher on ``retrofit-small`` alone (T 512, 32-120 pairs) stayed at
+            chance for 1600-2800 steps at lr 3e-4/1e-3/3e-3, while ``retrofit-tiny`` (T 128, 4-32 pairs) was
+            learned within 1000 (same file). Not yet measured as a warm-up.
+        warmup_levels_steps: steps of the warm-up phase (0 with no ``warmup_levels``).
         warmup: warm-up steps.
         decay_fraction: share of all steps that decay.
         weight_decay: AdamW decay on matrices.
@@ -49,27 +60,42 @@ class TeacherConfig:
         init_std: Linear/Embedding init std; None = width-scaled ``0.02 * sqrt(1024 / d_model)``.
         solved_at: held-out accuracy every level must reach; a teacher below it fails with a message naming the
             level, or the next seed is tried (``retries``). 0 turns the check off (smoke runs and tests).
+        robust_at: after the levels, the teacher must keep this share of its mean level accuracy with any one
+            attention layer's output zeroed (`teacher.single_layer_drops`), else the next seed is tried (as an
+            unsolved level; 0 turns it off). A teacher whose retrieval sits in one layer makes every layout that
+            replaces that layer alike: measured at tiny (notes, 2026-12-06 evening), teachers of this recipe with
+            seeds 0 and 1 both solved every level (0.97-1.00), but zeroing layer 0 left seed 0 at 0.23 of its
+            accuracy (0.25 with 2000 recall steps) and seed 1 at 0.74; retrofit students of seed 1 scored gla-3:1
+            0.44 vs gla-pure 0.23.
         retries: further teacher seeds tried (``seed + 1, ...``) when one does not solve every level.
+        unsolved: what a level below ``solved_at`` after every seed does: ``fail`` (a one-line ConfigError naming
+            the level, its score and what to raise) or ``drop`` (the level is left out of every student's scores,
+            said in the log and recorded as ``dropped`` in the teacher's cache entry and each result; a teacher
+            that solves no level still fails). A student is never scored on a level its teacher did not solve.
         eval_examples: held-out examples per level for the solved-check.
         check_every: log every level's accuracy on 64 held-out examples every this many steps (0 = never).
         seed: the teacher's seed (its initialisation and data order): a recorded choice of the study.
     """
 
-    recall_steps: int = 600
-    mix_steps: int = 600
+    recall_steps: int = 1200
+    mix_steps: int = 400
     lm_share: float = 0.5
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float | None = None
+    warmup_levels: str | None = None
+    warmup_levels_steps: int = 0
     warmup: int = 50
     decay_fraction: float = 0.2
     weight_decay: float = 0.0
     curriculum: float = 0.5
-    subset_rows: float = 0.75
+    subset_rows: float = 1.0
     prev_token: bool = True
     zero_init: str = field(default="all", metadata={"choices": ("none", "linear", "all")})
     init_std: float | None = None
     solved_at: float = 0.9
-    retries: int = 1
+    robust_at: float = 0.5
+    retries: int = 2
+    unsolved: str = field(default="fail", metadata={"choices": ("fail", "drop")})
     eval_examples: int = 256
     check_every: int = 0
     seed: int = 0
@@ -80,9 +106,13 @@ class TeacherConfig:
             raise ConfigError(f"{w}: recall_steps >= 1, mix_steps >= 0, batch_size >= 2 and eval_examples >= 1 "
                               f"are required (got {self.recall_steps}, {self.mix_steps}, {self.batch_size}, "
                               f"{self.eval_examples})")
-        _positive(w, lr=self.lr)
-        if not 0.0 <= self.subset_rows <= 1.0:
-            raise ConfigError(f"{w}.subset_rows: {self.subset_rows} must be in [0, 1]")
+        if self.lr is not None:
+            _positive(w, lr=self.lr)
+        if (self.warmup_levels is None) != (self.warmup_levels_steps == 0) or self.warmup_levels_steps < 0:
+            raise ConfigError(f"{w}: warmup_levels and warmup_levels_steps > 0 go together (got "
+                              f"{self.warmup_levels!r}, {self.warmup_levels_steps})")
+        if not 0.0 <= self.subset_rows <= 1.0 or not 0.0 <= self.robust_at <= 1.0:
+            raise ConfigError(f"{w}: subset_rows {self.subset_rows} and robust_at {self.robust_at} must be in [0, 1]")
         if not 0.0 <= self.lm_share < 1.0 or not 0.0 <= self.curriculum <= 1.0 or not 0.0 <= self.solved_at <= 1.0:
             raise ConfigError(f"{w}: lm_share in [0, 1), curriculum in [0, 1] and solved_at in [0, 1] are required "
                               f"(got {self.lm_share}, {self.curriculum}, {self.solved_at})")
@@ -91,8 +121,12 @@ class TeacherConfig:
 
     @property
     def steps(self) -> int:
-        """Optimizer steps of both phases."""
-        return self.recall_steps + self.mix_steps
+        """Optimizer steps of all phases (warm-up levels, recall, mix)."""
+        return self.warmup_levels_steps + self.recall_steps + self.mix_steps
+
+    def peak_lr(self, d_model: int) -> float:
+        """``lr``, or the width-scaled default ``3e-3 * sqrt(32 / d_model)`` when it is None."""
+        return self.lr if self.lr is not None else 3e-3 * (32 / d_model) ** 0.5
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -67,6 +67,7 @@ class RetrofitData:
         self.generators = list(suite.generators)
         self.seq_len = seq_len
         self.pool_rows = pool_rows
+        self.text_config = text
         pools = [self._pad(*g.generate(pool_rows, 2 * (7919 * i + 1))) for i, g in enumerate(self.generators)]
         self.pool_x = torch.stack([p[0] for p in pools])  # (levels, pool_rows, T)
         self.pool_y = torch.stack([p[1] for p in pools])

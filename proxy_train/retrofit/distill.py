@@ -133,7 +133,7 @@ def distill(student: HylaLM, teacher: HylaLM, cfg: DistillConfig, data: Retrofit
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        last = float(loss)
+        last = float(loss.detach())
         if log is not None and (step + 1) % 50 == 0:
             log(f"distill step {step + 1}/{steps}: loss {last:.3f}")
     for p in student.parameters():

@@ -139,6 +139,7 @@ def run_probe_family(jobs: list[FamilyJob], ctx: FamilyContext,
     import torch
     from hyla.proxy_train.probe.runner import ProbeJob, best_of_lrs, run_probes
     from hyla.proxy_train.probe.config import RecallProbeConfig
+    from hyla.proxy_train.probe.levels import probe_levels
 
     base = {**PROBE_DEFAULTS.get(ctx.scale, PROBE_DEFAULTS["small"]), **ctx.options.get("probe", {})}
     for budget in sorted({j.budget for j in jobs}):
@@ -154,7 +155,7 @@ def run_probe_family(jobs: list[FamilyJob], ctx: FamilyContext,
             if len(pending[pj.key]) < len(cfg.lrs):
                 return
             job = group[pj.key]
-            best = best_of_lrs(pending[pj.key], cfg.levels(job.layout.vocab_size), 0.0)
+            best = best_of_lrs(pending[pj.key], probe_levels(cfg, job.layout.vocab_size), 0.0)
             # a stack trains every seed and lr of one layout together: this job's share of its time
             runs = pending[pj.key]
             wall = max(r.get("wall_s") or 0.0 for r in runs) * len(runs) / max(r.get("stacked", 1) for r in runs)

@@ -97,7 +97,7 @@ class _Source:
     def v_and_o(self, n: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Value rows for ``n`` heads of ``e`` and the matching output columns (each divided by its copies)."""
         rows = head_rows(n, e, self.H, self.hd)
-        copies = torch.bincount(torch.tensor(rows), minlength=self.H * self.hd).to(self.attn.o_proj.weight.dtype)
+        copies = torch.bincount(torch.tensor(rows), minlength=self.H * self.hd).to(self.attn.o_proj.weight)
         cols = self.attn.o_proj.weight[:, rows] / copies[rows]
         return self.attn.v_proj.weight[self._kv(rows)], cols
 

@@ -12,7 +12,9 @@ Each seed's result holds ``recall`` (the suite score: mean over each task's leve
 `RecallSuite.evaluate`), ``levels`` (per-level accuracy), ``before`` (the same before stage 2), ``lm_loss`` and
 ``kl`` (held-out text), ``steps``, ``wall_s`` and the shared costs (teacher and stage-1 training seconds, zero
 when they came from the cache). `run_retrofit_family` runs calibration jobs through the same function
-(``hyla.proxy_train.retrofit.family``'s interface).
+(``hyla.proxy_train.retrofit.family``'s interface), and `run_family` / `check` are the product's recall family
+``recall: {family: retrofit, ...}`` (``hyla.proxy_train.proxy.recall.RECALL_FAMILIES``; the mapping's other keys
+are `RetrofitConfig` fields).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from hyla.proxy_train.retrofit.transfer import Transfer, load_transfer, train_tr
 from hyla.space.layout import LayerSpec, Layout
 
 _DATA: dict[tuple[Any, ...], RetrofitData] = {}
+#: the Retrofitters of this process (a Ray worker keeps its teacher and stage-1 mixers between trials)
+_RETROFITTERS: dict[tuple[str, tuple[Any, ...]], Retrofitter] = {}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,8 +112,11 @@ class Retrofitter:
             steps = self.cfg.distill.steps * budget
             run = distill(student, teacher, self.cfg.distill, self.data, seed, steps, self.device)
             after = score(student, teacher, self.data, self.device)
+        for part in (before, after):  # levels the teacher did not solve score no student (``unsolved: drop``)
+            part["levels"] = {k: v for k, v in part["levels"].items() if k not in self.teacher.dropped}
         return {"recall": suite_score(after["levels"]), "levels": after["levels"], "lm_loss": after["lm_loss"],
                 "kl": after["kl"], "before": {"recall": suite_score(before["levels"]), **before},
+                "dropped": list(self.teacher.dropped),
                 "steps": steps, "seed": seed, "budget": budget, "train_loss": run["train_loss"],
                 "wall_s": time.perf_counter() - t1, "setup_s": t1 - t0, "teacher": self.teacher.key,
                 "teacher_seed": self.teacher.seed,
@@ -123,9 +130,9 @@ def retrofit_scores(layout: Layout, cfg: RetrofitConfig, seeds: Sequence[int], b
     return [rf.score_seed(layout, seed, budget) for seed in seeds]
 
 
-def floor_score(data: RetrofitData) -> float:
-    """The suite score of guessing one of the context's values on every level."""
-    return suite_score(data.floors)
+def floor_score(data: RetrofitData, dropped: Sequence[str] = ()) -> float:
+    """The suite score of guessing one of the context's values on every level scored (not ``dropped``)."""
+    return suite_score({k: v for k, v in data.floors.items() if k not in dropped})
 
 
 def nest(options: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +167,7 @@ def run_retrofit_family(jobs: list[FamilyJob], ctx: FamilyContext,
         opts.setdefault("cache_dir", ctx.cache_root)
     cfg = RetrofitConfig.from_dict(opts, "retrofit options")
     rf = Retrofitter(jobs[0].layout, cfg, ctx.log)
-    floor = floor_score(rf.data)
+    floor = floor_score(rf.data, rf.teacher.dropped)
     for job in jobs:
         if ctx.stop():
             return
@@ -171,4 +178,48 @@ def run_retrofit_family(jobs: list[FamilyJob], ctx: FamilyContext,
             recall=res["recall"], levels=res["levels"], floor=floor, wall_s=res["wall_s"],
             budget_steps=res["steps"], shared=dict(rf.shared),
             extra={k: res[k] for k in ("lm_loss", "kl", "before", "teacher", "teacher_seed", "transfer_error",
-                                       "train_loss")} | {"config": dataclasses.asdict(cfg)}))
+                                       "train_loss", "dropped")} | {"config": dataclasses.asdict(cfg)}))
+
+
+def retrofitter(layout: Layout, cfg: RetrofitConfig, log: Callable[[str], None] = print) -> Retrofitter:
+    """The `Retrofitter` of ``cfg`` for ``layout``'s shape, kept for the life of the process (a worker's later
+    trials reuse its teacher and stage-1 mixers; other processes load them from the cache)."""
+    from hyla.proxy_train.retrofit.cache import content_key
+    from hyla.proxy_train.retrofit.distill import _SHAPE
+
+    key = (content_key(dataclasses.asdict(cfg)), tuple(getattr(layout, name) for name in _SHAPE))
+    if key not in _RETROFITTERS:
+        _RETROFITTERS[key] = Retrofitter(layout, cfg, log)
+    return _RETROFITTERS[key]
+
+
+def check(cfg: RetrofitConfig, layout: Layout) -> None:
+    """Before any work: the layout has whole layers only and its vocab holds the level set's symbols (one-line
+    ConfigError otherwise)."""
+    from hyla.proxy_train.tasks.suite import RecallSuite
+
+    check_shape(layout, layout)
+    RecallSuite.named(cfg.levels, layout.vocab_size)
+
+
+def run_family(proxy: Any, layout: Layout, seeds: list[int], dev: Any, progress: bool) -> list[dict[str, Any]]:
+    """``recall: {family: retrofit}`` of a proxy config: one result dict per seed (the seed orders stage 2's data):
+    ``recall`` (suite score), ``recall_tasks`` (per level), ``kl_to_teacher`` and, without an LM run
+    (``train_lm: false``), ``lm_val_loss`` (the student's held-out text loss), plus ``family_extra`` (teacher key
+    and seed, scores before stage 2, steps, seconds)."""
+    cfg: RetrofitConfig = proxy.recall
+    if cfg.device == "auto" and str(dev).startswith("cuda"):
+        cfg = dataclasses.replace(cfg, device=str(dev))
+    rf = retrofitter(layout, cfg, print if progress else (lambda _: None))
+    out = []
+    for seed in seeds:
+        res = rf.score_seed(layout, seed)
+        fields_ = {"recall": res["recall"], "recall_tasks": res["levels"], "kl_to_teacher": res["kl"],
+                   "family_extra": {"teacher": res["teacher"], "teacher_seed": res["teacher_seed"],
+                                    "before": res["before"]["recall"], "steps": res["steps"], "seed": seed,
+                                    "dropped": res["dropped"],
+                                    "wall_s": res["wall_s"], "shared": dict(rf.shared)}}
+        if not proxy.train_lm:
+            fields_["lm_val_loss"] = res["lm_loss"]
+        out.append(fields_)
+    return out

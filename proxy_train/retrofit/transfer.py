@@ -136,7 +136,7 @@ def train_transfer(teacher: HylaLM, spec: LayerSpec, cfg: TransferConfig, data: 
             opt.zero_grad(set_to_none=True)
             if (step + 1) % 100 == 0:
                 log(f"transfer {spec.mixer} step {step + 1}/{cfg.steps}: mean relative error "
-                    f"{float(loss / len(mixers)) ** 0.5:.3f}")
+                    f"{float(loss.detach() / len(mixers)) ** 0.5:.3f}")
         after = held_out()
     finally:
         taps.remove()

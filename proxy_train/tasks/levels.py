@@ -20,12 +20,24 @@ Sets at the presets' scales (``hyla.space.presets.SCALES``, vocab 512, 252 symbo
     retrofit-mini   d 64:  cap 32;  mqar@256 x 8/16/32/64; hop1-4@128 x 8 chains
     retrofit-small  d 256: cap 128; mqar@512 x 32/64/120 (256 pairs need 512 symbols); hop1-4@256 x 16 chains
 
+Which levels a teacher solves decides which levels score (``retrofit.teacher.unsolved``): a 24 x 32 teacher
+learned MQAR and hop1 at tiny within a few hundred steps but not hop2-4 in 1000-1400 steps on 2 CPU cores
+(``benchmarks/results/retrofit_notes.md``: multi-hop is a second, slower transition). So:
+
+- ``retrofit-tiny-mqar`` (MQAR at T 64 x 2/4/8/16 pairs, 64 symbols: up to the tiny state's 16 pairs) is the CPU
+  calibration's set (``bench_fidelity_v2.py --recipe cpu-tiny``): the teacher solves all of it in 1600 steps
+  (0.97-1.00) and its solved-check fails loudly otherwise;
+- ``retrofit-tiny/mini/small`` keep the hop levels; a teacher that does not solve a level fails with its name
+  (``unsolved: fail``, the default) or, with ``unsolved: drop`` (the GPU recipe), has it left out of every
+  student's scores and of the floor, said in the log and in each record's ``extra.dropped``. No student is ever
+  scored on a level its teacher did not solve.
+
 ``lookups``, ``pairs`` and ``floor`` of a level (`level_profile`) are what the capacity-composed family reads:
 the dependent lookups an answer needs, the pairs in its context, and the score of guessing one of the
 context's values.
 
 Public API (stable): ``TEXT_IDS``, ``LEVEL_SETS``, ``state_pairs(kind, d_model)``, ``graded_levels(scale)``,
-``level_profile(generator) -> LevelProfile``.
+``mqar_levels(seq_len, pairs, task_vocab)``, ``level_profile(generator) -> LevelProfile``.
 """
 
 from __future__ import annotations
@@ -99,5 +111,12 @@ def level_profile(generator: Any) -> LevelProfile:
                           "hop levels") from None
 
 
+def mqar_levels(seq_len: int, pairs: tuple[int, ...], task_vocab: int) -> tuple[RecallTaskSpec, ...]:
+    """MQAR levels at one length and symbol range, one per pair count (easiest first)."""
+    return tuple(RecallTaskSpec("mqar", seq_len, {"num_kv_pairs": p, "task_vocab": task_vocab}) for p in pairs)
+
+
 LEVEL_SETS: dict[str, tuple[RecallTaskSpec, ...]] = {name: graded_levels(s) for name, s in SET_SCALES.items()}
+#: the CPU set at tiny: the levels a 24 x 32 teacher solves in a CPU budget (module docstring)
+LEVEL_SETS["retrofit-tiny-mqar"] = mqar_levels(64, (2, 4, 8, 16), 64)
 SUITE_LEVELS.update(LEVEL_SETS)  # RecallSuite.named("retrofit-tiny", ...) (tasks/__init__ imports this module)

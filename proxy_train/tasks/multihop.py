@@ -24,7 +24,7 @@ Why k lookups: the query ``xk`` appears in the context only as the head of its o
 dependent lookups. In ``random`` order they cannot be pre-resolved while reading the context (a link's referent
 may come later), so they happen at the query: one attention layer performs one lookup, and k hops need k
 attention layers or linear layers that recall. ``chain`` order lets a model resolve each link as it reads it.
-Shortcuts that do not work (tested in ``tests/test_tasks_multihop.py``): the answer's position is not at a fixed
+Shortcuts that do not work (tested in ``tests/proxy_train/tasks/test_multihop.py``): the answer's position is not at a fixed
 offset from the query or from the query's link; the context holds ``num_chains`` values, so guessing a value
 seen in context scores ``1 / num_chains`` (`floor`); one lookup yields a variable, never a value.
 """

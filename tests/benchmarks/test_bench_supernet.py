@@ -1,4 +1,4 @@
-"""The supernet benchmark's GPU command (``benchmarks/supernet_gpu.sh``) run on the CPU: every part of
+"""The supernet benchmark's GPU command (``tools/supernet_gpu.sh``) run on the CPU: every part of
 ``bench_supernet.py`` end to end through the product's supernet, retrofit and probe code paths, with a short MQAR
 level set, a handful of steps and a few layouts."""
 
@@ -28,7 +28,7 @@ def test_the_gpu_command_runs_every_part_on_cpu(tmp_path: Path) -> None:
            "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "LEVELS": "smoke:32:2,4:32", "SETS": SETS,
            "VALIDITY_ARGS": VALIDITY, "TRITON_CACHE_DIR": str(tmp_path / "tc"),
            "MAX_SECONDS": "1400"}  # a cap, not a target: the placement's stand-alone runs must start on a busy machine
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "supernet_gpu.sh")], capture_output=True, text=True,
+    proc = subprocess.run(["bash", str(REPO / "tools" / "supernet_gpu.sh")], capture_output=True, text=True,
                           env=env, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "supernet_gpu.json").read_text())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hyla.analysis.fidelity_v2 import COUNT_ATTN, analyze, count_attention_records, family_checks, format_report, read_records
+from conftest import REPO
 
 QUALITY = {"gdn": 0.9, "hgrn2": 0.85, "deltanet": 0.6, "gla": 0.5, "retnet": 0.2, "hgrn": 0.1}
 RATIOS = {"pure": 0, "24:1": 1, "12:1": 2, "6:1": 4, "3:1": 8}
@@ -118,7 +119,7 @@ def test_bench_fidelity_analyze_file(tmp_path) -> None:
 
     path = tmp_path / "fidelity_v2_x.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _records(proxy="capacity")))
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fidelity.py"
+    bench = REPO / "benchmarks" / "bench_fidelity.py"
     proc = subprocess.run([sys.executable, str(bench), "--analyze", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr

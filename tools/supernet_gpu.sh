@@ -8,10 +8,10 @@
 # supernet_gpu.log, nvidia_smi.txt. The cache and the records stay in $STATE (default /tmp/hyla_supernet, alive
 # while the machine stays warm): the same command again continues where the last one stopped.
 #
-#   bash benchmarks/supernet_gpu.sh                     # on the device: carry .whl (fla, optuna)
-#   SETS="--set supernet.score.chunk=64" bash benchmarks/supernet_gpu.sh      # overrides for both runs
-#   VALIDITY_ARGS="--seeds 2 --budgets 2" bash benchmarks/supernet_gpu.sh    # arguments of the second run only
-#   DEVICE=cpu SCALE=mini LAYOUTS=6 SETS="..." bash benchmarks/supernet_gpu.sh # the CPU smoke
+#   bash tools/supernet_gpu.sh                     # on the device: carry .whl (fla, optuna)
+#   SETS="--set supernet.score.chunk=64" bash tools/supernet_gpu.sh      # overrides for both runs
+#   VALIDITY_ARGS="--seeds 2 --budgets 2" bash tools/supernet_gpu.sh    # arguments of the second run only
+#   DEVICE=cpu SCALE=mini LAYOUTS=6 SETS="..." bash tools/supernet_gpu.sh # the CPU smoke
 #                                                                             # (tests/benchmarks/test_bench_supernet.py)
 set -euo pipefail -f  # -f: no globbing of the [..] in --set values
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 """bench_fidelity_v2.py end to end on CPU at a tiny budget: the probe and capacity families over three mini
-layouts x 2 seeds append one record each, a rerun skips them all, the report follows, and the retrofit family
-fails at once with a one-line error naming its hook while its module is missing."""
+layouts x 2 seeds append one record each, a rerun skips them all, the report follows, and an unknown family fails at once with a
+one-line error naming the families."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fidelity_v2.py"
+BENCH = REPO / "benchmarks" / "bench_fidelity_v2.py"
 TINY = ["--set", "probe.steps=2", "--set", "probe.eval_every=1", "--set", "probe.eval_examples=4",
         "--set", "probe.pool_rows=8", "--set", "probe.batch_size=2", "--set", "probe.seq_len=32",
         "--set", "probe.pairs=[2, 4]",
@@ -47,9 +48,9 @@ def test_driver_runs_probe_and_capacity_and_resumes(tmp_path: Path) -> None:
     assert other.returncode == 0 and "capacity: 6 of 6 records to run" in other.stdout
 
 
-def test_driver_refuses_a_missing_family_at_once(tmp_path: Path) -> None:
-    proc = _run(tmp_path, "--families", "retrofit")
+def test_driver_refuses_an_unknown_family_at_once(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "--families", "retrofitt")
     assert proc.returncode == 2
-    assert "hyla.proxy_train.retrofit.proxy:run_retrofit_family is not available" in proc.stderr
+    assert "proxy family: 'retrofitt' is not allowed; expected one of probe, capacity, retrofit" in proc.stderr
     proc = _run(tmp_path, "--families", "capacity", "--set", "steps=3")
     assert proc.returncode == 2 and "FAMILY.FIELD" in proc.stderr

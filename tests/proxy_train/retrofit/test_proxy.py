@@ -21,8 +21,8 @@ SCALE = Scale("retrofit-test", 4, 32, 2, 64, 512)
 
 def _cfg(cache: Path, **teacher: object) -> RetrofitConfig:
     return RetrofitConfig.from_dict({
-        "teacher": {"recall_steps": 12, "mix_steps": 6, "batch_size": 8, "solved_at": 0.0, "retries": 0,
-                    "eval_examples": 16, **teacher},
+        "teacher": {"recall_steps": 12, "mix_steps": 6, "batch_size": 8, "solved_at": 0.0, "robust_at": 0.0,
+                    "retries": 0, "eval_examples": 16, **teacher},
         "transfer": {"steps": 8, "batch_size": 4}, "distill": {"steps": 4, "batch_size": 4},
         "pool_rows": 64, "eval_examples": 16, "eval_text_rows": 4, "text": {"max_docs": 40},
         "cache_dir": str(cache), "device": "cpu"})
@@ -140,3 +140,52 @@ def test_layer_subsets_zero_the_dropped_layers() -> None:
             for i, w in saved.items():
                 model.blocks[i].mixer.o_proj.weight.copy_(w)
     torch.testing.assert_close(model(x)[0], plain)  # hooks removed
+
+
+def test_teacher_warmup_levels_come_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up phase draws exactly ``warmup_levels_steps`` batches from the warm-up set, before any other."""
+    from hyla.proxy_train.retrofit import teacher as teacher_mod
+    from hyla.proxy_train.retrofit.data import RetrofitData
+
+    calls: list[str] = []
+    real_batch = RetrofitData.batch
+
+    def spy(self: RetrofitData, *args: object, **kwargs: object) -> object:
+        calls.append(",".join(self.level_names))
+        return real_batch(self, *args, **kwargs)
+
+    from hyla.proxy_train.tasks.suite import SUITE_LEVELS, RecallTaskSpec
+
+    monkeypatch.setitem(SUITE_LEVELS, "warm-test", (RecallTaskSpec("mqar", 32, {"num_kv_pairs": 2}),))
+    monkeypatch.setattr(RetrofitData, "batch", spy)
+    cfg = _cfg(tmp_path, warmup_levels="warm-test", warmup_levels_steps=5)
+    layout = SCALE.layout(["attn"] * 4)
+    data = retrofit_data(layout, cfg)
+    calls.clear()
+    model, _ = teacher_mod.train_once(layout, cfg.teacher, data, 0, torch.device("cpu"), log=lambda s: None)
+    scored = ",".join(data.level_names)
+    assert len(calls) == cfg.teacher.steps == 5 + 12 + 6
+    assert all(c != scored for c in calls[:5]) and all(c == scored for c in calls[5:])
+
+
+def test_teacher_lr_and_warmup_levels_checks() -> None:
+    from hyla.proxy_train.retrofit.config import TeacherConfig
+
+    assert TeacherConfig().peak_lr(32) == pytest.approx(3e-3)
+    assert TeacherConfig().peak_lr(256) == pytest.approx(3e-3 / 8 ** 0.5)
+    assert TeacherConfig(lr=1e-3).peak_lr(256) == 1e-3
+    with pytest.raises(ConfigError, match="warmup_levels"):
+        TeacherConfig(warmup_levels="tiny")
+    with pytest.raises(ConfigError, match="warmup_levels"):
+        TeacherConfig(warmup_levels_steps=10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_retrofit_runs_on_cuda(tmp_path: Path) -> None:
+    """Teacher, stage 1 of every paper mixer and stage 2 on the GPU (device bugs: two reached the H100 run)."""
+    cfg = RetrofitConfig.from_dict({**_cfg(tmp_path).to_dict(), "device": "cuda"})
+    for mixer in ("gla", "gdn", "hgrn2", "deltanet", "retnet", "hgrn"):
+        layout = SCALE.layout(["attn", mixer, mixer, mixer])
+        (result,) = retrofit_scores(layout, cfg, [0], log=lambda s: None)
+        assert 0.0 <= result["recall"] <= 1.0

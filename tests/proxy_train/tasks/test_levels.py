@@ -7,7 +7,7 @@ import pytest
 
 from hyla.config import ConfigError
 from hyla.proxy_train.tasks import LEVEL_SETS, RecallSuite, graded_levels, level_profile, state_pairs
-from hyla.proxy_train.tasks.levels import TEXT_IDS
+from hyla.proxy_train.tasks.levels import SET_SCALES, TEXT_IDS
 from hyla.proxy_train.tasks.mad import InContextRecall
 from hyla.space.presets import Scale
 
@@ -19,7 +19,7 @@ def test_state_pairs_from_exact_state_sizes() -> None:
     assert state_pairs("gla", 256) == 128
 
 
-@pytest.mark.parametrize("name", sorted(LEVEL_SETS))
+@pytest.mark.parametrize("name", sorted(SET_SCALES))
 def test_level_sets_reach_past_capacity_and_fit_the_vocab(name: str) -> None:
     suite = RecallSuite.named(name, 512)
     profiles = [level_profile(g) for g in suite.generators]
@@ -37,6 +37,13 @@ def test_level_sets_reach_past_capacity_and_fit_the_vocab(name: str) -> None:
 def test_tiny_set_is_as_documented() -> None:
     assert RecallSuite.named("retrofit-tiny", 512).levels == (
         "mqar@128x4", "mqar@128x8", "mqar@128x16", "mqar@128x32", "hop1@64x4", "hop2@64x4", "hop3@64x4", "hop4@64x4")
+
+
+def test_cpu_set_is_mqar_the_tiny_teacher_solves() -> None:
+    suite = RecallSuite.named("retrofit-tiny-mqar", 512)
+    assert suite.levels == ("mqar@64x2", "mqar@64x4", "mqar@64x8", "mqar@64x16")
+    assert [level_profile(g).pairs for g in suite.generators] == [2, 4, 8, 16]
+    assert all(g.base >= TEXT_IDS for g in suite.generators)
 
 
 def test_profile_and_vocab_errors() -> None:
