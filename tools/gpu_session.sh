@@ -15,7 +15,8 @@
 #   bash tools/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT
 #   bash tools/gpu_session.sh fidelity-v2 ARGS  # carry .whl: the recall-proxy calibration v2 (issue 31), one command:
 #                                                    # stages .whl and hyla, then bench_fidelity_v2.py --recipe gpu-small
-#                                                    # ARGS (ARGS win) for <= 540 s; records and cache in
+#                                                    # ARGS (ARGS win); new jobs start for 420 s (staging and
+#                                                    # the job in flight fit a 600 s call); records and cache in
 #                                                    # $FV2_STATE (/tmp/hyla_fv2), copied with the log to $OUT. Run
 #                                                    # it again until the log says "0 of N records to run" for
 #                                                    # every family; a fresh machine resumes from the records
