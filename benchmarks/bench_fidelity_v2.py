@@ -56,7 +56,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # capacity: 2-layer curves need >= 1000 steps (CPU table); retrofit: levels the teacher does not solve are
     # dropped from the scores (said in the log and in every record's extra.dropped), not a stop of the run
     "gpu-small": {"device": "cuda", "scale": "small", "families": ["capacity", "retrofit", "probe"],
-                  "budgets": [1, 4], "jsonl": str(RESULTS_DIR / "fidelity_v2_gpu_small.jsonl"), "max_seconds": 540.0,
+                  "budgets": [1, 4], "jsonl": str(RESULTS_DIR / "fidelity_v2_gpu_small.jsonl"), "max_seconds": 420.0,
                   "sets": ["capacity.steps=1000", "capacity.lrs=[0.001, 0.003, 0.01]",
                            "retrofit.teacher.unsolved=drop", "retrofit.teacher.check_every=100",
                            # from random weights a 24 x 256 teacher stayed at chance on retrofit-small for 1600-2800

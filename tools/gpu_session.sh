@@ -14,12 +14,13 @@
 #   bash tools/gpu_session.sh tests-start ARGS  # the same in the background, log next to the grid's
 #   bash tools/gpu_session.sh grid-wait SECONDS # wait for the grid (or SECONDS), copy its files to $OUT
 #   bash tools/gpu_session.sh fidelity-v2 ARGS  # carry .whl: the recall-proxy calibration v2 (issue 31), one command:
-#                                                    # stages .whl and hyla, then bench_fidelity_v2.py --recipe gpu-small
-#                                                    # ARGS (ARGS win) for <= 540 s; records and cache in
-#                                                    # $FV2_STATE (/tmp/hyla_fv2), copied with the log to $OUT. Run
-#                                                    # it again until the log says "0 of N records to run" for
-#                                                    # every family; a fresh machine resumes from the records
-#                                                    # committed in benchmarks/results (the teacher is retrained)
+#                                                    # stages .whl and hyla and starts bench_fidelity_v2.py --recipe
+#                                                    # gpu-small ARGS in the background (setsid, no time cap), or finds
+#                                                    # it running; waits up to $FV2_WAIT s (540), copies records,
+#                                                    # analysis, cache JSON and log ($FV2_STATE, /tmp/hyla_fv2) to
+#                                                    # $OUT. Call it again, back to back, until it says "finished"; a
+#                                                    # fresh machine resumes from the records committed in
+#                                                    # benchmarks/results (the teacher is retrained)
 #
 # Why the stages: a call carries at most 64 MiB. Ray's wheel is 76 MiB, so .rayx holds it unpacked, without its
 # Java jars, RLlib, Serve and dashboard web client, as an xz tarball (see docs/gpu-machine.md); GatedDeltaNet on
@@ -86,24 +87,39 @@ case "${1:-}" in
     FV2=${FV2_STATE:-/tmp/hyla_fv2}
     PY=${PYTHON:-python3}
     mkdir -p "$FV2/cache" "$OUT"
-    if [ "${FV2_STAGE:-1}" = 1 ]; then  # FV2_STAGE=0: hyla and its deps already importable (the CPU test)
-      [ -d .whl ] && pipi --target /tmp/site .whl/*.whl
-      python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site "$REPO"
-      rm -rf "$REPO/build"
-    fi
     records=$FV2/fidelity_v2_gpu_small.jsonl
-    [ -f "$records" ] || [ ! -f "$REPO/benchmarks/results/fidelity_v2_gpu_small.jsonl" ] || \
-      cp "$REPO/benchmarks/results/fidelity_v2_gpu_small.jsonl" "$records"
-    set +e  # from /tmp: the repo's hyla/ would shadow the installed package
-    (cd /tmp && $PY "$REPO/benchmarks/bench_fidelity_v2.py" --recipe gpu-small --jsonl "$records" \
-      --cache-dir "$FV2/cache" "$@") 2>&1 | tee -a "$OUT/fidelity_v2_gpu.log"
-    status=${PIPESTATUS[0]}
-    set -e
-    cp "$records" "${records%.jsonl}.analysis.json" "$OUT"/ 2>/dev/null || true
+    start=$(date +%s)
+    # running: its pid lives and it wrote no exit status yet (a finished one may linger as a zombie)
+    if [ -f "$FV2/rc" ] || ! { [ -f "$FV2/pid" ] && kill -0 "$(cat "$FV2/pid")" 2>/dev/null; }; then
+      if [ "${FV2_STAGE:-1}" = 1 ]; then  # FV2_STAGE=0: hyla and its deps already importable (the CPU test)
+        [ -d .whl ] && pipi --target /tmp/site .whl/*.whl
+        python3 -m pip install -q --no-deps --no-build-isolation --no-index --upgrade --target /tmp/site "$REPO"
+        rm -rf "$REPO/build"
+        mkdir -p /tmp/hyla_bench && cp -r "$REPO"/benchmarks/. /tmp/hyla_bench/
+        bench=/tmp/hyla_bench
+      else
+        bench=$REPO/benchmarks
+      fi
+      [ -f "$records" ] || [ ! -f "$REPO/benchmarks/results/fidelity_v2_gpu_small.jsonl" ] || \
+        cp "$REPO/benchmarks/results/fidelity_v2_gpu_small.jsonl" "$records"
+      rm -f "$FV2/rc"
+      # in the background (setsid), from /tmp (the repo's hyla/ would shadow the installed package), no time cap:
+      # a teacher longer than one call goes on while the calls come back to back
+      (cd /tmp && setsid nohup bash -c '"$0" "$1/bench_fidelity_v2.py" --recipe gpu-small --jsonl "$2" \
+        --cache-dir "$3/cache" --max-seconds 0 "${@:4}"; echo $? > "$3/rc"' "$PY" "$bench" "$records" "$FV2" "$@" \
+        >> "$FV2/fidelity_v2_gpu.log" 2>&1 < /dev/null & echo $! > "$FV2/pid")
+      echo "fidelity-v2 started (pid $(cat "$FV2/pid"))"
+    else
+      echo "fidelity-v2 running (pid $(cat "$FV2/pid")): waiting"
+    fi
+    while [ ! -f "$FV2/rc" ] && (( $(date +%s) - start < ${FV2_WAIT:-540} )); do sleep 5; done
+    cp "$FV2/fidelity_v2_gpu.log" "$records" "${records%.jsonl}.analysis.json" "$OUT"/ 2>/dev/null || true
     for kind in teacher transfer capacity supernet; do  # the cache's JSON (recipes, scores, wall), not weights
       if [ -d "$FV2/cache/$kind" ]; then mkdir -p "$OUT/cache/$kind" && cp "$FV2/cache/$kind"/*.json "$OUT/cache/$kind/" 2>/dev/null || true; fi
     done
-    exit "$status" ;;
+    tail -n 40 "$FV2/fidelity_v2_gpu.log"
+    if [ -f "$FV2/rc" ]; then echo "fidelity-v2 finished (exit $(cat "$FV2/rc"))"; exit "$(cat "$FV2/rc")"; fi
+    echo "fidelity-v2 still running: call the same command again (back to back, the machine must stay warm)" ;;
   *) echo "usage: gpu_session.sh env|stage-whl|stage-whl1|stage-whl2|stage-ray|stage-hyla|grid-start ARGS|tests ARGS|tests-start ARGS|grid-wait SECONDS|fidelity-v2 ARGS" >&2
      exit 2 ;;
 esac

@@ -242,7 +242,7 @@ def train_teacher(layout: Layout, cfg: TeacherConfig, data: RetrofitData, device
         log(f"teacher seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in levels.items()))
         failed = {k: v for k, v in levels.items() if v < cfg.solved_at}
         full = sum(levels.values()) / len(levels)
-        if not failed and cfg.robust_at > 0 and full > 0:
+        if not failed and cfg.robust_at > 0 and cfg.solved_at > 0 and full > 0:
             drops = single_layer_drops(model, data, device)
             i = min(range(len(drops)), key=drops.__getitem__)
             log(f"teacher seed {seed}: without one layer it keeps {min(drops) / full:.2f} of its accuracy at worst "

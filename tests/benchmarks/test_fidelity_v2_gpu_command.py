@@ -1,5 +1,6 @@
 """The GPU calibration's one command (``bash tools/gpu_session.sh fidelity-v2``) runs end to end on the CPU at tiny
-with a tiny budget (staging off: this venv has hyla), resumes, and leaves records, analysis and cache JSON in $OUT."""
+with a tiny budget (staging off: this venv has hyla): it starts the driver in the background, waits for it, leaves
+records, analysis, cache JSON and the log in $OUT, and the same command again resumes (nothing left to run)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ TINY = ["--set", "retrofit.teacher.recall_steps=3", "--set", "retrofit.teacher.m
 
 
 def test_gpu_calibration_command_on_cpu(tmp_path: Path) -> None:
-    env = {**os.environ, "FV2_STAGE": "0", "FV2_STATE": str(tmp_path / "state"), "OUT": str(tmp_path / "out"),
+    env = {**os.environ, "FV2_STAGE": "0", "FV2_WAIT": "800", "FV2_STATE": str(tmp_path / "state"), "OUT": str(tmp_path / "out"),
            "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     cmd = ["bash", str(REPO / "tools/gpu_session.sh"), "fidelity-v2", "--device", "cpu", "--scale", "tiny",
            "--families", "retrofit", "--layouts", "transformer", "gla-3:1", "--seeds", "0", "--budgets", "1", *TINY]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fidelity-v2 started" in proc.stdout and "fidelity-v2 finished (exit 0)" in proc.stdout
     out = tmp_path / "out"
     records = [json.loads(line) for line in (out / "fidelity_v2_gpu_small.jsonl").read_text().splitlines()]
     assert sorted(r["layout_name"] for r in records) == ["gla-3:1", "transformer"]

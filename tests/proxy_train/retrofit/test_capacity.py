@@ -121,7 +121,7 @@ def test_concurrent_measurers_train_once(tmp_path, monkeypatch) -> None:
     import threading
     import time
 
-    import hyla.proxy_train.probe_runner as runner
+    import hyla.proxy_train.probe.runner as runner
 
     calls = []
 
