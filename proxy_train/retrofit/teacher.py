@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from filelock import FileLock
 from torch import nn
 
 from hyla.config import ConfigError
+from hyla.proxy_train.train.config import width_scaled_std
 from hyla.proxy_train.train.schedule import wsd_lr
 from hyla.proxy_train.model.lm import HylaLM
 from hyla.proxy_train.probe.build import PrevTokenEmbedding, zero_residual_outputs
@@ -71,7 +71,7 @@ def warmup_data(cfg: TeacherConfig, vocab_size: int, data: RetrofitData) -> Retr
 
 
 def init_std(cfg: TeacherConfig, d_model: int) -> float:
-    return cfg.init_std if cfg.init_std is not None else 0.02 * math.sqrt(1024 / d_model)
+    return cfg.init_std if cfg.init_std is not None else width_scaled_std(d_model)
 
 
 def recall_loss(logits: torch.Tensor, batch: Batch, lm_weight: float | None = None) -> torch.Tensor:
